@@ -1,0 +1,226 @@
+//! # ferry-store
+//!
+//! The one storage trait of Ferry ([`Store`]) and its implementations. The server talks only to the trait,
+//! so the embedded store (single node, no services) and the Redis store (cluster mode, a later issue) are
+//! interchangeable.
+//!
+//! Layout:
+//! - this file: the trait, the records it exchanges and its error type;
+//! - [`embedded`]: the default store on redb under `--data-dir`, with group commit (many concurrent appends
+//!   share one transaction and one fsync; every caller waits for its commit).
+//!
+//! The guarantees every implementation gives (spec section "Message model"):
+//! - **atomic append**: dedupe lookup, seq assignment, message append and dedupe record are one step;
+//! - **durable before return**: `append` and `change_membership` return only after the data is durable;
+//! - **gap-free, ordered visibility**: a seq is readable only when every lower seq is;
+//! - **seq never goes backwards**: the head is durable; when history may have been lost the epoch changes.
+#![warn(missing_docs)]
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ferry_protocol::frame::{ConversationKind, ConversationState, Message};
+
+pub mod embedded;
+
+pub use embedded::{EmbeddedStore, EmbeddedStoreOptions};
+
+/// A user message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Conversation id (already validated, sender already checked as a member).
+    pub conversation: String,
+    /// Sending user.
+    pub sender: String,
+    /// Sending device.
+    pub sender_device: String,
+    /// Sender-chosen idempotency key.
+    pub client_msg_id: String,
+    /// Opaque payload.
+    pub body: Bytes,
+    /// Server time to stamp, ms since the Unix epoch.
+    pub server_time_ms: u64,
+}
+
+/// Result of an append.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// Seq of the stored message (the original one for a duplicate).
+    pub seq: u64,
+    /// Server time of the stored message (the original one for a duplicate).
+    pub server_time_ms: u64,
+    /// True if (conversation, sender, client_msg_id) was already stored within the dedupe window.
+    pub duplicate: bool,
+    /// Epoch of the conversation.
+    pub epoch: u64,
+    /// The stored message, for fan-out; `None` for duplicates (they were fanned out the first time).
+    pub message: Option<Message>,
+}
+
+/// A membership change; applied together with the system message that records it, atomically.
+#[derive(Debug, Clone)]
+pub enum MembershipOp {
+    /// Create a group owned by `owner` with `owner` and `members` as its members.
+    Create {
+        /// Group name.
+        name: String,
+        /// Creator and owner.
+        owner: String,
+        /// Other initial members (duplicates and the owner are ignored).
+        members: Vec<String>,
+    },
+    /// `actor` adds `user`.
+    Add {
+        /// Who adds.
+        actor: String,
+        /// Who is added.
+        user: String,
+    },
+    /// `actor` removes `user` (may be themselves: leaving).
+    Remove {
+        /// Who removes.
+        actor: String,
+        /// Who is removed.
+        user: String,
+    },
+}
+
+/// Durable facts about a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationInfo {
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// Group name (empty for direct conversations).
+    pub name: String,
+    /// Group owner (empty for direct conversations).
+    pub owner: String,
+    /// Highest durable seq.
+    pub head_seq: u64,
+    /// Epoch of the conversation.
+    pub epoch: u64,
+}
+
+/// One user's membership in a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    /// Lowest seq the user may read (the seq at which they joined; 1 for creators and direct chats).
+    pub first_seq: u64,
+    /// Seq of the system message that removed them; they may read up to and including it.
+    pub left_seq: Option<u64>,
+    /// The user's read cursor (MarkRead).
+    pub read_seq: u64,
+}
+
+impl Membership {
+    /// Whether the user is a current member.
+    pub fn is_member(&self) -> bool {
+        self.left_seq.is_none()
+    }
+
+    /// Highest seq this user may read given the conversation head.
+    pub fn visible_head(&self, head_seq: u64) -> u64 {
+        self.left_seq.map_or(head_seq, |left| left.min(head_seq))
+    }
+}
+
+/// A page of changed conversations for Sync and HeartbeatAck.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncPage {
+    /// Changed conversations, oldest change first, as they appear to the asking device.
+    pub conversations: Vec<ConversationState>,
+    /// Token to pass next time.
+    pub next_token: u64,
+    /// More changed conversations remain after this page.
+    pub has_more: bool,
+}
+
+/// Storage failures. The server maps them onto wire codes (FORBIDDEN, NOT_FOUND, INVALID_ARGUMENT,
+/// INTERNAL).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The conversation does not exist.
+    #[error("conversation not found")]
+    NotFound,
+    /// The change is not allowed (not owner, not a member, user already a member, ...).
+    #[error("not allowed: {0}")]
+    Forbidden(String),
+    /// A value is invalid (e.g. adding a member that already is one).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The store is shutting down or its writer stopped; nothing was stored.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// An I/O or database error; nothing was acknowledged.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+/// Ferry's storage. All methods are safe to call concurrently; writes are serialized inside.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Epoch of the whole store; changes only if the store lost its history (FERRY-MSG-6).
+    fn store_epoch(&self) -> u64;
+
+    /// Appends a user message with dedupe, atomically and durably (see the crate docs). The sender must be a
+    /// current member; the server checks that before calling.
+    async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
+
+    /// Applies a membership change and appends its system message atomically and durably. For
+    /// [`MembershipOp::Create`] `conversation` is the new group id. Returns the system message.
+    async fn change_membership(
+        &self,
+        conversation: &str,
+        op: MembershipOp,
+        server_time_ms: u64,
+    ) -> Result<Appended, StoreError>;
+
+    /// Creates the direct conversation between `a` and `b` with both as members from seq 1, if it does not
+    /// exist yet. Idempotent.
+    async fn ensure_direct(&self, conversation: &str, a: &str, b: &str) -> Result<(), StoreError>;
+
+    /// Conversation facts; `None` if it does not exist.
+    async fn conversation(&self, conversation: &str)
+        -> Result<Option<ConversationInfo>, StoreError>;
+
+    /// A user's membership; `None` if they never were a member.
+    async fn membership(
+        &self,
+        conversation: &str,
+        user: &str,
+    ) -> Result<Option<Membership>, StoreError>;
+
+    /// Current members.
+    async fn members(&self, conversation: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Messages with `after_seq < seq <= up_to_seq`, in seq order, at most `limit`. Only durable messages
+    /// are ever returned, and never one above a missing seq.
+    async fn read(
+        &self,
+        conversation: &str,
+        after_seq: u64,
+        up_to_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Records a device's cumulative delivery cursor (max with the stored one). May be made durable
+    /// lazily: losing a cursor only causes redelivery, which clients drop as duplicates.
+    async fn set_delivered(
+        &self,
+        conversation: &str,
+        user: &str,
+        device: &str,
+        seq: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Moves a user's read cursor forward to `seq`, clamped to the visible head; returns the new cursor.
+    async fn set_read(&self, conversation: &str, user: &str, seq: u64) -> Result<u64, StoreError>;
+
+    /// Conversations of `user` (including ones they were removed from) whose head, membership or read
+    /// cursor changed after `since_token`, as seen by `device`; at most `limit`, oldest change first.
+    async fn changed_since(
+        &self,
+        user: &str,
+        device: &str,
+        since_token: u64,
+        limit: u32,
+    ) -> Result<SyncPage, StoreError>;
+}
