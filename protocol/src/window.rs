@@ -24,6 +24,10 @@ pub struct WindowConfig {
     pub pull_limit: u32,
     /// A gap pull without an answer after this long is asked again.
     pub pull_timeout: Duration,
+    /// How long a gap must persist (with `contiguous` not moving) before it is pulled. Concurrent senders'
+    /// Delivers may arrive slightly out of order; a short grace lets them fill the gap without a Pull.
+    /// Zero pulls at once.
+    pub gap_grace: Duration,
 }
 
 impl Default for WindowConfig {
@@ -32,6 +36,7 @@ impl Default for WindowConfig {
             max_buffered: 1024,
             pull_limit: 100,
             pull_timeout: Duration::from_secs(5),
+            gap_grace: Duration::ZERO,
         }
     }
 }
@@ -75,6 +80,8 @@ pub struct ReceiveWindow<M> {
     known_head: u64,
     buffer: BTreeMap<u64, M>,
     pull_sent: Option<(PullRequest, Instant)>,
+    /// When a gap was first seen by `poll_pull`, and the `contiguous` it was seen at.
+    gap_seen: Option<(u64, Instant)>,
 }
 
 impl<M> ReceiveWindow<M> {
@@ -90,6 +97,7 @@ impl<M> ReceiveWindow<M> {
             known_head: contiguous,
             buffer: BTreeMap::new(),
             pull_sent: None,
+            gap_seen: None,
         }
     }
 
@@ -202,11 +210,22 @@ impl<M> ReceiveWindow<M> {
         }
     }
 
-    /// The Pull this window needs sent now, if any: when something above `contiguous` is known to exist
-    /// and no pull for it is outstanding (or the outstanding one timed out).
+    /// The Pull this window needs sent now, if any: when something above `contiguous` is known to exist,
+    /// the gap has lasted `gap_grace`, and no pull for it is outstanding (or the outstanding one timed out).
     pub fn poll_pull(&mut self, now: Instant) -> Option<PullRequest> {
         if self.known_head <= self.contiguous {
             self.pull_sent = None;
+            self.gap_seen = None;
+            return None;
+        }
+        let seen_at = match self.gap_seen {
+            Some((at_contiguous, seen_at)) if at_contiguous == self.contiguous => seen_at,
+            _ => {
+                self.gap_seen = Some((self.contiguous, now));
+                now
+            }
+        };
+        if now.saturating_duration_since(seen_at) < self.config.gap_grace {
             return None;
         }
         if let Some((req, sent_at)) = self.pull_sent {
@@ -224,10 +243,14 @@ impl<M> ReceiveWindow<M> {
         Some(req)
     }
 
-    /// When the outstanding pull times out, if one is outstanding (for timers).
-    pub fn pull_deadline(&self) -> Option<Instant> {
-        self.pull_sent
-            .map(|(_, sent_at)| sent_at + self.config.pull_timeout)
+    /// When [`ReceiveWindow::poll_pull`] should be called next (a grace period or a pull timeout ends),
+    /// for the caller's timer; `None` if nothing is pending.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if let Some((_, sent_at)) = self.pull_sent {
+            return Some(sent_at + self.config.pull_timeout);
+        }
+        self.gap_seen
+            .map(|(_, seen_at)| seen_at + self.config.gap_grace)
     }
 
     /// The application (or store) committed everything up to `seq`. Values above `contiguous` are clamped:
@@ -306,6 +329,26 @@ mod tests {
         w.commit(5);
         assert_eq!(w.poll_ack(), Some(1));
         assert_eq!(w.poll_ack(), None);
+    }
+
+    #[test]
+    fn gap_grace_lets_reordered_messages_fill_without_pull() {
+        let config = WindowConfig {
+            gap_grace: Duration::from_millis(100),
+            ..WindowConfig::default()
+        };
+        let now = Instant::now();
+        let mut w = ReceiveWindow::new(1, 0, config);
+        assert_eq!(w.on_message(1, 2, 2), Arrival::Buffered);
+        assert_eq!(w.poll_pull(now), None);
+        assert_eq!(w.next_deadline(), Some(now + Duration::from_millis(100)));
+        assert_eq!(w.on_message(1, 1, 1), Arrival::Ready(vec![1, 2]));
+        assert_eq!(w.poll_pull(now + Duration::from_millis(200)), None);
+        // A gap that persists is pulled once the grace has passed.
+        assert_eq!(w.on_message(1, 4, 4), Arrival::Buffered);
+        assert_eq!(w.poll_pull(now), None);
+        let later = now + Duration::from_millis(150);
+        assert_eq!(w.poll_pull(later).map(|p| p.after_seq), Some(2));
     }
 
     #[test]
