@@ -1,0 +1,232 @@
+//! Command-line arguments of `ferry` (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, shown in `--help`.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  other failure
+  2  bad input or usage
+  3  authentication failed (token rejected)
+  4  server unreachable, or --timeout expired (unacknowledged messages stay in the outbox)
+  5  rejected by the server (FORBIDDEN, INVALID_ARGUMENT, NOT_FOUND, ...)";
+
+/// Ferry command-line client: send, listen, read history, manage groups.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Server endpoint(s) as host:port; repeat or separate with commas for failover.
+    #[arg(
+        long = "server",
+        env = "FERRY_SERVER",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub servers: Vec<String>,
+    /// Bearer token (`v1.<payload>.<mac>`).
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// PEM file with the CA (or the server's own certificate, to pin it).
+    #[arg(long, env = "FERRY_CA")]
+    pub ca: PathBuf,
+    /// TLS server name to verify.
+    #[arg(long, env = "FERRY_SERVER_NAME", default_value = "localhost")]
+    pub server_name: String,
+    /// Device id (default: the token's `dev` claim).
+    #[arg(long, env = "FERRY_DEVICE")]
+    pub device: Option<String>,
+    /// Client store, SQLite (default: `<data dir>/ferry/<user>-<device>.sqlite3`).
+    #[arg(long, env = "FERRY_STORE")]
+    pub store: Option<PathBuf>,
+    /// Print JSON, one object per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send messages; prints one receipt per message once the server stored it.
+    Send(SendArgs),
+    /// Print delivered messages as they arrive.
+    Listen(ListenArgs),
+    /// Print stored messages of a conversation (pulling what is not local).
+    History(HistoryArgs),
+    /// Group administration.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+/// `ferry send`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "conversation"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["text", "stdin"])))]
+pub struct SendArgs {
+    /// Send to the direct conversation with this user.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Send to this conversation id.
+    #[arg(long)]
+    pub conversation: Option<String>,
+    /// Read messages from standard input, one per line (empty lines are skipped).
+    #[arg(long)]
+    pub stdin: bool,
+    /// The message text.
+    pub text: Option<String>,
+    /// Give up after this many seconds (exit 4); unacknowledged messages stay in the outbox and are
+    /// sent by the next run.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+/// `ferry listen`.
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Only print messages of this conversation.
+    #[arg(long)]
+    pub conversation: Option<String>,
+    /// Exit 0 after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds: exit 4 if --count was not reached, else 0.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+}
+
+/// `ferry history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Conversation id.
+    pub conversation: String,
+    /// Only messages after this seq.
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    /// At most this many messages.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+/// `ferry group ...`.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group; prints its conversation id.
+    Create {
+        /// Group name.
+        name: String,
+        /// Initial members besides you, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+    },
+    /// Add a user to a group (owner only).
+    Add {
+        /// Conversation id of the group.
+        conversation: String,
+        /// User to add.
+        user: String,
+    },
+    /// Remove a user from a group (owner, or yourself to leave).
+    Remove {
+        /// Conversation id of the group.
+        conversation: String,
+        /// User to remove.
+        user: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    const BASE: [&str; 7] = [
+        "ferry",
+        "--server",
+        "127.0.0.1:1,127.0.0.1:2",
+        "--token",
+        "v1.x.y",
+        "--ca",
+        "ca.pem",
+    ];
+
+    fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(BASE.iter().chain(extra))
+    }
+
+    #[test]
+    fn send_to_user_with_comma_separated_servers() {
+        let cli = parse(&["send", "--to", "bob", "hi there", "--json"]).unwrap();
+        assert_eq!(cli.servers, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert!(cli.json);
+        let Command::Send(send) = cli.command else {
+            panic!()
+        };
+        assert_eq!(send.to.as_deref(), Some("bob"));
+        assert_eq!(send.text.as_deref(), Some("hi there"));
+        assert_eq!(send.timeout, 30);
+    }
+
+    #[test]
+    fn send_needs_exactly_one_target_and_one_input() {
+        let err = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(err(&["send", "hi"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            err(&["send", "--to", "bob", "--conversation", "d:a:b", "hi"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            err(&["send", "--to", "bob"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            err(&["send", "--to", "bob", "--stdin", "hi"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert!(parse(&["send", "--conversation", "g:1", "--stdin", "--timeout", "5"]).is_ok());
+    }
+
+    #[test]
+    fn listen_history_and_group_parse() {
+        let cli = parse(&["listen", "--count", "3", "--timeout", "9"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Listen(ListenArgs {
+                count: Some(3),
+                timeout: Some(9),
+                conversation: None
+            })
+        ));
+        let cli = parse(&["history", "d:a:b", "--after", "4", "--limit", "2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::History(HistoryArgs {
+                after: 4,
+                limit: 2,
+                ..
+            })
+        ));
+        let cli = parse(&["group", "create", "team", "--members", "a,b,c"]).unwrap();
+        let Command::Group(GroupCommand::Create { name, members }) = cli.command else {
+            panic!()
+        };
+        assert_eq!((name.as_str(), members.len()), ("team", 3));
+        assert!(parse(&["group", "add", "g:1", "dave"]).is_ok());
+    }
+
+    #[test]
+    fn server_is_required_and_help_lists_exit_codes() {
+        assert_eq!(
+            Cli::try_parse_from(["ferry", "--token", "t", "--ca", "c", "listen"])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        let help = parse(&["--help"]).unwrap_err().to_string();
+        assert!(help.contains("3  authentication failed"), "{help}");
+    }
+}

@@ -1,0 +1,417 @@
+//! The commands of `ferry`. Each builds a [`Client`], does its work while watching the connection
+//! events (an auth failure or a replaced session ends the run with the right exit code), and shuts the
+//! client down gracefully.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::args::{Cli, Command, GroupCommand, HistoryArgs, ListenArgs, SendArgs};
+use super::{CliError, EXIT_AUTH, EXIT_OTHER, EXIT_UNREACHABLE, EXIT_USAGE};
+use crate::{
+    token, Client, ClientBuilder, ConnectionState, Event, Events, ReceivedMessage, SendReceipt,
+};
+
+/// How long commands that need the server (group, history) wait for a connection.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let claims = token::read_claims(&cli.token);
+    let device = cli
+        .device
+        .clone()
+        .or_else(|| claims.as_ref().map(|c| c.dev.clone()))
+        .ok_or_else(|| CliError::new(EXIT_USAGE, "no --device given and the token names none"))?;
+    let user = claims.as_ref().map(|c| c.sub.clone());
+    let store = match (&cli.store, &user) {
+        (Some(path), _) => path.clone(),
+        (None, Some(user)) => default_store_path(user, &device)?,
+        (None, None) => {
+            return Err(CliError::new(
+                EXIT_USAGE,
+                "no --store given and the token names no user",
+            ))
+        }
+    };
+    let (client, events) = ClientBuilder::new()
+        .endpoints(cli.servers.iter().cloned())
+        .server_name(cli.server_name.clone())
+        .ca_file(&cli.ca)
+        .token(cli.token.clone())
+        .device_id(device)
+        .store_path(store)
+        .build()
+        .await?;
+    let (fatal_tx, fatal_rx) = watch::channel(None);
+    let result = match cli.command {
+        Command::Send(args) => {
+            let watcher = tokio::spawn(watch_events(events, fatal_tx, None));
+            let r = send(&client, user.as_deref(), args, cli.json, fatal_rx).await;
+            watcher.abort();
+            r
+        }
+        Command::Listen(args) => listen(&client, events, args, cli.json).await,
+        Command::History(args) => {
+            let watcher = tokio::spawn(watch_events(events, fatal_tx, None));
+            let r = history(&client, args, cli.json, fatal_rx).await;
+            watcher.abort();
+            r
+        }
+        Command::Group(cmd) => {
+            let watcher = tokio::spawn(watch_events(events, fatal_tx, None));
+            let r = group(&client, cmd, fatal_rx).await;
+            watcher.abort();
+            r
+        }
+    };
+    client.shutdown().await;
+    result
+}
+
+/// `<data dir>/ferry/<user>-<device>.sqlite3`, the data dir being `$XDG_DATA_HOME` or
+/// `$HOME/.local/share`.
+pub fn default_store_path(user: &str, device: &str) -> Result<PathBuf, CliError> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .ok_or_else(|| CliError::new(EXIT_USAGE, "no --store given and no HOME to default it"))?;
+    Ok(base.join("ferry").join(format!("{user}-{device}.sqlite3")))
+}
+
+/// Maps a connection state that ends the run to its error.
+fn fatal_error(state: &ConnectionState) -> Option<CliError> {
+    match state {
+        ConnectionState::AuthFailed { reason } => Some(CliError::new(
+            EXIT_AUTH,
+            format!("authentication failed: {reason}"),
+        )),
+        ConnectionState::Replaced => Some(CliError::new(
+            EXIT_OTHER,
+            "session replaced by another login of this device",
+        )),
+        _ => None,
+    }
+}
+
+/// Consumes events, publishing the first fatal one; forwards messages to `messages` if given.
+async fn watch_events(
+    mut events: Events,
+    fatal: watch::Sender<Option<ConnectionState>>,
+    messages: Option<tokio::sync::mpsc::Sender<ReceivedMessage>>,
+) {
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Connection(state) => {
+                tracing::debug!(?state, "connection");
+                if fatal_error(&state).is_some() {
+                    let _ = fatal.send(Some(state));
+                }
+            }
+            Event::Message(m) => {
+                if let Some(tx) = &messages {
+                    let _ = tx.send(m).await;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn wait_fatal(mut rx: watch::Receiver<Option<ConnectionState>>) -> CliError {
+    match rx.wait_for(|s| s.is_some()).await {
+        Ok(state) => fatal_error(state.as_ref().expect("some")).expect("fatal"),
+        Err(_) => CliError::new(EXIT_OTHER, "client stopped"),
+    }
+}
+
+fn receipt_line(r: &SendReceipt, json: bool) -> String {
+    if json {
+        serde_json::json!({
+            "conversation": r.conversation,
+            "seq": r.seq,
+            "client_msg_id": r.client_msg_id,
+            "duplicate": r.duplicate,
+        })
+        .to_string()
+    } else {
+        format!(
+            "sent seq={} conversation={} client_msg_id={}{}",
+            r.seq,
+            r.conversation,
+            r.client_msg_id,
+            if r.duplicate { " duplicate" } else { "" }
+        )
+    }
+}
+
+/// One line for a received message.
+pub fn message_line(m: &ReceivedMessage, json: bool) -> String {
+    if json {
+        serde_json::json!({
+            "conversation": m.conversation,
+            "seq": m.seq,
+            "from": m.sender,
+            "device": m.sender_device,
+            "body": m.text(),
+            "server_time": m.server_time_ms,
+        })
+        .to_string()
+    } else {
+        format!(
+            "{} #{} {}/{}: {}",
+            m.conversation,
+            m.seq,
+            m.sender,
+            m.sender_device,
+            m.text()
+        )
+    }
+}
+
+fn print(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+async fn send(
+    client: &Client,
+    user: Option<&str>,
+    args: SendArgs,
+    json: bool,
+    fatal: watch::Receiver<Option<ConnectionState>>,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let conversation = match (&args.conversation, &args.to) {
+        (Some(c), _) => c.clone(),
+        (None, Some(to)) => {
+            let me = user.ok_or_else(|| {
+                CliError::new(EXIT_USAGE, "--to needs a token that names its user")
+            })?;
+            ferry_protocol::ids::direct_conversation_id(me, to).ok_or_else(|| {
+                CliError::new(
+                    EXIT_USAGE,
+                    format!("no direct conversation between {me} and {to}"),
+                )
+            })?
+        }
+        (None, None) => unreachable!("clap requires a target"),
+    };
+    let texts: Vec<String> = if args.stdin {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CliError::new(EXIT_USAGE, format!("reading stdin: {e}")))?
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .collect()
+    } else {
+        args.text.into_iter().collect()
+    };
+    // Queue everything first (pipelined), then wait for the receipts in order.
+    let mut receipts = Vec::with_capacity(texts.len());
+    for text in texts {
+        receipts.push(client.send(conversation.clone(), text).await?);
+    }
+    let total = receipts.len();
+    for (done, receipt) in receipts.into_iter().enumerate() {
+        tokio::select! {
+            r = receipt => print(&receipt_line(&r?, json)),
+            e = wait_fatal(fatal.clone()) => return Err(e),
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(CliError::new(
+                    EXIT_UNREACHABLE,
+                    format!("timed out: {} of {total} message(s) not acknowledged; they stay in the outbox", total - done),
+                ))
+            }
+        }
+    }
+    // Messages left over from earlier runs are flushed too before exiting.
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    tokio::select! {
+        flushed = client.flush(remaining) => {
+            if !flushed {
+                return Err(CliError::new(
+                    EXIT_UNREACHABLE,
+                    format!("timed out: {} earlier message(s) still in the outbox", client.stats().outbox),
+                ));
+            }
+        }
+        e = wait_fatal(fatal) => return Err(e),
+    }
+    Ok(())
+}
+
+async fn listen(
+    client: &Client,
+    events: Events,
+    args: ListenArgs,
+    json: bool,
+) -> Result<(), CliError> {
+    let (fatal_tx, fatal_rx) = watch::channel(None);
+    let (msg_tx, mut msg_rx) = tokio::sync::mpsc::channel(1024);
+    let watcher = tokio::spawn(watch_events(events, fatal_tx, Some(msg_tx)));
+    let deadline = args
+        .timeout
+        .map(|t| Instant::now() + Duration::from_secs(t));
+    let mut seen = 0u64;
+    let result = loop {
+        if args.count.is_some_and(|n| seen >= n) {
+            break Ok(());
+        }
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            m = msg_rx.recv() => {
+                let Some(m) = m else { break Err(CliError::new(EXIT_OTHER, "client stopped")) };
+                if args.conversation.as_ref().is_some_and(|c| *c != m.conversation) {
+                    continue;
+                }
+                print(&message_line(&m, json));
+                seen += 1;
+            }
+            e = wait_fatal(fatal_rx.clone()) => break Err(e),
+            _ = sleep => {
+                break match args.count {
+                    Some(n) => Err(CliError::new(
+                        EXIT_UNREACHABLE,
+                        format!("timed out after {seen} of {n} message(s)"),
+                    )),
+                    None => Ok(()),
+                };
+            }
+        }
+    };
+    watcher.abort();
+    let _ = client;
+    result
+}
+
+async fn history(
+    client: &Client,
+    args: HistoryArgs,
+    json: bool,
+    fatal: watch::Receiver<Option<ConnectionState>>,
+) -> Result<(), CliError> {
+    // Connected, missing history can be pulled; offline, the local store answers alone.
+    tokio::select! {
+        _ = client.connected(Duration::from_secs(5)) => {}
+        e = wait_fatal(fatal) => return Err(e),
+    }
+    for m in client
+        .history(&args.conversation, args.after, args.limit)
+        .await?
+    {
+        print(&message_line(&m, json));
+    }
+    Ok(())
+}
+
+async fn group(
+    client: &Client,
+    cmd: GroupCommand,
+    fatal: watch::Receiver<Option<ConnectionState>>,
+) -> Result<(), CliError> {
+    let work = async {
+        match cmd {
+            GroupCommand::Create { name, members } => {
+                print(&client.create_group(&name, &members).await?);
+            }
+            GroupCommand::Add { conversation, user } => {
+                let change = client.add_member(&conversation, &user).await?;
+                print(&format!(
+                    "added {user} to {} at seq={}",
+                    change.conversation, change.seq
+                ));
+            }
+            GroupCommand::Remove { conversation, user } => {
+                let change = client.remove_member(&conversation, &user).await?;
+                print(&format!(
+                    "removed {user} from {} at seq={}",
+                    change.conversation, change.seq
+                ));
+            }
+        }
+        Ok::<(), CliError>(())
+    };
+    tokio::select! {
+        r = tokio::time::timeout(CONNECT_WAIT, work) => r.unwrap_or_else(|_| {
+            Err(CliError::new(EXIT_UNREACHABLE, "timed out waiting for the server"))
+        }),
+        e = wait_fatal(fatal) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::MessageKind;
+
+    #[test]
+    fn json_lines_have_the_documented_fields() {
+        let m = ReceivedMessage {
+            conversation: "d:a:b".into(),
+            seq: 3,
+            epoch: 1,
+            sender: "a".into(),
+            sender_device: "phone".into(),
+            client_msg_id: "x".into(),
+            body: bytes::Bytes::from_static(b"hi \xff"),
+            server_time_ms: 99,
+            kind: MessageKind::User,
+            membership: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&message_line(&m, true)).unwrap();
+        assert_eq!(v["from"], "a");
+        assert_eq!(v["device"], "phone");
+        assert_eq!(v["body"], "hi \u{fffd}");
+        assert_eq!(v["server_time"], 99);
+        let r = SendReceipt {
+            conversation: "d:a:b".into(),
+            seq: 4,
+            client_msg_id: "id".into(),
+            duplicate: false,
+            server_time_ms: 1,
+        };
+        assert_eq!(
+            receipt_line(&r, false),
+            "sent seq=4 conversation=d:a:b client_msg_id=id"
+        );
+        let v: serde_json::Value = serde_json::from_str(&receipt_line(&r, true)).unwrap();
+        assert_eq!(
+            (v["seq"].as_u64(), v["duplicate"].as_bool()),
+            (Some(4), Some(false))
+        );
+    }
+
+    #[test]
+    fn default_store_path_names_user_and_device() {
+        let path = default_store_path("alice", "phone").unwrap();
+        assert!(
+            path.ends_with("ferry/alice-phone.sqlite3"),
+            "{}",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn auth_failure_and_replacement_end_the_run() {
+        let auth = fatal_error(&ConnectionState::AuthFailed {
+            reason: "expired".into(),
+        })
+        .unwrap();
+        assert_eq!(auth.code, EXIT_AUTH);
+        assert!(fatal_error(&ConnectionState::Replaced).is_some());
+        assert!(fatal_error(&ConnectionState::Disconnected { reason: "x".into() }).is_none());
+    }
+}

@@ -1,0 +1,417 @@
+//! The I/O side of one QUIC connection: dialling (with 0-RTT when a session ticket exists), and the small
+//! tasks that move bytes between quinn streams and the driver. They do no protocol logic: readers decode
+//! frames and forward them over the bounded inbound channel; writers write whatever the driver batched.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_protocol::frame::frame::Kind;
+use ferry_protocol::{codec, Decoder, ErrorCode, Frame};
+use tokio::sync::{mpsc, Notify};
+
+/// Which stream a frame came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StreamRef {
+    /// The control stream.
+    Control,
+    /// A conversation stream; `serial` tells streams of the same conversation apart.
+    Conv { serial: u64, conversation: String },
+}
+
+/// What the connection tasks report to the driver. `gen` identifies the session; reports of older
+/// sessions are ignored.
+pub(crate) enum Inbound {
+    Established {
+        gen: u64,
+        result: Result<Established, String>,
+    },
+    ZeroRtt {
+        gen: u64,
+        accepted: bool,
+    },
+    Frame {
+        gen: u64,
+        stream: StreamRef,
+        frame: Frame,
+    },
+    /// A stream ended (finished, reset, or a decode error).
+    StreamEnded {
+        gen: u64,
+        stream: StreamRef,
+        reason: String,
+    },
+    /// The server opened a conversation stream; here is its sending side.
+    Accepted {
+        gen: u64,
+        serial: u64,
+        conversation: String,
+        send: quinn::SendStream,
+    },
+    Datagram {
+        gen: u64,
+        frame: Frame,
+    },
+    ConnectionLost {
+        gen: u64,
+        error: quinn::ConnectionError,
+    },
+    TokenRefreshed {
+        result: Result<String, String>,
+    },
+}
+
+/// A connection with its control stream open.
+pub(crate) struct Established {
+    pub conn: quinn::Connection,
+    pub remote: SocketAddr,
+    pub control: (quinn::SendStream, quinn::RecvStream),
+    /// Early data is in use (the verdict comes as [`Inbound::ZeroRtt`]).
+    pub early: bool,
+}
+
+/// Dials `remote`, using 0-RTT if the TLS session cache allows, and opens the control stream.
+pub(crate) async fn dial(
+    endpoint: quinn::Endpoint,
+    remote: SocketAddr,
+    server_name: String,
+    gen: u64,
+    timeout: Duration,
+    tx: mpsc::Sender<Inbound>,
+) {
+    let attempt = async {
+        let connecting = endpoint
+            .connect(remote, &server_name)
+            .map_err(|e| e.to_string())?;
+        let (conn, early) = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let accepted = accepted.await;
+                    let _ = tx.send(Inbound::ZeroRtt { gen, accepted }).await;
+                });
+                (conn, true)
+            }
+            Err(connecting) => (connecting.await.map_err(|e| e.to_string())?, false),
+        };
+        let control = conn.open_bi().await.map_err(|e| e.to_string())?;
+        Ok(Established {
+            conn,
+            remote,
+            control,
+            early,
+        })
+    };
+    let result = match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("connecting to {remote} timed out")),
+    };
+    let _ = tx.send(Inbound::Established { gen, result }).await;
+}
+
+/// Opens a control stream on an existing connection (after 0-RTT was rejected, streams opened in early
+/// data are gone).
+pub(crate) async fn reopen(conn: quinn::Connection, gen: u64, tx: mpsc::Sender<Inbound>) {
+    let result = match conn.open_bi().await {
+        Ok(control) => Ok(Established {
+            remote: conn.remote_address(),
+            conn,
+            control,
+            early: false,
+        }),
+        Err(e) => Err(e.to_string()),
+    };
+    let _ = tx.send(Inbound::Established { gen, result }).await;
+}
+
+/// The driver's side of a stream's send half: frames are appended to a buffer, and one wake-up of the
+/// writer task writes everything buffered at once (batched writes, no flush per frame). The buffer is
+/// bounded by the protocol: at most `max_inflight_sends` Sends, one Ack and a few Pulls per stream.
+pub(crate) struct StreamWriter {
+    buf: Arc<Mutex<BytesMut>>,
+    notify: Arc<Notify>,
+    /// Serial of the stream (conversation streams), to match [`Inbound::StreamEnded`].
+    pub serial: u64,
+    dirty: bool,
+}
+
+impl StreamWriter {
+    /// Appends a frame; written at the next [`StreamWriter::flush`].
+    pub fn push(&mut self, frame: &Frame) {
+        codec::encode_into(frame, &mut self.buf.lock().expect("writer buffer"));
+        self.dirty = true;
+    }
+
+    /// Wakes the writer task if frames were pushed since the last flush.
+    pub fn flush(&mut self) {
+        if std::mem::take(&mut self.dirty) {
+            self.notify.notify_one();
+        }
+    }
+}
+
+impl Drop for StreamWriter {
+    fn drop(&mut self) {
+        // The writer task notices the buffer is gone, finishes the stream and exits.
+        self.notify.notify_one();
+    }
+}
+
+/// Creates a writer and spawns its task on `send`.
+pub(crate) fn spawn_writer(send: quinn::SendStream, serial: u64) -> StreamWriter {
+    let writer = StreamWriter {
+        buf: Arc::new(Mutex::new(BytesMut::new())),
+        notify: Arc::new(Notify::new()),
+        serial,
+        dirty: false,
+    };
+    tokio::spawn(write_loop(
+        send,
+        Arc::downgrade(&writer.buf),
+        writer.notify.clone(),
+    ));
+    writer
+}
+
+/// The writer task's side of a stream that is still being opened.
+pub(crate) struct PendingStream {
+    buf: Weak<Mutex<BytesMut>>,
+    notify: Arc<Notify>,
+}
+
+/// A writer whose stream is still being opened (the Open frame and early frames wait in the buffer).
+pub(crate) fn pending_writer(serial: u64) -> (StreamWriter, PendingStream) {
+    let writer = StreamWriter {
+        buf: Arc::new(Mutex::new(BytesMut::new())),
+        notify: Arc::new(Notify::new()),
+        serial,
+        dirty: false,
+    };
+    let pending = PendingStream {
+        buf: Arc::downgrade(&writer.buf),
+        notify: writer.notify.clone(),
+    };
+    (writer, pending)
+}
+
+async fn write_loop(mut send: quinn::SendStream, buf: Weak<Mutex<BytesMut>>, notify: Arc<Notify>) {
+    loop {
+        notify.notified().await;
+        let Some(buf) = buf.upgrade() else {
+            let _ = send.finish();
+            return;
+        };
+        let data = std::mem::take(&mut *buf.lock().expect("writer buffer"));
+        drop(buf);
+        if data.is_empty() {
+            continue;
+        }
+        if send.write_all(&data).await.is_err() {
+            // The reader of the same stream reports the reset; nothing to do here.
+            return;
+        }
+    }
+}
+
+/// Opens a conversation stream, then runs its writer and reader.
+pub(crate) fn spawn_open(
+    conn: quinn::Connection,
+    gen: u64,
+    serial: u64,
+    conversation: String,
+    pending: PendingStream,
+    max_frame_size: usize,
+    tx: mpsc::Sender<Inbound>,
+) {
+    tokio::spawn(async move {
+        let stream = StreamRef::Conv {
+            serial,
+            conversation,
+        };
+        match conn.open_bi().await {
+            Ok((send, recv)) => {
+                // Frames pushed while the stream was opening are waiting: write them now.
+                pending.notify.notify_one();
+                tokio::spawn(write_loop(send, pending.buf, pending.notify));
+                read_loop(recv, gen, stream, max_frame_size, tx).await;
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Inbound::StreamEnded {
+                        gen,
+                        stream,
+                        reason: e.to_string(),
+                    })
+                    .await;
+            }
+        }
+    });
+}
+
+/// Where a read loop's frames come from.
+enum Source {
+    /// A stream whose identity is known.
+    Known(StreamRef),
+    /// A stream the server opened: its first frame must be Open, which names the conversation.
+    Accepted {
+        send: quinn::SendStream,
+        serial: u64,
+    },
+}
+
+/// Reads frames from a stream until it ends, forwarding each to the driver.
+pub(crate) async fn read_loop(
+    recv: quinn::RecvStream,
+    gen: u64,
+    stream: StreamRef,
+    max_frame_size: usize,
+    tx: mpsc::Sender<Inbound>,
+) {
+    read_frames(recv, gen, Source::Known(stream), max_frame_size, tx).await;
+}
+
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    gen: u64,
+    mut source: Source,
+    max_frame_size: usize,
+    tx: mpsc::Sender<Inbound>,
+) {
+    let mut decoder = Decoder::new(max_frame_size);
+    let reason = 'read: loop {
+        let chunk = match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => {
+                break match decoder.finish() {
+                    Ok(()) => "finished".to_owned(),
+                    Err(e) => e.to_string(),
+                }
+            }
+            Err(e) => break e.to_string(),
+        };
+        decoder.extend(&chunk.bytes);
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = recv.stop(quinn::VarInt::from_u32(e.code().0));
+                    break 'read e.to_string();
+                }
+            };
+            let stream = match source {
+                Source::Known(ref stream) => stream.clone(),
+                Source::Accepted { .. } => {
+                    let Source::Accepted { mut send, serial } =
+                        std::mem::replace(&mut source, Source::Known(StreamRef::Control))
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let Some(Kind::Open(open)) = frame.kind else {
+                        let code = quinn::VarInt::from_u32(ErrorCode::PROTOCOL_ERROR.0);
+                        let _ = send.reset(code);
+                        let _ = recv.stop(code);
+                        return;
+                    };
+                    let conversation = open.conversation_id;
+                    source = Source::Known(StreamRef::Conv {
+                        serial,
+                        conversation: conversation.clone(),
+                    });
+                    let accepted = Inbound::Accepted {
+                        gen,
+                        serial,
+                        conversation,
+                        send,
+                    };
+                    if tx.send(accepted).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if tx
+                .send(Inbound::Frame { gen, stream, frame })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    // A stream that ended before its Open frame was never announced: nothing to report.
+    if let Source::Known(stream) = source {
+        let _ = tx
+            .send(Inbound::StreamEnded {
+                gen,
+                stream,
+                reason,
+            })
+            .await;
+    }
+}
+
+/// Accepts server-opened conversation streams (first frame Open) and reads datagrams, until the
+/// connection ends; then reports why.
+pub(crate) fn spawn_connection_tasks(
+    conn: quinn::Connection,
+    gen: Arc<AtomicU64>,
+    serials: Arc<AtomicU64>,
+    max_frame_size: usize,
+    tx: mpsc::Sender<Inbound>,
+) {
+    let dconn = conn.clone();
+    let dtx = tx.clone();
+    let dgen = gen.clone();
+    tokio::spawn(async move {
+        while let Ok(payload) = dconn.read_datagram().await {
+            if let Ok(frame) = codec::decode_datagram(&payload, max_frame_size) {
+                let gen = dgen.load(Ordering::Relaxed);
+                if dtx.send(Inbound::Datagram { gen, frame }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let error = loop {
+            match conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    let serial = serials.fetch_add(1, Ordering::Relaxed);
+                    let gen = gen.load(Ordering::Relaxed);
+                    tokio::spawn(accept_stream(
+                        send,
+                        recv,
+                        gen,
+                        serial,
+                        max_frame_size,
+                        tx.clone(),
+                    ));
+                }
+                Err(error) => break error,
+            }
+        };
+        let gen = gen.load(Ordering::Relaxed);
+        let _ = tx.send(Inbound::ConnectionLost { gen, error }).await;
+    });
+}
+
+async fn accept_stream(
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    gen: u64,
+    serial: u64,
+    max_frame_size: usize,
+    tx: mpsc::Sender<Inbound>,
+) {
+    read_frames(
+        recv,
+        gen,
+        Source::Accepted { send, serial },
+        max_frame_size,
+        tx,
+    )
+    .await;
+}
