@@ -16,13 +16,16 @@
 //! - **seq never goes backwards**: the head is durable; when history may have been lost the epoch changes.
 #![warn(missing_docs)]
 
+use std::future::Future;
+use std::pin::Pin;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_protocol::frame::{ConversationKind, ConversationState, Message};
 
 pub mod embedded;
 
-pub use embedded::{EmbeddedStore, EmbeddedStoreOptions};
+pub use embedded::{CommitStats, EmbeddedStore, EmbeddedStoreOptions};
 
 /// A user message to append.
 #[derive(Debug, Clone)]
@@ -154,15 +157,45 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// An append that is queued; it resolves once the append is durable (or failed).
+pub type PendingAppend = Pin<Box<dyn Future<Output = Result<Appended, StoreError>> + Send>>;
+
+/// Counters of a store's write path (exported as metrics; the benchmark derives the mean batch size).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Durable commits (fsyncs, or pipelines for a networked store).
+    pub commits: u64,
+    /// Write requests those commits carried.
+    pub requests: u64,
+    /// Total time spent committing, in microseconds.
+    pub commit_micros: u64,
+}
+
 /// Ferry's storage. All methods are safe to call concurrently; writes are serialized inside.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Epoch of the whole store; changes only if the store lost its history (FERRY-MSG-6).
     fn store_epoch(&self) -> u64;
 
+    /// Write-path counters since the store was opened.
+    fn write_stats(&self) -> WriteStats {
+        WriteStats::default()
+    }
+
     /// Appends a user message with dedupe, atomically and durably (see the crate docs). The sender must be a
     /// current member; the server checks that before calling.
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
+
+    /// Queues an append and returns as soon as it is queued: appends queued one after another (by one
+    /// caller awaiting each call in turn) get increasing seqs in that order, while their commits are
+    /// shared. This is how a stream pipelines Sends yet keeps their order (FERRY-SEND-8).
+    ///
+    /// The default waits for durability before returning — correct, but without pipelining; stores with
+    /// a write queue override it.
+    async fn queue_append(&self, message: NewMessage) -> Result<PendingAppend, StoreError> {
+        let appended = self.append(message).await;
+        Ok(Box::pin(std::future::ready(appended)))
+    }
 
     /// Applies a membership change and appends its system message atomically and durably. For
     /// [`MembershipOp::Create`] `conversation` is the new group id. Returns the system message.
@@ -178,8 +211,10 @@ pub trait Store: Send + Sync + 'static {
     async fn ensure_direct(&self, conversation: &str, a: &str, b: &str) -> Result<(), StoreError>;
 
     /// Conversation facts; `None` if it does not exist.
-    async fn conversation(&self, conversation: &str)
-        -> Result<Option<ConversationInfo>, StoreError>;
+    async fn conversation(
+        &self,
+        conversation: &str,
+    ) -> Result<Option<ConversationInfo>, StoreError>;
 
     /// A user's membership; `None` if they never were a member.
     async fn membership(

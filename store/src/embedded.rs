@@ -1,0 +1,498 @@
+//! The embedded store: redb under the server's data directory, with group commit.
+//!
+//! Layout:
+//! - this file: [`EmbeddedStore`] (open, reads, the [`Store`] impl), its options and commit statistics;
+//! - `tables`: the redb tables and the encoding of their records;
+//! - `cache`: the committed hot state kept in memory (conversations, memberships);
+//! - `writer`: the writer thread that applies groups of writes in one fsynced transaction;
+//! - `batch`: what each write request does, applied to an overlay of the cache until the commit.
+//!
+//! Reads of hot state (heads, memberships, Sync) are served from memory; message reads use a redb read
+//! transaction, which only ever sees committed data. Writes are queued on a bounded channel to the one
+//! writer thread; each caller's future completes only after the transaction holding its write committed
+//! with `Durability::Immediate`.
+
+mod batch;
+mod cache;
+mod tables;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_protocol::frame::{ConversationKind, ConversationState, Message};
+use prost::Message as _;
+use redb::{Database, ReadableDatabase, ReadableTable};
+use tokio::sync::{mpsc, oneshot};
+
+use self::cache::Cache;
+use self::tables::*;
+use self::writer::Request;
+use crate::{
+    Appended, ConversationInfo, Membership, MembershipOp, NewMessage, PendingAppend, Store,
+    StoreError, SyncPage, WriteStats,
+};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "ferry.redb";
+
+/// Tuning of an [`EmbeddedStore`].
+#[derive(Debug, Clone)]
+pub struct EmbeddedStoreOptions {
+    /// How long a (conversation, sender, client_msg_id) is remembered for dedupe. Default 7 days.
+    pub dedupe_window: Duration,
+    /// Most write requests applied in one transaction. Default 1024.
+    pub max_batch: usize,
+    /// Capacity of the bounded queue in front of the writer; callers wait when it is full. Default 8192.
+    pub queue_capacity: usize,
+}
+
+impl Default for EmbeddedStoreOptions {
+    fn default() -> Self {
+        EmbeddedStoreOptions {
+            dedupe_window: Duration::from_secs(7 * 24 * 3600),
+            max_batch: 1024,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+/// Counters of the writer since open, for metrics. Mean batch size = `requests / commits`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Write transactions attempted (one per batch).
+    pub commits: u64,
+    /// Of those, the ones that failed (their callers got [`StoreError::Backend`]).
+    pub failed_commits: u64,
+    /// Write requests of every kind taken into batches.
+    pub requests: u64,
+    /// New messages stored by `append` (not counting duplicates and system messages).
+    pub appended: u64,
+    /// Appends answered as duplicates.
+    pub duplicates: u64,
+    /// Largest batch so far.
+    pub max_batch: u64,
+    /// Total time spent building and committing successful transactions (including fsync), µs.
+    pub commit_micros: u64,
+}
+
+impl CommitStats {
+    /// Mean requests per commit (0 before the first commit).
+    pub fn mean_batch(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.requests as f64 / self.commits as f64
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct StatCounters {
+    commits: AtomicU64,
+    failed_commits: AtomicU64,
+    requests: AtomicU64,
+    appended: AtomicU64,
+    duplicates: AtomicU64,
+    max_batch: AtomicU64,
+    commit_micros: AtomicU64,
+}
+
+/// State shared by the store handle and its writer thread.
+struct Shared {
+    db: Database,
+    epoch: u64,
+    dedupe_window_ms: u64,
+    cache: RwLock<Cache>,
+    stats: StatCounters,
+}
+
+/// The default durable [`Store`]: one redb file, group commit, hot state in memory.
+///
+/// Dropping it stops the writer thread after the queued requests are done and closes the database.
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("epoch", &self.shared.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) `dir/ferry.redb`, loads the hot state and starts the writer thread.
+    /// Blocking; call it once at start-up.
+    pub fn open(dir: &Path, options: EmbeddedStoreOptions) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(backend)?;
+        let db = Database::create(dir.join(DB_FILE)).map_err(backend)?;
+        let (epoch, change) = init_meta(&db).map_err(backend)?;
+        let cache = Cache::load(&db, change).map_err(backend)?;
+        let shared = Arc::new(Shared {
+            db,
+            epoch,
+            dedupe_window_ms: options
+                .dedupe_window
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
+            cache: RwLock::new(cache),
+            stats: StatCounters::default(),
+        });
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let writer_shared = shared.clone();
+        let max_batch = options.max_batch;
+        let writer = std::thread::Builder::new()
+            .name("ferry-store-writer".into())
+            .spawn(move || writer::run(writer_shared, rx, max_batch))
+            .map_err(backend)?;
+        Ok(EmbeddedStore {
+            shared,
+            requests: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    /// Writer counters since open.
+    pub fn commit_stats(&self) -> CommitStats {
+        let s = &self.shared.stats;
+        CommitStats {
+            commits: s.commits.load(Ordering::Relaxed),
+            failed_commits: s.failed_commits.load(Ordering::Relaxed),
+            requests: s.requests.load(Ordering::Relaxed),
+            appended: s.appended.load(Ordering::Relaxed),
+            duplicates: s.duplicates.load(Ordering::Relaxed),
+            max_batch: s.max_batch.load(Ordering::Relaxed),
+            commit_micros: s.commit_micros.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues a write and waits for its committed outcome.
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Result<T, StoreError> {
+        self.queue(make)
+            .await?
+            .await
+            .map_err(|_| writer_stopped())?
+    }
+
+    /// Queues a write; the returned receiver yields its outcome after the commit. Requests are applied
+    /// in the order they were queued.
+    async fn queue<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let sender = self
+            .requests
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("store closed".into()))?;
+        sender.send(make(tx)).await.map_err(|_| writer_stopped())?;
+        Ok(rx)
+    }
+
+    fn cache(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
+        // A panic elsewhere cannot leave the cache half-updated (updates are plain inserts).
+        self.shared.cache.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Unavailable("store writer stopped".into())
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer loop once it has answered what was queued; joining it makes
+        // sure the database file is closed (and can be reopened) when drop returns.
+        self.requests.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Reads the epoch and change counter, writing fresh ones when the database is new.
+fn init_meta(db: &Database) -> Result<(u64, u64), redb::Error> {
+    let txn = db.begin_write()?;
+    let result = {
+        // Opening creates missing tables, so readers can rely on every table existing.
+        txn.open_table(MESSAGES)?;
+        txn.open_table(DEDUPE)?;
+        txn.open_table(DEDUPE_BY_TIME)?;
+        txn.open_table(CONVERSATIONS)?;
+        txn.open_table(MEMBERS)?;
+        txn.open_table(USER_CONVS)?;
+        txn.open_table(CURSORS)?;
+        let mut meta = txn.open_table(META)?;
+        let epoch = meta.get(META_EPOCH)?.map(|guard| guard.value());
+        let epoch = match epoch {
+            Some(epoch) => {
+                let schema = meta.get(META_SCHEMA)?.map(|guard| guard.value());
+                if schema != Some(SCHEMA_VERSION) {
+                    return Err(redb::Error::Corrupted(format!(
+                        "unsupported store schema {schema:?}, expected {SCHEMA_VERSION}"
+                    )));
+                }
+                epoch
+            }
+            None => {
+                let epoch = loop {
+                    let candidate: u64 = rand::random();
+                    if candidate != 0 {
+                        break candidate;
+                    }
+                };
+                meta.insert(META_EPOCH, epoch)?;
+                meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+                meta.insert(META_CHANGE, 0)?;
+                epoch
+            }
+        };
+        let change = meta.get(META_CHANGE)?.map_or(0, |guard| guard.value());
+        (epoch, change)
+    };
+    txn.commit()?;
+    Ok(result)
+}
+
+fn kind_of(record: &ConvRecord) -> ConversationKind {
+    ConversationKind::try_from(record.kind).unwrap_or(ConversationKind::Unspecified)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn store_epoch(&self) -> u64 {
+        self.shared.epoch
+    }
+
+    async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
+        self.call(|reply| Request::Append(message, reply)).await
+    }
+
+    async fn queue_append(&self, message: NewMessage) -> Result<PendingAppend, StoreError> {
+        let committed = self.queue(|reply| Request::Append(message, reply)).await?;
+        Ok(Box::pin(async move {
+            committed.await.map_err(|_| writer_stopped())?
+        }))
+    }
+
+    fn write_stats(&self) -> WriteStats {
+        let stats = self.commit_stats();
+        WriteStats {
+            commits: stats.commits,
+            requests: stats.requests,
+            commit_micros: stats.commit_micros,
+        }
+    }
+
+    async fn change_membership(
+        &self,
+        conversation: &str,
+        op: MembershipOp,
+        server_time_ms: u64,
+    ) -> Result<Appended, StoreError> {
+        self.call(|reply| Request::Membership {
+            conversation: conversation.to_owned(),
+            op,
+            server_time_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn ensure_direct(&self, conversation: &str, a: &str, b: &str) -> Result<(), StoreError> {
+        // The common case (it exists) needs no trip through the writer and no transaction.
+        if self.cache().convs.contains_key(conversation) {
+            return Ok(());
+        }
+        self.call(|reply| Request::EnsureDirect {
+            conversation: conversation.to_owned(),
+            a: a.to_owned(),
+            b: b.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    async fn conversation(
+        &self,
+        conversation: &str,
+    ) -> Result<Option<ConversationInfo>, StoreError> {
+        Ok(self
+            .cache()
+            .convs
+            .get(conversation)
+            .map(|record| ConversationInfo {
+                kind: kind_of(record),
+                name: record.name.clone(),
+                owner: record.owner.clone(),
+                head_seq: record.head,
+                epoch: self.shared.epoch,
+            }))
+    }
+
+    async fn membership(
+        &self,
+        conversation: &str,
+        user: &str,
+    ) -> Result<Option<Membership>, StoreError> {
+        Ok(self
+            .cache()
+            .member(conversation, user)
+            .map(MemberRec::membership))
+    }
+
+    async fn members(&self, conversation: &str) -> Result<Vec<String>, StoreError> {
+        let cache = self.cache();
+        let Some(members) = cache.members.get(conversation) else {
+            return Ok(Vec::new());
+        };
+        Ok(members
+            .iter()
+            .filter(|(_, rec)| rec.left_seq.is_none())
+            .map(|(user, _)| user.clone())
+            .collect())
+    }
+
+    async fn read(
+        &self,
+        conversation: &str,
+        after_seq: u64,
+        up_to_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        // The cached head is published only after its commit, so it is never above durable data.
+        let head = match self.cache().convs.get(conversation) {
+            Some(record) => record.head,
+            None => return Ok(Vec::new()),
+        };
+        let last = up_to_seq.min(head);
+        if after_seq >= last || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.shared.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(MESSAGES).map_err(backend)?;
+        let range = table
+            .range((conversation, after_seq + 1)..=(conversation, last))
+            .map_err(backend)?;
+        let mut messages = Vec::with_capacity((limit as usize).min(1024));
+        for row in range.take(limit as usize) {
+            let (_, value) = row.map_err(backend)?;
+            messages.push(Message::decode(value.value()).map_err(backend)?);
+        }
+        Ok(messages)
+    }
+
+    async fn set_delivered(
+        &self,
+        conversation: &str,
+        user: &str,
+        device: &str,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        self.call(|reply| Request::SetDelivered {
+            conversation: conversation.to_owned(),
+            user: user.to_owned(),
+            device: device.to_owned(),
+            seq,
+            reply,
+        })
+        .await
+    }
+
+    async fn set_read(&self, conversation: &str, user: &str, seq: u64) -> Result<u64, StoreError> {
+        self.call(|reply| Request::SetRead {
+            conversation: conversation.to_owned(),
+            user: user.to_owned(),
+            seq,
+            reply,
+        })
+        .await
+    }
+
+    async fn changed_since(
+        &self,
+        user: &str,
+        device: &str,
+        since_token: u64,
+        limit: u32,
+    ) -> Result<SyncPage, StoreError> {
+        let limit = limit.max(1) as usize;
+        // Collect the page from one consistent view of the cache: batches are published whole, and
+        // change values are assigned in commit order, so no later commit can add a value ≤ next_token.
+        let mut changed = {
+            let cache = self.cache();
+            let Some(convs) = cache.user_convs.get(user) else {
+                return Ok(SyncPage {
+                    next_token: since_token,
+                    ..SyncPage::default()
+                });
+            };
+            let mut changed = Vec::new();
+            for conv in convs {
+                let (Some(record), Some(rec)) = (cache.convs.get(conv), cache.member(conv, user))
+                else {
+                    continue;
+                };
+                // After removal, later appends are invisible to the user: only the removal counts.
+                let change = if rec.left_seq.is_none() {
+                    record.last_change.max(rec.change_token)
+                } else {
+                    rec.change_token
+                };
+                if change > since_token {
+                    changed.push((change, conv.clone(), record.clone(), rec));
+                }
+            }
+            changed
+        };
+        changed.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let has_more = changed.len() > limit;
+        changed.truncate(limit);
+        let next_token = changed.last().map_or(since_token, |c| c.0);
+
+        let txn = self.shared.db.begin_read().map_err(backend)?;
+        let cursors = txn.open_table(CURSORS).map_err(backend)?;
+        let mut conversations = Vec::with_capacity(changed.len());
+        for (_, conv, record, rec) in changed {
+            let acked_seq = cursors
+                .get((conv.as_str(), user, device))
+                .map_err(backend)?
+                .map_or(0, |guard| guard.value());
+            let head_seq = rec.membership().visible_head(record.head);
+            let read_seq = rec.read_seq.min(head_seq);
+            conversations.push(ConversationState {
+                conversation_id: conv,
+                kind: kind_of(&record) as i32,
+                head_seq,
+                epoch: self.shared.epoch,
+                acked_seq,
+                read_seq,
+                unread_count: head_seq.saturating_sub(read_seq),
+                member: rec.left_seq.is_none(),
+                first_seq: rec.first_seq,
+                name: record.name,
+            });
+        }
+        Ok(SyncPage {
+            conversations,
+            next_token,
+            has_more,
+        })
+    }
+}

@@ -1,0 +1,131 @@
+//! Kill -9 in the middle of a stream of appends: everything acked before the kill survives, once, with
+//! gap-free seqs.
+//!
+//! The parent test re-runs this test binary as a child process in "child mode" (selected by
+//! `FERRY_STORE_CHILD_DIR`); the child appends until killed and prints each ack.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_store::{EmbeddedStore, EmbeddedStoreOptions, NewMessage, Store};
+
+const CHILD_ENV: &str = "FERRY_STORE_CHILD_DIR";
+const CONVS: usize = 3;
+const ACKS_BEFORE_KILL: usize = 300;
+
+fn conv(i: usize) -> String {
+    format!("d:a{i}:b{i}")
+}
+
+/// Child mode: append from several tasks until killed, printing `ACK <conv> <seq> <client_msg_id>`
+/// after each acknowledged append. A no-op in a normal test run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_appender() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let store =
+        Arc::new(EmbeddedStore::open(dir.as_ref(), EmbeddedStoreOptions::default()).unwrap());
+    for i in 0..CONVS {
+        store
+            .ensure_direct(&conv(i), &format!("a{i}"), &format!("b{i}"))
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = (0..12)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // Bounded: the parent kills us long before this ends.
+                for n in 0..100_000 {
+                    let i = t % CONVS;
+                    let cmid = format!("t{t}-{n}");
+                    let appended = store
+                        .append(NewMessage {
+                            conversation: conv(i),
+                            sender: format!("a{i}"),
+                            sender_device: "dev".into(),
+                            client_msg_id: cmid.clone(),
+                            body: Bytes::from_static(&[7; 256]),
+                            server_time_ms: 1,
+                        })
+                        .await
+                        .unwrap();
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "ACK {} {} {cmid}", conv(i), appended.seq).unwrap();
+                    out.flush().unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn acked_appends_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_appender",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut acked: Vec<(String, u64, String)> = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Bounded by the child's own bounded loop: its stdout closes when it exits.
+    while acked.len() < ACKS_BEFORE_KILL {
+        let Some(line) = lines.next() else { break };
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("ACK ") {
+            let mut parts = rest.split(' ');
+            let (conv, seq, cmid) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
+            acked.push((conv.to_owned(), seq.parse().unwrap(), cmid.to_owned()));
+        }
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert_eq!(acked.len(), ACKS_BEFORE_KILL, "child stopped early");
+
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreOptions::default()).unwrap();
+    let mut stored: HashMap<String, HashMap<String, u64>> = HashMap::new();
+    for i in 0..CONVS {
+        let head = store
+            .conversation(&conv(i))
+            .await
+            .unwrap()
+            .unwrap()
+            .head_seq;
+        let messages = store.read(&conv(i), 0, u64::MAX, u32::MAX).await.unwrap();
+        assert_eq!(messages.len() as u64, head);
+        let by_id = stored.entry(conv(i)).or_default();
+        for (message, seq) in messages.iter().zip(1..) {
+            assert_eq!(message.seq, seq, "gap in {}", conv(i));
+            assert!(
+                by_id.insert(message.client_msg_id.clone(), seq).is_none(),
+                "stored twice"
+            );
+        }
+    }
+    for (conv, seq, cmid) in &acked {
+        assert_eq!(
+            stored[conv].get(cmid),
+            Some(seq),
+            "acked {conv} {seq} {cmid} lost"
+        );
+    }
+}

@@ -1,0 +1,672 @@
+//! Behaviour of the embedded store through the `Store` trait.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_protocol::frame::{ConversationKind, MembershipAction, MessageKind};
+use ferry_store::{
+    EmbeddedStore, EmbeddedStoreOptions, MembershipOp, NewMessage, Store, StoreError,
+};
+
+const DIRECT: &str = "d:alice:bob";
+const GROUP: &str = "g:0123456789abcdef0123456789abcdef";
+
+fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
+    EmbeddedStore::open(dir.path(), EmbeddedStoreOptions::default()).unwrap()
+}
+
+fn msg(conv: &str, sender: &str, cmid: &str, time: u64) -> NewMessage {
+    NewMessage {
+        conversation: conv.to_owned(),
+        sender: sender.to_owned(),
+        sender_device: "phone".to_owned(),
+        client_msg_id: cmid.to_owned(),
+        body: Bytes::from(format!("body of {cmid}")),
+        server_time_ms: time,
+    }
+}
+
+async fn create_group(store: &EmbeddedStore, owner: &str, members: &[&str]) {
+    let op = MembershipOp::Create {
+        name: "team".into(),
+        owner: owner.into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    };
+    store.change_membership(GROUP, op, 1).await.unwrap();
+}
+
+fn add(actor: &str, user: &str) -> MembershipOp {
+    MembershipOp::Add {
+        actor: actor.into(),
+        user: user.into(),
+    }
+}
+
+fn remove(actor: &str, user: &str) -> MembershipOp {
+    MembershipOp::Remove {
+        actor: actor.into(),
+        user: user.into(),
+    }
+}
+
+#[tokio::test]
+async fn append_assigns_consecutive_seqs_and_stores_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    for (i, cmid) in ["a", "b", "c"].into_iter().enumerate() {
+        let appended = store.append(msg(DIRECT, "alice", cmid, 10)).await.unwrap();
+        assert_eq!(appended.seq, i as u64 + 1);
+        assert!(!appended.duplicate);
+        assert_eq!(appended.epoch, store.store_epoch());
+        let message = appended.message.unwrap();
+        assert_eq!(message.seq, appended.seq);
+        assert_eq!(message.client_msg_id, cmid);
+        assert_eq!(message.kind, MessageKind::User as i32);
+    }
+    let read = store.read(DIRECT, 0, u64::MAX, 100).await.unwrap();
+    let seqs: Vec<u64> = read.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(read[1].body, Bytes::from("body of b"));
+    assert_eq!(read[1].sender_device, "phone");
+    let info = store.conversation(DIRECT).await.unwrap().unwrap();
+    assert_eq!(info.head_seq, 3);
+    assert_eq!(info.kind, ConversationKind::Direct);
+    // Sending marks read.
+    assert_eq!(
+        store
+            .membership(DIRECT, "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .read_seq,
+        3
+    );
+    assert_eq!(
+        store
+            .membership(DIRECT, "bob")
+            .await
+            .unwrap()
+            .unwrap()
+            .read_seq,
+        0
+    );
+}
+
+#[tokio::test]
+async fn append_to_missing_conversation_or_by_non_member_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert!(matches!(
+        store.append(msg(DIRECT, "alice", "x", 1)).await,
+        Err(StoreError::NotFound)
+    ));
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    assert!(matches!(
+        store.append(msg(DIRECT, "mallory", "x", 1)).await,
+        Err(StoreError::Forbidden(_))
+    ));
+    assert_eq!(
+        store.conversation(DIRECT).await.unwrap().unwrap().head_seq,
+        0
+    );
+}
+
+#[tokio::test]
+async fn duplicate_returns_the_original_and_stores_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    let first = store.append(msg(DIRECT, "alice", "m1", 100)).await.unwrap();
+    let again = store.append(msg(DIRECT, "alice", "m1", 200)).await.unwrap();
+    assert!(again.duplicate);
+    assert!(again.message.is_none());
+    assert_eq!((again.seq, again.server_time_ms), (first.seq, 100));
+    // The same id from another sender is a different message.
+    let bob = store.append(msg(DIRECT, "bob", "m1", 300)).await.unwrap();
+    assert_eq!((bob.seq, bob.duplicate), (2, false));
+    assert_eq!(store.read(DIRECT, 0, u64::MAX, 100).await.unwrap().len(), 2);
+    assert_eq!(store.commit_stats().duplicates, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_within_one_batch_are_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append(msg(DIRECT, "alice", "same", 5)).await })
+        })
+        .collect();
+    let mut originals = 0;
+    for task in tasks {
+        let appended = task.await.unwrap().unwrap();
+        assert_eq!(appended.seq, 1);
+        originals += usize::from(!appended.duplicate);
+    }
+    assert_eq!(originals, 1);
+    assert_eq!(
+        store.conversation(DIRECT).await.unwrap().unwrap().head_seq,
+        1
+    );
+}
+
+#[tokio::test]
+async fn dedupe_expires_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EmbeddedStoreOptions {
+        dedupe_window: Duration::from_millis(1000),
+        ..EmbeddedStoreOptions::default()
+    };
+    let store = EmbeddedStore::open(dir.path(), options).unwrap();
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    store
+        .append(msg(DIRECT, "alice", "m1", 10_000))
+        .await
+        .unwrap();
+    let inside = store
+        .append(msg(DIRECT, "alice", "m1", 10_999))
+        .await
+        .unwrap();
+    assert_eq!((inside.seq, inside.duplicate), (1, true));
+    let after = store
+        .append(msg(DIRECT, "alice", "m1", 11_000))
+        .await
+        .unwrap();
+    assert_eq!((after.seq, after.duplicate), (2, false));
+    // The new entry is remembered from its own time, even though purging ran in between.
+    store
+        .append(msg(DIRECT, "bob", "other", 11_500))
+        .await
+        .unwrap();
+    let again = store
+        .append(msg(DIRECT, "alice", "m1", 11_900))
+        .await
+        .unwrap();
+    assert_eq!((again.seq, again.duplicate), (2, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appenders_get_gap_free_seqs_in_shared_commits() {
+    const CONVS: usize = 5;
+    const TASKS: usize = 50;
+    const PER_TASK: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    let conv = |i: usize| format!("d:u{i}:v{i}");
+    for i in 0..CONVS {
+        store
+            .ensure_direct(&conv(i), &format!("u{i}"), &format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let store = store.clone();
+            let conv = conv(t % CONVS);
+            let sender = format!("u{}", t % CONVS);
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..PER_TASK {
+                    let m = msg(&conv, &sender, &format!("t{t}-{i}"), 1);
+                    seqs.push(store.append(m).await.unwrap().seq);
+                }
+                (conv, seqs)
+            })
+        })
+        .collect();
+    let mut acked: HashMap<String, Vec<u64>> = HashMap::new();
+    for task in tasks {
+        let (conv, seqs) = task.await.unwrap();
+        acked.entry(conv).or_default().extend(seqs);
+    }
+    let per_conv = TASKS / CONVS * PER_TASK;
+    for (conv, mut seqs) in acked {
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=per_conv as u64).collect::<Vec<_>>(), "{conv}");
+        let stored = store.read(&conv, 0, u64::MAX, u32::MAX).await.unwrap();
+        let ids: HashSet<_> = stored.iter().map(|m| m.client_msg_id.clone()).collect();
+        assert_eq!(stored.len(), per_conv);
+        assert_eq!(ids.len(), per_conv, "every message stored exactly once");
+        assert!(stored.iter().zip(1..).all(|(m, seq)| m.seq == seq));
+    }
+    let stats = store.commit_stats();
+    assert_eq!(stats.appended, (TASKS * PER_TASK) as u64);
+    assert!(stats.mean_batch() > 1.0, "no group commit: {stats:?}");
+}
+
+#[tokio::test]
+async fn reopen_preserves_everything_including_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (epoch, token) = {
+        let store = open(&dir);
+        assert_ne!(store.store_epoch(), 0);
+        store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+        create_group(&store, "alice", &["bob"]).await;
+        store.append(msg(DIRECT, "alice", "m1", 1)).await.unwrap();
+        store.append(msg(DIRECT, "alice", "m2", 1)).await.unwrap();
+        store.set_read(DIRECT, "bob", 1).await.unwrap();
+        store.set_delivered(DIRECT, "bob", "tab", 2).await.unwrap();
+        let token = store
+            .changed_since("bob", "tab", 0, 10)
+            .await
+            .unwrap()
+            .next_token;
+        (store.store_epoch(), token)
+    };
+    let store = open(&dir);
+    assert_eq!(store.store_epoch(), epoch);
+    assert_eq!(
+        store.conversation(DIRECT).await.unwrap().unwrap().head_seq,
+        2
+    );
+    assert_eq!(store.members(GROUP).await.unwrap(), ["alice", "bob"]);
+    assert_eq!(
+        store
+            .membership(DIRECT, "bob")
+            .await
+            .unwrap()
+            .unwrap()
+            .read_seq,
+        1
+    );
+    // Seqs, dedupe and change tokens continue where they were.
+    let dup = store.append(msg(DIRECT, "alice", "m2", 1)).await.unwrap();
+    assert_eq!((dup.seq, dup.duplicate), (2, true));
+    assert_eq!(
+        store
+            .append(msg(DIRECT, "alice", "m3", 1))
+            .await
+            .unwrap()
+            .seq,
+        3
+    );
+    let page = store.changed_since("bob", "tab", token, 10).await.unwrap();
+    assert_eq!(page.conversations.len(), 1);
+    assert_eq!(page.conversations[0].acked_seq, 2);
+    assert!(page.next_token > token);
+    // A different data directory is a different store.
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(open(&other).store_epoch(), epoch);
+}
+
+#[tokio::test]
+async fn create_group_writes_the_created_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let op = MembershipOp::Create {
+        name: "team".into(),
+        owner: "alice".into(),
+        members: vec!["bob".into(), "alice".into(), "bob".into(), "carol".into()],
+    };
+    let created = store.change_membership(GROUP, op.clone(), 7).await.unwrap();
+    assert_eq!(created.seq, 1);
+    let message = created.message.unwrap();
+    assert_eq!(message.kind, MessageKind::System as i32);
+    assert_eq!(message.sender, "alice");
+    let change = message.membership.unwrap();
+    assert_eq!(change.action, MembershipAction::Created as i32);
+    assert_eq!(change.users, ["alice", "bob", "carol"]);
+    assert_eq!(change.name, "team");
+    assert_eq!(
+        store.members(GROUP).await.unwrap(),
+        ["alice", "bob", "carol"]
+    );
+    let info = store.conversation(GROUP).await.unwrap().unwrap();
+    assert_eq!(
+        (info.kind, info.owner.as_str(), info.head_seq),
+        (ConversationKind::Group, "alice", 1)
+    );
+    assert_eq!(
+        store
+            .membership(GROUP, "carol")
+            .await
+            .unwrap()
+            .unwrap()
+            .first_seq,
+        1
+    );
+    assert_eq!(store.read(GROUP, 0, 10, 10).await.unwrap().len(), 1);
+    assert!(matches!(
+        store.change_membership(GROUP, op, 8).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn add_and_remove_follow_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let missing = "g:ffffffffffffffffffffffffffffffff";
+    assert!(matches!(
+        store
+            .change_membership(missing, add("alice", "bob"), 1)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .change_membership(missing, remove("alice", "alice"), 1)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    create_group(&store, "alice", &["bob"]).await;
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    for op in [
+        add("alice", "carol"),
+        remove("alice", "bob"),
+        remove("bob", "bob"),
+    ] {
+        assert!(matches!(
+            store.change_membership(DIRECT, op, 1).await,
+            Err(StoreError::Forbidden(_))
+        ));
+    }
+    // Only the owner adds; members cannot be added twice.
+    assert!(matches!(
+        store.change_membership(GROUP, add("bob", "carol"), 2).await,
+        Err(StoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        store.change_membership(GROUP, add("alice", "bob"), 2).await,
+        Err(StoreError::Invalid(_))
+    ));
+    store.append(msg(GROUP, "bob", "hello", 2)).await.unwrap(); // seq 2
+    let added = store
+        .change_membership(GROUP, add("alice", "carol"), 3)
+        .await
+        .unwrap();
+    assert_eq!(added.seq, 3);
+    let carol = store.membership(GROUP, "carol").await.unwrap().unwrap();
+    assert_eq!(
+        (carol.first_seq, carol.left_seq, carol.read_seq),
+        (3, None, 0)
+    );
+    // Others cannot remove; only owner or self. Non-members cannot be removed.
+    assert!(matches!(
+        store
+            .change_membership(GROUP, remove("bob", "carol"), 4)
+            .await,
+        Err(StoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        store
+            .change_membership(GROUP, remove("alice", "dave"), 4)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let removed = store
+        .change_membership(GROUP, remove("alice", "carol"), 4)
+        .await
+        .unwrap();
+    assert_eq!(removed.seq, 4);
+    let change = removed.message.unwrap().membership.unwrap();
+    assert_eq!(
+        (change.action, change.users),
+        (MembershipAction::Removed as i32, vec!["carol".to_owned()])
+    );
+    assert_eq!(
+        store
+            .membership(GROUP, "carol")
+            .await
+            .unwrap()
+            .unwrap()
+            .left_seq,
+        Some(4)
+    );
+    assert!(matches!(
+        store
+            .change_membership(GROUP, remove("carol", "carol"), 5)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.append(msg(GROUP, "carol", "late", 5)).await,
+        Err(StoreError::Forbidden(_))
+    ));
+    // Re-adding starts over at the new ADDED message.
+    assert_eq!(
+        store
+            .change_membership(GROUP, add("alice", "carol"), 5)
+            .await
+            .unwrap()
+            .seq,
+        5
+    );
+    let carol = store.membership(GROUP, "carol").await.unwrap().unwrap();
+    assert_eq!((carol.first_seq, carol.left_seq), (5, None));
+    // A member leaves by themselves; the owner leaving leaves the group without owner.
+    assert_eq!(
+        store
+            .change_membership(GROUP, remove("bob", "bob"), 6)
+            .await
+            .unwrap()
+            .seq,
+        6
+    );
+    assert_eq!(
+        store
+            .change_membership(GROUP, remove("alice", "alice"), 7)
+            .await
+            .unwrap()
+            .seq,
+        7
+    );
+    assert_eq!(store.conversation(GROUP).await.unwrap().unwrap().owner, "");
+    assert!(matches!(
+        store.change_membership(GROUP, add("alice", "bob"), 8).await,
+        Err(StoreError::Forbidden(_))
+    ));
+    assert_eq!(store.members(GROUP).await.unwrap(), ["carol"]);
+    assert_eq!(
+        store.conversation(GROUP).await.unwrap().unwrap().head_seq,
+        7
+    );
+}
+
+#[tokio::test]
+async fn ensure_direct_is_idempotent_and_silent_when_it_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    let page = store.changed_since("alice", "phone", 0, 10).await.unwrap();
+    assert_eq!(page.conversations.len(), 1);
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    let again = store
+        .changed_since("alice", "phone", page.next_token, 10)
+        .await
+        .unwrap();
+    assert!(again.conversations.is_empty());
+    assert_eq!(again.next_token, page.next_token);
+    let bob = store.membership(DIRECT, "bob").await.unwrap().unwrap();
+    assert_eq!((bob.first_seq, bob.left_seq), (1, None));
+    assert_eq!(store.members(DIRECT).await.unwrap(), ["alice", "bob"]);
+}
+
+#[tokio::test]
+async fn read_respects_bounds_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    for i in 0..10 {
+        store
+            .append(msg(DIRECT, "alice", &format!("m{i}"), 1))
+            .await
+            .unwrap();
+    }
+    let seqs = |v: Vec<ferry_protocol::frame::Message>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.read(DIRECT, 3, 6, 100).await.unwrap()),
+        [4, 5, 6]
+    );
+    assert_eq!(seqs(store.read(DIRECT, 3, 100, 2).await.unwrap()), [4, 5]);
+    assert_eq!(
+        seqs(store.read(DIRECT, 8, 100, 100).await.unwrap()),
+        [9, 10]
+    );
+    assert!(store.read(DIRECT, 10, 100, 100).await.unwrap().is_empty());
+    assert!(store.read(DIRECT, 5, 5, 100).await.unwrap().is_empty());
+    assert!(store.read(DIRECT, 0, 10, 0).await.unwrap().is_empty());
+    assert!(store.read("d:x:y", 0, 10, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn set_read_clamps_and_never_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    create_group(&store, "alice", &["bob", "carol"]).await;
+    store.append(msg(GROUP, "alice", "a", 1)).await.unwrap(); // 2
+    store
+        .change_membership(GROUP, remove("alice", "carol"), 1)
+        .await
+        .unwrap(); // 3
+    store.append(msg(GROUP, "alice", "b", 1)).await.unwrap(); // 4
+    assert_eq!(store.set_read(GROUP, "bob", 2).await.unwrap(), 2);
+    assert_eq!(store.set_read(GROUP, "bob", 1).await.unwrap(), 2);
+    assert_eq!(store.set_read(GROUP, "bob", 99).await.unwrap(), 4);
+    // A removed member reads up to their removal.
+    assert_eq!(store.set_read(GROUP, "carol", 99).await.unwrap(), 3);
+    assert!(matches!(
+        store.set_read(GROUP, "mallory", 1).await,
+        Err(StoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        store
+            .set_read("g:ffffffffffffffffffffffffffffffff", "bob", 1)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn changed_since_pages_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let convs: Vec<String> = (0..5).map(|i| format!("d:alice:u{i}")).collect();
+    for (i, conv) in convs.iter().enumerate() {
+        store
+            .ensure_direct(conv, "alice", &format!("u{i}"))
+            .await
+            .unwrap();
+    }
+    // Appends in reverse order: conv 4 changed first.
+    for (i, conv) in convs.iter().enumerate().rev() {
+        store
+            .append(msg(conv, &format!("u{i}"), "m", 1))
+            .await
+            .unwrap();
+    }
+    let first = store.changed_since("alice", "phone", 0, 2).await.unwrap();
+    let ids = |p: &ferry_store::SyncPage| {
+        p.conversations
+            .iter()
+            .map(|c| c.conversation_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&first), [convs[4].clone(), convs[3].clone()]);
+    assert!(first.has_more);
+    let second = store
+        .changed_since("alice", "phone", first.next_token, 2)
+        .await
+        .unwrap();
+    assert_eq!(ids(&second), [convs[2].clone(), convs[1].clone()]);
+    let third = store
+        .changed_since("alice", "phone", second.next_token, 2)
+        .await
+        .unwrap();
+    assert_eq!(ids(&third), [convs[0].clone()]);
+    assert!(!third.has_more);
+    let state = &third.conversations[0];
+    assert_eq!(
+        (state.head_seq, state.read_seq, state.unread_count),
+        (1, 0, 1)
+    );
+    assert_eq!(
+        (state.member, state.first_seq, state.kind),
+        (true, 1, ConversationKind::Direct as i32)
+    );
+    assert_eq!(state.epoch, store.store_epoch());
+    let token = third.next_token;
+    assert!(store
+        .changed_since("alice", "phone", token, 10)
+        .await
+        .unwrap()
+        .conversations
+        .is_empty());
+
+    // A read cursor change shows up, with unread reduced; delivery cursors are per device.
+    store.set_read(&convs[2], "alice", 50).await.unwrap();
+    store
+        .set_delivered(&convs[2], "alice", "phone", 1)
+        .await
+        .unwrap();
+    store
+        .set_delivered(&convs[2], "alice", "phone", 0)
+        .await
+        .unwrap();
+    let page = store
+        .changed_since("alice", "phone", token, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), [convs[2].clone()]);
+    let state = &page.conversations[0];
+    assert_eq!(
+        (state.read_seq, state.unread_count, state.acked_seq),
+        (1, 0, 1)
+    );
+    let laptop = store
+        .changed_since("alice", "laptop", token, 10)
+        .await
+        .unwrap();
+    assert_eq!(laptop.conversations[0].acked_seq, 0);
+    // Other users' cursors do not concern alice.
+    store.set_read(&convs[3], "u3", 1).await.unwrap();
+    let quiet = store
+        .changed_since("alice", "phone", page.next_token, 10)
+        .await
+        .unwrap();
+    assert!(quiet.conversations.is_empty());
+    assert!(store
+        .changed_since("nobody", "x", 0, 10)
+        .await
+        .unwrap()
+        .conversations
+        .is_empty());
+}
+
+#[tokio::test]
+async fn removed_member_sees_the_removal_but_not_later_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    create_group(&store, "alice", &["bob"]).await;
+    store
+        .change_membership(GROUP, remove("alice", "bob"), 2)
+        .await
+        .unwrap(); // 2
+    let page = store.changed_since("bob", "phone", 0, 10).await.unwrap();
+    let state = &page.conversations[0];
+    assert_eq!(
+        (state.member, state.head_seq, state.unread_count),
+        (false, 2, 2)
+    );
+    store.append(msg(GROUP, "alice", "later", 3)).await.unwrap();
+    let after = store
+        .changed_since("bob", "phone", page.next_token, 10)
+        .await
+        .unwrap();
+    assert!(after.conversations.is_empty());
+    // Alice sees the append.
+    assert_eq!(
+        store
+            .changed_since("alice", "phone", page.next_token, 10)
+            .await
+            .unwrap()
+            .conversations
+            .len(),
+        1
+    );
+}
