@@ -1,0 +1,491 @@
+//! Server settings: defaults < TOML file < `FERRY_*` environment variables < command-line flags.
+//!
+//! Every field has a default (DECISIONS.md, "Limits"), so a TOML file names only what it changes;
+//! an unknown key is an error, because a typo silently ignored is a setting silently not applied.
+//! Environment variables are `FERRY_<FIELD>` for top-level scalars (e.g. `FERRY_LISTEN`,
+//! `FERRY_IDLE_TIMEOUT_MS`) and `FERRY_LIMITS_<FIELD>` for limits (e.g.
+//! `FERRY_LIMITS_MAX_INFLIGHT_SENDS`). Other `FERRY_*` variables are ignored: clients and scripts
+//! share the prefix.
+//!
+//! clap's `env` feature is not used for these, since the TOML file sits between the environment and
+//! the defaults; the binary fills [`CliOverrides`] from its flags instead.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ferry_protocol::frame::Limits;
+use serde::{Deserialize, Serialize};
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for [`Settings`] (bad syntax, wrong type, unknown key).
+    #[error("config file {}: {source}", path.display())]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error; it names the key and, for unknown keys, the expected ones.
+        source: Box<toml::de::Error>,
+    },
+    /// An environment variable or flag has a value that does not parse.
+    #[error("{origin}: invalid value {value:?}: {reason}")]
+    BadValue {
+        /// The variable (`FERRY_LISTEN`) or flag (`--listen`).
+        origin: String,
+        /// The value given.
+        value: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The merged settings are inconsistent.
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected text or json".into()),
+        }
+    }
+}
+
+/// How many sessions a user may have at once (DECISIONS.md, "Login policies").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoginPolicy {
+    /// Any number; a new session replaces only one with the same device id.
+    #[default]
+    All,
+    /// At most one session per (user, device class).
+    OnePerClass,
+    /// One session per user.
+    Single,
+}
+
+impl FromStr for LoginPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(LoginPolicy::All),
+            "one-per-class" => Ok(LoginPolicy::OnePerClass),
+            "single" => Ok(LoginPolicy::Single),
+            _ => Err("expected all, one-per-class or single".into()),
+        }
+    }
+}
+
+/// Limits announced in Welcome and enforced by the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest frame, bytes.
+    pub max_frame_size: u32,
+    /// Largest message body, bytes.
+    pub max_body_size: u32,
+    /// Sends per connection received but not yet answered.
+    pub max_inflight_sends: u32,
+    /// Concurrent conversation streams per connection.
+    pub max_open_streams: u32,
+    /// Messages per PullResult.
+    pub max_pull_page: u32,
+    /// Conversations per SyncResult / HeartbeatAck.
+    pub max_sync_page: u32,
+    /// Per-user token bucket rate for Sends.
+    pub send_rate_per_sec: u32,
+    /// Per-user token bucket size for Sends.
+    pub send_burst: u32,
+    /// Per-connection typing/presence datagram rate; excess is dropped.
+    pub typing_rate_per_sec: u32,
+    /// Messages per conversation a new device fetches first.
+    pub recent_window: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_frame_size: 1_048_576,
+            max_body_size: 65_536,
+            max_inflight_sends: 256,
+            max_open_streams: 100,
+            max_pull_page: 100,
+            max_sync_page: 100,
+            send_rate_per_sec: 1000,
+            send_burst: 2000,
+            typing_rate_per_sec: 5,
+            recent_window: 50,
+        }
+    }
+}
+
+/// Everything the server can be configured with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Store, certificate and token secret.
+    pub data_dir: PathBuf,
+    /// QUIC (UDP) listen address.
+    pub listen: SocketAddr,
+    /// HTTP address for `/healthz` and `/metrics`.
+    pub http: SocketAddr,
+    /// TLS certificate chain; with `key`. None: self-signed in `data_dir`.
+    pub cert: Option<PathBuf>,
+    /// TLS private key; with `cert`.
+    pub key: Option<PathBuf>,
+    /// This node's id, announced in Welcome and unique in a cluster.
+    pub node_id: String,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Multi-device login policy.
+    pub login_policy: LoginPolicy,
+    /// How long a client_msg_id is remembered for dedupe, seconds.
+    pub dedupe_window_secs: u64,
+    /// Heartbeat interval announced in Welcome.
+    pub heartbeat_interval_ms: u32,
+    /// Control-stream silence after which the server closes the connection (and the QUIC idle timeout).
+    pub idle_timeout_ms: u32,
+    /// Silence after which a conversation stream is finished.
+    pub stream_idle_timeout_ms: u32,
+    /// Protocol limits.
+    pub limits: LimitSettings,
+    /// How long a draining server waits for in-flight sends before closing connections.
+    pub drain_grace_ms: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("./ferry-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            http: SocketAddr::from(([127, 0, 0, 1], 4480)),
+            cert: None,
+            key: None,
+            node_id: "node-1".into(),
+            log_format: LogFormat::Text,
+            login_policy: LoginPolicy::All,
+            dedupe_window_secs: 7 * 24 * 3600,
+            heartbeat_interval_ms: 25_000,
+            idle_timeout_ms: 75_000,
+            stream_idle_timeout_ms: 60_000,
+            limits: LimitSettings::default(),
+            drain_grace_ms: 2000,
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default)]
+pub struct CliOverrides {
+    /// `--config` (informational; [`Settings::load`] takes the file separately).
+    pub config: Option<PathBuf>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--http`.
+    pub http: Option<String>,
+    /// `--cert`.
+    pub cert: Option<PathBuf>,
+    /// `--key`.
+    pub key: Option<PathBuf>,
+    /// `--log-format`.
+    pub log_format: Option<String>,
+}
+
+impl Settings {
+    /// Merges defaults, the TOML `config_file`, the `FERRY_*` variables in `env` and `overrides`, in
+    /// that order of increasing precedence, and checks the result.
+    pub fn load(
+        config_file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+        overrides: &CliOverrides,
+    ) -> Result<Settings, ConfigError> {
+        let mut settings = match config_file {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        for (name, value) in env {
+            settings.apply_env(&name, &value)?;
+        }
+        settings.apply_cli(overrides)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Toml {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    fn apply_env(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let limits = &mut self.limits;
+        match name {
+            "FERRY_DATA_DIR" => self.data_dir = value.into(),
+            "FERRY_LISTEN" => self.listen = parse_as(name, value)?,
+            "FERRY_HTTP" => self.http = parse_as(name, value)?,
+            "FERRY_CERT" => self.cert = Some(value.into()),
+            "FERRY_KEY" => self.key = Some(value.into()),
+            "FERRY_NODE_ID" => self.node_id = value.into(),
+            "FERRY_LOG_FORMAT" => self.log_format = parse_as(name, value)?,
+            "FERRY_LOGIN_POLICY" => self.login_policy = parse_as(name, value)?,
+            "FERRY_DEDUPE_WINDOW_SECS" => self.dedupe_window_secs = parse_as(name, value)?,
+            "FERRY_HEARTBEAT_INTERVAL_MS" => self.heartbeat_interval_ms = parse_as(name, value)?,
+            "FERRY_IDLE_TIMEOUT_MS" => self.idle_timeout_ms = parse_as(name, value)?,
+            "FERRY_STREAM_IDLE_TIMEOUT_MS" => self.stream_idle_timeout_ms = parse_as(name, value)?,
+            "FERRY_DRAIN_GRACE_MS" => self.drain_grace_ms = parse_as(name, value)?,
+            "FERRY_LIMITS_MAX_FRAME_SIZE" => limits.max_frame_size = parse_as(name, value)?,
+            "FERRY_LIMITS_MAX_BODY_SIZE" => limits.max_body_size = parse_as(name, value)?,
+            "FERRY_LIMITS_MAX_INFLIGHT_SENDS" => limits.max_inflight_sends = parse_as(name, value)?,
+            "FERRY_LIMITS_MAX_OPEN_STREAMS" => limits.max_open_streams = parse_as(name, value)?,
+            "FERRY_LIMITS_MAX_PULL_PAGE" => limits.max_pull_page = parse_as(name, value)?,
+            "FERRY_LIMITS_MAX_SYNC_PAGE" => limits.max_sync_page = parse_as(name, value)?,
+            "FERRY_LIMITS_SEND_RATE_PER_SEC" => limits.send_rate_per_sec = parse_as(name, value)?,
+            "FERRY_LIMITS_SEND_BURST" => limits.send_burst = parse_as(name, value)?,
+            "FERRY_LIMITS_TYPING_RATE_PER_SEC" => {
+                limits.typing_rate_per_sec = parse_as(name, value)?
+            }
+            "FERRY_LIMITS_RECENT_WINDOW" => limits.recent_window = parse_as(name, value)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn apply_cli(&mut self, cli: &CliOverrides) -> Result<(), ConfigError> {
+        if let Some(dir) = &cli.data_dir {
+            self.data_dir = dir.clone();
+        }
+        if let Some(listen) = &cli.listen {
+            self.listen = parse_as("--listen", listen)?;
+        }
+        if let Some(http) = &cli.http {
+            self.http = parse_as("--http", http)?;
+        }
+        if let Some(cert) = &cli.cert {
+            self.cert = Some(cert.clone());
+        }
+        if let Some(key) = &cli.key {
+            self.key = Some(key.clone());
+        }
+        if let Some(format) = &cli.log_format {
+            self.log_format = parse_as("--log-format", format)?;
+        }
+        Ok(())
+    }
+
+    /// Rejects combinations that would break the protocol rather than merely tune it.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        let problem = if !ferry_protocol::ids::is_valid_name(&self.node_id) {
+            format!(
+                "node_id {:?} must be 1..=64 of [A-Za-z0-9._@-]",
+                self.node_id
+            )
+        } else if self.cert.is_some() != self.key.is_some() {
+            "cert and key must be given together".into()
+        } else if limits.max_body_size >= limits.max_frame_size {
+            "limits.max_body_size must be smaller than limits.max_frame_size".into()
+        } else if self.heartbeat_interval_ms == 0
+            || self.idle_timeout_ms <= self.heartbeat_interval_ms
+        {
+            "heartbeat_interval_ms must be positive and below idle_timeout_ms".into()
+        } else if [
+            limits.max_inflight_sends,
+            limits.max_open_streams,
+            limits.max_pull_page,
+            limits.max_sync_page,
+            limits.send_burst,
+        ]
+        .contains(&0)
+        {
+            "limits.max_inflight_sends, max_open_streams, max_pull_page, max_sync_page and send_burst must be positive".into()
+        } else {
+            return Ok(());
+        };
+        Err(ConfigError::Invalid(problem))
+    }
+
+    /// The limits announced in Welcome.
+    pub fn limits_frame(&self) -> Limits {
+        let l = &self.limits;
+        Limits {
+            max_frame_size: l.max_frame_size,
+            max_inflight_sends: l.max_inflight_sends,
+            max_open_streams: l.max_open_streams,
+            max_pull_page: l.max_pull_page,
+            send_rate_per_sec: l.send_rate_per_sec,
+            send_burst: l.send_burst,
+            max_body_size: l.max_body_size,
+            idle_timeout_ms: self.idle_timeout_ms,
+            recent_window: l.recent_window,
+            typing_rate_per_sec: l.typing_rate_per_sec,
+            max_sync_page: l.max_sync_page,
+        }
+    }
+}
+
+fn parse_as<T: FromStr>(origin: &str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: Display,
+{
+    value.parse().map_err(|e: T::Err| ConfigError::BadValue {
+        origin: origin.to_owned(),
+        value: value.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&Path>, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        load_with(file, vars, &CliOverrides::default())
+    }
+
+    fn load_with(
+        file: Option<&Path>,
+        vars: &[(&str, &str)],
+        flags: &CliOverrides,
+    ) -> Result<Settings, ConfigError> {
+        let env = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load(file, env, flags)
+    }
+
+    fn toml_file(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("ferry.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_match_the_decisions() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.listen.to_string(), "127.0.0.1:4433");
+        let l = s.limits_frame();
+        let frame_body_inflight = (l.max_frame_size, l.max_body_size, l.max_inflight_sends);
+        assert_eq!(frame_body_inflight, (1_048_576, 65_536, 256));
+        let rate_burst_window = (l.send_rate_per_sec, l.send_burst, l.recent_window);
+        assert_eq!(rate_burst_window, (1000, 2000, 50));
+        assert_eq!(
+            (l.idle_timeout_ms, s.heartbeat_interval_ms),
+            (75_000, 25_000)
+        );
+    }
+
+    #[test]
+    fn partial_toml_keeps_other_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let text =
+            "node_id = \"n7\"\nlogin_policy = \"one-per-class\"\n[limits]\nmax_pull_page = 20\n";
+        let s = load(Some(&toml_file(dir.path(), text)), &[]).unwrap();
+        assert_eq!(s.node_id, "n7");
+        assert_eq!(s.login_policy, LoginPolicy::OnePerClass);
+        assert_eq!(s.limits.max_pull_page, 20);
+        assert_eq!(s.limits.max_sync_page, 100);
+        assert_eq!(s.listen, Settings::default().listen);
+    }
+
+    #[test]
+    fn env_overrides_toml_and_flags_override_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "listen = \"127.0.0.1:1000\"\nhttp = \"127.0.0.1:1001\"\n[limits]\nmax_inflight_sends = 7\n";
+        let file = toml_file(dir.path(), text);
+        let vars = [
+            ("FERRY_LISTEN", "127.0.0.1:2000"),
+            ("FERRY_LIMITS_MAX_INFLIGHT_SENDS", "9"),
+            ("FERRY_LOG_FORMAT", "json"),
+            ("FERRY_IDLE_TIMEOUT_MS", "90000"),
+            ("FERRY_SERVER_ADDR", "ignored: not a server setting"),
+        ];
+        let s = load(Some(&file), &vars).unwrap();
+        assert_eq!((s.listen.port(), s.http.port()), (2000, 1001));
+        assert_eq!(s.limits.max_inflight_sends, 9);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.limits_frame().idle_timeout_ms, 90_000);
+
+        let flags = CliOverrides {
+            listen: Some("127.0.0.1:3000".into()),
+            log_format: Some("text".into()),
+            ..CliOverrides::default()
+        };
+        let s = load_with(Some(&file), &vars, &flags).unwrap();
+        assert_eq!((s.listen.port(), s.http.port()), (3000, 1001));
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.limits.max_inflight_sends, 9);
+    }
+
+    #[test]
+    fn unknown_toml_key_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = toml_file(dir.path(), "[limits]\nmax_inflight = 5\n");
+        let err = load(Some(&file), &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Toml { .. }));
+        assert!(err.to_string().contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_origin() {
+        let err = load(None, &[("FERRY_LIMITS_SEND_BURST", "lots")]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("FERRY_LIMITS_SEND_BURST: invalid value \"lots\""),
+            "{text}"
+        );
+        let err = load(None, &[("FERRY_LOGIN_POLICY", "some")]).unwrap_err();
+        assert!(err.to_string().starts_with("FERRY_LOGIN_POLICY: "), "{err}");
+        let flags = CliOverrides {
+            http: Some("localhost".into()),
+            ..CliOverrides::default()
+        };
+        let err = load_with(None, &[], &flags).unwrap_err();
+        assert!(err.to_string().starts_with("--http: "), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_settings_are_rejected() {
+        let cases = [
+            ("FERRY_CERT", "/c.pem"),
+            ("FERRY_NODE_ID", "node 1"),
+            ("FERRY_LIMITS_MAX_BODY_SIZE", "2000000"),
+            ("FERRY_HEARTBEAT_INTERVAL_MS", "80000"),
+            ("FERRY_LIMITS_MAX_PULL_PAGE", "0"),
+        ];
+        for var in cases {
+            let err = load(None, &[var]).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid(_)), "{var:?}: {err}");
+        }
+    }
+}

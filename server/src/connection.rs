@@ -1,0 +1,264 @@
+//! One client connection: the handshake on the control stream (Hello → Welcome), then four concurrent
+//! duties until the connection ends — the control stream, accepting conversation streams, relaying
+//! datagrams, and writing deliveries.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ferry_protocol::codec::frame;
+use ferry_protocol::frame::{frame::Kind, Hello, Welcome};
+use ferry_protocol::{ids, unix_millis, ErrorCode, VERSION};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info};
+
+use crate::control;
+use crate::conversation;
+use crate::datagrams;
+use crate::frames;
+use crate::sessions::{Outbound, SessionHandle};
+use crate::stream_io::{spawn_writer, FrameReader, Outgoing};
+use crate::Shared;
+
+/// How long a new connection may take to send Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Queue of frames waiting for one stream's writer.
+pub const STREAM_QUEUE: usize = 1024;
+/// Queue of deliveries and datagrams waiting for one session.
+const OUTBOUND_QUEUE: usize = 4096;
+
+/// State of one authenticated connection, shared by its tasks.
+pub struct Conn {
+    /// Server-wide state.
+    pub shared: Arc<Shared>,
+    /// This session as the registry knows it.
+    pub session: SessionHandle,
+    /// The QUIC connection.
+    pub connection: quinn::Connection,
+    /// Conversation → writer of the stream the server delivers that conversation on.
+    pub streams: Mutex<HashMap<Arc<str>, mpsc::Sender<Outgoing>>>,
+    /// Client-opened conversation streams currently open (FERRY-STREAM-7 counts only those).
+    pub open_streams: AtomicUsize,
+    /// Permits for Sends received but not yet answered (max_inflight_sends).
+    pub inflight: Arc<Semaphore>,
+}
+
+impl Conn {
+    /// Closes the connection with a wire code.
+    pub fn close(&self, code: ErrorCode, reason: &str) {
+        self.connection
+            .close(quinn::VarInt::from_u32(code.0), reason.as_bytes());
+    }
+}
+
+/// Why a handshake did not produce a session.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("{0}")]
+    Refused(ErrorCode, String),
+}
+
+/// Serves one incoming connection until it ends.
+pub async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(e) => {
+            debug!(%remote, error = %e, "incoming connection failed");
+            return;
+        }
+    };
+    // Accept 0-RTT: only idempotent frames are allowed in early data (FERRY-ZERORTT-*), and a replayed
+    // Send is answered as a duplicate by the store's dedupe.
+    let (connection, handshake_done) = match connecting.into_0rtt() {
+        Ok((connection, accepted)) => (connection, Some(accepted)),
+        Err(connecting) => match connecting.await {
+            Ok(connection) => (connection, None),
+            Err(e) => {
+                debug!(%remote, error = %e, "handshake failed");
+                shared.metrics.handshake_failed();
+                return;
+            }
+        },
+    };
+    shared.metrics.connection_opened();
+    let handshake = handshake(&connection, handshake_done, &shared);
+    let (conn, control_reader, outbound) = match handshake.await {
+        Ok(parts) => parts,
+        Err(HandshakeError::Refused(code, reason)) => {
+            info!(%remote, code = %code.name(), %reason, "connection refused");
+            shared.metrics.handshake_failed();
+            shared.metrics.error(code);
+            shared.metrics.connection_closed();
+            return;
+        }
+        Err(HandshakeError::Connection(e)) => {
+            debug!(%remote, error = %e, "connection lost during handshake");
+            shared.metrics.connection_closed();
+            return;
+        }
+    };
+    let conn = Arc::new(conn);
+    info!(%remote, user = %conn.session.user, device = %conn.session.device, "session started");
+    run(conn.clone(), control_reader, outbound).await;
+    shared
+        .sessions
+        .unregister(&conn.session.user, conn.session.id);
+    shared.metrics.connection_closed();
+    info!(%remote, user = %conn.session.user, device = %conn.session.device, "session ended");
+}
+
+/// Reads Hello on the control stream, authenticates, answers Welcome and registers the session.
+async fn handshake(
+    connection: &quinn::Connection,
+    handshake_done: Option<quinn::ZeroRttAccepted>,
+    shared: &Arc<Shared>,
+) -> Result<(Conn, FrameReader, mpsc::Receiver<Outbound>), HandshakeError> {
+    let accepted = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await;
+    let (send, recv) = match accepted {
+        Ok(streams) => streams?,
+        Err(_) => return Err(refuse(connection, None, ErrorCode::IDLE_TIMEOUT, "no Hello").await),
+    };
+    let max_frame = shared.settings.limits.max_frame_size as usize;
+    let mut reader = FrameReader::new(recv, max_frame);
+    let first = match tokio::time::timeout(HELLO_TIMEOUT, reader.next()).await {
+        Err(_) => {
+            return Err(refuse(connection, Some(send), ErrorCode::IDLE_TIMEOUT, "no Hello").await)
+        }
+        Ok(Err(e)) => {
+            let code = e.code().unwrap_or(ErrorCode::PROTOCOL_ERROR);
+            return Err(refuse(connection, Some(send), code, &e.to_string()).await);
+        }
+        Ok(Ok(None)) => {
+            let reason = "control stream ended before Hello";
+            return Err(refuse(connection, Some(send), ErrorCode::PROTOCOL_ERROR, reason).await);
+        }
+        Ok(Ok(Some(frame))) => frame,
+    };
+    let hello = match first.kind {
+        Some(Kind::Hello(hello)) => hello,
+        _ => {
+            let reason = format!("expected Hello, got {}", frames::kind_name(&first));
+            return Err(refuse(connection, Some(send), ErrorCode::PROTOCOL_ERROR, &reason).await);
+        }
+    };
+    let user = match authenticate(&hello, shared) {
+        Ok(user) => user,
+        Err((code, reason)) => return Err(refuse(connection, Some(send), code, &reason).await),
+    };
+    // A Hello in 0-RTT data may be a replay: nothing that affects other sessions (the login policy) and
+    // no other frame is processed before the handshake completes (FERRY-ZERORTT-3).
+    if let Some(done) = handshake_done {
+        if tokio::time::timeout(HELLO_TIMEOUT, done).await.is_err() {
+            return Err(refuse(connection, Some(send), ErrorCode::IDLE_TIMEOUT, "handshake").await);
+        }
+    }
+
+    let control = spawn_writer(send, STREAM_QUEUE);
+    let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let device_class = if hello.device_class.is_empty() {
+        "default".to_owned()
+    } else {
+        hello.device_class.clone()
+    };
+    let session = SessionHandle {
+        id: shared.sessions.next_id(),
+        user: user.as_str().into(),
+        device: hello.device_id.as_str().into(),
+        device_class: device_class.into(),
+        outbound: outbound_tx,
+        control: control.clone(),
+        connection: connection.clone(),
+    };
+    let welcome = Welcome {
+        user_id: user,
+        session_id: format!("{}-{}", shared.settings.node_id, session.id),
+        node_id: shared.settings.node_id.clone(),
+        heartbeat_interval_ms: shared.settings.heartbeat_interval_ms,
+        limits: Some(shared.limits),
+        server_time_ms: unix_millis(SystemTime::now()),
+        store_epoch: shared.store.store_epoch(),
+    };
+    let _ = control
+        .send(Outgoing::Frame(frame(Kind::Welcome(welcome))))
+        .await;
+    for replaced in shared
+        .sessions
+        .register(session.clone(), shared.settings.login_policy)
+    {
+        info!(user = %replaced.user, device = %replaced.device, "session replaced");
+        replaced.close_replaced();
+    }
+    let conn = Conn {
+        shared: shared.clone(),
+        session,
+        connection: connection.clone(),
+        streams: Mutex::new(HashMap::new()),
+        open_streams: AtomicUsize::new(0),
+        inflight: Arc::new(Semaphore::new(
+            shared.settings.limits.max_inflight_sends as usize,
+        )),
+    };
+    Ok((conn, reader, outbound_rx))
+}
+
+/// Runs the connection's duties until the connection closes; closing aborts them all.
+async fn run(conn: Arc<Conn>, control_reader: FrameReader, outbound: mpsc::Receiver<Outbound>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(control::run(conn.clone(), control_reader));
+    tasks.spawn(conversation::accept_loop(conn.clone()));
+    tasks.spawn(datagrams::receive_loop(conn.clone()));
+    tasks.spawn(conversation::outbound_loop(conn.clone(), outbound));
+    let reason = conn.connection.closed().await;
+    debug!(user = %conn.session.user, %reason, "connection closed");
+    tasks.shutdown().await;
+}
+
+/// Checks version, ids and token; returns the authenticated user.
+fn authenticate(hello: &Hello, shared: &Shared) -> Result<String, (ErrorCode, String)> {
+    if hello.version != VERSION {
+        return Err((
+            ErrorCode::UNSUPPORTED_VERSION,
+            format!(
+                "version {} is not supported; this server speaks {VERSION}",
+                hello.version
+            ),
+        ));
+    }
+    if !ids::is_valid_name(&hello.device_id) {
+        return Err((ErrorCode::INVALID_ARGUMENT, "invalid device_id".into()));
+    }
+    let claims = shared
+        .secret
+        .verify(&hello.token, SystemTime::now())
+        .map_err(|e| (ErrorCode::UNAUTHENTICATED, e.to_string()))?;
+    if claims.device != hello.device_id {
+        return Err((
+            ErrorCode::UNAUTHENTICATED,
+            "token was issued for another device".into(),
+        ));
+    }
+    Ok(claims.user)
+}
+
+/// Sends `Error{code}` on the control stream (if there is one), lets it reach the peer briefly, then
+/// closes the connection with the same code.
+async fn refuse(
+    connection: &quinn::Connection,
+    send: Option<quinn::SendStream>,
+    code: ErrorCode,
+    reason: &str,
+) -> HandshakeError {
+    if let Some(mut send) = send {
+        let bytes = ferry_protocol::codec::encode(&frames::error(code, reason));
+        if send.write_all(&bytes).await.is_ok() {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+        }
+    }
+    connection.close(quinn::VarInt::from_u32(code.0), reason.as_bytes());
+    HandshakeError::Refused(code, reason.to_owned())
+}

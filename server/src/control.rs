@@ -1,0 +1,272 @@
+//! The control stream after Welcome: heartbeats, sync, read cursors and group administration.
+//!
+//! Requests are handled one at a time in arrival order; answers go through the control stream's writer.
+//! A frame that does not belong on the control stream closes the connection with PROTOCOL_ERROR
+//! (FERRY-STREAM-*); a frame that cannot be decoded closes it with the decoder's code (FERRY-FRAME-5).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ferry_protocol::codec::frame;
+use ferry_protocol::frame::{frame::Kind, GroupResult, HeartbeatAck, SyncResult};
+use ferry_protocol::ids::{self, ConversationRef};
+use ferry_protocol::{unix_millis, ErrorCode, Frame};
+use ferry_store::MembershipOp;
+use tracing::debug;
+
+use crate::connection::Conn;
+use crate::errors::{from_store, Refusal};
+use crate::fanout;
+use crate::frames;
+use crate::stream_io::{FrameReader, Outgoing};
+
+/// Longest group name, in bytes.
+const MAX_GROUP_NAME: usize = 256;
+/// Most initial members of a new group.
+const MAX_INITIAL_MEMBERS: usize = 1000;
+
+/// Serves the control stream until it ends, then closes the connection.
+pub async fn run(conn: Arc<Conn>, mut reader: FrameReader) {
+    let idle = Duration::from_millis(u64::from(conn.shared.settings.idle_timeout_ms));
+    loop {
+        let frame = match tokio::time::timeout(idle, reader.next()).await {
+            Err(_) => {
+                conn.shared.metrics.error(ErrorCode::IDLE_TIMEOUT);
+                conn.close(
+                    ErrorCode::IDLE_TIMEOUT,
+                    "no heartbeat within the idle timeout",
+                );
+                return;
+            }
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => {
+                conn.close(ErrorCode::NO_ERROR, "control stream finished");
+                return;
+            }
+            Ok(Err(e)) => {
+                if let Some(code) = e.code() {
+                    conn.shared.metrics.error(code);
+                    conn.close(code, &e.to_string());
+                }
+                return;
+            }
+        };
+        if let Err((code, reason)) = handle(&conn, frame).await {
+            debug!(user = %conn.session.user, code = code.name(), %reason, "control stream error");
+            conn.shared.metrics.error(code);
+            conn.close(code, &reason);
+            return;
+        }
+    }
+}
+
+/// Handles one frame. `Err` is a connection-level error; request-level errors are answered with an
+/// Error frame and return `Ok`.
+async fn handle(conn: &Conn, frame: Frame) -> Result<(), Refusal> {
+    let reply = match frame.kind {
+        Some(Kind::Heartbeat(hb)) => heartbeat(conn, hb.sync_token).await,
+        Some(Kind::Sync(sync)) => sync_page(conn, sync.request_id, sync.since_token, sync.limit)
+            .await
+            .unwrap_or_else(|(code, msg)| frames::request_error(sync.request_id, code, msg)),
+        Some(Kind::MarkRead(mark)) => {
+            match mark_read(conn, &mark.conversation_id, mark.seq).await {
+                Ok(()) => return Ok(()),
+                Err((code, msg)) => frames::error(code, msg),
+            }
+        }
+        Some(Kind::CreateGroup(create)) => {
+            let id = create.request_id;
+            group_reply(id, create_group(conn, create.name, create.members).await)
+        }
+        Some(Kind::AddMember(add)) => {
+            let op = MembershipOp::Add {
+                actor: conn.session.user.to_string(),
+                user: add.user_id.clone(),
+            };
+            let result = change_group(conn, &add.conversation_id, &add.user_id, op, None).await;
+            group_reply(add.request_id, result)
+        }
+        Some(Kind::RemoveMember(remove)) => {
+            let op = MembershipOp::Remove {
+                actor: conn.session.user.to_string(),
+                user: remove.user_id.clone(),
+            };
+            let removed = Some(remove.user_id.as_str());
+            let conv = &remove.conversation_id;
+            let result = change_group(conn, conv, &remove.user_id, op, removed).await;
+            group_reply(remove.request_id, result)
+        }
+        other => {
+            let name = frames::kind_name(&Frame { kind: other });
+            return Err((
+                ErrorCode::PROTOCOL_ERROR,
+                format!("{name} is not allowed on the control stream"),
+            ));
+        }
+    };
+    let _ = conn.session.control.send(Outgoing::Frame(reply)).await;
+    Ok(())
+}
+
+async fn heartbeat(conn: &Conn, sync_token: u64) -> Frame {
+    let limit = conn.shared.settings.limits.max_sync_page;
+    let page = conn
+        .shared
+        .store
+        .changed_since(&conn.session.user, &conn.session.device, sync_token, limit)
+        .await;
+    match page {
+        Ok(page) => frame(Kind::HeartbeatAck(HeartbeatAck {
+            changed: page.conversations,
+            sync_token: page.next_token,
+            has_more: page.has_more,
+            server_time_ms: unix_millis(SystemTime::now()),
+        })),
+        Err(e) => {
+            let (code, msg) = from_store(e);
+            frames::error(code, msg)
+        }
+    }
+}
+
+async fn sync_page(conn: &Conn, request_id: u64, since: u64, limit: u32) -> Result<Frame, Refusal> {
+    conn.shared.metrics.sync();
+    let max = conn.shared.settings.limits.max_sync_page;
+    let limit = if limit == 0 { max } else { limit.min(max) };
+    let page = conn
+        .shared
+        .store
+        .changed_since(&conn.session.user, &conn.session.device, since, limit)
+        .await
+        .map_err(from_store)?;
+    Ok(frame(Kind::SyncResult(SyncResult {
+        request_id,
+        conversations: page.conversations,
+        next_token: page.next_token,
+        has_more: page.has_more,
+    })))
+}
+
+async fn mark_read(conn: &Conn, conversation: &str, seq: u64) -> Result<(), Refusal> {
+    if ids::parse_conversation_id(conversation).is_none() {
+        return Err((
+            ErrorCode::INVALID_ARGUMENT,
+            "malformed conversation id".into(),
+        ));
+    }
+    let store = &conn.shared.store;
+    match store.membership(conversation, &conn.session.user).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err((ErrorCode::FORBIDDEN, "not a member".into())),
+        Err(e) => return Err(from_store(e)),
+    }
+    store
+        .set_read(conversation, &conn.session.user, seq)
+        .await
+        .map(|_| ())
+        .map_err(from_store)
+}
+
+fn group_reply(request_id: u64, result: Result<(String, u64), Refusal>) -> Frame {
+    match result {
+        Ok((conversation_id, seq)) => frame(Kind::GroupResult(GroupResult {
+            request_id,
+            conversation_id,
+            seq,
+        })),
+        Err((code, msg)) => frames::request_error(request_id, code, msg),
+    }
+}
+
+async fn create_group(
+    conn: &Conn,
+    name: String,
+    members: Vec<String>,
+) -> Result<(String, u64), Refusal> {
+    if name.len() > MAX_GROUP_NAME {
+        return Err((ErrorCode::INVALID_ARGUMENT, "group name too long".into()));
+    }
+    if members.len() > MAX_INITIAL_MEMBERS {
+        return Err((
+            ErrorCode::INVALID_ARGUMENT,
+            "too many initial members".into(),
+        ));
+    }
+    if let Some(bad) = members.iter().find(|m| !ids::is_valid_name(m)) {
+        return Err((
+            ErrorCode::INVALID_ARGUMENT,
+            format!("invalid user id {bad:?}"),
+        ));
+    }
+    let conversation = ids::group_conversation_id(rand::random());
+    let op = MembershipOp::Create {
+        name,
+        owner: conn.session.user.to_string(),
+        members,
+    };
+    let seq = apply(conn, &conversation, op, None).await?;
+    Ok((conversation, seq))
+}
+
+async fn change_group(
+    conn: &Conn,
+    conversation: &str,
+    user: &str,
+    op: MembershipOp,
+    also_deliver_to: Option<&str>,
+) -> Result<(String, u64), Refusal> {
+    match ids::parse_conversation_id(conversation) {
+        None => {
+            return Err((
+                ErrorCode::INVALID_ARGUMENT,
+                "malformed conversation id".into(),
+            ))
+        }
+        Some(ConversationRef::Direct(..)) => {
+            return Err((
+                ErrorCode::FORBIDDEN,
+                "direct conversations have no members to change".into(),
+            ))
+        }
+        Some(ConversationRef::Group) => {}
+    }
+    if !ids::is_valid_name(user) {
+        return Err((
+            ErrorCode::INVALID_ARGUMENT,
+            format!("invalid user id {user:?}"),
+        ));
+    }
+    let seq = apply(conn, conversation, op, also_deliver_to).await?;
+    Ok((conversation.to_owned(), seq))
+}
+
+/// Applies a membership change (durably, with its system message) and delivers the system message.
+async fn apply(
+    conn: &Conn,
+    conversation: &str,
+    op: MembershipOp,
+    also_deliver_to: Option<&str>,
+) -> Result<u64, Refusal> {
+    let now = unix_millis(SystemTime::now());
+    let appended = conn
+        .shared
+        .store
+        .change_membership(conversation, op, now)
+        .await
+        .map_err(from_store)?;
+    if let Some(message) = appended.message {
+        // Unlike a Send, the acting device does not hold the system message's content, so it gets the
+        // Deliver too.
+        let shared = &conn.shared;
+        fanout::deliver(
+            shared,
+            conversation,
+            message,
+            appended.epoch,
+            None,
+            also_deliver_to,
+        )
+        .await;
+    }
+    Ok(appended.seq)
+}

@@ -1,0 +1,79 @@
+//! Small constructors for the frames the server sends, so handlers read as protocol, not as struct
+//! literals.
+
+use ferry_protocol::codec::frame;
+use ferry_protocol::frame::{frame::Kind, Error, GoAway};
+use ferry_protocol::{ErrorCode, Frame};
+
+/// An `Error` frame.
+pub fn error(code: ErrorCode, message: impl Into<String>) -> Frame {
+    frame(Kind::Error(Error {
+        code: code.0,
+        message: message.into(),
+        ..Error::default()
+    }))
+}
+
+/// An `Error` answering a request with `request_id`.
+pub fn request_error(request_id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
+    frame(Kind::Error(Error {
+        code: code.0,
+        message: message.into(),
+        request_id,
+        ..Error::default()
+    }))
+}
+
+/// An `Error` answering the Send with `client_msg_id`.
+pub fn send_error(
+    client_msg_id: String,
+    code: ErrorCode,
+    message: impl Into<String>,
+    retry_after_ms: u64,
+) -> Frame {
+    frame(Kind::Error(Error {
+        code: code.0,
+        message: message.into(),
+        client_msg_id,
+        retry_after_ms,
+        ..Error::default()
+    }))
+}
+
+/// A `GoAway`.
+pub fn go_away(code: ErrorCode, reason: &str) -> Frame {
+    frame(Kind::GoAway(GoAway {
+        code: code.0,
+        reason: reason.to_owned(),
+        endpoints: Vec::new(),
+    }))
+}
+
+/// The name of a frame's kind, for logs and error messages.
+pub fn kind_name(frame: &Frame) -> &'static str {
+    match &frame.kind {
+        Some(Kind::Hello(_)) => "Hello",
+        Some(Kind::Welcome(_)) => "Welcome",
+        Some(Kind::Heartbeat(_)) => "Heartbeat",
+        Some(Kind::HeartbeatAck(_)) => "HeartbeatAck",
+        Some(Kind::Sync(_)) => "Sync",
+        Some(Kind::SyncResult(_)) => "SyncResult",
+        Some(Kind::MarkRead(_)) => "MarkRead",
+        Some(Kind::CreateGroup(_)) => "CreateGroup",
+        Some(Kind::AddMember(_)) => "AddMember",
+        Some(Kind::RemoveMember(_)) => "RemoveMember",
+        Some(Kind::GroupResult(_)) => "GroupResult",
+        Some(Kind::GoAway(_)) => "GoAway",
+        Some(Kind::Open(_)) => "Open",
+        Some(Kind::Send(_)) => "Send",
+        Some(Kind::SendAck(_)) => "SendAck",
+        Some(Kind::Deliver(_)) => "Deliver",
+        Some(Kind::Ack(_)) => "Ack",
+        Some(Kind::Pull(_)) => "Pull",
+        Some(Kind::PullResult(_)) => "PullResult",
+        Some(Kind::Typing(_)) => "Typing",
+        Some(Kind::Presence(_)) => "Presence",
+        Some(Kind::Error(_)) => "Error",
+        None => "unknown",
+    }
+}

@@ -1,0 +1,156 @@
+//! `ferry-server`: run the server, or mint a token.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Args, Parser, Subcommand};
+use ferry_server::auth::{parse_duration, TokenSecret};
+use ferry_server::config::{CliOverrides, LogFormat, Settings};
+use ferry_server::server::SECRET_FILE;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry-server",
+    version,
+    about = "Ferry messaging server (ferry/1 over QUIC)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server on the embedded store.
+    Run(RunArgs),
+    /// Print a signed, expiring token for a user's device.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML config file (flags > FERRY_* environment variables > file > defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (store, certificate, token secret). Default ./ferry-data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// QUIC (UDP) listen address. Default 127.0.0.1:4433.
+    #[arg(long)]
+    listen: Option<String>,
+    /// HTTP address for /healthz and /metrics. Default 127.0.0.1:4480.
+    #[arg(long)]
+    http: Option<String>,
+    /// TLS certificate chain (PEM); with --key. Default: a self-signed one in the data dir.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// TLS private key (PEM); with --cert.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Log format: text or json. Filter with RUST_LOG (default info).
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Data directory holding the token secret.
+    #[arg(long, default_value = "./ferry-data")]
+    data_dir: PathBuf,
+    /// User id.
+    #[arg(long)]
+    user: String,
+    /// Device id.
+    #[arg(long)]
+    device: String,
+    /// Lifetime, e.g. 90s, 15m, 24h, 7d.
+    #[arg(long, default_value = "24h")]
+    ttl: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Token(args) => token(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-server: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    use ferry_protocol::ids::is_valid_name;
+    anyhow::ensure!(is_valid_name(&args.user), "invalid user id {:?}", args.user);
+    anyhow::ensure!(
+        is_valid_name(&args.device),
+        "invalid device id {:?}",
+        args.device
+    );
+    let ttl = parse_duration(&args.ttl)?;
+    std::fs::create_dir_all(&args.data_dir)?;
+    let secret = TokenSecret::load_or_create(&args.data_dir.join(SECRET_FILE))?;
+    println!(
+        "{}",
+        secret.mint(&args.user, &args.device, ttl, SystemTime::now())
+    );
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let overrides = CliOverrides {
+        config: args.config.clone(),
+        data_dir: args.data_dir,
+        listen: args.listen,
+        http: args.http,
+        cert: args.cert,
+        key: args.key,
+        log_format: args.log_format,
+    };
+    let settings = Settings::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    init_logging(settings.log_format);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let server = ferry_server::start(settings).await?;
+        // A stable line that scripts and tests parse.
+        println!(
+            "ferry-server listening quic={} http={} ca={}",
+            server.local_addr(),
+            server.http_addr(),
+            server.ca_path().display()
+        );
+        let trigger = server.shutdown_trigger();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = trigger.send(true);
+        });
+        server.wait().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,245 @@
+//! Start-up, the accept loop, and graceful shutdown.
+//!
+//! Start-up creates the data dir, TLS material and token secret on first run, opens the store, binds
+//! the QUIC endpoint and the HTTP ops endpoint. Shutdown (SIGTERM/SIGINT or [`ServerHandle::shutdown`])
+//! stops accepting, sends GoAway to every session, lets in-flight sends commit and ack for the drain
+//! grace period, then closes every connection with SHUTTING_DOWN.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_protocol::ErrorCode;
+use ferry_store::{EmbeddedStore, EmbeddedStoreOptions, Store};
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
+
+use crate::auth::TokenSecret;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::rate::UserRateLimiter;
+use crate::sessions::Sessions;
+use crate::stream_io::Outgoing;
+use crate::{connection, frames, http, tls, Shared};
+
+/// Most connections served at once; more are refused at the QUIC level.
+const MAX_CONNECTIONS: usize = 100_000;
+/// File name of the token-signing secret inside the data dir.
+pub const SECRET_FILE: &str = "token.secret";
+
+/// A running server.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    http_addr: SocketAddr,
+    ca_path: PathBuf,
+    shutdown: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The UDP address the QUIC endpoint listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The TCP address of `/healthz` and `/metrics`.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The certificate clients should trust (the self-signed cert, or the configured one).
+    pub fn ca_path(&self) -> &Path {
+        &self.ca_path
+    }
+
+    /// Mints a token for `user` on `device`, valid for `ttl`.
+    pub fn mint_token(&self, user: &str, device: &str, ttl: Duration) -> String {
+        self.shared
+            .secret
+            .mint(user, device, ttl, std::time::SystemTime::now())
+    }
+
+    /// (commits, requests) of the store's write path so far: requests / commits is the mean batch size.
+    pub fn commit_totals(&self) -> (u64, u64) {
+        let stats = self.shared.store.write_stats();
+        (stats.commits, stats.requests)
+    }
+
+    /// Server metrics (for tests and benchmarks).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Test fault hooks.
+    #[cfg(feature = "test-hooks")]
+    pub fn hooks(&self) -> &crate::hooks::Hooks {
+        &self.shared.hooks
+    }
+
+    /// Drains and stops the server; returns when every connection is closed.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.done.await;
+    }
+
+    /// Waits until the server stops (after a shutdown signal).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+
+    /// A sender that triggers graceful shutdown (for signal handlers).
+    pub fn shutdown_trigger(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts a server with `settings`.
+pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
+    let data_dir = settings.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let tls_files = match (&settings.cert, &settings.key) {
+        (Some(cert), Some(key)) => tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (None, None) => tls::ensure_self_signed(&data_dir).context("creating TLS certificate")?,
+        _ => anyhow::bail!("--cert and --key must be given together"),
+    };
+    let (certs, key) = tls::load_certs_and_key(&tls_files.cert, &tls_files.key)
+        .context("loading TLS certificate")?;
+    let quic_config = tls::server_config(
+        certs,
+        key,
+        ferry_protocol::ALPN,
+        Duration::from_millis(u64::from(settings.idle_timeout_ms)),
+        settings.limits.max_open_streams + 8,
+    )
+    .context("building QUIC config")?;
+    let secret =
+        TokenSecret::load_or_create(&data_dir.join(SECRET_FILE)).context("loading token secret")?;
+    let store_options = EmbeddedStoreOptions {
+        dedupe_window: Duration::from_secs(settings.dedupe_window_secs),
+        ..EmbeddedStoreOptions::default()
+    };
+    let store = EmbeddedStore::open(&data_dir, store_options).context("opening store")?;
+    let store: Arc<dyn Store> = Arc::new(store);
+
+    let endpoint = quinn::Endpoint::server(quic_config, settings.listen)
+        .with_context(|| format!("binding QUIC endpoint on {}", settings.listen))?;
+    let local_addr = endpoint.local_addr()?;
+    let http_listener = tokio::net::TcpListener::bind(settings.http)
+        .await
+        .with_context(|| format!("binding HTTP endpoint on {}", settings.http))?;
+    let http_addr = http_listener.local_addr()?;
+
+    let shared = Arc::new(Shared {
+        limits: settings.limits_frame(),
+        send_rate: UserRateLimiter::new(
+            settings.limits.send_rate_per_sec,
+            settings.limits.send_burst,
+        ),
+        settings,
+        store,
+        sessions: Sessions::default(),
+        metrics: Arc::new(Metrics::default()),
+        secret,
+        draining: watch::channel(false).0,
+        #[cfg(feature = "test-hooks")]
+        hooks: crate::hooks::Hooks::default(),
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let health_shared = shared.clone();
+    let health: Arc<dyn Fn() -> bool + Send + Sync> =
+        Arc::new(move || !*health_shared.draining.borrow());
+    tokio::spawn(http::serve(
+        http_listener,
+        shared.metrics.clone(),
+        health,
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(export_store_stats(shared.clone(), shutdown_rx.clone()));
+    let done = tokio::spawn(accept_loop(endpoint, shared.clone(), shutdown_rx));
+    info!(%local_addr, %http_addr, ca = %tls_files.cert.display(), "ferry-server listening");
+    Ok(ServerHandle {
+        shared,
+        local_addr,
+        http_addr,
+        ca_path: tls_files.cert,
+        shutdown: shutdown_tx,
+        done,
+    })
+}
+
+/// Copies the store's write counters into the metrics once a second.
+async fn export_store_stats(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let stats = shared.store.write_stats();
+                shared.metrics.set_commit_stats(stats.commits, stats.requests);
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Accepts connections until shutdown, then drains.
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    incoming.refuse();
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    connection::serve(incoming, shared).await;
+                    drop(slot);
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drain(&endpoint, &shared).await;
+}
+
+/// Graceful shutdown: GoAway to everyone, a grace period for in-flight sends, then close.
+async fn drain(endpoint: &quinn::Endpoint, shared: &Shared) {
+    endpoint.set_server_config(None);
+    let _ = shared.draining.send(true);
+    let sessions = shared.sessions.all();
+    info!(sessions = sessions.len(), "draining");
+    for session in &sessions {
+        let go_away = frames::go_away(ErrorCode::SHUTTING_DOWN, "server shutting down");
+        let _ = session.control.try_send(Outgoing::Frame(go_away));
+    }
+    let grace = Duration::from_millis(u64::from(shared.settings.drain_grace_ms));
+    let deadline = tokio::time::Instant::now() + grace;
+    while !shared.sessions.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    endpoint.close(
+        quinn::VarInt::from_u32(ErrorCode::SHUTTING_DOWN.0),
+        b"server shutting down",
+    );
+    if tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!("connections did not close in time");
+    }
+    info!("stopped");
+}

@@ -1,0 +1,176 @@
+//! Online sessions: which devices of which users are connected here, and the login policy that decides
+//! which older session a new one replaces.
+//!
+//! Fan-out reads this registry for every stored message, so lookups clone only the few handles needed.
+//! The outbound queue of each session is bounded: when a slow device's queue is full its Delivers are
+//! dropped (and counted) — the messages are durable, and the device recovers them through heartbeat
+//! heads and Pull (FERRY-DELIVER-*), so a slow reader never slows down senders.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use ferry_protocol::frame::Message;
+use ferry_protocol::ErrorCode;
+use tokio::sync::mpsc;
+
+use crate::config::LoginPolicy;
+
+/// Something to send to one session.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A stored message to deliver on the conversation's stream.
+    Deliver {
+        /// Conversation id.
+        conversation: Arc<str>,
+        /// The message.
+        message: Arc<Message>,
+        /// Conversation epoch.
+        epoch: u64,
+    },
+    /// An encoded datagram (typing, presence) to relay.
+    Datagram(Bytes),
+}
+
+/// A connected device, as other tasks see it.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// Unique within this server process.
+    pub id: u64,
+    /// Authenticated user.
+    pub user: Arc<str>,
+    /// Device id from Hello (equal to the token's device).
+    pub device: Arc<str>,
+    /// Device class from Hello, for the one-per-class policy.
+    pub device_class: Arc<str>,
+    /// Deliveries and datagrams for this session.
+    pub outbound: mpsc::Sender<Outbound>,
+    /// Control-stream frames (GoAway) for this session.
+    pub control: mpsc::Sender<crate::stream_io::Outgoing>,
+    /// The QUIC connection, to close a replaced session.
+    pub connection: quinn::Connection,
+}
+
+impl SessionHandle {
+    /// Tells the session it was replaced and closes it with SESSION_REPLACED, which tells the client not
+    /// to reconnect automatically (no kick loops, FERRY-CONN-*).
+    pub fn close_replaced(&self) {
+        let _ = self
+            .control
+            .try_send(crate::stream_io::Outgoing::Frame(crate::frames::go_away(
+                ErrorCode::SESSION_REPLACED,
+                "another session of this user replaced this one",
+            )));
+        self.connection.close(
+            quinn::VarInt::from_u32(ErrorCode::SESSION_REPLACED.0),
+            b"session replaced",
+        );
+    }
+}
+
+/// Whether a new session `(device, class)` replaces an existing one of the same user under `policy`.
+/// The same device id always replaces: a device reconnecting must not leave a ghost session behind.
+pub fn replaces(policy: LoginPolicy, new: (&str, &str), old: (&str, &str)) -> bool {
+    new.0 == old.0
+        || match policy {
+            LoginPolicy::All => false,
+            LoginPolicy::OnePerClass => new.1 == old.1,
+            LoginPolicy::Single => true,
+        }
+}
+
+/// The registry of online sessions.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    next_id: AtomicU64,
+    by_user: Mutex<HashMap<Arc<str>, Vec<SessionHandle>>>,
+}
+
+impl Sessions {
+    /// A fresh session id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers `session`; returns the sessions the policy says it replaces (already removed from the
+    /// registry; the caller closes them).
+    pub fn register(&self, session: SessionHandle, policy: LoginPolicy) -> Vec<SessionHandle> {
+        let mut by_user = self.by_user.lock().expect("sessions lock");
+        let list = by_user.entry(session.user.clone()).or_default();
+        let (replaced, kept): (Vec<_>, Vec<_>) = list.drain(..).partition(|old| {
+            replaces(
+                policy,
+                (&session.device, &session.device_class),
+                (&old.device, &old.device_class),
+            )
+        });
+        *list = kept;
+        list.push(session);
+        replaced
+    }
+
+    /// Removes a session when its connection ends (no-op if it was replaced already).
+    pub fn unregister(&self, user: &str, id: u64) {
+        let mut by_user = self.by_user.lock().expect("sessions lock");
+        if let Some(list) = by_user.get_mut(user) {
+            list.retain(|s| s.id != id);
+            if list.is_empty() {
+                by_user.remove(user);
+            }
+        }
+    }
+
+    /// Calls `f` with every online session of `user`.
+    pub fn for_each_of(&self, user: &str, mut f: impl FnMut(&SessionHandle)) {
+        let by_user = self.by_user.lock().expect("sessions lock");
+        if let Some(list) = by_user.get(user) {
+            list.iter().for_each(&mut f);
+        }
+    }
+
+    /// Every online session (for GoAway on shutdown).
+    pub fn all(&self) -> Vec<SessionHandle> {
+        let by_user = self.by_user.lock().expect("sessions lock");
+        by_user.values().flatten().cloned().collect()
+    }
+
+    /// Number of online sessions.
+    pub fn len(&self) -> usize {
+        let by_user = self.by_user.lock().expect("sessions lock");
+        by_user.values().map(Vec::len).sum()
+    }
+
+    /// True when no session is online.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_policies() {
+        use LoginPolicy::*;
+        assert!(replaces(All, ("phone", "mobile"), ("phone", "mobile")));
+        assert!(!replaces(All, ("phone", "mobile"), ("laptop", "desktop")));
+        assert!(!replaces(All, ("phone2", "mobile"), ("phone", "mobile")));
+        assert!(replaces(
+            OnePerClass,
+            ("phone2", "mobile"),
+            ("phone", "mobile")
+        ));
+        assert!(!replaces(
+            OnePerClass,
+            ("phone2", "mobile"),
+            ("laptop", "desktop")
+        ));
+        assert!(replaces(
+            Single,
+            ("phone2", "mobile"),
+            ("laptop", "desktop")
+        ));
+    }
+}
