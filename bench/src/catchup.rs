@@ -1,0 +1,141 @@
+//! `ferry-bench catchup`: how long a client that was offline takes to receive what it missed.
+//!
+//! An in-process server; bob's client sees one message (so the conversation has local history), shuts
+//! down; alice's client sends `--messages` messages; then the clock starts, a new client is built on
+//! bob's store, and stops when the last missed message was reported. Measured twice per round: with
+//! 0-RTT disabled (`ClientBuilder::zero_rtt(false)`: a full handshake before the first frame) and enabled
+//! (the rebuilt client resumes with the session ticket its predecessor got: the client library keeps
+//! tickets process-wide, so 0-RTT works across `build()` calls, not only within one client's reconnect).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ferry_client::{Client, ClientBuilder, ConnectionState, Event, Events};
+use ferry_protocol::ids;
+use ferry_server::ServerHandle;
+
+/// Arguments of `ferry-bench catchup`.
+#[derive(Args, Clone)]
+pub struct CatchupArgs {
+    /// Messages sent while the receiver is offline.
+    #[arg(long, default_value_t = 1000)]
+    messages: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 64)]
+    body: usize,
+    /// Measurements per mode (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// Bound for every wait (setup or measurement).
+const WAIT: Duration = Duration::from_secs(60);
+
+fn builder(server: &ServerHandle, user: &str, device: &str, store: &Path) -> ClientBuilder {
+    ClientBuilder::new()
+        .endpoint(server.local_addr().to_string())
+        .ca_file(server.ca_path())
+        .token(server.mint_token(user, device, Duration::from_secs(3600)))
+        .device_id(device)
+        .store_path(store)
+}
+
+/// Reads events until `count` messages were reported; returns whether the session used 0-RTT.
+async fn receive(events: &mut Events, count: usize) -> anyhow::Result<bool> {
+    let mut zero_rtt = false;
+    let mut got = 0;
+    let wait = async {
+        while got < count {
+            match events.recv().await {
+                Some(Event::Message(_)) => got += 1,
+                Some(Event::Connection(ConnectionState::Connected { zero_rtt: z, .. })) => {
+                    zero_rtt = z
+                }
+                Some(_) => {}
+                None => bail!("client stopped after {got} of {count} messages"),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .context("timed out receiving")??;
+    Ok(zero_rtt)
+}
+
+async fn send(alice: &Client, conv: &str, count: usize, body: &[u8]) -> anyhow::Result<()> {
+    let mut receipts = Vec::with_capacity(count);
+    for _ in 0..count {
+        receipts.push(alice.send(conv, body.to_vec()).await?);
+    }
+    for r in receipts {
+        tokio::time::timeout(WAIT, r)
+            .await
+            .context("receipt timed out")??;
+    }
+    Ok(())
+}
+
+/// Runs the benchmark and prints one line per mode.
+pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut settings = ferry_server::Settings::default();
+    settings.data_dir = dir.path().join("server");
+    settings.listen = "127.0.0.1:0".parse()?;
+    settings.http = "127.0.0.1:0".parse()?;
+    settings.limits.send_rate_per_sec = u32::MAX / 2;
+    settings.limits.send_burst = u32::MAX / 2;
+    let server = ferry_server::start(settings).await?;
+    let (alice, _alice_events) = builder(&server, "alice", "phone", &dir.path().join("alice"))
+        .build()
+        .await?;
+    let conv = ids::direct_conversation_id("alice", "bob").context("conversation id")?;
+    let body = vec![b'x'; args.body];
+
+    let mut lines = Vec::new();
+    for (mode, zero_rtt) in [("1-RTT (zero_rtt off)", false), ("0-RTT", true)] {
+        // A device per mode, so each starts with a cursor of its own.
+        let device = if zero_rtt { "zero" } else { "full" };
+        let store = dir.path().join(format!("bob-{device}"));
+        let (bob, mut events) = builder(&server, "bob", device, &store)
+            .zero_rtt(zero_rtt)
+            .build()
+            .await?;
+        send(&alice, &conv, 1, &body).await?;
+        receive(&mut events, 1).await?;
+        bob.shutdown().await;
+        let mut times = Vec::new();
+        let mut used = Vec::new();
+        for _ in 0..args.rounds.max(1) {
+            send(&alice, &conv, args.messages, &body).await?;
+            let started = Instant::now();
+            let (bob, mut events) = builder(&server, "bob", device, &store)
+                .zero_rtt(zero_rtt)
+                .build()
+                .await?;
+            used.push(receive(&mut events, args.messages).await?);
+            times.push(started.elapsed());
+            bob.shutdown().await;
+        }
+        let mut sorted = times.clone();
+        sorted.sort();
+        lines.push(format!(
+            "catchup {mode}: {} messages, median {:.1} ms (runs {:?}; 0-RTT accepted {:?})",
+            args.messages,
+            sorted[sorted.len() / 2].as_secs_f64() * 1e3,
+            times
+                .iter()
+                .map(|t| format!("{:.1} ms", t.as_secs_f64() * 1e3))
+                .collect::<Vec<_>>(),
+            used
+        ));
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    alice.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}

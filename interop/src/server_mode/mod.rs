@@ -1,0 +1,404 @@
+//! Server mode: conformance cases that drive a ferry/1 server over the wire with [`crate::driver`].
+//!
+//! Every case uses users of its own (`<run>-<case>-<name>`), so cases are independent of each other and
+//! of earlier runs against the same server. Limits are discovered from a probe session's `Welcome`.
+
+mod auth;
+mod datagrams;
+mod framing;
+mod groups;
+mod handshake;
+mod limits;
+mod messaging;
+mod network;
+mod streams;
+mod sync;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::codec::frame;
+use ferry_protocol::frame::{frame::Kind, CreateGroup, Limits, Message};
+use ferry_protocol::{ids, ErrorCode, Frame};
+use ferry_server::auth::TokenSecret;
+
+use crate::driver::{ConvStream, DriverError, Session, Target};
+use crate::report::RunReport;
+use crate::runner::{run_cases, Case, CaseResult, Verdict};
+use crate::{ensure, ensure_eq, fail};
+
+/// How the runner gets tokens for the users it invents.
+pub enum TokenSource {
+    /// ferry-server's format, minted with the server's secret (`--data-dir`).
+    Secret(TokenSecret),
+    /// `sh -c "<cmd> USER DEVICE"` prints a token on stdout (`--token-cmd`), for other servers.
+    Command(String),
+}
+
+/// Settings of a server-mode run.
+pub struct ServerConfig {
+    /// The server's QUIC address.
+    pub addr: std::net::SocketAddr,
+    /// PEM file with the CA that signed the server certificate.
+    pub ca: PathBuf,
+    /// Where tokens come from.
+    pub tokens: TokenSource,
+    /// Only cases whose name contains this.
+    pub filter: Option<String>,
+    /// Bound on each case.
+    pub case_timeout: Duration,
+    /// Cases that would wait longer than this for a server timer are Unsupported.
+    pub max_wait: Duration,
+    /// The server's conversation stream idle timeout (not announced in ferry/1; spec default 60 s).
+    pub stream_idle_timeout: Duration,
+    /// Run the cases that need the fault proxy in front of the server.
+    pub proxy: bool,
+}
+
+/// What one case gets.
+pub struct ServerCtx {
+    /// The server's address.
+    pub addr: std::net::SocketAddr,
+    /// The CA file.
+    pub ca: PathBuf,
+    /// A shared client endpoint for ordinary sessions.
+    pub target: Target,
+    /// The limits the server announced, with zeros replaced by the spec defaults.
+    pub limits: Limits,
+    /// The probe session's heartbeat interval.
+    pub heartbeat_interval_ms: u32,
+    /// See [`ServerConfig::max_wait`].
+    pub max_wait: Duration,
+    /// See [`ServerConfig::stream_idle_timeout`].
+    pub stream_idle_timeout: Duration,
+    /// See [`ServerConfig::proxy`].
+    pub proxy: bool,
+    tokens: Arc<TokenSource>,
+    prefix: String,
+}
+
+impl ServerCtx {
+    /// A user id unique to this run and case.
+    pub fn user(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// The direct conversation of two (already prefixed) users.
+    pub fn direct(&self, a: &str, b: &str) -> String {
+        ids::direct_conversation_id(a, b).expect("valid, distinct user ids")
+    }
+
+    /// A token for `user` on `device`.
+    pub async fn token(&self, user: &str, device: &str) -> Result<String, Verdict> {
+        token(&self.tokens, user, device).await
+    }
+
+    /// A token that expired an hour ago (only with the server's secret).
+    pub fn expired_token(&self, user: &str, device: &str) -> Result<String, Verdict> {
+        match &*self.tokens {
+            TokenSource::Secret(secret) => {
+                let past = std::time::SystemTime::now() - Duration::from_secs(7200);
+                Ok(secret.mint(user, device, Duration::from_secs(3600), past))
+            }
+            TokenSource::Command(_) => Err(Verdict::Unsupported(
+                "needs --data-dir to mint an expired token".into(),
+            )),
+        }
+    }
+
+    /// A Ready session of `user` on `device`.
+    pub async fn session(&self, user: &str, device: &str) -> Result<Session, Verdict> {
+        let token = self.token(user, device).await?;
+        self.target
+            .session(&token, device)
+            .await
+            .map_err(|e| Verdict::Fail(format!("session for {user}/{device}: {e}")))
+    }
+
+    /// How often a case that keeps sessions open for long sends Heartbeats: half the announced interval.
+    pub fn heartbeat_every(&self) -> Duration {
+        let interval = if self.heartbeat_interval_ms == 0 {
+            25_000
+        } else {
+            self.heartbeat_interval_ms
+        };
+        Duration::from_millis(u64::from(interval / 2).max(100))
+    }
+
+    /// A client endpoint of its own (for cases that rebind it or need a fresh TLS session cache).
+    pub fn fresh_target(&self) -> Result<Target, Verdict> {
+        Ok(Target::new(self.addr, &self.ca)?)
+    }
+}
+
+async fn token(tokens: &TokenSource, user: &str, device: &str) -> Result<String, Verdict> {
+    match tokens {
+        TokenSource::Secret(secret) => Ok(secret.mint(
+            user,
+            device,
+            Duration::from_secs(3600),
+            std::time::SystemTime::now(),
+        )),
+        TokenSource::Command(cmd) => {
+            // User and device ids are [A-Za-z0-9._@-] only, so they need no shell quoting.
+            let run = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{cmd} {user} {device}"))
+                .kill_on_drop(true)
+                .output();
+            let output = tokio::time::timeout(Duration::from_secs(10), run)
+                .await
+                .map_err(|_| Verdict::Fail("--token-cmd took more than 10 s".into()))?
+                .map_err(|e| Verdict::Fail(format!("--token-cmd: {e}")))?;
+            if !output.status.success() {
+                fail!("--token-cmd exited with {}", output.status);
+            }
+            let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            ensure!(!token.is_empty(), "--token-cmd printed no token");
+            Ok(token)
+        }
+    }
+}
+
+/// Sends a Heartbeat on every session every `every`, until the task is aborted.
+pub async fn heartbeat_forever(mut sessions: Vec<Session>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        for session in &mut sessions {
+            let _ = session.heartbeat(0).await;
+        }
+    }
+}
+
+/// Announced limits with zero fields replaced by the defaults of spec section 10 (FERRY-LIMIT-1).
+pub fn effective_limits(announced: &Limits) -> Limits {
+    let or = |v: u32, d: u32| if v == 0 { d } else { v };
+    Limits {
+        max_frame_size: or(announced.max_frame_size, 1_048_576),
+        max_inflight_sends: or(announced.max_inflight_sends, 256),
+        max_open_streams: or(announced.max_open_streams, 100),
+        max_pull_page: or(announced.max_pull_page, 100),
+        send_rate_per_sec: or(announced.send_rate_per_sec, 1000),
+        send_burst: or(announced.send_burst, 2000),
+        max_body_size: or(announced.max_body_size, 65_536),
+        idle_timeout_ms: or(announced.idle_timeout_ms, 75_000),
+        recent_window: or(announced.recent_window, 50),
+        typing_rate_per_sec: or(announced.typing_rate_per_sec, 5),
+        max_sync_page: or(announced.max_sync_page, 100),
+    }
+}
+
+/// Every server-mode case, in run order.
+pub fn cases() -> Vec<Case<ServerCtx>> {
+    [
+        handshake::cases(),
+        auth::cases(),
+        messaging::cases(),
+        sync::cases(),
+        groups::cases(),
+        streams::cases(),
+        framing::cases(),
+        datagrams::cases(),
+        limits::cases(),
+        network::cases(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Runs the server-mode suite; `progress` sees each result as it comes.
+pub async fn run(
+    config: ServerConfig,
+    progress: impl FnMut(&crate::report::CaseReport),
+) -> anyhow::Result<RunReport> {
+    let target = Target::new(config.addr, &config.ca)?;
+    let tokens = Arc::new(config.tokens);
+    let run_id = format!("i{:08x}", rand::random::<u32>());
+    // The probe session learns the limits every case works with.
+    let probe_user = format!("{run_id}-probe");
+    let probe_token = token(&tokens, &probe_user, "probe")
+        .await
+        .map_err(|v| anyhow::anyhow!("minting a token: {v:?}"))?;
+    let probe = target
+        .session(&probe_token, "probe")
+        .await
+        .map_err(|e| anyhow::anyhow!("probe session against {}: {e}", config.addr))?;
+    let limits = effective_limits(&probe.welcome.limits.unwrap_or_default());
+    let heartbeat_interval_ms = probe.welcome.heartbeat_interval_ms;
+    probe.close();
+
+    let cases = cases();
+    let reports = run_cases(
+        &cases,
+        config.filter.as_deref(),
+        config.case_timeout,
+        |index| {
+            Arc::new(ServerCtx {
+                addr: config.addr,
+                ca: config.ca.clone(),
+                target: target.clone(),
+                limits,
+                heartbeat_interval_ms,
+                max_wait: config.max_wait,
+                stream_idle_timeout: config.stream_idle_timeout,
+                proxy: config.proxy,
+                tokens: tokens.clone(),
+                prefix: format!("{run_id}-{index}"),
+            })
+        },
+        progress,
+    )
+    .await;
+    Ok(RunReport {
+        mode: "server".into(),
+        target: config.addr.to_string(),
+        cases: reports,
+    })
+}
+
+// ---- helpers shared by the cases ---------------------------------------------------------------------
+
+/// The `Error` frame in `frame`, which must carry `code`.
+pub fn expect_error(
+    frame: Frame,
+    code: ErrorCode,
+) -> Result<ferry_protocol::frame::Error, Verdict> {
+    match frame.kind {
+        Some(Kind::Error(e)) if ErrorCode(e.code) == code => Ok(e),
+        Some(Kind::Error(e)) => fail!(
+            "expected Error {code:?}, got Error {:?}: {}",
+            ErrorCode(e.code),
+            e.message
+        ),
+        other => fail!("expected Error {code:?}, got {other:?}"),
+    }
+}
+
+/// A refused stream: optional `Error{code}` frames (a reset may overtake them), then a reset with `code`.
+pub async fn expect_refused(stream: &mut ConvStream, code: ErrorCode) -> CaseResult {
+    loop {
+        match stream.next_non_deliver("refusal").await {
+            Ok(frame) => {
+                expect_error(frame, code)?;
+            }
+            Err(e) => {
+                ensure_eq!(e.wire_code(), Some(code), "stream reset code (error: {e})");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The code the connection gets closed with (bounded wait).
+pub async fn close_code(
+    connection: &quinn::Connection,
+    within: Duration,
+) -> Result<Option<ErrorCode>, Verdict> {
+    match tokio::time::timeout(within, connection.closed()).await {
+        Ok(reason) => Ok(DriverError::Connection(reason).wire_code()),
+        Err(_) => fail!("connection still open after {} ms", within.as_millis()),
+    }
+}
+
+/// Expects the result of a session start to be a refusal with `code`.
+pub fn expect_refused_session(result: Result<Session, DriverError>, code: ErrorCode) -> CaseResult {
+    match result {
+        Ok(_) => fail!("expected the session to be refused with {code:?}, got Welcome"),
+        Err(e) => {
+            ensure_eq!(e.wire_code(), Some(code), "refusal code (error: {e})");
+            Ok(())
+        }
+    }
+}
+
+/// Sends a group administration request; `Ok(Err(code))` for an `Error` answer.
+pub async fn group_request(
+    session: &mut Session,
+    kind: Kind,
+) -> Result<Result<(String, u64), ErrorCode>, Verdict> {
+    let reply = session.request(frame(kind)).await?;
+    match reply.kind {
+        Some(Kind::GroupResult(r)) => Ok(Ok((r.conversation_id, r.seq))),
+        Some(Kind::Error(e)) => Ok(Err(ErrorCode(e.code))),
+        other => fail!("expected GroupResult or Error, got {other:?}"),
+    }
+}
+
+/// Creates a group and returns its id.
+pub async fn create_group(
+    session: &mut Session,
+    name: &str,
+    members: &[&str],
+) -> Result<String, Verdict> {
+    let request_id = session.request_id();
+    let kind = Kind::CreateGroup(CreateGroup {
+        request_id,
+        name: name.into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    });
+    match group_request(session, kind).await? {
+        Ok((id, seq)) => {
+            ensure_eq!(seq, 1, "CreateGroup result seq");
+            Ok(id)
+        }
+        Err(code) => fail!("CreateGroup refused with {code:?}"),
+    }
+}
+
+/// Sends `count` messages pipelined in windows below max_inflight_sends; returns the SendAck seqs.
+pub async fn send_many(
+    ctx: &ServerCtx,
+    stream: &mut ConvStream,
+    prefix: &str,
+    count: usize,
+) -> Result<Vec<u64>, Verdict> {
+    let window = (ctx.limits.max_inflight_sends as usize / 2).clamp(1, 100);
+    let mut seqs = Vec::with_capacity(count);
+    let mut sent = 0;
+    while sent < count {
+        let n = window.min(count - sent);
+        for i in sent..sent + n {
+            stream
+                .send_message(&format!("{prefix}-{i}"), format!("body {i}").as_bytes())
+                .await?;
+        }
+        for i in sent..sent + n {
+            let ack = stream.expect_send_ack().await?;
+            ensure_eq!(
+                ack.client_msg_id,
+                format!("{prefix}-{i}"),
+                "SendAck order on one stream"
+            );
+            seqs.push(ack.seq);
+        }
+        sent += n;
+    }
+    Ok(seqs)
+}
+
+/// Pulls every page after `after`; fails if paging does not end.
+pub async fn pull_all(stream: &mut ConvStream, mut after: u64) -> Result<Vec<Message>, Verdict> {
+    let mut all = Vec::new();
+    for _ in 0..10_000 {
+        let page = stream.pull(after, 0).await?;
+        all.extend(page.messages.iter().cloned());
+        after = page.messages.last().map_or(after, |m| m.seq);
+        if !page.has_more {
+            return Ok(all);
+        }
+        ensure!(
+            !page.messages.is_empty(),
+            "PullResult with has_more=true but no messages"
+        );
+    }
+    fail!("paging did not end after 10000 pages")
+}
+
+/// Checks that seqs are exactly `1..=n`.
+pub fn ensure_gap_free(seqs: &[u64], n: u64, what: &str) -> CaseResult {
+    let expected: Vec<u64> = (1..=n).collect();
+    ensure_eq!(seqs.to_vec(), expected, "{what}");
+    Ok(())
+}

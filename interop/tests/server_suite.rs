@@ -1,0 +1,120 @@
+//! CI's conformance run: the full server-mode suite against our own server, started in process with
+//! short timers so that the timer cases (Hello timeout, idle timeouts) run instead of being skipped.
+
+use std::time::Duration;
+
+use ferry_interop::report::Outcome;
+use ferry_interop::server_mode::{self, ServerConfig, TokenSource};
+use ferry_server::Settings;
+
+/// Cases that may legitimately be Unsupported against our server, and why.
+const ALLOWED_UNSUPPORTED: &[(&str, &str)] = &[
+    // Whether 300+ pipelined Sends ever have max_inflight_sends in flight at once depends on how fast
+    // the machine commits; the case says Unsupported rather than pretending when it cannot get there.
+    ("TOO_MANY_INFLIGHT", "timing-dependent"),
+    // Likewise a loaded machine may answer Sends slower than the bucket refills (the case measures it).
+    ("send_burst", "timing-dependent"),
+];
+
+/// Cases ferry-server fails today: real departures from spec/ferry-1.md, reported to the server's owner.
+/// Remove an entry when the server is fixed; any failure not listed here fails this test.
+const KNOWN_SERVER_BUGS: &[(&str, &str)] = &[
+    // Each Send's append runs in its own task, so pipelined Sends on one stream get seqs out of order.
+    (
+        "FERRY-SEND-8 FERRY-SEND-7: pipelined",
+        "seqs must increase in receipt order per stream",
+    ),
+    // close_replaced() closes the connection right after queueing GoAway, which discards it.
+    (
+        "FERRY-AUTH-7 FERRY-AUTH-8",
+        "GoAway{SESSION_REPLACED} must reach the client before the close",
+    ),
+    // changed_since() with a token above any issued one reports nothing instead of everything.
+    (
+        "FERRY-SYNC-4",
+        "an unknown since_token must be treated as 0",
+    ),
+    // Error.message names the failed token check ("token signature does not match", "token expired").
+    (
+        "FERRY-SEC-2 FERRY-ERR-2",
+        "refusals must not reveal which token check failed",
+    ),
+    // AddMember leaves the joiner's read cursor at 0, so unread_count counts history they cannot read.
+    (
+        "FERRY-PULL-4 FERRY-GROUP-2 FERRY-READ-3",
+        "read cursor must start at first_seq - 1",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_server_passes_the_server_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http: "127.0.0.1:0".parse().unwrap(),
+        heartbeat_interval_ms: 2000,
+        idle_timeout_ms: 8000,
+        stream_idle_timeout_ms: 1000,
+        drain_grace_ms: 200,
+        ..Settings::default()
+    };
+    let handle = ferry_server::start(settings).await.unwrap();
+    let secret =
+        ferry_server::auth::TokenSecret::load(&dir.path().join(ferry_server::server::SECRET_FILE))
+            .unwrap();
+    let config = ServerConfig {
+        addr: handle.local_addr(),
+        ca: handle.ca_path().to_path_buf(),
+        tokens: TokenSource::Secret(secret),
+        filter: std::env::var("FERRY_INTEROP_FILTER").ok(),
+        case_timeout: Duration::from_secs(30),
+        max_wait: Duration::from_secs(15),
+        stream_idle_timeout: Duration::from_millis(1000),
+        proxy: true,
+    };
+    let report = server_mode::run(config, |case| {
+        eprintln!("{:<11} {}", case.outcome.label(), case.name)
+    })
+    .await
+    .unwrap();
+    eprintln!("{}", report.table());
+    let known = |name: &str| {
+        KNOWN_SERVER_BUGS
+            .iter()
+            .any(|(part, _)| name.contains(part))
+    };
+    for case in &report.cases {
+        if let Outcome::Fail(reason) = &case.outcome {
+            assert!(
+                known(&case.name),
+                "conformance failure against ferry-server: {}: {reason}",
+                case.name
+            );
+        }
+    }
+    // Some of these bugs are timing-dependent (SEND-8), so a known bug passing is reported, not failed.
+    for (part, why) in KNOWN_SERVER_BUGS {
+        if report
+            .cases
+            .iter()
+            .any(|c| c.name.contains(part) && c.outcome == Outcome::Pass)
+        {
+            eprintln!(
+                "note: known server bug \"{part}\" ({why}) passed this run; remove it once fixed"
+            );
+        }
+    }
+    for case in &report.cases {
+        if let Outcome::Unsupported(reason) = &case.outcome {
+            assert!(
+                ALLOWED_UNSUPPORTED
+                    .iter()
+                    .any(|(part, _)| case.name.contains(part) || reason.contains(part)),
+                "unexpectedly unsupported: {} ({reason})",
+                case.name
+            );
+        }
+    }
+    handle.shutdown().await;
+}

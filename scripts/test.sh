@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Ferry's whole test suite, from a fresh Debian machine: installs what is missing, then checks formatting,
+# lints with -D warnings, builds every binary (end-to-end tests spawn them), runs all tests, and checks
+# that the fuzz target builds. CI (.ci/run) calls exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# --- tools -------------------------------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust (rustup) first" >&2
+  exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+# --- checks ------------------------------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+log "build binaries"
+cargo build --workspace --bins
+
+log "tests"
+cargo nextest run --workspace --no-fail-fast --failure-output final
+log "doc tests"
+cargo test --workspace --doc
+
+log "fuzz target builds"
+cargo check --manifest-path fuzz/Cargo.toml --quiet
+
+log "all checks passed"
