@@ -18,33 +18,7 @@ const ALLOWED_UNSUPPORTED: &[(&str, &str)] = &[
 
 /// Cases ferry-server fails today: real departures from spec/ferry-1.md, reported to the server's owner.
 /// Remove an entry when the server is fixed; any failure not listed here fails this test.
-const KNOWN_SERVER_BUGS: &[(&str, &str)] = &[
-    // Each Send's append runs in its own task, so pipelined Sends on one stream get seqs out of order.
-    (
-        "FERRY-SEND-8 FERRY-SEND-7: pipelined",
-        "seqs must increase in receipt order per stream",
-    ),
-    // close_replaced() closes the connection right after queueing GoAway, which discards it.
-    (
-        "FERRY-AUTH-7 FERRY-AUTH-8",
-        "GoAway{SESSION_REPLACED} must reach the client before the close",
-    ),
-    // changed_since() with a token above any issued one reports nothing instead of everything.
-    (
-        "FERRY-SYNC-4",
-        "an unknown since_token must be treated as 0",
-    ),
-    // Error.message names the failed token check ("token signature does not match", "token expired").
-    (
-        "FERRY-SEC-2 FERRY-ERR-2",
-        "refusals must not reveal which token check failed",
-    ),
-    // AddMember leaves the joiner's read cursor at 0, so unread_count counts history they cannot read.
-    (
-        "FERRY-PULL-4 FERRY-GROUP-2 FERRY-READ-3",
-        "read cursor must start at first_seq - 1",
-    ),
-];
+const KNOWN_SERVER_BUGS: &[(&str, &str)] = &[];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ferry_server_passes_the_server_suite() {

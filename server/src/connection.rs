@@ -231,15 +231,18 @@ fn authenticate(hello: &Hello, shared: &Shared) -> Result<String, (ErrorCode, St
     if !ids::is_valid_name(&hello.device_id) {
         return Err((ErrorCode::INVALID_ARGUMENT, "invalid device_id".into()));
     }
-    let claims = shared
-        .secret
-        .verify(&hello.token, SystemTime::now())
-        .map_err(|e| (ErrorCode::UNAUTHENTICATED, e.to_string()))?;
+    // The client learns only UNAUTHENTICATED, never which check failed (FERRY-SEC-2); the log says.
+    let refused = || (ErrorCode::UNAUTHENTICATED, "invalid token".to_owned());
+    let claims = match shared.secret.verify(&hello.token, SystemTime::now()) {
+        Ok(claims) => claims,
+        Err(e) => {
+            info!(device = %hello.device_id, reason = %e, "token rejected");
+            return Err(refused());
+        }
+    };
     if claims.device != hello.device_id {
-        return Err((
-            ErrorCode::UNAUTHENTICATED,
-            "token was issued for another device".into(),
-        ));
+        info!(device = %hello.device_id, token_device = %claims.device, "token for another device");
+        return Err(refused());
     }
     Ok(claims.user)
 }

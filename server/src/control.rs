@@ -40,7 +40,9 @@ pub async fn run(conn: Arc<Conn>, mut reader: FrameReader) {
             }
             Ok(Ok(Some(frame))) => frame,
             Ok(Ok(None)) => {
-                conn.close(ErrorCode::NO_ERROR, "control stream finished");
+                // The control stream may end only right before the connection closes (FERRY-CONN-2).
+                conn.shared.metrics.error(ErrorCode::PROTOCOL_ERROR);
+                conn.close(ErrorCode::PROTOCOL_ERROR, "control stream finished");
                 return;
             }
             Ok(Err(e)) => {

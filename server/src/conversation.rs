@@ -306,7 +306,11 @@ async fn handle(
 /// The append is queued here, in the order Sends arrived on the stream, so their seqs follow that order
 /// (FERRY-SEND-8); only the wait for durability and the fan-out run in the spawned task, so many Sends of
 /// one stream share a commit.
-async fn start_send(conn: &Arc<Conn>, conversation: &Arc<str>, send: Send) -> JoinHandle<SendOutcome> {
+async fn start_send(
+    conn: &Arc<Conn>,
+    conversation: &Arc<str>,
+    send: Send,
+) -> JoinHandle<SendOutcome> {
     let started = Instant::now();
     let client_msg_id = send.client_msg_id.clone();
     let queued = match check_send(conn, conversation, &send).await {
@@ -333,12 +337,17 @@ async fn start_send(conn: &Arc<Conn>, conversation: &Arc<str>, send: Send) -> Jo
             Ok(queued) => queued,
             Err((code, msg, retry_after)) => {
                 conn.shared.metrics.error(code);
-                return (frames::send_error(client_msg_id, code, msg, retry_after), None);
+                return (
+                    frames::send_error(client_msg_id, code, msg, retry_after),
+                    None,
+                );
             }
         };
         match pending.await {
             Ok(appended) => {
-                conn.shared.metrics.send(appended.duplicate, started.elapsed());
+                conn.shared
+                    .metrics
+                    .send(appended.duplicate, started.elapsed());
                 let ack = frame(Kind::SendAck(SendAck {
                     client_msg_id,
                     seq: appended.seq,
@@ -347,15 +356,25 @@ async fn start_send(conn: &Arc<Conn>, conversation: &Arc<str>, send: Send) -> Jo
                 }));
                 if let Some(stored) = appended.message {
                     let exclude = Some(conn.session.id);
-                    fanout::deliver(&conn.shared, &conversation, stored, appended.epoch, exclude, None)
-                        .await;
+                    fanout::deliver(
+                        &conn.shared,
+                        &conversation,
+                        stored,
+                        appended.epoch,
+                        exclude,
+                        None,
+                    )
+                    .await;
                 }
                 (ack, Some(permit))
             }
             Err(e) => {
                 let (code, msg, retry_after) = store_refusal(&e);
                 conn.shared.metrics.error(code);
-                (frames::send_error(client_msg_id, code, msg, retry_after), Some(permit))
+                (
+                    frames::send_error(client_msg_id, code, msg, retry_after),
+                    Some(permit),
+                )
             }
         }
     })
@@ -363,7 +382,11 @@ async fn start_send(conn: &Arc<Conn>, conversation: &Arc<str>, send: Send) -> Jo
 
 /// A store failure as a Send refusal; an unavailable store is worth retrying soon.
 fn store_refusal(error: &StoreError) -> (ErrorCode, String, u64) {
-    let retry_after = if matches!(error, StoreError::Unavailable(_)) { 100 } else { 0 };
+    let retry_after = if matches!(error, StoreError::Unavailable(_)) {
+        100
+    } else {
+        0
+    };
     (store_code(error), error.to_string(), retry_after)
 }
 

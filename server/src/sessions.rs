@@ -16,6 +16,7 @@ use ferry_protocol::ErrorCode;
 use tokio::sync::mpsc;
 
 use crate::config::LoginPolicy;
+use crate::stream_io::Outgoing;
 
 /// Something to send to one session.
 #[derive(Debug, Clone)]
@@ -47,7 +48,7 @@ pub struct SessionHandle {
     /// Deliveries and datagrams for this session.
     pub outbound: mpsc::Sender<Outbound>,
     /// Control-stream frames (GoAway) for this session.
-    pub control: mpsc::Sender<crate::stream_io::Outgoing>,
+    pub control: mpsc::Sender<Outgoing>,
     /// The QUIC connection, to close a replaced session.
     pub connection: quinn::Connection,
 }
@@ -56,16 +57,25 @@ impl SessionHandle {
     /// Tells the session it was replaced and closes it with SESSION_REPLACED, which tells the client not
     /// to reconnect automatically (no kick loops, FERRY-CONN-*).
     pub fn close_replaced(&self) {
-        let _ = self
-            .control
-            .try_send(crate::stream_io::Outgoing::Frame(crate::frames::go_away(
-                ErrorCode::SESSION_REPLACED,
-                "another session of this user replaced this one",
-            )));
-        self.connection.close(
-            quinn::VarInt::from_u32(ErrorCode::SESSION_REPLACED.0),
-            b"session replaced",
+        let go_away = crate::frames::go_away(
+            ErrorCode::SESSION_REPLACED,
+            "another session of this user replaced this one",
         );
+        // The control writer sends the GoAway, then closes the connection (FERRY-AUTH-8).
+        let close = Outgoing::Close {
+            code: ErrorCode::SESSION_REPLACED,
+            reason: "session replaced",
+            connection: self.connection.clone(),
+        };
+        let queued = self.control.try_send(Outgoing::Frame(go_away)).is_ok()
+            && self.control.try_send(close).is_ok();
+        if !queued {
+            // The control queue is full or gone: close at once; the close code alone carries the news.
+            self.connection.close(
+                quinn::VarInt::from_u32(ErrorCode::SESSION_REPLACED.0),
+                b"session replaced",
+            );
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! batches every frame queued since its last wake-up into a single write (many frames share a QUIC
 //! packet; no flush per frame — the brief's performance section).
 
+use std::time::Duration;
+
 use bytes::BytesMut;
 use ferry_protocol::{codec, DecodeError, Decoder, ErrorCode, Frame};
 use tokio::sync::mpsc;
@@ -78,7 +80,20 @@ pub enum Outgoing {
     Frame(Frame),
     /// Reset the stream with a code and stop.
     Reset(ErrorCode),
+    /// Write what is queued, finish the stream, give the peer a moment to read it, then close the
+    /// connection with `code` — so a GoAway queued before it arrives before the close (FERRY-AUTH-8).
+    Close {
+        /// Close code.
+        code: ErrorCode,
+        /// Close reason.
+        reason: &'static str,
+        /// The connection to close.
+        connection: quinn::Connection,
+    },
 }
+
+/// How long a closing writer waits for the peer to read the last frames.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Spawns the writer task for `send`; frames queued on the returned channel are written in batches. The
 /// stream is finished when every sender is dropped, reset on [`Outgoing::Reset`].
@@ -96,6 +111,21 @@ pub fn spawn_writer(mut send: quinn::SendStream, capacity: usize) -> mpsc::Sende
                             let _ = send.write_chunk(buf.split().freeze()).await;
                         }
                         let _ = send.reset(quinn::VarInt::from_u32(code.0));
+                        return;
+                    }
+                    Outgoing::Close {
+                        code,
+                        reason,
+                        connection,
+                    } => {
+                        let _ = send.write_chunk(buf.split().freeze()).await;
+                        let _ = send.finish();
+                        // `stopped` resolves once the peer's QUIC stack acknowledged the data, but a
+                        // close discards what its application has not read yet: linger a little more,
+                        // or until the peer leaves on its own.
+                        let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
+                        let _ = tokio::time::timeout(CLOSE_LINGER, connection.closed()).await;
+                        connection.close(quinn::VarInt::from_u32(code.0), reason.as_bytes());
                         return;
                     }
                 }

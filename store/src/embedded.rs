@@ -433,6 +433,13 @@ impl Store for EmbeddedStore {
         limit: u32,
     ) -> Result<SyncPage, StoreError> {
         let limit = limit.max(1) as usize;
+        // A token above any issued one (e.g. from before a store reset) cannot be interpreted: it means
+        // "everything" (FERRY-SYNC-4). The counter only grows, so reading it first is safe.
+        let since_token = if since_token > self.cache().change {
+            0
+        } else {
+            since_token
+        };
         // Collect the page from one consistent view of the cache: batches are published whole, and
         // change values are assigned in commit order, so no later commit can add a value ≤ next_token.
         let mut changed = {

@@ -28,6 +28,8 @@ pub struct ServerProcess {
     child: Child,
     /// QUIC address it listens on.
     pub addr: SocketAddr,
+    /// HTTP address of /healthz and /metrics.
+    pub http: SocketAddr,
     /// CA file clients trust.
     pub ca: PathBuf,
 }
@@ -65,6 +67,7 @@ impl ServerProcess {
         };
         ServerProcess {
             addr: field("quic=").parse().expect("quic address"),
+            http: field("http=").parse().expect("http address"),
             ca: PathBuf::from(field("ca=")),
             child,
         }

@@ -62,6 +62,14 @@ async fn expect_refused(stream: &mut ConvStream, code: ErrorCode) {
     }
 }
 
+/// The next control frame is a GoAway with `code` (FERRY-AUTH-8: it precedes the close).
+async fn expect_go_away(session: &mut Session, code: ErrorCode) {
+    match session.next_control("GoAway").await.unwrap().kind {
+        Some(Kind::GoAway(g)) => assert_eq!(ErrorCode(g.code), code),
+        other => panic!("expected GoAway, got {other:?}"),
+    }
+}
+
 /// Waits for the connection to close and returns its wire code.
 async fn close_code(session: &Session) -> Option<ErrorCode> {
     let reason = tokio::time::timeout(Duration::from_secs(10), session.connection.closed())
@@ -291,8 +299,9 @@ async fn session_replaced_under_the_single_policy() {
 #[tokio::test]
 async fn same_device_reconnecting_replaces_its_old_session() {
     let server = TestServer::start().await;
-    let first = server.session("alice", "phone").await;
+    let mut first = server.session("alice", "phone").await;
     let _second = server.session("alice", "phone").await;
+    expect_go_away(&mut first, ErrorCode::SESSION_REPLACED).await;
     assert_eq!(close_code(&first).await, Some(ErrorCode::SESSION_REPLACED));
 }
 
@@ -364,7 +373,7 @@ async fn shutting_down_sends_go_away_and_closes() {
 }
 
 #[tokio::test]
-async fn no_error_when_the_client_finishes_its_control_stream() {
+async fn protocol_error_when_the_client_finishes_its_control_stream() {
     let server = TestServer::start().await;
     let connection = server.target.connect().await.unwrap();
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
@@ -376,8 +385,30 @@ async fn no_error_when_the_client_finishes_its_control_stream() {
     let reason = connection.closed().await;
     assert_eq!(
         DriverError::Connection(reason).wire_code(),
-        Some(ErrorCode::NO_ERROR)
+        Some(ErrorCode::PROTOCOL_ERROR)
     );
+}
+
+#[tokio::test]
+async fn no_error_close_by_the_client_ends_the_session_cleanly() {
+    let server = TestServer::start().await;
+    let session = server.session("alice", "phone").await;
+    let metrics = server.handle.metrics().clone();
+    assert_eq!(metrics.connections_active(), 1);
+    session.close(); // NO_ERROR
+    for _ in 0..100 {
+        if metrics.connections_active() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metrics.connections_active(), 0);
+    let counted: u64 = ErrorCode::TABLE
+        .iter()
+        .map(|info| metrics.errors(info.code))
+        .sum();
+    assert_eq!(counted, 0, "a clean close is no error");
+    bystander_still_served(&server).await;
 }
 
 #[tokio::test]

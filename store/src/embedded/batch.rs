@@ -262,11 +262,12 @@ impl<'c> Batch<'c> {
                         },
                     ),
                 );
-                // A re-added user starts over: they see the ADDED message and what follows.
+                // A re-added user starts over: they see the ADDED message and what follows. Their read
+                // cursor starts just below it, so unread counts only what they can read (FERRY-READ-3).
                 let rec = MemberRec {
                     first_seq: message.seq,
                     left_seq: None,
-                    read_seq: 0,
+                    read_seq: message.seq - 1,
                     change_token: record.last_change,
                 };
                 self.put_member(conv, &user, rec);
