@@ -81,10 +81,12 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
         (Some(addr), Some(ca), Some(dir)) => (None, *addr, ca.clone(), dir.clone()),
         _ => {
             let dir = tempfile::tempdir()?;
-            let mut settings = ferry_server::Settings::default();
-            settings.data_dir = dir.path().to_path_buf();
-            settings.listen = "127.0.0.1:0".parse()?;
-            settings.http = "127.0.0.1:0".parse()?;
+            let mut settings = ferry_server::Settings {
+                data_dir: dir.path().to_path_buf(),
+                listen: "127.0.0.1:0".parse()?,
+                http: "127.0.0.1:0".parse()?,
+                ..Default::default()
+            };
             // The benchmark measures the send path, not the per-user rate limit.
             settings.limits.send_rate_per_sec = u32::MAX / 2;
             settings.limits.send_burst = u32::MAX / 2;

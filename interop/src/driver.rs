@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_protocol::codec::{self, frame};
 use ferry_protocol::frame::{
-    frame::Kind, Ack, Heartbeat, HeartbeatAck, Hello, Message, Open, Pull, PullResult, Send,
-    SendAck, Sync, SyncResult, Welcome,
+    frame::Kind, Ack, AddMember, CreateGroup, Heartbeat, HeartbeatAck, Hello, Message, Open, Pull,
+    PullResult, RemoveMember, Send, SendAck, Sync, SyncResult, Welcome,
 };
 use ferry_protocol::{ErrorCode, Frame, ALPN, VERSION};
 use ferry_server::stream_io::{FrameReader, ReadError};
@@ -135,6 +135,9 @@ pub async fn next_frame(
         Ok(Err(e)) => Err(e.into()),
     }
 }
+
+/// The answer to a group request: `(conversation_id, seq)`, or the code it was refused with.
+pub type GroupAnswer = Result<(String, u64), ErrorCode>;
 
 /// One ferry/1 session driven frame by frame.
 pub struct Session {
@@ -302,6 +305,78 @@ impl Session {
     pub async fn request(&mut self, frame: Frame) -> Result<Frame, DriverError> {
         self.send_control(frame).await?;
         self.next_control("control reply").await
+    }
+
+    /// Sends a group administration request (its `request_id` is ignored and replaced by a fresh one)
+    /// and returns `(conversation_id, seq)` from the GroupResult, or the code of the Error that refused it.
+    pub async fn group_request(
+        &mut self,
+        kind: impl FnOnce(u64) -> Kind,
+    ) -> Result<GroupAnswer, DriverError> {
+        let request_id = self.request_id();
+        let reply = self.request(frame(kind(request_id))).await?;
+        match reply.kind {
+            Some(Kind::GroupResult(r)) if r.request_id == request_id => {
+                Ok(Ok((r.conversation_id, r.seq)))
+            }
+            Some(Kind::Error(e)) if e.request_id == request_id => Ok(Err(ErrorCode(e.code))),
+            kind => Err(DriverError::Unexpected {
+                expected: "GroupResult or Error echoing the request_id",
+                got: Box::new(Frame { kind }),
+            }),
+        }
+    }
+
+    /// CreateGroup.
+    pub async fn create_group(
+        &mut self,
+        name: &str,
+        members: &[&str],
+    ) -> Result<GroupAnswer, DriverError> {
+        let members = members.iter().map(|m| m.to_string()).collect();
+        let name = name.to_owned();
+        self.group_request(|request_id| {
+            Kind::CreateGroup(CreateGroup {
+                request_id,
+                name,
+                members,
+            })
+        })
+        .await
+    }
+
+    /// AddMember.
+    pub async fn add_member(
+        &mut self,
+        conversation: &str,
+        user: &str,
+    ) -> Result<GroupAnswer, DriverError> {
+        let (conversation_id, user_id) = (conversation.to_owned(), user.to_owned());
+        self.group_request(|request_id| {
+            Kind::AddMember(AddMember {
+                request_id,
+                conversation_id,
+                user_id,
+            })
+        })
+        .await
+    }
+
+    /// RemoveMember.
+    pub async fn remove_member(
+        &mut self,
+        conversation: &str,
+        user: &str,
+    ) -> Result<GroupAnswer, DriverError> {
+        let (conversation_id, user_id) = (conversation.to_owned(), user.to_owned());
+        self.group_request(|request_id| {
+            Kind::RemoveMember(RemoveMember {
+                request_id,
+                conversation_id,
+                user_id,
+            })
+        })
+        .await
     }
 
     /// Opens a conversation stream.

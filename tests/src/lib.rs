@@ -22,12 +22,13 @@ pub struct TestServer {
 
 /// Settings for a test server in `dir`, on free loopback ports.
 pub fn test_settings(dir: &Path) -> Settings {
-    let mut settings = Settings::default();
-    settings.data_dir = dir.to_path_buf();
-    settings.listen = "127.0.0.1:0".parse().expect("literal address");
-    settings.http = "127.0.0.1:0".parse().expect("literal address");
-    settings.drain_grace_ms = 200;
-    settings
+    Settings {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("literal address"),
+        http: "127.0.0.1:0".parse().expect("literal address"),
+        drain_grace_ms: 200,
+        ..Settings::default()
+    }
 }
 
 impl TestServer {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_protocol::codec::{self, frame};
-use ferry_protocol::frame::{frame::Kind, CreateGroup, Hello, Open, Send};
+use ferry_protocol::frame::{frame::Kind, Hello, Open, Send};
 use ferry_protocol::{ids, ErrorCode, Frame};
 use ferry_tests::driver::{hello, ConvStream, DriverError, Session};
 use ferry_tests::TestServer;
@@ -164,21 +164,10 @@ async fn unauthenticated_for_a_forged_token() {
 async fn forbidden_and_not_found_for_conversations() {
     let server = TestServer::start().await;
     let mut owner = server.session("owner", "d1").await;
-    let request_id = owner.request_id();
-    let reply = owner
-        .request(frame(Kind::CreateGroup(CreateGroup {
-            request_id,
-            name: "g".into(),
-            members: vec![],
-        })))
-        .await
-        .unwrap();
-    let Some(Kind::GroupResult(group)) = reply.kind else {
-        panic!("{reply:?}")
-    };
+    let (group, _) = owner.create_group("g", &[]).await.unwrap().unwrap();
 
     let outsider = server.session("outsider", "d1").await;
-    let mut stream = outsider.open(&group.conversation_id).await.unwrap();
+    let mut stream = outsider.open(&group).await.unwrap();
     expect_refused(&mut stream, ErrorCode::FORBIDDEN).await;
 
     // Someone else's direct conversation is forbidden too.

@@ -3,60 +3,13 @@
 use std::time::Duration;
 
 use ferry_protocol::codec::{self, frame};
-use ferry_protocol::frame::{
-    frame::Kind, AddMember, CreateGroup, MarkRead, MembershipAction, RemoveMember, Sync, Typing,
-};
+use ferry_protocol::frame::{frame::Kind, MarkRead, MembershipAction, Typing};
 use ferry_protocol::{ids, ErrorCode, Frame};
 use ferry_tests::driver::Session;
 use ferry_tests::TestServer;
 
-async fn group_request(session: &mut Session, kind: Kind) -> Result<(String, u64), ErrorCode> {
-    let reply = session.request(frame(kind)).await.unwrap();
-    match reply.kind {
-        Some(Kind::GroupResult(r)) => Ok((r.conversation_id, r.seq)),
-        Some(Kind::Error(e)) => Err(ErrorCode(e.code)),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn create(request_id: u64, name: &str, members: &[&str]) -> Kind {
-    Kind::CreateGroup(CreateGroup {
-        request_id,
-        name: name.into(),
-        members: members.iter().map(|m| m.to_string()).collect(),
-    })
-}
-
-fn add(request_id: u64, conversation: &str, user: &str) -> Kind {
-    Kind::AddMember(AddMember {
-        request_id,
-        conversation_id: conversation.into(),
-        user_id: user.into(),
-    })
-}
-
-fn remove(request_id: u64, conversation: &str, user: &str) -> Kind {
-    Kind::RemoveMember(RemoveMember {
-        request_id,
-        conversation_id: conversation.into(),
-        user_id: user.into(),
-    })
-}
-
 async fn sync_all(session: &mut Session) -> Vec<ferry_protocol::frame::ConversationState> {
-    let request_id = session.request_id();
-    let reply = session
-        .request(frame(Kind::Sync(Sync {
-            request_id,
-            since_token: 0,
-            limit: 0,
-        })))
-        .await
-        .unwrap();
-    match reply.kind {
-        Some(Kind::SyncResult(r)) => r.conversations,
-        other => panic!("expected SyncResult, got {other:?}"),
-    }
+    session.sync(0, 0).await.unwrap().conversations
 }
 
 #[tokio::test]
@@ -64,31 +17,36 @@ async fn membership_rules_and_visibility() {
     let server = TestServer::start().await;
     let mut owner = server.session("owner", "d").await;
     let mut member = server.session("member", "d").await;
-    let (group, seq) = group_request(&mut owner, create(1, "team", &["member"]))
+    let (group, seq) = owner
+        .create_group("team", &["member"])
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(seq, 1);
 
     // Only the owner adds; adding a current member is invalid; direct conversations have no admin.
     assert_eq!(
-        group_request(&mut member, add(2, &group, "late")).await,
+        member.add_member(&group, "late").await.unwrap(),
         Err(ErrorCode::FORBIDDEN)
     );
     assert_eq!(
-        group_request(&mut owner, add(3, &group, "member")).await,
+        owner.add_member(&group, "member").await.unwrap(),
         Err(ErrorCode::INVALID_ARGUMENT)
     );
     let direct = ids::direct_conversation_id("owner", "member").unwrap();
     assert_eq!(
-        group_request(&mut owner, add(4, &direct, "late")).await,
+        owner.add_member(&direct, "late").await.unwrap(),
         Err(ErrorCode::FORBIDDEN)
     );
     assert_eq!(
-        group_request(&mut owner, add(5, &ids::group_conversation_id(7), "x")).await,
+        owner
+            .add_member(&ids::group_conversation_id(7), "x")
+            .await
+            .unwrap(),
         Err(ErrorCode::NOT_FOUND)
     );
     assert_eq!(
-        group_request(&mut owner, add(6, &group, "bad user")).await,
+        owner.add_member(&group, "bad user").await.unwrap(),
         Err(ErrorCode::INVALID_ARGUMENT)
     );
 
@@ -101,9 +59,7 @@ async fn membership_rules_and_visibility() {
             .seq,
         2
     );
-    let (_, added_at) = group_request(&mut owner, add(7, &group, "late"))
-        .await
-        .unwrap();
+    let (_, added_at) = owner.add_member(&group, "late").await.unwrap().unwrap();
     assert_eq!(added_at, 3);
 
     // The late joiner sees from their ADDED message on, not the earlier history.
@@ -117,8 +73,10 @@ async fn membership_rules_and_visibility() {
     assert_eq!(change.users, vec!["late".to_string()]);
 
     // A member (not owner) may leave; afterwards they read up to their removal and may not send.
-    let (_, left_at) = group_request(&mut member, remove(8, &group, "member"))
+    let (_, left_at) = member
+        .remove_member(&group, "member")
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(left_at, 4);
     stream
@@ -143,12 +101,10 @@ async fn membership_rules_and_visibility() {
     // Only the owner removes others.
     let mut late = late;
     assert_eq!(
-        group_request(&mut late, remove(9, &group, "owner")).await,
+        late.remove_member(&group, "owner").await.unwrap(),
         Err(ErrorCode::FORBIDDEN)
     );
-    assert!(group_request(&mut owner, remove(10, &group, "late"))
-        .await
-        .is_ok());
+    assert!(owner.remove_member(&group, "late").await.unwrap().is_ok());
 }
 
 #[tokio::test]
@@ -270,7 +226,7 @@ async fn welcome_announces_the_limits() {
     assert_eq!(w.user_id, "alice");
     assert!(w.heartbeat_interval_ms > 0);
     assert!(w.store_epoch != 0);
-    let limits = w.limits.clone().unwrap();
+    let limits = w.limits.unwrap();
     assert_eq!(limits.max_inflight_sends, 77);
     assert_eq!(limits.max_frame_size, 1 << 20);
     assert!(limits.recent_window > 0 && limits.max_pull_page > 0 && limits.idle_timeout_ms > 0);

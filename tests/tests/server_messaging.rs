@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use ferry_protocol::codec::frame;
-use ferry_protocol::frame::{frame::Kind, CreateGroup, Heartbeat, Message, Sync};
+use ferry_protocol::frame::{frame::Kind, Heartbeat, Message, Sync};
 use ferry_protocol::ids;
 use ferry_tests::driver::{ConvStream, Session};
 use ferry_tests::TestServer;
@@ -18,23 +18,9 @@ async fn read_delivers(stream: &mut ConvStream, count: usize) -> Vec<Message> {
 }
 
 async fn create_group(session: &mut Session, name: &str, members: &[&str]) -> String {
-    let request_id = session.request_id();
-    let reply = session
-        .request(frame(Kind::CreateGroup(CreateGroup {
-            request_id,
-            name: name.into(),
-            members: members.iter().map(|m| m.to_string()).collect(),
-        })))
-        .await
-        .unwrap();
-    match reply.kind {
-        Some(Kind::GroupResult(r)) => {
-            assert_eq!(r.request_id, request_id);
-            assert_eq!(r.seq, 1);
-            r.conversation_id
-        }
-        other => panic!("expected GroupResult, got {other:?}"),
-    }
+    let (conversation, seq) = session.create_group(name, members).await.unwrap().unwrap();
+    assert_eq!(seq, 1);
+    conversation
 }
 
 #[tokio::test]

@@ -2,12 +2,10 @@
 
 use std::sync::Arc;
 
-use ferry_protocol::frame::{
-    frame::Kind, AddMember, CreateGroup, MembershipAction, MessageKind, RemoveMember,
-};
+use ferry_protocol::frame::{frame::Kind, CreateGroup, MembershipAction, MessageKind};
 use ferry_protocol::{ids, ErrorCode};
 
-use super::{create_group, expect_error, expect_refused, group_request, ServerCtx};
+use super::{create_group, expect_error, expect_refused, ServerCtx};
 use crate::runner::{Case, CaseResult};
 use crate::{case, ensure, ensure_eq, fail};
 
@@ -21,22 +19,6 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
         case!(["FERRY-GROUP-5"], "the owner may leave; then only self-removal remains", owner_leaves),
         case!(["FERRY-STREAM-5", "FERRY-ID-3", "FERRY-ID-5", "FERRY-STREAM-4"], "Open is refused for malformed, foreign, unknown and non-member conversations", open_rules),
     ]
-}
-
-fn add(request_id: u64, conversation: &str, user: &str) -> Kind {
-    Kind::AddMember(AddMember {
-        request_id,
-        conversation_id: conversation.into(),
-        user_id: user.into(),
-    })
-}
-
-fn remove(request_id: u64, conversation: &str, user: &str) -> Kind {
-    Kind::RemoveMember(RemoveMember {
-        request_id,
-        conversation_id: conversation.into(),
-        user_id: user.into(),
-    })
 }
 
 async fn create(ctx: Arc<ServerCtx>) -> CaseResult {
@@ -139,65 +121,61 @@ async fn admin_rules(ctx: Arc<ServerCtx>) -> CaseResult {
             Ok(())
         };
     expect(
-        group_request(&mut m, add(11, &group, &late)).await?,
+        m.add_member(&group, &late).await?,
         ErrorCode::FORBIDDEN,
         "AddMember by a non-owner",
     )?;
     expect(
-        group_request(&mut o, add(12, &group, &member)).await?,
+        o.add_member(&group, &member).await?,
         ErrorCode::INVALID_ARGUMENT,
         "AddMember of a current member",
     )?;
     expect(
-        group_request(&mut o, add(13, &direct, &late)).await?,
+        o.add_member(&direct, &late).await?,
         ErrorCode::FORBIDDEN,
         "AddMember on a direct conversation",
     )?;
     expect(
-        group_request(&mut o, add(14, &unknown, &late)).await?,
+        o.add_member(&unknown, &late).await?,
         ErrorCode::NOT_FOUND,
         "AddMember on an unknown group",
     )?;
     expect(
-        group_request(&mut o, add(15, &group, "bad user")).await?,
+        o.add_member(&group, "bad user").await?,
         ErrorCode::INVALID_ARGUMENT,
         "AddMember of a malformed user id",
     )?;
     expect(
-        group_request(&mut o, add(16, "nonsense", &late)).await?,
+        o.add_member("nonsense", &late).await?,
         ErrorCode::INVALID_ARGUMENT,
         "AddMember on a malformed conversation id",
     )?;
     expect(
-        group_request(&mut m, remove(17, &group, &owner)).await?,
+        m.remove_member(&group, &owner).await?,
         ErrorCode::FORBIDDEN,
         "RemoveMember of the owner by a member",
     )?;
     expect(
-        group_request(&mut o, remove(18, &group, &late)).await?,
+        o.remove_member(&group, &late).await?,
         ErrorCode::INVALID_ARGUMENT,
         "RemoveMember of a non-member",
     )?;
     expect(
-        group_request(&mut o, remove(19, &unknown, &member)).await?,
+        o.remove_member(&unknown, &member).await?,
         ErrorCode::NOT_FOUND,
         "RemoveMember on an unknown group",
     )?;
-    let (id, seq) = group_request(&mut o, add(20, &group, &late))
-        .await?
-        .map_err(|c| {
-            crate::runner::Verdict::Fail(format!("AddMember by the owner refused with {c:?}"))
-        })?;
+    let (id, seq) = o.add_member(&group, &late).await?.map_err(|c| {
+        crate::runner::Verdict::Fail(format!("AddMember by the owner refused with {c:?}"))
+    })?;
     ensure_eq!(
         (id.as_str(), seq),
         (group.as_str(), 2),
         "GroupResult of AddMember"
     );
-    let (_, seq) = group_request(&mut o, remove(21, &group, &late))
-        .await?
-        .map_err(|c| {
-            crate::runner::Verdict::Fail(format!("RemoveMember by the owner refused with {c:?}"))
-        })?;
+    let (_, seq) = o.remove_member(&group, &late).await?.map_err(|c| {
+        crate::runner::Verdict::Fail(format!("RemoveMember by the owner refused with {c:?}"))
+    })?;
     ensure_eq!(seq, 3, "GroupResult.seq of RemoveMember");
     Ok(())
 }
@@ -208,7 +186,8 @@ async fn late_joiner(ctx: Arc<ServerCtx>) -> CaseResult {
     let group = create_group(&mut o, "team", &[]).await?;
     let mut s = o.open(&group).await?;
     s.send_and_ack("early", b"before the joiner").await?;
-    let (_, added_at) = group_request(&mut o, add(101, &group, &late))
+    let (_, added_at) = o
+        .add_member(&group, &late)
         .await?
         .map_err(|c| crate::runner::Verdict::Fail(format!("AddMember refused with {c:?}")))?;
     ensure_eq!(added_at, 3, "seq of ADDED");
@@ -256,7 +235,8 @@ async fn removed_member(ctx: Arc<ServerCtx>) -> CaseResult {
     // The member keeps a stream open across the removal (FERRY-SEC-4: checked on every operation).
     let mut open_before = m.open(&group).await?;
     open_before.pull(0, 0).await?;
-    let (_, left_at) = group_request(&mut o, remove(102, &group, &member))
+    let (_, left_at) = o
+        .remove_member(&group, &member)
         .await?
         .map_err(|c| crate::runner::Verdict::Fail(format!("RemoveMember refused with {c:?}")))?;
     ensure_eq!(left_at, 3, "seq of REMOVED");
@@ -295,23 +275,17 @@ async fn owner_leaves(ctx: Arc<ServerCtx>) -> CaseResult {
     let mut o = ctx.session(&owner, "d").await?;
     let mut sa = ctx.session(&a, "d").await?;
     let group = create_group(&mut o, "team", &[&a, &b]).await?;
-    group_request(&mut o, remove(103, &group, &owner))
-        .await?
-        .map_err(|c| {
-            crate::runner::Verdict::Fail(format!("the owner leaving was refused with {c:?}"))
-        })?;
+    o.remove_member(&group, &owner).await?.map_err(|c| {
+        crate::runner::Verdict::Fail(format!("the owner leaving was refused with {c:?}"))
+    })?;
     ensure_eq!(
-        group_request(&mut sa, remove(104, &group, &b)).await?.err(),
+        sa.remove_member(&group, &b).await?.err(),
         Some(ErrorCode::FORBIDDEN),
         "a member removing another after the owner left"
     );
-    group_request(&mut sa, remove(105, &group, &a))
-        .await?
-        .map_err(|c| {
-            crate::runner::Verdict::Fail(format!(
-                "leaving an ownerless group was refused with {c:?}"
-            ))
-        })?;
+    sa.remove_member(&group, &a).await?.map_err(|c| {
+        crate::runner::Verdict::Fail(format!("leaving an ownerless group was refused with {c:?}"))
+    })?;
     Ok(())
 }
 

@@ -18,8 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::codec::frame;
-use ferry_protocol::frame::{frame::Kind, CreateGroup, Limits, Message};
+use ferry_protocol::frame::{frame::Kind, Limits, Message};
 use ferry_protocol::{ids, ErrorCode, Frame};
 use ferry_server::auth::TokenSecret;
 
@@ -313,32 +312,13 @@ pub fn expect_refused_session(result: Result<Session, DriverError>, code: ErrorC
     }
 }
 
-/// Sends a group administration request; `Ok(Err(code))` for an `Error` answer.
-pub async fn group_request(
-    session: &mut Session,
-    kind: Kind,
-) -> Result<Result<(String, u64), ErrorCode>, Verdict> {
-    let reply = session.request(frame(kind)).await?;
-    match reply.kind {
-        Some(Kind::GroupResult(r)) => Ok(Ok((r.conversation_id, r.seq))),
-        Some(Kind::Error(e)) => Ok(Err(ErrorCode(e.code))),
-        other => fail!("expected GroupResult or Error, got {other:?}"),
-    }
-}
-
 /// Creates a group and returns its id.
 pub async fn create_group(
     session: &mut Session,
     name: &str,
     members: &[&str],
 ) -> Result<String, Verdict> {
-    let request_id = session.request_id();
-    let kind = Kind::CreateGroup(CreateGroup {
-        request_id,
-        name: name.into(),
-        members: members.iter().map(|m| m.to_string()).collect(),
-    });
-    match group_request(session, kind).await? {
+    match session.create_group(name, members).await? {
         Ok((id, seq)) => {
             ensure_eq!(seq, 1, "CreateGroup result seq");
             Ok(id)
