@@ -194,7 +194,7 @@ impl Default for Settings {
             idle_timeout_ms: 75_000,
             stream_idle_timeout_ms: 60_000,
             limits: LimitSettings::default(),
-            drain_grace_ms: 2000,
+            drain_grace_ms: 10_000,
         }
     }
 }
