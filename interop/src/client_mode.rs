@@ -188,7 +188,7 @@ pub fn parse_output(stdout: &str) -> Result<Vec<OutputLine>, Verdict> {
 pub struct ClientRun {
     child: tokio::process::Child,
     token: String,
-    lines: mpsc::UnboundedReceiver<String>,
+    lines: mpsc::Receiver<String>,
     stderr: Arc<std::sync::Mutex<String>>,
     /// Every stdout line so far.
     pub stdout: Vec<String>,
@@ -365,12 +365,13 @@ impl ClientCtx {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| Verdict::Fail(format!("starting the client command: {e}")))?;
-        let (tx, lines) = mpsc::unbounded_channel();
+        // Bounded: a client that floods stdout is slowed down (pipe backpressure), not buffered forever.
+        let (tx, lines) = mpsc::channel(4096);
         let stdout = child.stdout.take().expect("piped stdout");
         tokio::spawn(async move {
             let mut reader = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
+                if tx.send(line).await.is_err() {
                     break;
                 }
             }

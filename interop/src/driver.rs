@@ -287,6 +287,16 @@ impl Session {
         Ok(())
     }
 
+    /// Finishes the sending side of the control stream (FERRY-CONN-2 cases).
+    pub fn finish_control(&mut self) {
+        let _ = self.control_send.finish();
+    }
+
+    /// Resets the sending side of the control stream with `code` (FERRY-CONN-2 cases).
+    pub fn reset_control(&mut self, code: ErrorCode) {
+        let _ = self.control_send.reset(quinn::VarInt::from_u32(code.0));
+    }
+
     /// Writes raw bytes on the control stream.
     pub async fn send_control_raw(&mut self, bytes: &[u8]) -> Result<(), DriverError> {
         self.control_send.write_all(bytes).await?;

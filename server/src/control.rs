@@ -18,7 +18,7 @@ use crate::connection::Conn;
 use crate::errors::{from_store, Refusal};
 use crate::fanout;
 use crate::frames;
-use crate::stream_io::{FrameReader, Outgoing};
+use crate::stream_io::{FrameReader, Outgoing, ReadError};
 
 /// Longest group name, in bytes.
 const MAX_GROUP_NAME: usize = 256;
@@ -46,7 +46,15 @@ pub async fn run(conn: Arc<Conn>, mut reader: FrameReader) {
                 return;
             }
             Ok(Err(e)) => {
-                if let Some(code) = e.code() {
+                // Undecodable bytes close with the decoder's code; a reset control stream is a
+                // PROTOCOL_ERROR (FERRY-CONN-2); a lost connection needs no close.
+                let code = match &e {
+                    ReadError::Stream(quinn::ReadError::Reset(_)) => {
+                        Some(ErrorCode::PROTOCOL_ERROR)
+                    }
+                    _ => e.code(),
+                };
+                if let Some(code) = code {
                     conn.shared.metrics.error(code);
                     conn.close(code, &e.to_string());
                 }

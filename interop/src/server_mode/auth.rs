@@ -38,7 +38,12 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
             opaque_refusals
         ),
         case!(
-            ["FERRY-AUTH-7", "FERRY-AUTH-8", "FERRY-GOAWAY-4"],
+            [
+                "FERRY-AUTH-7",
+                "FERRY-AUTH-8",
+                "FERRY-GOAWAY-4",
+                "FERRY-AUTH-6"
+            ],
             "a second session of one device replaces the first (GoAway + SESSION_REPLACED)",
             replaced
         ),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::codec::{self, frame};
-use ferry_protocol::frame::{frame::Kind, Typing};
+use ferry_protocol::frame::{frame::Kind, Presence, Typing};
 use ferry_protocol::Frame;
 
 use super::ServerCtx;
@@ -33,6 +33,11 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
             ["FERRY-DGRAM-6", "FERRY-AUTH-5"],
             "datagrams from a non-member are not relayed",
             non_member_dropped
+        ),
+        case!(
+            ["FERRY-MSGFMT-2"],
+            "a Presence with an unknown status value is accepted and relayed",
+            unknown_presence_status
         ),
         case!(
             ["FERRY-DGRAM-3"],
@@ -126,6 +131,37 @@ async fn non_member_dropped(ctx: Arc<ServerCtx>) -> CaseResult {
     a.open(&conv).await?.pull(0, 0).await?;
     if let Some(got) = relay(&e, &b, &typing(&conv, &alice)).await? {
         fail!("a non-member's datagram was relayed: {got:?}");
+    }
+    Ok(())
+}
+
+async fn unknown_presence_status(ctx: Arc<ServerCtx>) -> CaseResult {
+    let (alice, bob) = (ctx.user("alice"), ctx.user("bob"));
+    let conv = ctx.direct(&alice, &bob);
+    let a = ctx.session(&alice, "phone").await?;
+    let b = ctx.session(&bob, "phone").await?;
+    a.open(&conv).await?.pull(0, 0).await?;
+    // 77 is no PresenceStatus of ferry/1: proto3 enums are open, so the datagram is still valid.
+    let presence = frame(Kind::Presence(Presence {
+        conversation_id: conv.clone(),
+        user_id: String::new(),
+        status: 77,
+    }));
+    let Some(got) = relay(&a, &b, &presence).await? else {
+        fail!("a Presence with status 77 was not relayed in 20 attempts over 5 s");
+    };
+    match got.kind {
+        Some(Kind::Presence(p)) => {
+            ensure_eq!(p.conversation_id, conv, "Presence.conversation_id");
+            ensure_eq!(p.user_id, alice, "Presence.user_id (server-set)");
+            // Relayed as received (77) or as UNSPECIFIED (0); never as a status the sender did not send.
+            ensure!(
+                p.status == 77 || p.status == 0,
+                "Presence.status relayed as {}, expected 77 or 0",
+                p.status
+            );
+        }
+        other => fail!("expected Presence, got {other:?}"),
     }
     Ok(())
 }

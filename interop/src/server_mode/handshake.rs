@@ -30,6 +30,11 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
             alpn_mismatch
         ),
         case!(
+            ["FERRY-EXT-4"],
+            "offering ferry/2 and ferry/1 in ALPN selects ferry/1",
+            alpn_choice
+        ),
+        case!(
             [
                 "FERRY-TRANSPORT-8",
                 "FERRY-AUTH-3",
@@ -111,6 +116,21 @@ async fn alpn_mismatch(ctx: Arc<ServerCtx>) -> CaseResult {
         }
         Ok(Err(e)) => fail!("expected CONNECTION_CLOSE CRYPTO_ERROR 0x178, got {e}"),
     }
+}
+
+async fn alpn_choice(ctx: Arc<ServerCtx>) -> CaseResult {
+    let target = Target::with_alpn(ctx.addr, &ctx.ca, &[b"ferry/2", b"ferry/1"])?;
+    let token = ctx.token(&ctx.user("alice"), "phone").await?;
+    let mut session = target.session(&token, "phone").await?;
+    let alpn = session
+        .connection
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    ensure_eq!(alpn.as_deref(), Some(&b"ferry/1"[..]), "negotiated ALPN");
+    session.heartbeat(0).await?;
+    session.close();
+    Ok(())
 }
 
 async fn bad_version(ctx: Arc<ServerCtx>) -> CaseResult {

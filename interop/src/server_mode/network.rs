@@ -10,11 +10,12 @@ use ferry_proxy::{DirectionFaults, Faults, Proxy, ProxyConfig};
 use super::{ensure_gap_free, pull_all, send_many, ServerCtx};
 use crate::driver::{hello, DriverError, Session, Target};
 use crate::runner::{Case, CaseResult, Verdict};
-use crate::{case, ensure, ensure_eq, unsupported};
+use crate::{case, ensure, ensure_eq, fail, unsupported};
 
 pub fn cases() -> Vec<Case<ServerCtx>> {
     vec![
         case!(["FERRY-ZERORTT-2", "FERRY-ZERORTT-1", "FERRY-MSG-9", "FERRY-STREAM-11"], "a Send in 0-RTT early data, repeated after the handshake, is a duplicate", zero_rtt_replay),
+        case!(["FERRY-ZERORTT-3", "FERRY-SEC-3", "FERRY-AUTH-8"], "a replayed 0-RTT Hello whose handshake never completes does not replace the device's session", zero_rtt_replayed_hello),
         case!(["FERRY-MIG-1"], "the client rebinds to a new UDP socket mid-session and keeps sending and receiving", migration),
         case!(["FERRY-MIG-1", "FERRY-MIG-3"], "a NAT rebinding (fault proxy) keeps the session", nat_rebind),
         case!(["FERRY-STREAM-9", "FERRY-MSG-1", "FERRY-SEND-7"], "200 messages through 10% loss, reordering and duplication are stored exactly once, gap-free", lossy),
@@ -67,6 +68,129 @@ async fn zero_rtt_replay(ctx: Arc<ServerCtx>) -> CaseResult {
     );
     let stored = pull_all(&mut stream, 0).await?;
     ensure_eq!(stored.len(), 1, "messages stored");
+    Ok(())
+}
+
+/// A UDP relay between one client and `server` that records every datagram the client sends until
+/// `stop` is called. Returns the relay address and the recorder; the relay ends with the recorder.
+async fn recording_relay(
+    server: std::net::SocketAddr,
+) -> Result<(std::net::SocketAddr, Recorder), Verdict> {
+    use tokio::net::UdpSocket;
+    let io = |e: std::io::Error| Verdict::Fail(format!("relay socket: {e}"));
+    let front = UdpSocket::bind("127.0.0.1:0").await.map_err(io)?;
+    let back = UdpSocket::bind("127.0.0.1:0").await.map_err(io)?;
+    let addr = front.local_addr().map_err(io)?;
+    let datagrams = Arc::new(std::sync::Mutex::new(Some(Vec::new())));
+    let rec = datagrams.clone();
+    let task = tokio::spawn(async move {
+        let (mut a, mut b) = ([0u8; 65536], [0u8; 65536]);
+        let mut client = None;
+        loop {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut a) => {
+                    client = Some(from);
+                    if let Some(recorded) = rec.lock().expect("lock").as_mut() {
+                        recorded.push(a[..n].to_vec());
+                    }
+                    let _ = back.send_to(&a[..n], server).await;
+                }
+                Ok(n) = back.recv(&mut b) => {
+                    if let Some(to) = client {
+                        let _ = front.send_to(&b[..n], to).await;
+                    }
+                }
+            }
+        }
+    });
+    Ok((addr, Recorder { datagrams, task }))
+}
+
+struct Recorder {
+    datagrams: Arc<std::sync::Mutex<Option<Vec<Vec<u8>>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    /// Stops recording (the relay keeps relaying) and returns what was recorded.
+    fn stop(&self) -> Vec<Vec<u8>> {
+        self.datagrams
+            .lock()
+            .expect("lock")
+            .take()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn zero_rtt_replayed_hello(ctx: Arc<ServerCtx>) -> CaseResult {
+    let alice = ctx.user("alice");
+    let token = ctx.token(&alice, "phone").await?;
+    let target = ctx.fresh_target()?;
+    let mut first = target.session(&token, "phone").await?;
+    first.heartbeat(0).await?; // lets the resumption ticket land
+    first.close();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A genuine 0-RTT connection through a relay that records the client's first flight (Initial with
+    // the ClientHello, and the Hello in 0-RTT packets).
+    let (relay, recorder) = recording_relay(ctx.addr).await?;
+    let connecting = target
+        .endpoint
+        .connect(relay, "localhost")
+        .map_err(DriverError::from)?;
+    let Ok((connection, accepted)) = connecting.into_0rtt() else {
+        unsupported!("the server issued no resumption ticket usable for 0-RTT (0-RTT is a MAY)");
+    };
+    let pending = Session::begin(connection, hello(&token, "phone")).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let flight = recorder.stop();
+    if !tokio::time::timeout(Duration::from_secs(10), accepted)
+        .await
+        .unwrap_or(false)
+    {
+        unsupported!("the server rejected 0-RTT (allowed by FERRY-ZERORTT-2)");
+    }
+    let genuine = pending.welcome().await?;
+    genuine.close();
+    // Let the server forget the genuine connection, then open the session the replay must not replace.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut session = ctx.session(&alice, "phone").await?;
+    session.heartbeat(0).await?;
+
+    // An attacker replays the recorded flight from another address. It cannot complete the handshake, so
+    // the early Hello must not apply the login policy (or the server refuses the replayed 0-RTT).
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Verdict::Fail(format!("bind: {e}")))?;
+    ensure!(!flight.is_empty(), "the relay recorded no datagram");
+    for datagram in &flight {
+        attacker
+            .send_to(datagram, ctx.addr)
+            .await
+            .map_err(|e| Verdict::Fail(format!("replay: {e}")))?;
+    }
+    let mut buf = [0u8; 2048];
+    let answered = tokio::time::timeout(Duration::from_secs(2), attacker.recv(&mut buf)).await;
+    ensure!(
+        answered.is_ok(),
+        "the server sent nothing to the replayed first flight in 2 s (not a replay the server saw)"
+    );
+    match tokio::time::timeout(Duration::from_secs(3), session.next_control("nothing")).await {
+        Err(_) => {}
+        Ok(Ok(frame)) => fail!("the session got {frame:?} after a replayed 0-RTT Hello"),
+        Ok(Err(e)) => fail!("the session ended after a replayed 0-RTT Hello: {e}"),
+    }
+    session
+        .heartbeat(0)
+        .await
+        .map_err(|e| Verdict::Fail(format!("heartbeat after the replay: {e}")))?;
+    session.close();
     Ok(())
 }
 

@@ -18,6 +18,8 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
     vec![
         case!(["FERRY-STREAM-1"], "Hello or a second Open on a conversation stream resets it with PROTOCOL_ERROR", wrong_frames),
         case!(["FERRY-STREAM-1", "FERRY-CONN-1"], "a conversation frame on the control stream closes with PROTOCOL_ERROR", conversation_frame_on_control),
+        case!(["FERRY-CONN-2"], "finishing the control stream after Welcome closes with PROTOCOL_ERROR", control_finished),
+        case!(["FERRY-CONN-2"], "resetting the control stream after Welcome closes with PROTOCOL_ERROR", control_reset),
         case!(["FERRY-STREAM-9", "FERRY-SEND-7"], "a sender's stream reset mid-way loses nothing: resending on a new stream and Pull recover everything once", sender_reset),
         case!(["FERRY-STREAM-9", "FERRY-DELIVER-4"], "a receiver's stream reset mid-way loses nothing: Pull recovers everything", receiver_reset),
         case!(["FERRY-STREAM-6"], "the newest stream of a conversation carries Deliver; the older one stays valid", newest_stream),
@@ -60,6 +62,30 @@ async fn conversation_frame_on_control(ctx: Arc<ServerCtx>) -> CaseResult {
         super::close_code(&session.connection, Duration::from_secs(5)).await?,
         Some(ErrorCode::PROTOCOL_ERROR),
         "close code"
+    );
+    Ok(())
+}
+
+async fn control_finished(ctx: Arc<ServerCtx>) -> CaseResult {
+    let mut session = ctx.session(&ctx.user("alice"), "phone").await?;
+    session.heartbeat(0).await?;
+    session.finish_control();
+    ensure_eq!(
+        super::close_code(&session.connection, Duration::from_secs(5)).await?,
+        Some(ErrorCode::PROTOCOL_ERROR),
+        "close code after the client finished the control stream"
+    );
+    Ok(())
+}
+
+async fn control_reset(ctx: Arc<ServerCtx>) -> CaseResult {
+    let mut session = ctx.session(&ctx.user("alice"), "phone").await?;
+    session.heartbeat(0).await?;
+    session.reset_control(ErrorCode::NO_ERROR);
+    ensure_eq!(
+        super::close_code(&session.connection, Duration::from_secs(5)).await?,
+        Some(ErrorCode::PROTOCOL_ERROR),
+        "close code after the client reset the control stream"
     );
     Ok(())
 }
