@@ -4,15 +4,16 @@
 //! down; alice's client sends `--messages` messages; then the clock starts, a new client is built on
 //! bob's store, and stops when the last missed message was reported. Measured twice per round: with
 //! 0-RTT disabled (`ClientBuilder::zero_rtt(false)`: a full handshake before the first frame) and enabled
-//! (the rebuilt client resumes with the session ticket its predecessor got: the client library keeps
-//! tickets process-wide, so 0-RTT works across `build()` calls, not only within one client's reconnect).
+//! (every build of bob's client gets the same `SessionCache`, so the rebuilt client resumes with the
+//! session ticket its predecessor got and sends Sync and Pulls in early data: 0-RTT across `build()`
+//! calls, not a reconnect within one client).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ferry_client::{Client, ClientBuilder, ConnectionState, Event, Events};
+use ferry_client::{Client, ClientBuilder, ConnectionState, Event, Events, SessionCache};
 use ferry_protocol::ids;
 use ferry_server::ServerHandle;
 
@@ -81,10 +82,12 @@ async fn send(alice: &Client, conv: &str, count: usize, body: &[u8]) -> anyhow::
 /// Runs the benchmark and prints one line per mode.
 pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut settings = ferry_server::Settings::default();
-    settings.data_dir = dir.path().join("server");
-    settings.listen = "127.0.0.1:0".parse()?;
-    settings.http = "127.0.0.1:0".parse()?;
+    let mut settings = ferry_server::Settings {
+        data_dir: dir.path().join("server"),
+        listen: "127.0.0.1:0".parse()?,
+        http: "127.0.0.1:0".parse()?,
+        ..ferry_server::Settings::default()
+    };
     settings.limits.send_rate_per_sec = u32::MAX / 2;
     settings.limits.send_burst = u32::MAX / 2;
     let server = ferry_server::start(settings).await?;
@@ -99,8 +102,10 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
         // A device per mode, so each starts with a cursor of its own.
         let device = if zero_rtt { "zero" } else { "full" };
         let store = dir.path().join(format!("bob-{device}"));
+        let cache = SessionCache::new();
         let (bob, mut events) = builder(&server, "bob", device, &store)
             .zero_rtt(zero_rtt)
+            .session_cache(cache.clone())
             .build()
             .await?;
         send(&alice, &conv, 1, &body).await?;
@@ -113,6 +118,7 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
             let started = Instant::now();
             let (bob, mut events) = builder(&server, "bob", device, &store)
                 .zero_rtt(zero_rtt)
+                .session_cache(cache.clone())
                 .build()
                 .await?;
             used.push(receive(&mut events, args.messages).await?);

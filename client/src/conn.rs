@@ -3,7 +3,7 @@
 //! frames and forward them over the bounded inbound channel; writers write whatever the driver batched.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -135,6 +135,7 @@ pub(crate) struct StreamWriter {
     /// Serial of the stream (conversation streams), to match [`Inbound::StreamEnded`].
     pub serial: u64,
     dirty: bool,
+    abandoned: Arc<AtomicBool>,
 }
 
 impl StreamWriter {
@@ -142,6 +143,14 @@ impl StreamWriter {
     pub fn push(&mut self, frame: &Frame) {
         codec::encode_into(frame, &mut self.buf.lock().expect("writer buffer"));
         self.dirty = true;
+    }
+
+    /// The stream died with a rejected 0-RTT: once dropped, the writer task must not finish it. quinn
+    /// reuses the ids of such streams for the streams opened after the rejection, and its `finish` (unlike
+    /// `write` and `reset`) does not check for the rejection, so finishing the dead stream would finish the
+    /// new stream with the same id (the server then sees the replayed control stream end before Hello).
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
     }
 
     /// Wakes the writer task if frames were pushed since the last flush.
@@ -166,11 +175,13 @@ pub(crate) fn spawn_writer(send: quinn::SendStream, serial: u64) -> StreamWriter
         notify: Arc::new(Notify::new()),
         serial,
         dirty: false,
+        abandoned: Arc::default(),
     };
     tokio::spawn(write_loop(
         send,
         Arc::downgrade(&writer.buf),
         writer.notify.clone(),
+        writer.abandoned.clone(),
     ));
     writer
 }
@@ -179,6 +190,7 @@ pub(crate) fn spawn_writer(send: quinn::SendStream, serial: u64) -> StreamWriter
 pub(crate) struct PendingStream {
     buf: Weak<Mutex<BytesMut>>,
     notify: Arc<Notify>,
+    abandoned: Arc<AtomicBool>,
 }
 
 /// A writer whose stream is still being opened (the Open frame and early frames wait in the buffer).
@@ -188,19 +200,28 @@ pub(crate) fn pending_writer(serial: u64) -> (StreamWriter, PendingStream) {
         notify: Arc::new(Notify::new()),
         serial,
         dirty: false,
+        abandoned: Arc::default(),
     };
     let pending = PendingStream {
         buf: Arc::downgrade(&writer.buf),
         notify: writer.notify.clone(),
+        abandoned: writer.abandoned.clone(),
     };
     (writer, pending)
 }
 
-async fn write_loop(mut send: quinn::SendStream, buf: Weak<Mutex<BytesMut>>, notify: Arc<Notify>) {
+async fn write_loop(
+    mut send: quinn::SendStream,
+    buf: Weak<Mutex<BytesMut>>,
+    notify: Arc<Notify>,
+    abandoned: Arc<AtomicBool>,
+) {
     loop {
         notify.notified().await;
         let Some(buf) = buf.upgrade() else {
-            let _ = send.finish();
+            if !abandoned.load(Ordering::Relaxed) {
+                let _ = send.finish();
+            }
             return;
         };
         let data = std::mem::take(&mut *buf.lock().expect("writer buffer"));
@@ -234,7 +255,12 @@ pub(crate) fn spawn_open(
             Ok((send, recv)) => {
                 // Frames pushed while the stream was opening are waiting: write them now.
                 pending.notify.notify_one();
-                tokio::spawn(write_loop(send, pending.buf, pending.notify));
+                tokio::spawn(write_loop(
+                    send,
+                    pending.buf,
+                    pending.notify,
+                    pending.abandoned,
+                ));
                 read_loop(recv, gen, stream, max_frame_size, tx).await;
             }
             Err(e) => {
@@ -289,6 +315,10 @@ async fn read_frames(
                     Err(e) => e.to_string(),
                 }
             }
+            // Streams opened in early data die with a rejected 0-RTT, but the connection lives on: the
+            // driver restarts the session on it when the verdict arrives (`Inbound::ZeroRtt`). Reporting
+            // the end would make it drop the connection and reconnect instead.
+            Err(quinn::ReadError::ZeroRttRejected) => return,
             Err(e) => break e.to_string(),
         };
         decoder.extend(&chunk.bytes);

@@ -140,6 +140,9 @@ pub(crate) struct Driver {
     reopen_cell: Option<Arc<AtomicU64>>,
     /// Manual ack mode: conversations whose unacknowledged messages are reported again at start.
     replay: Vec<ConversationRow>,
+    /// History requests made while the session's Sync was running: until it ends, a conversation the
+    /// store has never seen is unknown and could not be pulled.
+    deferred_history: Vec<(String, u64, usize, Reply<Vec<ReceivedMessage>>)>,
 }
 
 fn frame(kind: Kind) -> Frame {
@@ -261,6 +264,7 @@ pub(crate) async fn start(
         stop: None,
         reopen_cell: None,
         replay: if auto { Vec::new() } else { rows },
+        deferred_history: Vec::new(),
     };
     tokio::spawn(driver.run());
     Ok((client, Events { rx: ev_rx }))
@@ -431,6 +435,9 @@ impl Driver {
         }
         for (_, waiter) in self.control_waiters.drain() {
             let ControlWaiter::Group(reply) = waiter;
+            let _ = reply.send(Err(ClientError::Disconnected));
+        }
+        for (.., reply) in self.deferred_history.drain(..) {
             let _ = reply.send(Err(ClientError::Disconnected));
         }
         let delay = if immediate {
@@ -619,6 +626,10 @@ impl Driver {
         // Everything sent in early data is lost, and the streams opened then are unusable: start the
         // session over on the same connection (new control stream, Hello, Sync, resend).
         tracing::debug!("0-RTT rejected; replaying over 1-RTT");
+        session.control.abandon();
+        for w in session.streams.values() {
+            w.abandon();
+        }
         let conn = session.conn.clone();
         self.reopen_cell = Some(session.gen_cell.clone());
         self.outbox.on_connection_lost();
@@ -727,12 +738,20 @@ impl Driver {
                     self.effects.commit.sync_token = Some(r.next_token);
                 }
                 let mut session = self.take_session();
-                if r.has_more {
-                    self.start_sync(&mut session);
-                } else {
+                let synced = !r.has_more;
+                if synced {
                     session.sync_request = None;
+                } else {
+                    self.start_sync(&mut session);
                 }
                 self.phase = Phase::Live(session);
+                if synced {
+                    for (conversation, after_seq, limit, reply) in
+                        std::mem::take(&mut self.deferred_history)
+                    {
+                        self.history(conversation, after_seq, limit, reply).await;
+                    }
+                }
             }
             Kind::GroupResult(r) => {
                 if let Some(ControlWaiter::Group(reply)) =
@@ -812,12 +831,17 @@ impl Driver {
             self.inbox
                 .set_recent_window(u64::from(limits.recent_window));
         }
+        // FERRY-HB-1: a Heartbeat at least every `heartbeat_interval_ms` (0 means the default 25 s). The
+        // server's value is taken as is: raising it (as a 1 s floor did) would reveal a lost last message
+        // later than the server intends. `HeartbeatTimer` keeps a 10 ms floor against busy loops.
+        let announced = match w.heartbeat_interval_ms {
+            0 => 25_000,
+            ms => u64::from(ms),
+        };
         let interval = self
             .settings
             .heartbeat
-            .unwrap_or(Duration::from_millis(u64::from(
-                w.heartbeat_interval_ms.max(1000),
-            )));
+            .unwrap_or(Duration::from_millis(announced));
         self.backoff.reset();
         self.refreshed_token = false;
         let mut session = self.take_session();
@@ -1144,7 +1168,16 @@ impl Driver {
                 after_seq,
                 limit,
                 reply,
-            } => self.history(conversation, after_seq, limit, reply).await,
+            } => {
+                let syncing =
+                    matches!(&self.phase, Phase::Live(s) if s.welcomed && s.sync_request.is_some());
+                if syncing {
+                    self.deferred_history
+                        .push((conversation, after_seq, limit, reply));
+                } else {
+                    self.history(conversation, after_seq, limit, reply).await
+                }
+            }
             Request::Rebind { reply } => {
                 let result = match &self.phase {
                     Phase::Live(s) => std::net::UdpSocket::bind(bind_addr(&s.remote))
@@ -1364,14 +1397,19 @@ impl Driver {
                 b"client shutdown",
             );
         }
+        self.stats.send_modify(|s| s.connected = false);
+        // The reason comes before the waiters resolve, so an application that sees a receipt fail with
+        // Interrupted finds why (AuthFailed, Replaced) already in its event stream.
+        if let Some(state) = state {
+            let _ = self.events.send(Event::Connection(state)).await;
+        }
         // Resolve waiters: receipts resolve to Interrupted when their sender is dropped.
         self.sends.clear();
         for (_, ControlWaiter::Group(reply)) in self.control_waiters.drain() {
             let _ = reply.send(Err(ClientError::Closed));
         }
-        self.stats.send_modify(|s| s.connected = false);
-        if let Some(state) = state {
-            let _ = self.events.send(Event::Connection(state)).await;
+        for (.., reply) in self.deferred_history.drain(..) {
+            let _ = reply.send(Err(ClientError::Closed));
         }
         // Let the CONNECTION_CLOSE reach the server before the endpoint goes away (bounded).
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;

@@ -46,7 +46,8 @@
 //!   after a restart). Gaps and heads from heartbeats trigger Pulls.
 //! - **Reconnect**: exponential backoff with full jitter over the endpoints in rotation (GoAway's
 //!   endpoints first); every reconnect runs Sync → Pull → resend. The second connection to a server in
-//!   the same process uses 0-RTT; if the server rejects early data, the session is replayed over 1-RTT.
+//!   the same client (or a client built with the same [`SessionCache`]) uses 0-RTT; if the server rejects
+//!   early data, the session is replayed over 1-RTT.
 //!   `SESSION_REPLACED` stops the client without reconnecting.
 //!
 //! ## Layout
@@ -103,3 +104,4 @@ pub use message::{
 };
 pub use sqlite::SqliteStore;
 pub use store::ClientStore;
+pub use tls::SessionCache;

@@ -1,5 +1,6 @@
 //! TLS and QUIC settings of the client: TLS 1.3 only, ALPN `ferry/1`, early data (0-RTT) enabled with
-//! rustls's in-memory session cache, QUIC keep-alive 10 s and idle timeout 60 s (spec: Transport).
+//! an in-memory session cache per client (or shared, see [`SessionCache`]), QUIC keep-alive 10 s and
+//! idle timeout 60 s (spec: Transport).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,9 +28,41 @@ pub fn parse_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ClientError
     Ok(certs)
 }
 
-/// Builds the quinn client configuration. Keep one per client: the session cache (and so 0-RTT
-/// resumption) lives inside it.
-pub fn client_config(roots: &TrustRoots) -> Result<quinn::ClientConfig, ClientError> {
+/// Where a client keeps its TLS resumption tickets (needed for 0-RTT). By default every built client has
+/// its own, so 0-RTT happens on its reconnects; give the same cache to several builds
+/// ([`crate::ClientBuilder::session_cache`]) so that a client built again (an app restarting its
+/// connection layer) resumes with 0-RTT too. Tickets are looked up by TLS server name: share a cache only
+/// between clients of the same server (a ticket shown to a server that cannot use it costs a 1-RTT
+/// handshake, nothing worse). Tickets carry no user identity (the token in Hello does).
+#[derive(Clone)]
+pub struct SessionCache(Arc<dyn rustls::client::ClientSessionStore>);
+
+impl SessionCache {
+    /// An empty in-memory cache.
+    pub fn new() -> Self {
+        SessionCache(Arc::new(rustls::client::ClientSessionMemoryCache::new(64)))
+    }
+}
+
+impl Default for SessionCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionCache")
+    }
+}
+
+/// Builds the quinn client configuration: tickets go to `cache`; `zero_rtt` enables early data on
+/// resumption.
+pub fn client_config(
+    roots: &TrustRoots,
+    cache: &SessionCache,
+    zero_rtt: bool,
+) -> Result<quinn::ClientConfig, ClientError> {
     let TrustRoots::Pem(pem) = roots;
     let mut store = rustls::RootCertStore::empty();
     for cert in parse_pem(pem)? {
@@ -44,9 +77,9 @@ pub fn client_config(roots: &TrustRoots) -> Result<quinn::ClientConfig, ClientEr
         .with_root_certificates(store)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ferry_protocol::ALPN.to_vec()];
-    // Early data needs a resumption ticket from an earlier connection; `Resumption::default()` keeps
-    // them in memory (per process), which is what the second connection to a server uses for 0-RTT.
-    tls.enable_early_data = true;
+    // Early data needs a resumption ticket from an earlier connection that used the same cache.
+    tls.resumption = rustls::client::Resumption::store(cache.0.clone());
+    tls.enable_early_data = zero_rtt;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Config(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
@@ -66,7 +99,11 @@ mod tests {
     #[test]
     fn rejects_pem_without_certificates() {
         assert!(matches!(
-            client_config(&TrustRoots::Pem(b"not a pem".to_vec())),
+            client_config(
+                &TrustRoots::Pem(b"not a pem".to_vec()),
+                &SessionCache::new(),
+                true
+            ),
             Err(ClientError::Config(_))
         ));
     }

@@ -129,6 +129,19 @@ async fn wait_fatal(mut rx: watch::Receiver<Option<ConnectionState>>) -> CliErro
     }
 }
 
+/// The client stopped (a receipt resolved Interrupted). The state that stopped it, if any, was reported
+/// just before, so its exit code (3 for a rejected token) wins over the generic `fallback`; waiting is
+/// bounded because the event channel closes right after.
+async fn stopped_error(
+    mut rx: watch::Receiver<Option<ConnectionState>>,
+    fallback: CliError,
+) -> CliError {
+    match tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|s| s.is_some())).await {
+        Ok(Ok(state)) => fatal_error(state.as_ref().expect("some")).unwrap_or(fallback),
+        _ => fallback,
+    }
+}
+
 fn receipt_line(r: &SendReceipt, json: bool) -> String {
     if json {
         serde_json::json!({
@@ -217,12 +230,24 @@ async fn send(
     // Queue everything first (pipelined), then wait for the receipts in order.
     let mut receipts = Vec::with_capacity(texts.len());
     for text in texts {
-        receipts.push(client.send(conversation.clone(), text).await?);
+        match client.send(conversation.clone(), text).await {
+            Ok(receipt) => receipts.push(receipt),
+            Err(e @ crate::SendError::Closed { .. }) => {
+                return Err(stopped_error(fatal.clone(), e.into()).await)
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let total = receipts.len();
     for (done, receipt) in receipts.into_iter().enumerate() {
         tokio::select! {
-            r = receipt => print(&receipt_line(&r?, json)),
+            r = receipt => match r {
+                Ok(r) => print(&receipt_line(&r, json)),
+                Err(e @ crate::SendError::Interrupted { .. }) => {
+                    return Err(stopped_error(fatal.clone(), e.into()).await)
+                }
+                Err(e) => return Err(e.into()),
+            },
             e = wait_fatal(fatal.clone()) => return Err(e),
             _ = tokio::time::sleep_until(deadline) => {
                 return Err(CliError::new(

@@ -1,0 +1,441 @@
+//! ferry-client connection life cycle against the real server: restarts, failover, 0-RTT (accepted and
+//! rejected) and connection migration, with nothing lost or duplicated.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_client::{
+    BackoffConfig, Client, ClientBuilder, ConnectionState, Event, Events, ReceivedMessage,
+};
+use ferry_protocol::ids;
+use ferry_proxy::{Proxy, ProxyConfig};
+use ferry_server::ServerHandle;
+use ferry_tests::test_settings;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// An in-process server that can be stopped and started again on the same data dir and port.
+struct Restartable {
+    dir: tempfile::TempDir,
+    handle: Option<ServerHandle>,
+    addr: SocketAddr,
+    ca: PathBuf,
+}
+
+impl Restartable {
+    async fn start() -> Restartable {
+        ferry_tests::init_logging();
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = test_settings(dir.path());
+        settings.heartbeat_interval_ms = 500;
+        let handle = ferry_server::start(settings).await.expect("server starts");
+        Restartable {
+            addr: handle.local_addr(),
+            ca: handle.ca_path().to_path_buf(),
+            handle: Some(handle),
+            dir,
+        }
+    }
+
+    fn handle(&self) -> &ServerHandle {
+        self.handle.as_ref().expect("server running")
+    }
+
+    fn token(&self, user: &str, device: &str) -> String {
+        self.handle()
+            .mint_token(user, device, Duration::from_secs(3600))
+    }
+
+    async fn stop(&mut self) {
+        self.handle.take().expect("server running").shutdown().await;
+    }
+
+    /// Starts again on the same data dir and the same port.
+    async fn restart(&mut self) {
+        let mut settings = test_settings(self.dir.path());
+        settings.heartbeat_interval_ms = 500;
+        settings.listen = self.addr;
+        // The old server's socket and store are released as its tasks wind down: retry briefly.
+        let mut attempts = 0;
+        let handle = loop {
+            match ferry_server::start(settings.clone()).await {
+                Ok(handle) => break handle,
+                Err(e) if attempts < 50 => {
+                    eprintln!("restart attempt {attempts}: {e:#}");
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("server restarts: {e:#}"),
+            }
+        };
+        assert_eq!(handle.local_addr(), self.addr);
+        self.handle = Some(handle);
+    }
+}
+
+/// What a client reported: messages, and the `zero_rtt` flag of each Connected.
+#[derive(Default)]
+struct Seen {
+    messages: Vec<ReceivedMessage>,
+    connected: Vec<bool>,
+    disconnects: usize,
+}
+
+fn collect(mut events: Events) -> Arc<Mutex<Seen>> {
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let mut s = sink.lock().unwrap();
+            match event {
+                Event::Message(m) => s.messages.push(m),
+                Event::Connection(ConnectionState::Connected { zero_rtt, .. }) => {
+                    s.connected.push(zero_rtt)
+                }
+                Event::Connection(ConnectionState::Disconnected { .. }) => s.disconnects += 1,
+                _ => {}
+            }
+        }
+    });
+    seen
+}
+
+async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+fn fast_backoff() -> BackoffConfig {
+    BackoffConfig {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(300),
+    }
+}
+
+async fn client(
+    endpoints: &[String],
+    ca: &Path,
+    token: String,
+    device: &str,
+    store: &Path,
+) -> (Client, Arc<Mutex<Seen>>) {
+    let (client, events) = ClientBuilder::new()
+        .endpoints(endpoints.iter().cloned())
+        .ca_file(ca)
+        .token(token)
+        .device_id(device)
+        .store_path(store)
+        .backoff(fast_backoff())
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("client");
+    (client, collect(events))
+}
+
+/// Sends `bodies` pipelined and waits for every receipt; returns the seqs.
+async fn send_all(client: &Client, conv: &str, bodies: impl Iterator<Item = String>) -> Vec<u64> {
+    let mut receipts = Vec::new();
+    for body in bodies {
+        receipts.push(client.send(conv, body).await.unwrap());
+    }
+    let mut seqs = Vec::new();
+    for r in receipts {
+        seqs.push(
+            tokio::time::timeout(WAIT, r)
+                .await
+                .expect("receipt in time")
+                .expect("stored")
+                .seq,
+        );
+    }
+    seqs
+}
+
+/// Waits until `seen` holds `n` messages, then checks they are seqs 1..=n with bodies m1..mn.
+async fn expect_messages(seen: &Arc<Mutex<Seen>>, n: usize) {
+    let got = wait_until(WAIT, || seen.lock().unwrap().messages.len() >= n).await;
+    let s = seen.lock().unwrap();
+    assert!(got, "{} of {n} messages", s.messages.len());
+    let seqs: Vec<u64> = s.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    for m in &s.messages {
+        assert_eq!(m.body, format!("m{}", m.seq).into_bytes());
+    }
+}
+
+fn bodies(range: std::ops::RangeInclusive<u64>) -> impl Iterator<Item = String> {
+    range.map(|i| format!("m{i}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_server_restart() {
+    let mut server = Restartable::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ep = [server.addr.to_string()];
+    let (alice, _alice_seen) = client(
+        &ep,
+        &server.ca,
+        server.token("alice", "phone"),
+        "phone",
+        &dir.path().join("a"),
+    )
+    .await;
+    let (bob, bob_seen) = client(
+        &ep,
+        &server.ca,
+        server.token("bob", "phone"),
+        "phone",
+        &dir.path().join("b"),
+    )
+    .await;
+    let conv = ids::direct_conversation_id("alice", "bob").unwrap();
+    assert!(bob.connected(WAIT).await);
+    assert_eq!(
+        send_all(&alice, &conv, bodies(1..=10)).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+    expect_messages(&bob_seen, 10).await;
+
+    server.stop().await;
+    // Queued while the server is down: they wait in the outbox.
+    let mut receipts = Vec::new();
+    for body in bodies(11..=20) {
+        receipts.push(alice.send(conv.as_str(), body).await.unwrap());
+    }
+    assert!(
+        wait_until(WAIT, || !alice.stats().connected
+            && alice.stats().outbox == 10)
+        .await
+    );
+    server.restart().await;
+    for (i, r) in receipts.into_iter().enumerate() {
+        let r = tokio::time::timeout(WAIT, r)
+            .await
+            .expect("receipt")
+            .expect("stored");
+        assert_eq!(r.seq, 11 + i as u64);
+    }
+    expect_messages(&bob_seen, 20).await;
+    assert!(alice.stats().sessions >= 2, "alice reconnected");
+    assert!(bob.stats().sessions >= 2, "bob reconnected");
+    alice.shutdown().await;
+    bob.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn failover_to_second_endpoint() {
+    let mut server = Restartable::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on: bound and released.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let eps = [dead.to_string(), server.addr.to_string()];
+    let (alice, _) = client(
+        &eps,
+        &server.ca,
+        server.token("alice", "phone"),
+        "phone",
+        &dir.path().join("a"),
+    )
+    .await;
+    assert!(
+        alice.connected(WAIT).await,
+        "connected through the second endpoint"
+    );
+    assert_eq!(alice.stats().endpoint, Some(server.addr));
+    let conv = ids::direct_conversation_id("alice", "bob").unwrap();
+    assert_eq!(send_all(&alice, &conv, bodies(1..=3)).await, [1, 2, 3]);
+    alice.shutdown().await;
+    server.stop().await;
+}
+
+/// Makes the client's connection die: the proxy swallows everything until the client's heartbeats go
+/// unanswered for two intervals, then lets traffic through again so the client reconnects.
+async fn force_reconnect(proxy: &Proxy, client: &Client, seen: &Arc<Mutex<Seen>>) {
+    let before = client.stats().sessions;
+    proxy.blackhole_until_cleared();
+    assert!(
+        wait_until(WAIT, || !client.stats().connected).await,
+        "client noticed the dead connection"
+    );
+    proxy.clear_blackhole();
+    assert!(
+        wait_until(WAIT, || client.stats().connected
+            && client.stats().sessions > before)
+        .await,
+        "client reconnected"
+    );
+    // The Connected events trail the stats by a hop through the event channel.
+    let sessions = client.stats().sessions as usize;
+    assert!(wait_until(WAIT, || seen.lock().unwrap().connected.len() >= sessions).await);
+}
+
+async fn proxy_to(addr: SocketAddr) -> Proxy {
+    Proxy::start(ProxyConfig::new("127.0.0.1:0".parse().unwrap(), addr))
+        .await
+        .expect("proxy")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_rtt_on_second_connection() {
+    let mut server = Restartable::start().await;
+    let proxy = proxy_to(server.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ep = [proxy.local_addr().to_string()];
+    let (alice, seen) = client(
+        &ep,
+        &server.ca,
+        server.token("alice", "phone"),
+        "phone",
+        &dir.path().join("a"),
+    )
+    .await;
+    assert!(alice.connected(WAIT).await);
+    assert!(!alice.stats().zero_rtt, "no ticket on the first connection");
+    force_reconnect(&proxy, &alice, &seen).await;
+    assert_eq!(
+        seen.lock().unwrap().connected,
+        [false, true],
+        "second Connected used 0-RTT"
+    );
+    assert!(alice.stats().zero_rtt);
+    let conv = ids::direct_conversation_id("alice", "bob").unwrap();
+    assert_eq!(send_all(&alice, &conv, bodies(1..=3)).await, [1, 2, 3]);
+    alice.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_rtt_rejected_falls_back() {
+    let mut server = Restartable::start().await;
+    let proxy = proxy_to(server.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ep = [proxy.local_addr().to_string()];
+    let (alice, alice_seen) = client(
+        &ep,
+        &server.ca,
+        server.token("alice", "phone"),
+        "phone",
+        &dir.path().join("a"),
+    )
+    .await;
+    let (bob, bob_seen) = client(
+        &[server.addr.to_string()],
+        &server.ca,
+        server.token("bob", "phone"),
+        "phone",
+        &dir.path().join("b"),
+    )
+    .await;
+    let conv = ids::direct_conversation_id("alice", "bob").unwrap();
+    assert!(alice.connected(WAIT).await && bob.connected(WAIT).await);
+    assert_eq!(
+        send_all(&alice, &conv, bodies(1..=5)).await,
+        [1, 2, 3, 4, 5]
+    );
+    // Prove alice holds a ticket the server accepts: a reconnect to the same server is 0-RTT.
+    force_reconnect(&proxy, &alice, &alice_seen).await;
+    assert_eq!(alice_seen.lock().unwrap().connected, [false, true]);
+
+    // A new server process knows nothing of that ticket: alice's next 0-RTT attempt is rejected, and the
+    // Sends it carried in early data must be replayed over 1-RTT.
+    server.stop().await;
+    let mut receipts = Vec::new();
+    for body in bodies(6..=15) {
+        receipts.push(alice.send(conv.as_str(), body).await.unwrap());
+    }
+    server.restart().await;
+    for (i, r) in receipts.into_iter().enumerate() {
+        let r = tokio::time::timeout(WAIT, r)
+            .await
+            .expect("receipt")
+            .expect("stored");
+        assert_eq!(r.seq, 6 + i as u64);
+    }
+    // The last session is with the new server (a draining old one may have taken a 0-RTT session in
+    // between); its Connected event trails the stats.
+    assert!(
+        !alice.stats().zero_rtt,
+        "0-RTT rejected, session over 1-RTT"
+    );
+    let sessions = alice.stats().sessions as usize;
+    assert!(
+        wait_until(WAIT, || alice_seen.lock().unwrap().connected.len()
+            >= sessions)
+        .await
+    );
+    let connected = alice_seen.lock().unwrap().connected.clone();
+    assert_eq!(
+        connected.last(),
+        Some(&false),
+        "0-RTT rejected: {connected:?}"
+    );
+    expect_messages(&bob_seen, 15).await;
+    alice.shutdown().await;
+    bob.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebind_mid_transfer_keeps_the_connection() {
+    let mut server = Restartable::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ep = [server.addr.to_string()];
+    let (alice, alice_seen) = client(
+        &ep,
+        &server.ca,
+        server.token("alice", "phone"),
+        "phone",
+        &dir.path().join("a"),
+    )
+    .await;
+    let (bob, bob_seen) = client(
+        &ep,
+        &server.ca,
+        server.token("bob", "phone"),
+        "phone",
+        &dir.path().join("b"),
+    )
+    .await;
+    let conv = ids::direct_conversation_id("alice", "bob").unwrap();
+    assert!(alice.connected(WAIT).await && bob.connected(WAIT).await);
+
+    let sender = {
+        let (alice, conv) = (alice.clone(), conv.clone());
+        tokio::spawn(async move { send_all(&alice, &conv, bodies(1..=400)).await })
+    };
+    // Both ends move to a new UDP socket while messages flow.
+    assert!(wait_until(WAIT, || bob_seen.lock().unwrap().messages.len() >= 50).await);
+    alice.rebind().await.expect("alice rebinds");
+    bob.rebind().await.expect("bob rebinds");
+    assert_eq!(sender.await.unwrap(), (1..=400).collect::<Vec<_>>());
+    expect_messages(&bob_seen, 400).await;
+    for (name, client, seen) in [("alice", &alice, &alice_seen), ("bob", &bob, &bob_seen)] {
+        assert_eq!(client.stats().sessions, 1, "{name}: same session");
+        let s = seen.lock().unwrap();
+        assert_eq!(
+            (s.connected.len(), s.disconnects),
+            (1, 0),
+            "{name}: no reconnect"
+        );
+    }
+    alice.shutdown().await;
+    bob.shutdown().await;
+    server.stop().await;
+}
