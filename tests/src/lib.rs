@@ -76,6 +76,18 @@ impl TestServer {
     }
 }
 
+/// Polls `done` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
 /// Logs to the test output when RUST_LOG is set.
 pub fn init_logging() {
     if std::env::var_os("RUST_LOG").is_some() {

@@ -10,6 +10,7 @@ use ferry_client::{AckMode, Client, ClientBuilder, Event, Events, MessageKind, R
 use ferry_protocol::frame::Message;
 use ferry_protocol::ids;
 use ferry_proxy::{DirectionFaults, Faults, Proxy, ProxyConfig};
+use ferry_tests::wait_until;
 use ferry_tests::TestServer;
 
 /// Upper bound for any single wait in these tests (a loaded 2-core machine is slow, not broken).
@@ -38,18 +39,6 @@ fn collect(mut events: Events) -> Seen {
         }
     });
     seen
-}
-
-/// Polls `done` every 10 ms until it holds or `timeout` passes; returns whether it held.
-async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    done()
 }
 
 fn count(seen: &Seen) -> usize {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_client::{
     BackoffConfig, Client, ClientBuilder, ConnectionState, Event, Events, ReceivedMessage,
@@ -13,6 +13,7 @@ use ferry_protocol::ids;
 use ferry_proxy::{Proxy, ProxyConfig};
 use ferry_server::ServerHandle;
 use ferry_tests::test_settings;
+use ferry_tests::wait_until;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -100,17 +101,6 @@ fn collect(mut events: Events) -> Arc<Mutex<Seen>> {
         }
     });
     seen
-}
-
-async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    done()
 }
 
 fn fast_backoff() -> BackoffConfig {
