@@ -350,6 +350,7 @@ async fn zero_rtt_rejected_falls_back() {
     for body in bodies(6..=15) {
         receipts.push(alice.send(conv.as_str(), body).await.unwrap());
     }
+    let sessions_before = alice.stats().sessions as usize;
     server.restart().await;
     for (i, r) in receipts.into_iter().enumerate() {
         let r = tokio::time::timeout(WAIT, r)
@@ -358,23 +359,18 @@ async fn zero_rtt_rejected_falls_back() {
             .expect("stored");
         assert_eq!(r.seq, 6 + i as u64);
     }
-    // The last session is with the new server (a draining old one may have taken a 0-RTT session in
-    // between); its Connected event trails the stats.
-    assert!(
-        !alice.stats().zero_rtt,
-        "0-RTT rejected, session over 1-RTT"
-    );
-    let sessions = alice.stats().sessions as usize;
+    // The first session with the new server must be 1-RTT (its 0-RTT was rejected). Later sessions may
+    // legitimately be 0-RTT again with the new server's own tickets (e.g. after a missed heartbeat on a
+    // loaded machine), so look at the sessions established after the restart.
     assert!(
         wait_until(WAIT, || alice_seen.lock().unwrap().connected.len()
-            >= sessions)
+            > sessions_before)
         .await
     );
     let connected = alice_seen.lock().unwrap().connected.clone();
-    assert_eq!(
-        connected.last(),
-        Some(&false),
-        "0-RTT rejected: {connected:?}"
+    assert!(
+        connected[sessions_before..].contains(&false),
+        "a session after the restart fell back to 1-RTT: {connected:?}"
     );
     expect_messages(&bob_seen, 15).await;
     alice.shutdown().await;
