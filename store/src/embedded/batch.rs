@@ -180,16 +180,23 @@ impl<'c> Batch<'c> {
         server_time_ms: u64,
     ) -> Result<Appended, StoreError> {
         self.saw_time(server_time_ms);
-        let system = |actor: &str, change: MembershipChange| Message {
-            seq: 0,
-            sender: actor.to_owned(),
-            sender_device: String::new(),
-            client_msg_id: String::new(),
-            body: Default::default(),
-            server_time_ms,
-            kind: MessageKind::System as i32,
-            membership: Some(change),
-        };
+        // The system message recording a change; its sender is the acting user.
+        let system =
+            |action: MembershipAction, actor: &str, users: Vec<String>, name: String| Message {
+                seq: 0,
+                sender: actor.to_owned(),
+                sender_device: String::new(),
+                client_msg_id: String::new(),
+                body: Default::default(),
+                server_time_ms,
+                kind: MessageKind::System as i32,
+                membership: Some(MembershipChange {
+                    action: action as i32,
+                    actor: actor.to_owned(),
+                    users,
+                    name,
+                }),
+            };
         let existing = self.conv(conv);
         let message = match op {
             MembershipOp::Create {
@@ -216,15 +223,7 @@ impl<'c> Batch<'c> {
                 let message = self.push_message(
                     conv,
                     &mut record,
-                    system(
-                        &owner,
-                        MembershipChange {
-                            action: MembershipAction::Created as i32,
-                            actor: owner.clone(),
-                            users: users.clone(),
-                            name,
-                        },
-                    ),
+                    system(MembershipAction::Created, &owner, users.clone(), name),
                 );
                 for user in &users {
                     let rec = MemberRec {
@@ -253,13 +252,10 @@ impl<'c> Batch<'c> {
                     conv,
                     &mut record,
                     system(
+                        MembershipAction::Added,
                         &actor,
-                        MembershipChange {
-                            action: MembershipAction::Added as i32,
-                            actor: actor.clone(),
-                            users: vec![user.clone()],
-                            name: String::new(),
-                        },
+                        vec![user.clone()],
+                        String::new(),
                     ),
                 );
                 // A re-added user starts over: they see the ADDED message and what follows. Their read
@@ -291,13 +287,10 @@ impl<'c> Batch<'c> {
                     conv,
                     &mut record,
                     system(
+                        MembershipAction::Removed,
                         &actor,
-                        MembershipChange {
-                            action: MembershipAction::Removed as i32,
-                            actor: actor.clone(),
-                            users: vec![user.clone()],
-                            name: String::new(),
-                        },
+                        vec![user.clone()],
+                        String::new(),
                     ),
                 );
                 rec.left_seq = Some(message.seq);
