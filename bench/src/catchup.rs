@@ -6,8 +6,10 @@
 //! 0-RTT disabled (`ClientBuilder::zero_rtt(false)`: a full handshake before the first frame) and enabled
 //! (every build of bob's client gets the same `SessionCache`, so the rebuilt client resumes with the
 //! session ticket its predecessor got and sends Sync and Pulls in early data: 0-RTT across `build()`
-//! calls, not a reconnect within one client).
+//! calls, not a reconnect within one client). `--delay-ms` puts bob behind ferry-proxy with that one-way
+//! delay each way, so the round trip that 0-RTT saves is visible (on bare loopback it is ~0.1 ms).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use ferry_client::{Client, ClientBuilder, ConnectionState, Event, Events, SessionCache};
 use ferry_protocol::ids;
+use ferry_proxy::{DirectionFaults, Faults, Proxy, ProxyConfig};
 use ferry_server::ServerHandle;
 
 /// Arguments of `ferry-bench catchup`.
@@ -29,14 +32,23 @@ pub struct CatchupArgs {
     /// Measurements per mode (the median is reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// One-way delay in ms added each way between bob and the server (0 = bare loopback, no proxy).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
 
 /// Bound for every wait (setup or measurement).
 const WAIT: Duration = Duration::from_secs(60);
 
-fn builder(server: &ServerHandle, user: &str, device: &str, store: &Path) -> ClientBuilder {
+fn builder(
+    server: &ServerHandle,
+    endpoint: SocketAddr,
+    user: &str,
+    device: &str,
+    store: &Path,
+) -> ClientBuilder {
     ClientBuilder::new()
-        .endpoint(server.local_addr().to_string())
+        .endpoint(endpoint.to_string())
         .ca_file(server.ca_path())
         .token(server.mint_token(user, device, Duration::from_secs(3600)))
         .device_id(device)
@@ -91,9 +103,23 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
     settings.limits.send_rate_per_sec = u32::MAX / 2;
     settings.limits.send_burst = u32::MAX / 2;
     let server = ferry_server::start(settings).await?;
-    let (alice, _alice_events) = builder(&server, "alice", "phone", &dir.path().join("alice"))
-        .build()
-        .await?;
+    let direct = server.local_addr();
+    let (alice, _alice_events) =
+        builder(&server, direct, "alice", "phone", &dir.path().join("alice"))
+            .build()
+            .await?;
+    // Bob's path: bare loopback, or through a proxy that delays every datagram.
+    let proxy = if args.delay_ms > 0 {
+        let mut config = ProxyConfig::new("127.0.0.1:0".parse()?, direct);
+        config.faults = Faults::symmetric(DirectionFaults {
+            delay: Duration::from_millis(args.delay_ms),
+            ..DirectionFaults::default()
+        });
+        Some(Proxy::start(config).await?)
+    } else {
+        None
+    };
+    let bob_endpoint = proxy.as_ref().map_or(direct, |p| p.local_addr());
     let conv = ids::direct_conversation_id("alice", "bob").context("conversation id")?;
     let body = vec![b'x'; args.body];
 
@@ -103,7 +129,7 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
         let device = if zero_rtt { "zero" } else { "full" };
         let store = dir.path().join(format!("bob-{device}"));
         let cache = SessionCache::new();
-        let (bob, mut events) = builder(&server, "bob", device, &store)
+        let (bob, mut events) = builder(&server, bob_endpoint, "bob", device, &store)
             .zero_rtt(zero_rtt)
             .session_cache(cache.clone())
             .build()
@@ -116,7 +142,7 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
         for _ in 0..args.rounds.max(1) {
             send(&alice, &conv, args.messages, &body).await?;
             let started = Instant::now();
-            let (bob, mut events) = builder(&server, "bob", device, &store)
+            let (bob, mut events) = builder(&server, bob_endpoint, "bob", device, &store)
                 .zero_rtt(zero_rtt)
                 .session_cache(cache.clone())
                 .build()
@@ -128,7 +154,8 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
         let mut sorted = times.clone();
         sorted.sort();
         lines.push(format!(
-            "catchup {mode}: {} messages, median {:.1} ms (runs {:?}; 0-RTT accepted {:?})",
+            "catchup {mode}, one-way delay {} ms: {} messages, median {:.1} ms (runs {:?}; 0-RTT accepted {:?})",
+            args.delay_ms,
             args.messages,
             sorted[sorted.len() / 2].as_secs_f64() * 1e3,
             times

@@ -2,7 +2,7 @@
 //! an in-memory session cache per client (or shared, see [`SessionCache`]), QUIC keep-alive 10 s and
 //! idle timeout 60 s (spec: Transport).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
@@ -35,12 +35,37 @@ pub fn parse_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ClientError
 /// between clients of the same server (a ticket shown to a server that cannot use it costs a 1-RTT
 /// handshake, nothing worse). Tickets carry no user identity (the token in Hello does).
 #[derive(Clone)]
-pub struct SessionCache(Arc<dyn rustls::client::ClientSessionStore>);
+pub struct SessionCache {
+    tickets: Arc<dyn rustls::client::ClientSessionStore>,
+    /// The TLS configuration of the last build, by trust roots. rustls resumes a ticket only under the
+    /// very configuration (certificate verifier and client-certificate resolver, compared by pointer)
+    /// that received it, so every build sharing this cache must reuse one configuration.
+    config: Arc<Mutex<Option<RootedConfig>>>,
+}
+
+/// A TLS configuration with the PEM trust roots it was built for.
+type RootedConfig = (Vec<u8>, rustls::ClientConfig);
 
 impl SessionCache {
     /// An empty in-memory cache.
     pub fn new() -> Self {
-        SessionCache(Arc::new(rustls::client::ClientSessionMemoryCache::new(64)))
+        SessionCache {
+            tickets: Arc::new(rustls::client::ClientSessionMemoryCache::new(64)),
+            config: Arc::default(),
+        }
+    }
+
+    /// The TLS configuration for `pem` roots: the one built before for the same roots, else a new one.
+    fn tls_config(&self, pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
+        let mut slot = self.config.lock().expect("session cache lock");
+        if let Some((roots, config)) = slot.as_ref() {
+            if roots == pem {
+                return Ok(config.clone());
+            }
+        }
+        let config = new_tls_config(pem, self.tickets.clone())?;
+        *slot = Some((pem.to_vec(), config.clone()));
+        Ok(config)
     }
 }
 
@@ -64,6 +89,26 @@ pub fn client_config(
     zero_rtt: bool,
 ) -> Result<quinn::ClientConfig, ClientError> {
     let TrustRoots::Pem(pem) = roots;
+    let mut tls = cache.tls_config(pem)?;
+    // Early data needs a resumption ticket from an earlier connection that used the same cache.
+    tls.enable_early_data = zero_rtt;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(60))
+            .expect("60 s is a valid idle timeout"),
+    ));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// TLS 1.3 only, ALPN `ferry/1`, trusting exactly the certificates in `pem`, tickets kept in `tickets`.
+fn new_tls_config(
+    pem: &[u8],
+    tickets: Arc<dyn rustls::client::ClientSessionStore>,
+) -> Result<rustls::ClientConfig, ClientError> {
     let mut store = rustls::RootCertStore::empty();
     for cert in parse_pem(pem)? {
         store
@@ -77,19 +122,8 @@ pub fn client_config(
         .with_root_certificates(store)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ferry_protocol::ALPN.to_vec()];
-    // Early data needs a resumption ticket from an earlier connection that used the same cache.
-    tls.resumption = rustls::client::Resumption::store(cache.0.clone());
-    tls.enable_early_data = zero_rtt;
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Config(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(10)));
-    transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(60))
-            .expect("60 s is a valid idle timeout"),
-    ));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
+    tls.resumption = rustls::client::Resumption::store(tickets);
+    Ok(tls)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ferry_client::{
     BackoffConfig, Client, ClientBuilder, ConnectionState, Event, Events, ReceivedMessage,
+    SessionCache,
 };
 use ferry_protocol::ids;
 use ferry_proxy::{Proxy, ProxyConfig};
@@ -308,6 +309,45 @@ async fn zero_rtt_on_second_connection() {
     let conv = ids::direct_conversation_id("alice", "bob").unwrap();
     assert_eq!(send_all(&alice, &conv, bodies(1..=3)).await, [1, 2, 3]);
     alice.shutdown().await;
+    server.stop().await;
+}
+
+/// An app that rebuilds its client (same store, same `SessionCache`) resumes with 0-RTT: rustls only
+/// resumes under the TLS configuration that received the ticket, so the cache must carry it across builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_rtt_across_builds_sharing_a_session_cache() {
+    let mut server = Restartable::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = SessionCache::new();
+    let mut connected = Vec::new();
+    for round in 1..=3u64 {
+        let (alice, events) = ClientBuilder::new()
+            .endpoint(server.addr.to_string())
+            .ca_file(&server.ca)
+            .token(server.token("alice", "phone"))
+            .device_id("phone")
+            .store_path(dir.path().join("a"))
+            .session_cache(cache.clone())
+            .build()
+            .await
+            .expect("client");
+        let seen = collect(events);
+        assert!(alice.connected(WAIT).await);
+        connected.push(alice.stats().zero_rtt);
+        // A round trip after the handshake: the ticket (sent right after it) has arrived by then.
+        let conv = ids::direct_conversation_id("alice", "bob").unwrap();
+        assert_eq!(
+            send_all(&alice, &conv, bodies(round..=round)).await,
+            [round]
+        );
+        assert_eq!(seen.lock().unwrap().connected.len(), 1);
+        alice.shutdown().await;
+    }
+    assert_eq!(
+        connected,
+        [false, true, true],
+        "0-RTT on every build after the first"
+    );
     server.stop().await;
 }
 
