@@ -68,6 +68,9 @@ pub struct Outbox {
     ids: HashMap<String, i64>,
     in_flight: usize,
     max_in_flight: usize,
+    /// The server answered TOO_MANY_INFLIGHT while other Sends were unanswered: nothing is sent until
+    /// one of those is answered (FERRY-LIMIT-4; the server counts more in flight than this side does).
+    awaiting_answer: bool,
 }
 
 impl Outbox {
@@ -79,6 +82,7 @@ impl Outbox {
             ids: HashMap::new(),
             in_flight: 0,
             max_in_flight: max_in_flight.max(1),
+            awaiting_answer: false,
         }
     }
 
@@ -134,6 +138,10 @@ impl Outbox {
         mut open: impl FnMut(&str) -> bool,
     ) -> Vec<OutboxRecord> {
         let mut out = Vec::new();
+        if self.awaiting_answer && self.in_flight > 0 {
+            return out;
+        }
+        self.awaiting_answer = false;
         let mut held: HashSet<&str> = HashSet::new();
         for entry in self.entries.values_mut() {
             if self.in_flight >= self.max_in_flight {
@@ -163,6 +171,7 @@ impl Outbox {
     /// SendAck arrived: the entry is done and handed back (for the receipt and the store).
     pub fn on_ack(&mut self, client_msg_id: &str) -> Option<OutboxRecord> {
         let id = self.ids.remove(client_msg_id)?;
+        self.awaiting_answer = false;
         let entry = self.entries.remove(&id)?;
         if matches!(entry.state, State::InFlight { .. }) {
             self.in_flight -= 1;
@@ -181,6 +190,7 @@ impl Outbox {
         let Some(&id) = self.ids.get(client_msg_id) else {
             return ErrorOutcome::Unknown;
         };
+        self.awaiting_answer = false;
         if !code.is_retryable() {
             self.ids.remove(client_msg_id);
             let entry = self.entries.remove(&id).expect("ids and entries agree");
@@ -199,6 +209,7 @@ impl Outbox {
         entry.state = State::Queued {
             not_before: Some(at),
         };
+        self.awaiting_answer = code == ErrorCode::TOO_MANY_INFLIGHT && self.in_flight > 0;
         ErrorOutcome::RetryAt(at)
     }
 
@@ -344,6 +355,33 @@ mod tests {
             o.on_error("m1", ErrorCode::INTERNAL, None, at),
             ErrorOutcome::RetryAt(at + Duration::from_millis(200))
         );
+    }
+
+    #[test]
+    fn too_many_inflight_waits_for_an_answer_to_an_earlier_send() {
+        let now = Instant::now();
+        let mut o = Outbox::new(OutboxConfig::default(), 10);
+        for id in 1..=3 {
+            o.push(rec(id, "a"));
+        }
+        o.push(rec(4, "b"));
+        assert_eq!(ids(&o.poll_transmit(now, |_| true)), [1, 2, 3, 4]);
+        o.on_error("m2", ErrorCode::TOO_MANY_INFLIGHT, None, now);
+        o.push(rec(5, "b"));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            o.poll_transmit(later, |_| true),
+            [],
+            "nothing is sent, not even after the retry delay, until an earlier Send is answered"
+        );
+        o.on_ack("m1");
+        assert_eq!(ids(&o.poll_transmit(later, |_| true)), [2, 5]);
+        // With nothing else in flight there is no answer to wait for: only the retry delay applies.
+        let mut alone = Outbox::new(OutboxConfig::default(), 10);
+        alone.push(rec(1, "a"));
+        alone.poll_transmit(now, |_| true);
+        alone.on_error("m1", ErrorCode::TOO_MANY_INFLIGHT, None, now);
+        assert_eq!(ids(&alone.poll_transmit(later, |_| true)), [1]);
     }
 
     #[test]
