@@ -318,6 +318,11 @@ impl Client {
     }
 
     /// Tells the other members this user is (not) typing: an unreliable datagram.
+    ///
+    /// The signal is dropped while not connected or before the server's Welcome (FERRY-DGRAM-5: no
+    /// datagrams before Welcome or in 0-RTT early data); it is never queued, since a late "typing" would
+    /// be wrong. Wait for [`Client::connected`] first if it matters. `Ok` means the request reached the
+    /// client, not that anyone received it.
     pub async fn typing(&self, conversation: &str, active: bool) -> Result<(), ClientError> {
         self.request(Request::Typing {
             conversation: conversation.to_owned(),

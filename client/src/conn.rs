@@ -3,7 +3,7 @@
 //! frames and forward them over the bounded inbound channel; writers write whatever the driver batched.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -61,6 +61,35 @@ pub(crate) enum Inbound {
     TokenRefreshed {
         result: Result<String, String>,
     },
+}
+
+/// What the driver shares with a connection's long-lived tasks (they outlive a session restarted on the
+/// same connection after a rejected 0-RTT).
+#[derive(Debug)]
+pub(crate) struct ConnShared {
+    /// The session generation the tasks report under.
+    pub gen: AtomicU64,
+    /// The client's maximum frame size for received datagrams: the value announced in `Welcome`, the
+    /// default before it (FERRY-FRAME-4).
+    pub max_frame_size: AtomicUsize,
+}
+
+impl ConnShared {
+    pub fn new(gen: u64) -> Arc<Self> {
+        Arc::new(ConnShared {
+            gen: AtomicU64::new(gen),
+            max_frame_size: AtomicUsize::new(codec::DEFAULT_MAX_FRAME_SIZE),
+        })
+    }
+}
+
+/// Decodes a received datagram payload, or `None` to discard it: a payload above the maximum frame size
+/// (FERRY-DGRAM-2, checked before any decoding) or one that does not decode (FERRY-DGRAM-3).
+pub(crate) fn decode_datagram(payload: &[u8], max_frame_size: usize) -> Option<Frame> {
+    if payload.len() > max_frame_size {
+        return None;
+    }
+    codec::decode_datagram(payload, max_frame_size).ok()
 }
 
 /// A connection with its control stream open.
@@ -387,18 +416,19 @@ async fn read_frames(
 /// connection ends; then reports why.
 pub(crate) fn spawn_connection_tasks(
     conn: quinn::Connection,
-    gen: Arc<AtomicU64>,
+    shared: Arc<ConnShared>,
     serials: Arc<AtomicU64>,
     max_frame_size: usize,
     tx: mpsc::Sender<Inbound>,
 ) {
     let dconn = conn.clone();
     let dtx = tx.clone();
-    let dgen = gen.clone();
+    let dshared = shared.clone();
     tokio::spawn(async move {
         while let Ok(payload) = dconn.read_datagram().await {
-            if let Ok(frame) = codec::decode_datagram(&payload, max_frame_size) {
-                let gen = dgen.load(Ordering::Relaxed);
+            let max = dshared.max_frame_size.load(Ordering::Relaxed);
+            if let Some(frame) = decode_datagram(&payload, max) {
+                let gen = dshared.gen.load(Ordering::Relaxed);
                 if dtx.send(Inbound::Datagram { gen, frame }).await.is_err() {
                     return;
                 }
@@ -410,7 +440,7 @@ pub(crate) fn spawn_connection_tasks(
             match conn.accept_bi().await {
                 Ok((send, recv)) => {
                     let serial = serials.fetch_add(1, Ordering::Relaxed);
-                    let gen = gen.load(Ordering::Relaxed);
+                    let gen = shared.gen.load(Ordering::Relaxed);
                     tokio::spawn(accept_stream(
                         send,
                         recv,
@@ -423,7 +453,7 @@ pub(crate) fn spawn_connection_tasks(
                 Err(error) => break error,
             }
         };
-        let gen = gen.load(Ordering::Relaxed);
+        let gen = shared.gen.load(Ordering::Relaxed);
         let _ = tx.send(Inbound::ConnectionLost { gen, error }).await;
     });
 }
@@ -444,4 +474,29 @@ async fn accept_stream(
         tx,
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::frame;
+
+    #[test]
+    fn datagrams_above_the_maximum_frame_size_are_discarded_before_decoding() {
+        let typing = codec::frame(Kind::Typing(frame::Typing {
+            conversation_id: "d:alice:bob".into(),
+            active: true,
+            ..Default::default()
+        }));
+        let payload = codec::encode_datagram(&typing);
+        let len = payload.len();
+        assert_eq!(decode_datagram(&payload, len), Some(typing));
+        assert_eq!(decode_datagram(&payload, len - 1), None);
+        // Garbage within the limit is discarded too, not an error.
+        assert_eq!(decode_datagram(&[0xff, 0xff], len), None);
+        assert_eq!(
+            ConnShared::new(1).max_frame_size.load(Ordering::Relaxed),
+            codec::DEFAULT_MAX_FRAME_SIZE
+        );
+    }
 }

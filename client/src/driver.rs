@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::builder::{AckMode, Settings};
 use crate::client::{Client, ClientStats, Events, GroupChange, GroupOp, Reply, Request};
-use crate::conn::{self, Established, Inbound, StreamRef, StreamWriter};
+use crate::conn::{self, ConnShared, Established, Inbound, StreamRef, StreamWriter};
 use crate::error::{ClientError, SendError, StoreError};
 use crate::event::{ConnectionState, Event};
 use crate::heartbeat::{HeartbeatAction, HeartbeatTimer};
@@ -69,8 +69,9 @@ struct Session {
     welcomed: bool,
     /// `Event::Connection(Connected)` was reported (after Welcome and, with early data, the verdict).
     announced: bool,
-    /// The connection's accept and datagram tasks report under the gen stored here.
-    gen_cell: Arc<AtomicU64>,
+    /// The connection's accept and datagram tasks report under the gen stored here, and check datagram
+    /// sizes against the maximum frame size stored here.
+    shared: Arc<ConnShared>,
     heartbeat: Option<HeartbeatTimer>,
     /// GoAway received: send nothing new; reconnect once in-flight sends are answered.
     draining: bool,
@@ -137,7 +138,7 @@ pub(crate) struct Driver {
     effects: Effects,
     stop: Option<Stop>,
     /// Set while a session is restarted on the same connection (0-RTT rejected).
-    reopen_cell: Option<Arc<AtomicU64>>,
+    reopen_cell: Option<Arc<ConnShared>>,
     /// Manual ack mode: conversations whose unacknowledged messages are reported again at start.
     replay: Vec<ConversationRow>,
     /// History requests made while the session's Sync was running: until it ends, a conversation the
@@ -147,6 +148,45 @@ pub(crate) struct Driver {
 
 fn frame(kind: Kind) -> Frame {
     codec::frame(kind)
+}
+
+/// Whether the session may send datagrams: only after Welcome and never in early data (FERRY-DGRAM-5).
+/// With early data, Welcome alone is not enough: until the server's verdict is known the connection may
+/// still be sending 0-RTT packets.
+fn datagrams_allowed(welcomed: bool, early: bool, zero_rtt_verdict: Option<bool>) -> bool {
+    welcomed && (!early || zero_rtt_verdict.is_some())
+}
+
+/// The client's maximum frame size after `Welcome`: the server's announced value, 0 or absent meaning the
+/// default (FERRY-FRAME-4).
+fn announced_max_frame_size(limits: Option<&frame::Limits>) -> usize {
+    match limits.map_or(0, |l| l.max_frame_size) {
+        0 => codec::DEFAULT_MAX_FRAME_SIZE,
+        n => n as usize,
+    }
+}
+
+/// The event a relayed datagram reports, if any. Datagrams count only once the session has its Welcome
+/// (FERRY-DGRAM-3) and only for conversations this client knows (FERRY-SEC-8), so they can neither invent
+/// conversations nor tell the application about ones it never joined.
+fn datagram_event(f: Frame, welcomed: bool, known: impl Fn(&str) -> bool) -> Option<Event> {
+    if !welcomed {
+        return None;
+    }
+    match f.kind? {
+        Kind::Typing(t) if known(&t.conversation_id) => Some(Event::Typing {
+            conversation: t.conversation_id,
+            user: t.user_id,
+            device: t.device_id,
+            active: t.active,
+        }),
+        Kind::Presence(p) if known(&p.conversation_id) => Some(Event::Presence {
+            conversation: p.conversation_id,
+            user: p.user_id,
+            status: p.status,
+        }),
+        _ => None,
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -461,22 +501,26 @@ impl Driver {
             control: (send, recv),
             early,
         } = est;
-        let gen_cell = match self.reopen_cell.take() {
-            // Same connection, new session: its accept and datagram tasks keep running.
-            Some(cell) => {
-                cell.store(gen, std::sync::atomic::Ordering::Relaxed);
-                cell
+        let shared = match self.reopen_cell.take() {
+            // Same connection, new session: its accept and datagram tasks keep running. The new session
+            // has no Welcome yet, so the default maximum frame size applies again.
+            Some(shared) => {
+                shared.gen.store(gen, Ordering::Relaxed);
+                shared
+                    .max_frame_size
+                    .store(codec::DEFAULT_MAX_FRAME_SIZE, Ordering::Relaxed);
+                shared
             }
             None => {
-                let cell = Arc::new(AtomicU64::new(gen));
+                let shared = ConnShared::new(gen);
                 conn::spawn_connection_tasks(
                     conn.clone(),
-                    cell.clone(),
+                    shared.clone(),
                     self.serials.clone(),
                     self.max_frame_size,
                     self.inbound_tx.clone(),
                 );
-                cell
+                shared
             }
         };
         tokio::spawn(conn::read_loop(
@@ -505,7 +549,7 @@ impl Driver {
             zero_rtt_verdict: None,
             welcomed: false,
             announced: false,
-            gen_cell,
+            shared,
             heartbeat: None,
             draining: false,
             sync_request: None,
@@ -588,8 +632,11 @@ impl Driver {
                 }
             }
             Inbound::Datagram { gen, frame } => {
-                if self.session(gen).is_some() {
-                    self.on_datagram(frame);
+                if let Some(session) = self.session(gen) {
+                    let welcomed = session.welcomed;
+                    let inbox = &self.inbox;
+                    let event = datagram_event(frame, welcomed, |c| inbox.is_known(c));
+                    self.effects.events.extend(event);
                 }
             }
             Inbound::ConnectionLost { gen, error } => {
@@ -631,7 +678,7 @@ impl Driver {
             w.abandon();
         }
         let conn = session.conn.clone();
-        self.reopen_cell = Some(session.gen_cell.clone());
+        self.reopen_cell = Some(session.shared.clone());
         self.outbox.on_connection_lost();
         for id in self.inbox.on_connection_lost() {
             if let Some(w) = self.history_waiters.remove(&id) {
@@ -718,7 +765,11 @@ impl Driver {
                         self.start_sync(&mut session);
                         self.phase = Phase::Live(session);
                     }
-                } else if ack.sync_token > self.sync_token {
+                } else if ack.sync_token != 0
+                    && self.session(gen).is_some_and(|s| s.sync_request.is_none())
+                {
+                    // Tokens are opaque (FERRY-ID-6): the latest answer's token is adopted, never the
+                    // "larger" one. A running Sync sets the token itself when it completes.
                     self.sync_token = ack.sync_token;
                     self.effects.commit.sync_token = Some(ack.sync_token);
                 }
@@ -733,10 +784,10 @@ impl Driver {
                 for state in &r.conversations {
                     self.on_conversation_state(state);
                 }
-                if r.next_token > self.sync_token {
-                    self.sync_token = r.next_token;
-                    self.effects.commit.sync_token = Some(r.next_token);
-                }
+                // The answer to a Sync from our token: its next_token is the one to continue from, whatever
+                // its value (tokens are opaque, FERRY-ID-6).
+                self.sync_token = r.next_token;
+                self.effects.commit.sync_token = Some(r.next_token);
                 let mut session = self.take_session();
                 let synced = !r.has_more;
                 if synced {
@@ -754,6 +805,7 @@ impl Driver {
                 }
             }
             Kind::GroupResult(r) => {
+                self.inbox.learn(&r.conversation_id);
                 if let Some(ControlWaiter::Group(reply)) =
                     self.control_waiters.remove(&r.request_id)
                 {
@@ -825,6 +877,12 @@ impl Driver {
             }
         }
         self.store_epoch = w.store_epoch;
+        if let Some(s) = self.session(gen) {
+            s.shared.max_frame_size.store(
+                announced_max_frame_size(w.limits.as_ref()),
+                Ordering::Relaxed,
+            );
+        }
         if let Some(limits) = &w.limits {
             self.outbox
                 .set_max_in_flight(limits.max_inflight_sends as usize);
@@ -964,6 +1022,7 @@ impl Driver {
         let Some(record) = self.outbox.on_ack(&ack.client_msg_id) else {
             return; // a duplicate answer (resent after a timeout): already settled
         };
+        self.inbox.learn(conversation);
         let epoch = self.inbox.epoch(conversation).unwrap_or(self.store_epoch);
         let own = ReceivedMessage {
             conversation: record.conversation.clone(),
@@ -1079,23 +1138,6 @@ impl Driver {
         }
     }
 
-    fn on_datagram(&mut self, f: Frame) {
-        match f.kind {
-            Some(Kind::Typing(t)) => self.effects.events.push(Event::Typing {
-                conversation: t.conversation_id,
-                user: t.user_id,
-                device: t.device_id,
-                active: t.active,
-            }),
-            Some(Kind::Presence(p)) => self.effects.events.push(Event::Presence {
-                conversation: p.conversation_id,
-                user: p.user_id,
-                status: p.status,
-            }),
-            _ => {}
-        }
-    }
-
     async fn on_request(&mut self, req: Request) {
         match req {
             Request::Send {
@@ -1154,13 +1196,20 @@ impl Driver {
                 conversation,
                 active,
             } => {
-                if let Phase::Live(s) = &self.phase {
-                    let dgram = codec::encode_datagram(&frame(Kind::Typing(frame::Typing {
-                        conversation_id: conversation,
-                        active,
-                        ..Default::default()
-                    })));
-                    let _ = s.conn.send_datagram(dgram);
+                // Typing is unreliable by definition: without a Welcomed 1-RTT session it is dropped, not
+                // queued (a stale "typing" signal sent later would be wrong anyway).
+                match &self.phase {
+                    Phase::Live(s)
+                        if datagrams_allowed(s.welcomed, s.early, s.zero_rtt_verdict) =>
+                    {
+                        let dgram = codec::encode_datagram(&frame(Kind::Typing(frame::Typing {
+                            conversation_id: conversation,
+                            active,
+                            ..Default::default()
+                        })));
+                        let _ = s.conn.send_datagram(dgram);
+                    }
+                    _ => tracing::debug!(%conversation, "typing signal dropped: not connected"),
                 }
             }
             Request::History {
@@ -1416,5 +1465,77 @@ impl Driver {
         if let Some(Stop::Shutdown(Some(reply))) = self.stop.take() {
             let _ = reply.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typing(conversation: &str) -> Frame {
+        frame(Kind::Typing(frame::Typing {
+            conversation_id: conversation.into(),
+            user_id: "bob".into(),
+            device_id: "phone".into(),
+            active: true,
+        }))
+    }
+
+    #[test]
+    fn datagrams_are_sent_only_after_welcome_and_never_in_early_data() {
+        assert!(!datagrams_allowed(false, false, None));
+        assert!(datagrams_allowed(true, false, None));
+        // 0-RTT: not before Welcome, and not while the early data's fate is open.
+        assert!(!datagrams_allowed(false, true, None));
+        assert!(!datagrams_allowed(true, true, None));
+        assert!(datagrams_allowed(true, true, Some(true)));
+    }
+
+    #[test]
+    fn relayed_datagrams_count_only_after_welcome_and_for_known_conversations() {
+        let known = |c: &str| c == "d:alice:bob";
+        assert_eq!(
+            datagram_event(typing("d:alice:bob"), true, known),
+            Some(Event::Typing {
+                conversation: "d:alice:bob".into(),
+                user: "bob".into(),
+                device: "phone".into(),
+                active: true,
+            })
+        );
+        assert_eq!(datagram_event(typing("d:alice:bob"), false, known), None);
+        assert_eq!(datagram_event(typing("d:alice:eve"), true, known), None);
+        let presence = |c: &str| {
+            frame(Kind::Presence(frame::Presence {
+                conversation_id: c.into(),
+                user_id: "bob".into(),
+                status: 1,
+            }))
+        };
+        assert!(matches!(
+            datagram_event(presence("d:alice:bob"), true, known),
+            Some(Event::Presence { status: 1, .. })
+        ));
+        assert_eq!(datagram_event(presence("g:00"), true, known), None);
+        // Only Typing and Presence belong in datagrams.
+        let heartbeat = frame(Kind::Heartbeat(frame::Heartbeat { sync_token: 1 }));
+        assert_eq!(datagram_event(heartbeat, true, |_| true), None);
+    }
+
+    #[test]
+    fn the_maximum_frame_size_follows_welcome_with_zero_meaning_the_default() {
+        assert_eq!(
+            announced_max_frame_size(None),
+            codec::DEFAULT_MAX_FRAME_SIZE
+        );
+        let limits = |max_frame_size| frame::Limits {
+            max_frame_size,
+            ..Default::default()
+        };
+        assert_eq!(
+            announced_max_frame_size(Some(&limits(0))),
+            codec::DEFAULT_MAX_FRAME_SIZE
+        );
+        assert_eq!(announced_max_frame_size(Some(&limits(4096))), 4096);
     }
 }

@@ -20,7 +20,11 @@ pub enum Event {
         /// The change.
         change: MembershipChange,
     },
-    /// Someone started or stopped typing (unreliable, not stored).
+    /// Someone started or stopped typing (unreliable, not stored). Reported only for conversations this
+    /// client knows (from its store, a Sync or delivery, or its own acknowledged sends) and only after
+    /// Welcome; other typing datagrams are ignored (FERRY-SEC-8, FERRY-DGRAM-3). Senders repeat
+    /// `active = true` every few seconds while typing, so expire an indicator about 6 s after the last
+    /// one (FERRY-DGRAM-7).
     Typing {
         /// Conversation id.
         conversation: String,
@@ -31,7 +35,7 @@ pub enum Event {
         /// Typing or not.
         active: bool,
     },
-    /// Someone's presence changed (unreliable, not stored).
+    /// Someone's presence changed (unreliable, not stored; filtered like [`Event::Typing`]).
     Presence {
         /// Conversation id.
         conversation: String,

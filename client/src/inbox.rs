@@ -7,7 +7,7 @@
 //! those, then calls [`Inbox::stored`] (auto ack) or, later, [`Inbox::app_ack`] (manual ack), and sends
 //! what [`Inbox::poll_acks`] and [`Inbox::poll_pulls`] ask for.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use ferry_protocol::frame::{ConversationState, PullResult};
@@ -51,6 +51,9 @@ pub struct Inbox {
     recent_window: u64,
     auto_ack: bool,
     dirty: BTreeSet<String>,
+    /// Conversations known without a window yet: this client's sends to them were acknowledged or it
+    /// created them, before a Sync or Deliver set them up.
+    learned: HashSet<String>,
 }
 
 /// Where a conversation without local history starts (its window's initial contiguous seq): the last
@@ -71,6 +74,7 @@ impl Inbox {
             recent_window,
             auto_ack,
             dirty: BTreeSet::new(),
+            learned: HashSet::new(),
         }
     }
 
@@ -103,6 +107,7 @@ impl Inbox {
     }
 
     fn create(&mut self, conversation: &str, epoch: u64, start: u64) -> &mut Conv {
+        self.learned.remove(conversation);
         self.dirty.insert(conversation.to_owned());
         let window = ReceiveWindow::new(epoch, start, self.window);
         self.convs.entry(conversation.to_owned()).or_insert(Conv {
@@ -130,6 +135,21 @@ impl Inbox {
     /// Whether the conversation has a window.
     pub fn knows(&self, conversation: &str) -> bool {
         self.convs.contains_key(conversation)
+    }
+
+    /// The server accepted this client in the conversation (a send acknowledged, a group created) before
+    /// a Sync or Deliver gave it a window.
+    pub fn learn(&mut self, conversation: &str) {
+        if !self.knows(conversation) && !self.learned.contains(conversation) {
+            self.learned.insert(conversation.to_owned());
+        }
+    }
+
+    /// Whether the client knows the conversation at all: it has a window (from the store, a Sync or
+    /// HeartbeatAck, a Deliver) or was [learned](Inbox::learn). Relayed datagrams for other conversations
+    /// are ignored (FERRY-SEC-8).
+    pub fn is_known(&self, conversation: &str) -> bool {
+        self.knows(conversation) || self.learned.contains(conversation)
     }
 
     /// The conversation's epoch, if known.
@@ -425,6 +445,34 @@ mod tests {
 
     fn inbox(auto: bool) -> Inbox {
         Inbox::new(WindowConfig::default(), 50, auto)
+    }
+
+    #[test]
+    fn conversations_are_known_from_the_store_sync_deliveries_and_own_sends() {
+        let mut inbox = inbox(true);
+        assert!(!inbox.is_known(C));
+        inbox.on_state(&state(3, 1, 1));
+        assert!(inbox.is_known(C));
+
+        let mut inbox = self::inbox(true);
+        inbox.on_deliver(C, 1, msg(1, 1));
+        assert!(inbox.is_known(C));
+
+        let mut inbox = self::inbox(true);
+        inbox.restore(&ConversationRow {
+            conversation: C.into(),
+            epoch: 1,
+            contiguous_seq: 2,
+            app_acked_seq: 2,
+            head_seq: 2,
+        });
+        assert!(inbox.is_known(C));
+
+        // Learned from an own send: known, but without a window (history is not pulled for it).
+        let mut inbox = self::inbox(true);
+        inbox.learn(C);
+        assert!(inbox.is_known(C) && !inbox.knows(C));
+        assert!(!inbox.is_known("d:alice:carol"));
     }
 
     #[test]

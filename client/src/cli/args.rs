@@ -14,7 +14,7 @@ Exit codes:
   4  server unreachable, or --timeout expired (unacknowledged messages stay in the outbox)
   5  rejected by the server (FORBIDDEN, INVALID_ARGUMENT, NOT_FOUND, ...)";
 
-/// Ferry command-line client: send, listen, read history, manage groups.
+/// Ferry command-line client: send, listen, read history, manage groups, signal typing.
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -61,6 +61,20 @@ pub enum Command {
     /// Group administration.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Tell the other members you are typing (or stopped): one unreliable signal, once connected.
+    Typing(TypingArgs),
+}
+
+/// A well-formed conversation id (`d:<user>:<user>` or `g:<32 hex>`), checked before connecting.
+fn conversation_id(id: &str) -> Result<String, String> {
+    match ferry_protocol::ids::parse_conversation_id(id) {
+        Some(_) => Ok(id.to_owned()),
+        None => Err(
+            "malformed conversation id: expected d:<user>:<user> (users in byte order) or \
+                     g:<32 lowercase hex digits>"
+                .to_owned(),
+        ),
+    }
 }
 
 /// `ferry send`.
@@ -110,6 +124,20 @@ pub struct HistoryArgs {
     /// At most this many messages.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+}
+
+/// `ferry typing`.
+#[derive(Debug, Args)]
+pub struct TypingArgs {
+    /// Conversation id.
+    #[arg(long, value_parser = conversation_id)]
+    pub conversation: String,
+    /// Signal that you stopped typing.
+    #[arg(long)]
+    pub stop: bool,
+    /// Give up after this many seconds without a connection (exit 4).
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
 }
 
 /// `ferry group ...`.
@@ -216,6 +244,33 @@ mod tests {
         };
         assert_eq!((name.as_str(), members.len()), ("team", 3));
         assert!(parse(&["group", "add", "g:1", "dave"]).is_ok());
+    }
+
+    #[test]
+    fn typing_needs_a_well_formed_conversation() {
+        let cli = parse(&["typing", "--conversation", "d:alice:bob"]).unwrap();
+        let Command::Typing(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (args.conversation.as_str(), args.stop, args.timeout),
+            ("d:alice:bob", false, 30)
+        );
+        let cli = parse(&["typing", "--conversation", "d:alice:bob", "--stop"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Typing(TypingArgs { stop: true, .. })
+        ));
+        let err = parse(&["typing", "--conversation", "d:bob:alice"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert!(
+            err.to_string().contains("malformed conversation id"),
+            "{err}"
+        );
+        assert_eq!(
+            parse(&["typing"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::args::{Cli, Command, GroupCommand, HistoryArgs, ListenArgs, SendArgs};
+use super::args::{Cli, Command, GroupCommand, HistoryArgs, ListenArgs, SendArgs, TypingArgs};
 use super::{CliError, EXIT_AUTH, EXIT_OTHER, EXIT_UNREACHABLE, EXIT_USAGE};
 use crate::{
     token, Client, ClientBuilder, ConnectionState, Event, Events, ReceivedMessage, SendReceipt,
@@ -17,6 +17,9 @@ use crate::{
 
 /// How long commands that need the server (group, history) wait for a connection.
 const CONNECT_WAIT: Duration = Duration::from_secs(30);
+/// How long `typing` stays connected after its signal: datagrams leave asynchronously, and closing the
+/// connection at once could discard this one.
+const TYPING_LINGER: Duration = Duration::from_millis(300);
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
@@ -67,6 +70,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             watcher.abort();
             r
         }
+        Command::Typing(args) => {
+            let watcher = tokio::spawn(watch_events(events, fatal_tx, None));
+            let r = typing(&client, args, fatal_rx).await;
+            watcher.abort();
+            r
+        }
     };
     client.shutdown().await;
     result
@@ -98,11 +107,12 @@ fn fatal_error(state: &ConnectionState) -> Option<CliError> {
     }
 }
 
-/// Consumes events, publishing the first fatal one; forwards messages to `messages` if given.
+/// Consumes events, publishing the first fatal one; forwards messages and typing signals to `shown` if
+/// given.
 async fn watch_events(
     mut events: Events,
     fatal: watch::Sender<Option<ConnectionState>>,
-    messages: Option<tokio::sync::mpsc::Sender<ReceivedMessage>>,
+    shown: Option<tokio::sync::mpsc::Sender<Event>>,
 ) {
     while let Some(event) = events.recv().await {
         match event {
@@ -112,9 +122,9 @@ async fn watch_events(
                     let _ = fatal.send(Some(state));
                 }
             }
-            Event::Message(m) => {
-                if let Some(tx) = &messages {
-                    let _ = tx.send(m).await;
+            event @ (Event::Message(_) | Event::Typing { .. }) => {
+                if let Some(tx) = &shown {
+                    let _ = tx.send(event).await;
                 }
             }
             _ => {}
@@ -183,6 +193,33 @@ pub fn message_line(m: &ReceivedMessage, json: bool) -> String {
             m.sender_device,
             m.text()
         )
+    }
+}
+
+/// One line for a received typing signal. The JSON keys keep this order (not sorted like the other
+/// lines), as documented.
+pub fn typing_line(
+    conversation: &str,
+    from: &str,
+    device: &str,
+    active: bool,
+    json: bool,
+) -> String {
+    if json {
+        let s = |v: &str| serde_json::Value::from(v).to_string();
+        format!(
+            r#"{{"conversation":{},"typing":{active},"from":{},"device":{}}}"#,
+            s(conversation),
+            s(from),
+            s(device)
+        )
+    } else {
+        let what = if active {
+            "is typing"
+        } else {
+            "stopped typing"
+        };
+        format!("{conversation} {from}/{device} {what}")
     }
 }
 
@@ -280,8 +317,8 @@ async fn listen(
     json: bool,
 ) -> Result<(), CliError> {
     let (fatal_tx, fatal_rx) = watch::channel(None);
-    let (msg_tx, mut msg_rx) = tokio::sync::mpsc::channel(1024);
-    let watcher = tokio::spawn(watch_events(events, fatal_tx, Some(msg_tx)));
+    let (shown_tx, mut shown_rx) = tokio::sync::mpsc::channel(1024);
+    let watcher = tokio::spawn(watch_events(events, fatal_tx, Some(shown_tx)));
     let deadline = args
         .timeout
         .map(|t| Instant::now() + Duration::from_secs(t));
@@ -297,13 +334,22 @@ async fn listen(
             }
         };
         tokio::select! {
-            m = msg_rx.recv() => {
-                let Some(m) = m else { break Err(CliError::new(EXIT_OTHER, "client stopped")) };
-                if args.conversation.as_ref().is_some_and(|c| *c != m.conversation) {
-                    continue;
+            event = shown_rx.recv() => {
+                let Some(event) = event else {
+                    break Err(CliError::new(EXIT_OTHER, "client stopped"))
+                };
+                let listened = |c: &str| args.conversation.as_ref().is_none_or(|l| l == c);
+                match event {
+                    Event::Message(m) if listened(&m.conversation) => {
+                        print(&message_line(&m, json));
+                        seen += 1;
+                    }
+                    // Typing lines are shown but do not count towards --count.
+                    Event::Typing { conversation, user, device, active } if listened(&conversation) => {
+                        print(&typing_line(&conversation, &user, &device, active, json));
+                    }
+                    _ => {}
                 }
-                print(&message_line(&m, json));
-                seen += 1;
             }
             e = wait_fatal(fatal_rx.clone()) => break Err(e),
             _ = sleep => {
@@ -340,6 +386,29 @@ async fn history(
         print(&message_line(&m, json));
     }
     Ok(())
+}
+
+async fn typing(
+    client: &Client,
+    args: TypingArgs,
+    fatal: watch::Receiver<Option<ConnectionState>>,
+) -> Result<(), CliError> {
+    // The client drops typing signals until Welcome (FERRY-DGRAM-5), so wait for the session first.
+    let connected = tokio::select! {
+        c = client.connected(Duration::from_secs(args.timeout)) => c,
+        e = wait_fatal(fatal.clone()) => return Err(e),
+    };
+    if !connected {
+        return Err(CliError::new(
+            EXIT_UNREACHABLE,
+            "timed out waiting for the server",
+        ));
+    }
+    client.typing(&args.conversation, !args.stop).await?;
+    tokio::select! {
+        _ = tokio::time::sleep(TYPING_LINGER) => Ok(()),
+        e = wait_fatal(fatal) => Err(e),
+    }
 }
 
 async fn group(
@@ -416,6 +485,28 @@ mod tests {
         assert_eq!(
             (v["seq"].as_u64(), v["duplicate"].as_bool()),
             (Some(4), Some(false))
+        );
+    }
+
+    #[test]
+    fn typing_lines_have_the_documented_format() {
+        assert_eq!(
+            typing_line("d:a:b", "a", "phone", true, true),
+            r#"{"conversation":"d:a:b","typing":true,"from":"a","device":"phone"}"#
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&typing_line("g:1", "x\"y", "d", false, true)).unwrap();
+        assert_eq!(
+            (v["typing"].as_bool(), v["from"].as_str()),
+            (Some(false), Some("x\"y"))
+        );
+        assert_eq!(
+            typing_line("d:a:b", "a", "phone", true, false),
+            "d:a:b a/phone is typing"
+        );
+        assert_eq!(
+            typing_line("d:a:b", "a", "phone", false, false),
+            "d:a:b a/phone stopped typing"
         );
     }
 
