@@ -20,13 +20,26 @@ messages() {
 }
 
 case "$TESTCASE" in
-    send | lossy | untrusted)
+    send | lossy | untrusted | limits)
         messages | "$bin" --store "$store" --json send \
             --conversation "$FERRY_CONVERSATION" --stdin --timeout "$FERRY_TIMEOUT"
         ;;
-    receive | reconnect | goaway)
+    early)
+        # A typing signal, then the messages: two runs, each a connection of its own.
+        "$bin" --store "$store" typing --conversation "$FERRY_CONVERSATION" --timeout "$FERRY_TIMEOUT"
+        messages | "$bin" --store "$store" --json send \
+            --conversation "$FERRY_CONVERSATION" --stdin --timeout "$FERRY_TIMEOUT"
+        ;;
+    receive | reconnect | goaway | zero-rtt | epoch | server-time | sync-crash | datagrams | keepalive)
         exec "$bin" --store "$store" --json listen \
             --conversation "$FERRY_CONVERSATION" --count "$FERRY_COUNT" --timeout "$FERRY_TIMEOUT"
+        ;;
+    tokens | history)
+        # Every conversation of the account.
+        exec "$bin" --store "$store" --json listen --count "$FERRY_COUNT" --timeout "$FERRY_TIMEOUT"
+        ;;
+    group-lost)
+        exec "$bin" --store "$store" group create "interop group" --members "$FERRY_PEER"
         ;;
     replaced)
         # Listens until the runner stops it; the CLI exits (without reconnecting) when replaced.

@@ -11,7 +11,8 @@
 //! - [`runner`]: the case type, the `case!`/`ensure!` macros, running cases with timeouts;
 //! - [`server_mode`]: the server cases, one file per area (handshake, auth, messaging, sync, groups,
 //!   streams, framing, datagrams, limits, network);
-//! - [`client_mode`]: the reference server, the client cases and the env/output contract;
+//! - [`client_mode`]: the reference server, the scripted server, the client cases and the env/output
+//!   contract;
 //! - [`report`]: pass / fail / unsupported, the terminal table, JSON and JUnit XML;
 //! - [`coverage`]: parsing requirements out of the spec and joining them with the cases.
 #![warn(missing_docs)]

@@ -4,6 +4,8 @@
 //! fault proxy in front of it. It runs the client command under test (`sh -c CMD`) with the case in the
 //! environment, judges the outcome from the server side (a driver session of the peer user pulls what
 //! arrived) and from the client's stdout, and treats exit status 127 as "case not supported".
+//! Cases that need a server misbehaving on purpose (held Welcome, epoch change, refused Sends, a lost
+//! answer) run against the [`scripted`] server instead (`scripted_cases.rs`).
 //!
 //! Environment given to the client (interop/README.md is the reference):
 //! `TESTCASE`, `FERRY_SERVER` (host:port), `FERRY_SERVER_NAME` (TLS name), `FERRY_CA`, `FERRY_TOKEN`,
@@ -15,6 +17,8 @@
 //!   `{"conversation", "seq", "client_msg_id", "duplicate"}`;
 //! - per message handed to the application:
 //!   `{"conversation", "seq", "from", "device", "body", "server_time"}`.
+//! - per typing signal shown to the user (case `datagrams`):
+//!   `{"conversation", "typing", "from", "device"}`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -36,6 +40,9 @@ use crate::report::RunReport;
 use crate::runner::{run_cases, Case, CaseResult, Verdict};
 use crate::server_mode::pull_all;
 use crate::{case, ensure, ensure_eq, fail, unsupported};
+
+pub mod scripted;
+mod scripted_cases;
 
 /// Exit status with which a client says it does not support a case.
 pub const UNSUPPORTED_EXIT: i32 = 127;
@@ -152,6 +159,17 @@ pub enum OutputLine {
         body: String,
         /// `Message.server_time_ms`.
         server_time: u64,
+    },
+    /// A typing signal the client reported (cases `datagrams`).
+    Typing {
+        /// Conversation id.
+        conversation: String,
+        /// `Typing.active`.
+        typing: bool,
+        /// The typing user.
+        from: String,
+        /// Their device.
+        device: String,
     },
     /// A message the client sent and got a SendAck for.
     Sent {
@@ -313,16 +331,22 @@ pub struct Scene {
     pub proxy: Proxy,
     /// A CA file other than the server's (for the certificate case); None = the server's.
     pub ca: Option<PathBuf>,
+    /// `FERRY_COUNT` for this case.
+    pub count: usize,
 }
 
 impl ClientCtx {
-    /// Users, conversation and a fresh proxy for this case.
+    /// Users, conversation and a fresh proxy to the reference server for this case.
     pub async fn scene(&self, faults: Faults) -> Result<Scene, Verdict> {
+        self.scene_to(self.server.addr, faults).await
+    }
+
+    /// Users, conversation and a fresh proxy to `upstream` (the reference or a scripted server).
+    pub async fn scene_to(&self, upstream: SocketAddr, faults: Faults) -> Result<Scene, Verdict> {
         let user = format!("{}-client", self.prefix);
         let peer = format!("{}-peer", self.prefix);
         let conversation = ids::direct_conversation_id(&user, &peer).expect("valid ids");
-        let mut config =
-            ProxyConfig::new("127.0.0.1:0".parse().expect("literal"), self.server.addr);
+        let mut config = ProxyConfig::new("127.0.0.1:0".parse().expect("literal"), upstream);
         config.seed = rand::random();
         config.faults = faults;
         let proxy = Proxy::start(config)
@@ -337,6 +361,7 @@ impl ClientCtx {
             store,
             proxy,
             ca: None,
+            count: self.count,
         })
     }
 
@@ -356,7 +381,7 @@ impl ClientCtx {
             .env("FERRY_DEVICE", &scene.device)
             .env("FERRY_PEER", &scene.peer)
             .env("FERRY_CONVERSATION", &scene.conversation)
-            .env("FERRY_COUNT", self.count.to_string())
+            .env("FERRY_COUNT", scene.count.to_string())
             .env("FERRY_STORE", scene.store.path())
             .env("FERRY_TIMEOUT", self.client_timeout.as_secs().to_string())
             .stdin(Stdio::null())
@@ -414,6 +439,17 @@ pub fn cases() -> Vec<Case<ClientCtx>> {
         case!(["FERRY-GOAWAY-3", "FERRY-GOAWAY-1", "FERRY-GOAWAY-2", "FERRY-ERR-7"], "goaway: the server drains and restarts mid-way; the client reconnects and misses nothing", goaway),
         case!(["FERRY-TRANSPORT-4"], "untrusted: a server certificate from an untrusted CA is refused and nothing is sent", untrusted),
         case!(["FERRY-ERR-6", "FERRY-AUTH-8"], "replaced: after SESSION_REPLACED the client does not reconnect by itself", replaced),
+        case!(["FERRY-HELLO-5", "FERRY-DGRAM-5", "FERRY-ZERORTT-1"], "early: with Welcome held back, only early-data frames and no datagram come before it", scripted_cases::early),
+        case!(["FERRY-ZERORTT-5", "FERRY-ZERORTT-1", "FERRY-HELLO-5", "FERRY-GOAWAY-1"], "zero-rtt: after GoAway the reconnect (0-RTT if resumed) opens with Hello and sends only early-data frames before Welcome", scripted_cases::zero_rtt),
+        case!(["FERRY-MSG-8", "FERRY-RECV-2", "FERRY-RECV-11"], "epoch: after an epoch change with colliding seqs the new epoch's messages are handed over", scripted_cases::epoch),
+        case!(["FERRY-MSG-14", "FERRY-RECV-3"], "server-time: messages arriving out of order with decreasing server times are handed over by seq", scripted_cases::server_time),
+        case!(["FERRY-ID-6", "FERRY-SYNC-3"], "tokens: odd, non-monotonic sync tokens are echoed exactly while has_more", scripted_cases::tokens),
+        case!(["FERRY-SYNC-5", "FERRY-RECV-1"], "sync-crash: a crash after a Sync does not hide the conversations it reported", scripted_cases::sync_crash),
+        case!(["FERRY-HIST-1", "FERRY-HIST-2", "FERRY-RECV-11", "FERRY-PULL-4"], "history: a new device hands over only the recent window and pulls nothing older unasked", scripted_cases::history),
+        case!(["FERRY-GROUP-7"], "group-lost: a CreateGroup whose answer was lost is not repeated blindly", scripted_cases::group_lost),
+        case!(["FERRY-LIMIT-4", "FERRY-HELLO-5", "FERRY-SEND-4"], "limits: max_inflight_sends is adopted; TOO_MANY_INFLIGHT and RATE_LIMITED sends are repeated only when allowed", scripted_cases::limits),
+        case!(["FERRY-SEC-8", "FERRY-DGRAM-2"], "datagrams: typing signals for unknown conversations or above max_frame_size are ignored", scripted_cases::datagrams),
+        case!(["FERRY-TRANSPORT-9"], "keepalive: keep-alives hold a connection through 20 s of quiet under a 15 s QUIC idle timeout", scripted_cases::keepalive),
     ]
 }
 
