@@ -178,6 +178,14 @@ impl Model {
         self.token = 1 + rand::random::<u32>() as u64;
     }
 
+    /// client_msg_id → seq of everything the client sent that was stored.
+    pub fn stored_sends(&self) -> BTreeMap<String, u64> {
+        self.sends
+            .iter()
+            .map(|(id, (_, seq))| (id.clone(), *seq))
+            .collect()
+    }
+
     /// The Welcome for a new session.
     pub fn welcome(&self) -> Welcome {
         Welcome {

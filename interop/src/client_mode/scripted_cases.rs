@@ -2,7 +2,6 @@
 //! server behaving unusually can expose (held Welcome, epoch change, odd tokens, refused Sends, a lost
 //! CreateGroup answer, datagrams for strangers, a short QUIC idle timeout).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +34,20 @@ async fn scripted(
     scene.ca = Some(server.ca.clone());
     let model = Model::new(&scene.user, &scene.device);
     Ok((server, scene, model))
+}
+
+/// Starts the client for `testcase`, accepts its connection and welcomes it at once.
+async fn connect(
+    ctx: &ClientCtx,
+    server: &ScriptedServer,
+    scene: &Scene,
+    testcase: &str,
+    model: &Model,
+) -> Result<(ClientRun, Conn), Verdict> {
+    let mut client = ctx.spawn(testcase, scene)?;
+    let mut conn = server.accept(&mut client, CONNECT).await?;
+    conn.greet(model.welcome(), Duration::ZERO).await?;
+    Ok((client, conn))
 }
 
 /// Answers everything from the model until the client exits (bounded); returns its output.
@@ -138,10 +151,14 @@ pub async fn early(ctx: Arc<ClientCtx>) -> CaseResult {
     let mut connections = 0;
     let deadline = Instant::now() + ctx.client_timeout;
     // Connections until the client exits: a client may do both on one connection or use several.
+    let mut next = None;
     while client.exit_code().is_none() && Instant::now() < deadline {
-        let mut conn = match server.accept_within(Duration::from_millis(200)).await {
+        let mut conn = match next.take() {
             Some(conn) => conn,
-            None => continue,
+            None => match server.accept_within(Duration::from_millis(200)).await {
+                Some(conn) => conn,
+                None => continue,
+            },
         };
         connections += 1;
         conn.greet(model.welcome(), HOLD).await?;
@@ -157,6 +174,11 @@ pub async fn early(ctx: Arc<ClientCtx>) -> CaseResult {
                 Some(event) => conn.serve(&mut model, &event).await?,
                 None => {}
             }
+            // A new connection means the old one is done, even if its close did not arrive.
+            next = server.accept_within(Duration::ZERO).await;
+            if next.is_some() {
+                break;
+            }
         }
     }
     // Unsupported (exit 127) and failed runs are told apart by finish().
@@ -167,11 +189,7 @@ pub async fn early(ctx: Arc<ClientCtx>) -> CaseResult {
         "no typing datagram (active, in {}) arrived after Welcome",
         scene.conversation
     );
-    let stored: BTreeMap<String, u64> = model
-        .sends
-        .iter()
-        .map(|(id, (_, seq))| (id.clone(), *seq))
-        .collect();
+    let stored = model.stored_sends();
     ensure_eq!(stored.len(), scene.count, "messages the client sent");
     sends_match(&lines, &stored, &scene.conversation)
 }
@@ -184,9 +202,7 @@ pub async fn zero_rtt(ctx: Arc<ClientCtx>) -> CaseResult {
     scene.count = 2;
     let conv = scene.conversation.clone();
     model.add(&conv, &scene.peer, "before the reconnect");
-    let mut client = ctx.spawn("zero-rtt", &scene)?;
-    let mut conn = server.accept(&mut client, CONNECT).await?;
-    conn.greet(model.welcome(), Duration::ZERO).await?;
+    let (mut client, mut conn) = connect(&ctx, &server, &scene, "zero-rtt", &model).await?;
     serve_until(&mut conn, &mut model, STEP, "the Ack of message 1", |m| {
         acked(m, &conv, 1)
     })
@@ -215,9 +231,7 @@ pub async fn epoch(ctx: Arc<ClientCtx>) -> CaseResult {
     for i in 1..=3 {
         model.add(&conv, &scene.peer, &format!("epoch 1 message {i}"));
     }
-    let mut client = ctx.spawn("epoch", &scene)?;
-    let mut conn = server.accept(&mut client, CONNECT).await?;
-    conn.greet(model.welcome(), Duration::ZERO).await?;
+    let (client, mut conn) = connect(&ctx, &server, &scene, "epoch", &model).await?;
     serve_until(&mut conn, &mut model, STEP, "the Ack of message 3", |m| {
         acked(m, &conv, 3)
     })
@@ -252,9 +266,7 @@ pub async fn server_time(ctx: Arc<ClientCtx>) -> CaseResult {
     let (server, mut scene, mut model) = scripted(&ctx, Duration::from_secs(30)).await?;
     scene.count = 5;
     let conv = scene.conversation.clone();
-    let mut client = ctx.spawn("server-time", &scene)?;
-    let mut conn = server.accept(&mut client, CONNECT).await?;
-    conn.greet(model.welcome(), Duration::ZERO).await?;
+    let (client, mut conn) = connect(&ctx, &server, &scene, "server-time", &model).await?;
     // Let the client sync (an empty account), then the messages arrive.
     serve_for(&mut conn, &mut model, Duration::from_millis(500)).await?;
     let base = ferry_protocol::unix_millis(std::time::SystemTime::now());
@@ -306,9 +318,7 @@ pub async fn tokens(ctx: Arc<ClientCtx>) -> CaseResult {
         1 + rand::random::<u64>() / 2,
     ];
     model.token = tokens[2];
-    let mut client = ctx.spawn("tokens", &scene)?;
-    let mut conn = server.accept(&mut client, CONNECT).await?;
-    conn.greet(model.welcome(), Duration::ZERO).await?;
+    let (mut client, mut conn) = connect(&ctx, &server, &scene, "tokens", &model).await?;
     let deadline = Instant::now() + ctx.client_timeout;
     while client.exit_code().is_none() && Instant::now() < deadline {
         let Some(event) = conn.next(Duration::from_millis(100)).await else {
@@ -374,9 +384,7 @@ pub async fn sync_crash(ctx: Arc<ClientCtx>) -> CaseResult {
     for i in 1..=3 {
         model.add(&conv, &scene.peer, &format!("message {i}"));
     }
-    let mut client = ctx.spawn("sync-crash", &scene)?;
-    let mut conn = server.accept(&mut client, CONNECT).await?;
-    conn.greet(model.welcome(), Duration::ZERO).await?;
+    let (client, mut conn) = connect(&ctx, &server, &scene, "sync-crash", &model).await?;
     let deadline = Instant::now() + STEP;
     let mut answered = false;
     while !answered {
@@ -402,9 +410,7 @@ pub async fn sync_crash(ctx: Arc<ClientCtx>) -> CaseResult {
         "the client reported output although no message was sent to it: {early:?}"
     );
     drop(conn);
-    let mut client = ctx.spawn("sync-crash", &scene)?;
-    let mut conn = server.accept(&mut client, CONNECT).await?;
-    conn.greet(model.welcome(), Duration::ZERO).await?;
+    let (client, mut conn) = connect(&ctx, &server, &scene, "sync-crash", &model).await?;
     let lines = serve_until_exit(&mut conn, &mut model, client, ctx.client_timeout).await?;
     ensure_eq!(
         received(&lines, &conv),
@@ -434,9 +440,7 @@ pub async fn history(ctx: Arc<ClientCtx>) -> CaseResult {
     late.first_seq = 95;
     late.messages.retain(|seq, _| *seq >= 95);
     scene.count = (WINDOW + 6) as usize;
-    let mut client = ctx.spawn("history", &scene)?;
-    let mut conn = server.accept(&mut client, CONNECT).await?;
-    conn.greet(model.welcome(), Duration::ZERO).await?;
+    let (mut client, mut conn) = connect(&ctx, &server, &scene, "history", &model).await?;
     let deadline = Instant::now() + ctx.client_timeout;
     while client.exit_code().is_none() && Instant::now() < deadline {
         let Some(event) = conn.next(Duration::from_millis(100)).await else {
@@ -472,9 +476,7 @@ pub async fn history(ctx: Arc<ClientCtx>) -> CaseResult {
 /// send the CreateGroup again blindly: a repeat is allowed only on a connection where it synced first.
 pub async fn group_lost(ctx: Arc<ClientCtx>) -> CaseResult {
     let (server, scene, mut model) = scripted(&ctx, Duration::from_secs(30)).await?;
-    let mut client = ctx.spawn("group-lost", &scene)?;
-    let mut conn = server.accept(&mut client, CONNECT).await?;
-    conn.greet(model.welcome(), Duration::ZERO).await?;
+    let (mut client, mut conn) = connect(&ctx, &server, &scene, "group-lost", &model).await?;
     let deadline = Instant::now() + STEP;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -547,9 +549,7 @@ pub async fn limits(ctx: Arc<ClientCtx>) -> CaseResult {
     const MAX_INFLIGHT: usize = 3;
     const RETRY_AFTER: Duration = Duration::from_millis(700);
     model.limits.max_inflight_sends = MAX_INFLIGHT as u32;
-    let mut client = ctx.spawn("limits", &scene)?;
-    let mut conn = server.accept(&mut client, CONNECT).await?;
-    conn.greet(model.welcome(), Duration::ZERO).await?;
+    let (mut client, mut conn) = connect(&ctx, &server, &scene, "limits", &model).await?;
     let mut inflight: Vec<(usize, ferry_protocol::frame::Send)> = Vec::new();
     let mut distinct: Vec<String> = Vec::new();
     let mut answered = 0usize;
@@ -630,11 +630,7 @@ pub async fn limits(ctx: Arc<ClientCtx>) -> CaseResult {
         refused_inflight.is_some(),
         "the client never had two Sends in flight, so TOO_MANY_INFLIGHT could not be tried (send pipelined)"
     );
-    let stored: BTreeMap<String, u64> = model
-        .sends
-        .iter()
-        .map(|(id, (_, seq))| (id.clone(), *seq))
-        .collect();
+    let stored = model.stored_sends();
     ensure_eq!(stored.len(), scene.count, "messages stored");
     sends_match(&lines, &stored, &scene.conversation)
 }
@@ -743,9 +739,7 @@ pub async fn keepalive(ctx: Arc<ClientCtx>) -> CaseResult {
     model
         .conversations
         .insert(conv.clone(), super::scripted::Conv::new(9));
-    let mut client = ctx.spawn("keepalive", &scene)?;
-    let mut conn = server.accept(&mut client, CONNECT).await?;
-    conn.greet(model.welcome(), Duration::ZERO).await?;
+    let (mut client, mut conn) = connect(&ctx, &server, &scene, "keepalive", &model).await?;
     let quiet_until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < quiet_until {
         match conn.next(quiet_until.saturating_duration_since(Instant::now())).await {
