@@ -448,7 +448,11 @@ pub async fn history(ctx: Arc<ClientCtx>) -> CaseResult {
         };
         if let Event::Stream(i, f) = &event {
             if let (Some(Kind::Pull(pull)), Some(c)) = (&f.kind, conn.conversation_of(*i)) {
-                let start = model.conversations[c].head().saturating_sub(WINDOW);
+                let start = model
+                    .conversations
+                    .get(c)
+                    .map_or(0, |conv| conv.head())
+                    .saturating_sub(WINDOW);
                 ensure!(
                     pull.after_seq >= start,
                     "Pull after {} in {c}: below the recent window's start {start}, unasked (FERRY-HIST-2)",
