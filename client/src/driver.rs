@@ -157,15 +157,6 @@ fn datagrams_allowed(welcomed: bool, early: bool, zero_rtt_verdict: Option<bool>
     welcomed && (!early || zero_rtt_verdict.is_some())
 }
 
-/// The client's maximum frame size after `Welcome`: the server's announced value, 0 or absent meaning the
-/// default (FERRY-FRAME-4).
-fn announced_max_frame_size(limits: Option<&frame::Limits>) -> usize {
-    match limits.map_or(0, |l| l.max_frame_size) {
-        0 => codec::DEFAULT_MAX_FRAME_SIZE,
-        n => n as usize,
-    }
-}
-
 /// The event a relayed datagram reports, if any. Datagrams count only once the session has its Welcome
 /// (FERRY-DGRAM-3) and only for conversations this client knows (FERRY-SEC-8), so they can neither invent
 /// conversations nor tell the application about ones it never joined.
@@ -877,29 +868,28 @@ impl Driver {
             }
         }
         self.store_epoch = w.store_epoch;
+        // FERRY-HELLO-5: adopt the announced limits, zero fields meaning the defaults.
+        let limits = ferry_protocol::limits::effective(w.limits.as_ref());
         if let Some(s) = self.session(gen) {
-            s.shared.max_frame_size.store(
-                announced_max_frame_size(w.limits.as_ref()),
-                Ordering::Relaxed,
-            );
+            s.shared
+                .max_frame_size
+                .store(limits.max_frame_size as usize, Ordering::Relaxed);
         }
-        if let Some(limits) = &w.limits {
-            self.outbox
-                .set_max_in_flight(limits.max_inflight_sends as usize);
-            self.inbox
-                .set_recent_window(u64::from(limits.recent_window));
-        }
+        self.outbox
+            .set_max_in_flight(limits.max_inflight_sends as usize);
+        self.inbox
+            .set_recent_window(u64::from(limits.recent_window));
         // FERRY-HB-1: a Heartbeat at least every `heartbeat_interval_ms` (0 means the default 25 s). The
         // server's value is taken as is: raising it (as a 1 s floor did) would reveal a lost last message
         // later than the server intends. `HeartbeatTimer` keeps a 10 ms floor against busy loops.
         let announced = match w.heartbeat_interval_ms {
-            0 => 25_000,
-            ms => u64::from(ms),
+            0 => ferry_protocol::limits::DEFAULT_HEARTBEAT_INTERVAL_MS,
+            ms => ms,
         };
         let interval = self
             .settings
             .heartbeat
-            .unwrap_or(Duration::from_millis(announced));
+            .unwrap_or(Duration::from_millis(u64::from(announced)));
         self.backoff.reset();
         self.refreshed_token = false;
         let mut session = self.take_session();
@@ -1022,7 +1012,6 @@ impl Driver {
         let Some(record) = self.outbox.on_ack(&ack.client_msg_id) else {
             return; // a duplicate answer (resent after a timeout): already settled
         };
-        self.inbox.learn(conversation);
         let epoch = self.inbox.epoch(conversation).unwrap_or(self.store_epoch);
         let own = ReceivedMessage {
             conversation: record.conversation.clone(),
@@ -1520,22 +1509,5 @@ mod tests {
         // Only Typing and Presence belong in datagrams.
         let heartbeat = frame(Kind::Heartbeat(frame::Heartbeat { sync_token: 1 }));
         assert_eq!(datagram_event(heartbeat, true, |_| true), None);
-    }
-
-    #[test]
-    fn the_maximum_frame_size_follows_welcome_with_zero_meaning_the_default() {
-        assert_eq!(
-            announced_max_frame_size(None),
-            codec::DEFAULT_MAX_FRAME_SIZE
-        );
-        let limits = |max_frame_size| frame::Limits {
-            max_frame_size,
-            ..Default::default()
-        };
-        assert_eq!(
-            announced_max_frame_size(Some(&limits(0))),
-            codec::DEFAULT_MAX_FRAME_SIZE
-        );
-        assert_eq!(announced_max_frame_size(Some(&limits(4096))), 4096);
     }
 }

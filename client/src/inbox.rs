@@ -196,10 +196,12 @@ impl Inbox {
     }
 
     /// This device's own message was acknowledged (SendAck): it fills its seq in the window, as no
-    /// Deliver will come for it. Unknown conversations are left to Sync/Deliver to set up.
+    /// Deliver will come for it. Unknown conversations are left to Sync/Deliver to set up; until then
+    /// they count as [learned](Inbox::learn).
     pub fn on_own_message(&mut self, message: ReceivedMessage) -> Vec<ReceivedMessage> {
         let conversation = message.conversation.clone();
         let Some(conv) = self.convs.get_mut(&conversation) else {
+            self.learned.insert(conversation);
             return Vec::new();
         };
         let epoch = conv.window.epoch();
@@ -470,9 +472,13 @@ mod tests {
 
         // Learned from an own send: known, but without a window (history is not pulled for it).
         let mut inbox = self::inbox(true);
-        inbox.learn(C);
+        assert!(inbox.on_own_message(msg(1, 1)).is_empty());
         assert!(inbox.is_known(C) && !inbox.knows(C));
         assert!(!inbox.is_known("d:alice:carol"));
+        // Learned from a group answer.
+        let mut inbox = self::inbox(true);
+        inbox.learn(C);
+        assert!(inbox.is_known(C) && !inbox.knows(C));
     }
 
     #[test]

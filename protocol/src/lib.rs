@@ -9,6 +9,7 @@
 //! - [`codec`]: varint-length framing, an incremental [`Decoder`] with typed errors and a size limit;
 //! - [`error_code`]: the one table of wire error codes ([`ErrorCode`]);
 //! - [`ids`]: validation of user, device, message and conversation ids;
+//! - [`limits`]: the defaults that zero fields of `Welcome.limits` stand for;
 //! - [`window`]: the client's per-conversation receive window (gap detection, dedupe, ack position).
 //!
 //! The normative description is `spec/ferry-1.md`; requirement ids such as `FERRY-FRAME-3` in comments
@@ -18,6 +19,7 @@
 pub mod codec;
 pub mod error_code;
 pub mod ids;
+pub mod limits;
 pub mod window;
 
 /// Frame types generated from `spec/ferry.proto`. Field meanings are documented there and in the spec.

@@ -128,18 +128,21 @@ pub struct LimitSettings {
 }
 
 impl Default for LimitSettings {
+    /// The spec's defaults (section 10), so that a server announcing its defaults announces the values a
+    /// client assumes for zero fields.
     fn default() -> Self {
+        let d = ferry_protocol::limits::DEFAULTS;
         LimitSettings {
-            max_frame_size: 1_048_576,
-            max_body_size: 65_536,
-            max_inflight_sends: 256,
-            max_open_streams: 100,
-            max_pull_page: 100,
-            max_sync_page: 100,
-            send_rate_per_sec: 1000,
-            send_burst: 2000,
-            typing_rate_per_sec: 5,
-            recent_window: 50,
+            max_frame_size: d.max_frame_size,
+            max_body_size: d.max_body_size,
+            max_inflight_sends: d.max_inflight_sends,
+            max_open_streams: d.max_open_streams,
+            max_pull_page: d.max_pull_page,
+            max_sync_page: d.max_sync_page,
+            send_rate_per_sec: d.send_rate_per_sec,
+            send_burst: d.send_burst,
+            typing_rate_per_sec: d.typing_rate_per_sec,
+            recent_window: d.recent_window,
         }
     }
 }
@@ -190,8 +193,8 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             login_policy: LoginPolicy::All,
             dedupe_window_secs: 7 * 24 * 3600,
-            heartbeat_interval_ms: 25_000,
-            idle_timeout_ms: 75_000,
+            heartbeat_interval_ms: ferry_protocol::limits::DEFAULT_HEARTBEAT_INTERVAL_MS,
+            idle_timeout_ms: ferry_protocol::limits::DEFAULTS.idle_timeout_ms,
             stream_idle_timeout_ms: 60_000,
             limits: LimitSettings::default(),
             drain_grace_ms: 10_000,

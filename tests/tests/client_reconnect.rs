@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_client::{
-    BackoffConfig, Client, ClientBuilder, ConnectionState, Event, Events, ReceivedMessage,
+    BackoffConfig, Client, ClientBuilder, ConnectionState, Event, Events, Receipt, ReceivedMessage,
     SessionCache,
 };
 use ferry_protocol::ids;
@@ -111,33 +111,43 @@ fn fast_backoff() -> BackoffConfig {
     }
 }
 
-async fn client(
-    endpoints: &[String],
-    ca: &Path,
-    token: String,
-    device: &str,
-    store: &Path,
-) -> (Client, Arc<Mutex<Seen>>) {
-    let (client, events) = ClientBuilder::new()
+/// A client of `user` (device "phone") of the server at `endpoints`, with its store in `dir`.
+fn builder(server: &Restartable, endpoints: &[String], user: &str, dir: &Path) -> ClientBuilder {
+    ClientBuilder::new()
         .endpoints(endpoints.iter().cloned())
-        .ca_file(ca)
-        .token(token)
-        .device_id(device)
-        .store_path(store)
+        .ca_file(&server.ca)
+        .token(server.token(user, "phone"))
+        .device_id("phone")
+        .store_path(dir.join(user))
         .backoff(fast_backoff())
         .connect_timeout(Duration::from_secs(2))
+}
+
+/// Builds [`builder`]'s client and collects its events.
+async fn client(
+    server: &Restartable,
+    endpoints: &[String],
+    user: &str,
+    dir: &Path,
+) -> (Client, Arc<Mutex<Seen>>) {
+    let (client, events) = builder(server, endpoints, user, dir)
         .build()
         .await
         .expect("client");
     (client, collect(events))
 }
 
-/// Sends `bodies` pipelined and waits for every receipt; returns the seqs.
-async fn send_all(client: &Client, conv: &str, bodies: impl Iterator<Item = String>) -> Vec<u64> {
+/// Queues `bodies` (pipelined); returns their receipts.
+async fn queue(client: &Client, conv: &str, bodies: impl Iterator<Item = String>) -> Vec<Receipt> {
     let mut receipts = Vec::new();
     for body in bodies {
         receipts.push(client.send(conv, body).await.unwrap());
     }
+    receipts
+}
+
+/// Waits for every receipt; returns the seqs.
+async fn seqs_of(receipts: Vec<Receipt>) -> Vec<u64> {
     let mut seqs = Vec::new();
     for r in receipts {
         seqs.push(
@@ -149,6 +159,11 @@ async fn send_all(client: &Client, conv: &str, bodies: impl Iterator<Item = Stri
         );
     }
     seqs
+}
+
+/// Sends `bodies` pipelined and waits for every receipt; returns the seqs.
+async fn send_all(client: &Client, conv: &str, bodies: impl Iterator<Item = String>) -> Vec<u64> {
+    seqs_of(queue(client, conv, bodies).await).await
 }
 
 /// Waits until `seen` holds `n` messages, then checks they are seqs 1..=n with bodies m1..mn.
@@ -176,22 +191,8 @@ async fn reconnects_after_server_restart() {
     let mut server = Restartable::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ep = [server.addr.to_string()];
-    let (alice, _alice_seen) = client(
-        &ep,
-        &server.ca,
-        server.token("alice", "phone"),
-        "phone",
-        &dir.path().join("a"),
-    )
-    .await;
-    let (bob, bob_seen) = client(
-        &ep,
-        &server.ca,
-        server.token("bob", "phone"),
-        "phone",
-        &dir.path().join("b"),
-    )
-    .await;
+    let (alice, _alice_seen) = client(&server, &ep, "alice", dir.path()).await;
+    let (bob, bob_seen) = client(&server, &ep, "bob", dir.path()).await;
     let conv = ids::direct_conversation_id("alice", "bob").unwrap();
     assert!(bob.connected(WAIT).await);
     assert_eq!(
@@ -202,23 +203,14 @@ async fn reconnects_after_server_restart() {
 
     server.stop().await;
     // Queued while the server is down: they wait in the outbox.
-    let mut receipts = Vec::new();
-    for body in bodies(11..=20) {
-        receipts.push(alice.send(conv.as_str(), body).await.unwrap());
-    }
+    let receipts = queue(&alice, &conv, bodies(11..=20)).await;
     assert!(
         wait_until(WAIT, || !alice.stats().connected
             && alice.stats().outbox == 10)
         .await
     );
     server.restart().await;
-    for (i, r) in receipts.into_iter().enumerate() {
-        let r = tokio::time::timeout(WAIT, r)
-            .await
-            .expect("receipt")
-            .expect("stored");
-        assert_eq!(r.seq, 11 + i as u64);
-    }
+    assert_eq!(seqs_of(receipts).await, (11..=20).collect::<Vec<_>>());
     expect_messages(&bob_seen, 20).await;
     assert!(alice.stats().sessions >= 2, "alice reconnected");
     assert!(bob.stats().sessions >= 2, "bob reconnected");
@@ -237,14 +229,7 @@ async fn failover_to_second_endpoint() {
         .local_addr()
         .unwrap();
     let eps = [dead.to_string(), server.addr.to_string()];
-    let (alice, _) = client(
-        &eps,
-        &server.ca,
-        server.token("alice", "phone"),
-        "phone",
-        &dir.path().join("a"),
-    )
-    .await;
+    let (alice, _) = client(&server, &eps, "alice", dir.path()).await;
     assert!(
         alice.connected(WAIT).await,
         "connected through the second endpoint"
@@ -289,14 +274,7 @@ async fn zero_rtt_on_second_connection() {
     let proxy = proxy_to(server.addr).await;
     let dir = tempfile::tempdir().unwrap();
     let ep = [proxy.local_addr().to_string()];
-    let (alice, seen) = client(
-        &ep,
-        &server.ca,
-        server.token("alice", "phone"),
-        "phone",
-        &dir.path().join("a"),
-    )
-    .await;
+    let (alice, seen) = client(&server, &ep, "alice", dir.path()).await;
     assert!(alice.connected(WAIT).await);
     assert!(!alice.stats().zero_rtt, "no ticket on the first connection");
     force_reconnect(&proxy, &alice, &seen).await;
@@ -321,12 +299,7 @@ async fn zero_rtt_across_builds_sharing_a_session_cache() {
     let cache = SessionCache::new();
     let mut connected = Vec::new();
     for round in 1..=3u64 {
-        let (alice, events) = ClientBuilder::new()
-            .endpoint(server.addr.to_string())
-            .ca_file(&server.ca)
-            .token(server.token("alice", "phone"))
-            .device_id("phone")
-            .store_path(dir.path().join("a"))
+        let (alice, events) = builder(&server, &[server.addr.to_string()], "alice", dir.path())
             .session_cache(cache.clone())
             .build()
             .await
@@ -357,22 +330,8 @@ async fn zero_rtt_rejected_falls_back() {
     let proxy = proxy_to(server.addr).await;
     let dir = tempfile::tempdir().unwrap();
     let ep = [proxy.local_addr().to_string()];
-    let (alice, alice_seen) = client(
-        &ep,
-        &server.ca,
-        server.token("alice", "phone"),
-        "phone",
-        &dir.path().join("a"),
-    )
-    .await;
-    let (bob, bob_seen) = client(
-        &[server.addr.to_string()],
-        &server.ca,
-        server.token("bob", "phone"),
-        "phone",
-        &dir.path().join("b"),
-    )
-    .await;
+    let (alice, alice_seen) = client(&server, &ep, "alice", dir.path()).await;
+    let (bob, bob_seen) = client(&server, &[server.addr.to_string()], "bob", dir.path()).await;
     let conv = ids::direct_conversation_id("alice", "bob").unwrap();
     assert!(alice.connected(WAIT).await && bob.connected(WAIT).await);
     assert_eq!(
@@ -386,19 +345,10 @@ async fn zero_rtt_rejected_falls_back() {
     // A new server process knows nothing of that ticket: alice's next 0-RTT attempt is rejected, and the
     // Sends it carried in early data must be replayed over 1-RTT.
     server.stop().await;
-    let mut receipts = Vec::new();
-    for body in bodies(6..=15) {
-        receipts.push(alice.send(conv.as_str(), body).await.unwrap());
-    }
+    let receipts = queue(&alice, &conv, bodies(6..=15)).await;
     let sessions_before = alice.stats().sessions as usize;
     server.restart().await;
-    for (i, r) in receipts.into_iter().enumerate() {
-        let r = tokio::time::timeout(WAIT, r)
-            .await
-            .expect("receipt")
-            .expect("stored");
-        assert_eq!(r.seq, 6 + i as u64);
-    }
+    assert_eq!(seqs_of(receipts).await, (6..=15).collect::<Vec<_>>());
     // The first session with the new server must be 1-RTT (its 0-RTT was rejected). Later sessions may
     // legitimately be 0-RTT again with the new server's own tickets (e.g. after a missed heartbeat on a
     // loaded machine), so look at the sessions established after the restart.
@@ -423,22 +373,8 @@ async fn rebind_mid_transfer_keeps_the_connection() {
     let mut server = Restartable::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ep = [server.addr.to_string()];
-    let (alice, alice_seen) = client(
-        &ep,
-        &server.ca,
-        server.token("alice", "phone"),
-        "phone",
-        &dir.path().join("a"),
-    )
-    .await;
-    let (bob, bob_seen) = client(
-        &ep,
-        &server.ca,
-        server.token("bob", "phone"),
-        "phone",
-        &dir.path().join("b"),
-    )
-    .await;
+    let (alice, alice_seen) = client(&server, &ep, "alice", dir.path()).await;
+    let (bob, bob_seen) = client(&server, &ep, "bob", dir.path()).await;
     let conv = ids::direct_conversation_id("alice", "bob").unwrap();
     assert!(alice.connected(WAIT).await && bob.connected(WAIT).await);
 

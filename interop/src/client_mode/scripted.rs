@@ -10,17 +10,18 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_protocol::codec::{self, frame};
 use ferry_protocol::frame::{
-    frame::Kind, ConversationKind, ConversationState, Deliver, Error as ErrorFrame, GoAway,
-    HeartbeatAck, Hello, Limits, Message, Open, PullResult, SendAck, SyncResult, Welcome,
+    frame::Kind, ConversationKind, ConversationState, Deliver, HeartbeatAck, Hello, Limits,
+    Message, Open, PullResult, SendAck, SyncResult, Welcome,
 };
 use ferry_protocol::{ErrorCode, Frame};
+use ferry_server::frames::{self, kind_name};
 use ferry_server::stream_io::FrameReader;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -64,18 +65,6 @@ impl Event {
             Event::Datagram(f) => format!("datagram {}", kind_name(f)),
             Event::Closed(why) => format!("connection closed ({why})"),
         }
-    }
-}
-
-/// The frame's kind name (`Hello`, `Send`, ...).
-pub fn kind_name(f: &Frame) -> String {
-    match &f.kind {
-        Some(kind) => format!("{kind:?}")
-            .split('(')
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        None => "empty frame".into(),
     }
 }
 
@@ -142,40 +131,43 @@ impl Model {
             user: user.into(),
             device: device.into(),
             conversations: BTreeMap::new(),
-            token: 1 + rand::random::<u32>() as u64,
+            token: random_nonzero(),
             limits: Limits::default(),
             heartbeat_interval_ms: 1000,
-            store_epoch: 1 + rand::random::<u32>() as u64,
+            store_epoch: random_nonzero(),
             acked: BTreeMap::new(),
             sends: HashMap::new(),
         }
     }
 
-    /// Adds a user message from `sender` at the next seq of `conversation` (created in a random epoch if
-    /// new); returns it.
+    /// Adds a user message from `sender` (a fresh client_msg_id) at the next seq of `conversation`;
+    /// returns it.
     pub fn add(&mut self, conversation: &str, sender: &str, body: &str) -> Message {
+        self.append(
+            conversation,
+            Message {
+                sender: sender.into(),
+                sender_device: format!("{sender}-dev"),
+                client_msg_id: format!("{sender}-{:016x}", rand::random::<u64>()),
+                body: body.as_bytes().to_vec().into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Stores `message` at the next seq of `conversation` (created in a random epoch if new), stamped
+    /// with the server time, and moves the sync token on; returns it as stored.
+    pub fn append(&mut self, conversation: &str, mut message: Message) -> Message {
         let conv = self
             .conversations
             .entry(conversation.to_owned())
-            .or_insert_with(|| Conv::new(1 + rand::random::<u32>() as u64));
-        let seq = conv.head() + 1;
-        let message = Message {
-            seq,
-            sender: sender.into(),
-            sender_device: format!("{sender}-dev"),
-            client_msg_id: format!("{sender}-{conversation}-{seq}"),
-            body: body.as_bytes().to_vec().into(),
-            server_time_ms: ferry_protocol::unix_millis(std::time::SystemTime::now()),
-            ..Default::default()
-        };
-        conv.messages.insert(seq, message.clone());
-        self.changed();
+            .or_insert_with(|| Conv::new(random_nonzero()));
+        message.seq = conv.head() + 1;
+        message.server_time_ms = ferry_protocol::unix_millis(std::time::SystemTime::now());
+        conv.messages.insert(message.seq, message.clone());
+        // A change: a new token, so that Sync and Heartbeat from the old one report it.
+        self.token = random_nonzero();
         message
-    }
-
-    /// A change happened: a new token, so that Sync and Heartbeat from the old one report it.
-    pub fn changed(&mut self) {
-        self.token = 1 + rand::random::<u32>() as u64;
     }
 
     /// client_msg_id → seq of everything the client sent that was stored.
@@ -320,24 +312,13 @@ impl ScriptedServer {
     }
 }
 
-/// Wraps an accepted connection, noting when its handshake completes. 0.5-RTT: streams the client
-/// opened in early data are seen before the handshake is done, which is how [`Conn::early`] is filled.
+/// Wraps an accepted connection. As 0.5-RTT, so that frames the client sends in early data are seen at
+/// once, before the handshake completes.
 async fn accepted(connecting: quinn::Connecting) -> Option<Conn> {
     match connecting.into_0rtt() {
-        Ok((connection, handshake)) => {
-            let handshake_done = Arc::new(AtomicBool::new(false));
-            let done = handshake_done.clone();
-            tokio::spawn(async move {
-                handshake.await;
-                done.store(true, Ordering::SeqCst);
-            });
-            Some(Conn::new(connection, handshake_done))
-        }
+        Ok((connection, _)) => Some(Conn::new(connection)),
         // quinn documents that servers always convert; should that change, wait for the handshake.
-        Err(connecting) => Some(Conn::new(
-            connecting.await.ok()?,
-            Arc::new(AtomicBool::new(true)),
-        )),
+        Err(connecting) => connecting.await.ok().map(Conn::new),
     }
 }
 
@@ -351,16 +332,13 @@ pub struct Conn {
     sends: HashMap<usize, quinn::SendStream>,
     conversations: HashMap<usize, String>,
     next_stream: Arc<AtomicUsize>,
-    handshake_done: Arc<AtomicBool>,
     welcomed: bool,
     /// Every event that arrived before Welcome was sent, in order.
     pub before_welcome: Vec<Event>,
-    /// Events that arrived before the TLS handshake completed (0-RTT early data).
-    pub early: Vec<Event>,
 }
 
 impl Conn {
-    fn new(connection: quinn::Connection, handshake_done: Arc<AtomicBool>) -> Conn {
+    fn new(connection: quinn::Connection) -> Conn {
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
         let next_stream = Arc::new(AtomicUsize::new(0));
         tokio::spawn(read_connection(
@@ -376,10 +354,8 @@ impl Conn {
             sends: HashMap::new(),
             conversations: HashMap::new(),
             next_stream,
-            handshake_done,
             welcomed: false,
             before_welcome: Vec::new(),
-            early: Vec::new(),
         }
     }
 
@@ -404,9 +380,6 @@ impl Conn {
                         if let Some(Kind::Open(open)) = &f.kind {
                             self.conversations.insert(*i, open.conversation_id.clone());
                         }
-                    }
-                    if !self.handshake_done.load(Ordering::SeqCst) {
-                        self.early.push(event.clone());
                     }
                     if !self.welcomed {
                         self.before_welcome.push(event.clone());
@@ -557,12 +530,7 @@ impl Conn {
 
     /// GoAway(code) on the control stream, then closes the connection with the same code.
     pub async fn go_away(&mut self, code: ErrorCode) -> Result<(), Verdict> {
-        self.send_control(frame(Kind::GoAway(GoAway {
-            code: code.0,
-            reason: "scripted".into(),
-            endpoints: Vec::new(),
-        })))
-        .await?;
+        self.send_control(frames::go_away(code, "scripted")).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.connection
             .close(quinn::VarInt::from_u32(code.0), b"scripted");
@@ -638,17 +606,13 @@ impl Conn {
         code: ErrorCode,
         retry_after_ms: u64,
     ) -> Result<(), Verdict> {
-        self.send_on(
-            stream,
-            frame(Kind::Error(ErrorFrame {
-                code: code.0,
-                message: "scripted refusal".into(),
-                client_msg_id: client_msg_id.into(),
-                retry_after_ms,
-                ..Default::default()
-            })),
-        )
-        .await
+        let refusal = frames::send_error(
+            client_msg_id.to_owned(),
+            code,
+            "scripted refusal",
+            retry_after_ms,
+        );
+        self.send_on(stream, refusal).await
     }
 }
 
@@ -658,41 +622,39 @@ pub fn store_send(
     conversation: &str,
     send: &ferry_protocol::frame::Send,
 ) -> SendAck {
-    let now = ferry_protocol::unix_millis(std::time::SystemTime::now());
     if let Some((_, seq)) = model.sends.get(&send.client_msg_id) {
         return SendAck {
             client_msg_id: send.client_msg_id.clone(),
             seq: *seq,
-            server_time_ms: now,
+            server_time_ms: ferry_protocol::unix_millis(std::time::SystemTime::now()),
             duplicate: true,
         };
     }
-    let conv = model
-        .conversations
-        .entry(conversation.to_owned())
-        .or_insert_with(|| Conv::new(1 + rand::random::<u32>() as u64));
-    let seq = conv.head() + 1;
-    conv.messages.insert(
-        seq,
+    let stored = model.append(
+        conversation,
         Message {
-            seq,
             sender: model.user.clone(),
             sender_device: model.device.clone(),
             client_msg_id: send.client_msg_id.clone(),
             body: send.body.clone(),
-            server_time_ms: now,
             ..Default::default()
         },
     );
-    model
-        .sends
-        .insert(send.client_msg_id.clone(), (conversation.to_owned(), seq));
+    model.sends.insert(
+        send.client_msg_id.clone(),
+        (conversation.to_owned(), stored.seq),
+    );
     SendAck {
-        client_msg_id: send.client_msg_id.clone(),
-        seq,
-        server_time_ms: now,
+        client_msg_id: stored.client_msg_id,
+        seq: stored.seq,
+        server_time_ms: stored.server_time_ms,
         duplicate: false,
     }
+}
+
+/// A random non-zero value for epochs and tokens (never 0 on the wire, FERRY-MSG-7).
+pub fn random_nonzero() -> u64 {
+    1 + rand::random::<u32>() as u64
 }
 
 /// Accepts the client's streams (the first is the control stream) and datagrams, and queues them.

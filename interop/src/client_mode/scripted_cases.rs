@@ -58,12 +58,24 @@ async fn serve_until_exit(
     within: Duration,
 ) -> Result<Vec<OutputLine>, Verdict> {
     let deadline = Instant::now() + within;
-    while Instant::now() < deadline && client.exit_code().is_none() {
-        if let Some(event) = conn.next(Duration::from_millis(100)).await {
-            conn.serve(model, &event).await?;
-        }
+    while let Some(event) = next_until_exit(conn, &mut client, deadline).await {
+        conn.serve(model, &event).await?;
     }
     client.finish(Duration::from_secs(5)).await
+}
+
+/// The client's next event on `conn`; None once the client exited or `deadline` passed.
+async fn next_until_exit(
+    conn: &mut Conn,
+    client: &mut ClientRun,
+    deadline: Instant,
+) -> Option<Event> {
+    while client.exit_code().is_none() && Instant::now() < deadline {
+        if let Some(event) = conn.next(Duration::from_millis(100)).await {
+            return Some(event);
+        }
+    }
+    None
 }
 
 /// Answers from the model until `done(model)` holds; fails after `within`.
@@ -240,7 +252,7 @@ pub async fn epoch(ctx: Arc<ClientCtx>) -> CaseResult {
     let old = model.conversations.get_mut(&conv).expect("conversation");
     old.epoch = old
         .epoch
-        .wrapping_add(1 + rand::random::<u32>() as u64)
+        .wrapping_add(super::scripted::random_nonzero())
         .max(1);
     old.messages.clear();
     model.acked.remove(&conv);
@@ -320,10 +332,7 @@ pub async fn tokens(ctx: Arc<ClientCtx>) -> CaseResult {
     model.token = tokens[2];
     let (mut client, mut conn) = connect(&ctx, &server, &scene, "tokens", &model).await?;
     let deadline = Instant::now() + ctx.client_timeout;
-    while client.exit_code().is_none() && Instant::now() < deadline {
-        let Some(event) = conn.next(Duration::from_millis(100)).await else {
-            continue;
-        };
+    while let Some(event) = next_until_exit(&mut conn, &mut client, deadline).await {
         match &event {
             Event::Control(f) => match &f.kind {
                 Some(Kind::Sync(sync)) => {
@@ -442,10 +451,7 @@ pub async fn history(ctx: Arc<ClientCtx>) -> CaseResult {
     scene.count = (WINDOW + 6) as usize;
     let (mut client, mut conn) = connect(&ctx, &server, &scene, "history", &model).await?;
     let deadline = Instant::now() + ctx.client_timeout;
-    while client.exit_code().is_none() && Instant::now() < deadline {
-        let Some(event) = conn.next(Duration::from_millis(100)).await else {
-            continue;
-        };
+    while let Some(event) = next_until_exit(&mut conn, &mut client, deadline).await {
         if let Event::Stream(i, f) = &event {
             if let (Some(Kind::Pull(pull)), Some(c)) = (&f.kind, conn.conversation_of(*i)) {
                 let start = model
@@ -773,8 +779,8 @@ pub async fn keepalive(ctx: Arc<ClientCtx>) -> CaseResult {
 
 #[cfg(test)]
 mod tests {
-    use super::super::scripted::kind_name;
     use super::*;
+    use ferry_server::frames::kind_name;
 
     #[test]
     fn padded_typing_decodes_and_has_the_size() {

@@ -170,24 +170,6 @@ pub async fn heartbeat_forever(mut sessions: Vec<Session>, every: Duration) {
     }
 }
 
-/// Announced limits with zero fields replaced by the defaults of spec section 10 (FERRY-LIMIT-1).
-pub fn effective_limits(announced: &Limits) -> Limits {
-    let or = |v: u32, d: u32| if v == 0 { d } else { v };
-    Limits {
-        max_frame_size: or(announced.max_frame_size, 1_048_576),
-        max_inflight_sends: or(announced.max_inflight_sends, 256),
-        max_open_streams: or(announced.max_open_streams, 100),
-        max_pull_page: or(announced.max_pull_page, 100),
-        send_rate_per_sec: or(announced.send_rate_per_sec, 1000),
-        send_burst: or(announced.send_burst, 2000),
-        max_body_size: or(announced.max_body_size, 65_536),
-        idle_timeout_ms: or(announced.idle_timeout_ms, 75_000),
-        recent_window: or(announced.recent_window, 50),
-        typing_rate_per_sec: or(announced.typing_rate_per_sec, 5),
-        max_sync_page: or(announced.max_sync_page, 100),
-    }
-}
-
 /// Every server-mode case, in run order.
 pub fn cases() -> Vec<Case<ServerCtx>> {
     [
@@ -224,7 +206,7 @@ pub async fn run(
         .session(&probe_token, "probe")
         .await
         .map_err(|e| anyhow::anyhow!("probe session against {}: {e}", config.addr))?;
-    let limits = effective_limits(&probe.welcome.limits.unwrap_or_default());
+    let limits = ferry_protocol::limits::effective(probe.welcome.limits.as_ref());
     let heartbeat_interval_ms = probe.welcome.heartbeat_interval_ms;
     probe.close();
 
