@@ -75,31 +75,9 @@ impl FromStr for LogFormat {
     }
 }
 
-/// How many sessions a user may have at once (DECISIONS.md, "Login policies").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LoginPolicy {
-    /// Any number; a new session replaces only one with the same device id.
-    #[default]
-    All,
-    /// At most one session per (user, device class).
-    OnePerClass,
-    /// One session per user.
-    Single,
-}
-
-impl FromStr for LoginPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "all" => Ok(LoginPolicy::All),
-            "one-per-class" => Ok(LoginPolicy::OnePerClass),
-            "single" => Ok(LoginPolicy::Single),
-            _ => Err("expected all, one-per-class or single".into()),
-        }
-    }
-}
+/// How many sessions a user may have at once: one definition for the local registry and the cluster's
+/// session directory.
+pub use ferry_cluster::LoginPolicy;
 
 /// Limits announced in Welcome and enforced by the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +125,80 @@ impl Default for LimitSettings {
     }
 }
 
+/// Cluster mode: several nodes sharing Redis. Off while `redis` is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Redis URLs: one `redis://` URL is a single instance; several URLs, or `redis+cluster://`, a Redis
+    /// Cluster. Empty: single node on the embedded store.
+    pub redis: Vec<String>,
+    /// The QUIC address other nodes and GoAway name for this node. Default: the listen address.
+    pub advertise: Option<String>,
+    /// The HTTP address peers probe (`/healthz`). Default: the HTTP listen address.
+    pub advertise_http: Option<String>,
+    /// Prefix of every Redis key and channel (several clusters may share one Redis).
+    pub key_prefix: String,
+    /// Lease of this node in the registry; renewed every third of it.
+    pub lease_ttl_ms: u32,
+    /// Interval between direct health probes of every peer.
+    pub probe_interval_ms: u32,
+    /// Refuse to start unless Redis runs with `appendonly yes` and `appendfsync always`.
+    pub require_durable_redis: bool,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            redis: Vec::new(),
+            advertise: None,
+            advertise_http: None,
+            key_prefix: "ferry".into(),
+            lease_ttl_ms: 3_000,
+            probe_interval_ms: 300,
+            require_durable_redis: false,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Whether cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.redis.is_empty()
+    }
+
+    /// What is wrong with the cluster settings, if anything (nothing when cluster mode is off).
+    fn problem(&self) -> Option<String> {
+        if !self.enabled() {
+            return None;
+        }
+        if let Err(e) = ferry_cluster::RedisTarget::from_urls(&self.redis) {
+            return Some(e.to_string());
+        }
+        if self.lease_ttl_ms < 300 || self.probe_interval_ms == 0 {
+            return Some(
+                "cluster.lease_ttl_ms must be at least 300 and cluster.probe_interval_ms positive"
+                    .into(),
+            );
+        }
+        None
+    }
+
+    /// The resolved cluster options. Session entries outlive a connection's idle timeout twice over, so
+    /// that only a node's death (released at once by its peers) or a missed logout leaves one behind.
+    pub fn options(
+        &self,
+        idle_timeout_ms: u32,
+    ) -> Result<crate::cluster::ClusterOptions, ferry_cluster::ClusterError> {
+        Ok(crate::cluster::ClusterOptions {
+            target: ferry_cluster::RedisTarget::from_urls(&self.redis)?,
+            key_prefix: self.key_prefix.clone(),
+            lease_ttl: std::time::Duration::from_millis(u64::from(self.lease_ttl_ms)),
+            probe_interval: std::time::Duration::from_millis(u64::from(self.probe_interval_ms)),
+            session_ttl: std::time::Duration::from_millis(2 * u64::from(idle_timeout_ms)),
+        })
+    }
+}
+
 /// Everything the server can be configured with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -179,6 +231,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// How long a draining server waits for in-flight sends before closing connections.
     pub drain_grace_ms: u32,
+    /// Cluster mode.
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Settings {
@@ -198,6 +252,7 @@ impl Default for Settings {
             stream_idle_timeout_ms: 60_000,
             limits: LimitSettings::default(),
             drain_grace_ms: 10_000,
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -219,6 +274,14 @@ pub struct CliOverrides {
     pub key: Option<PathBuf>,
     /// `--log-format`.
     pub log_format: Option<String>,
+    /// `--node-id`.
+    pub node_id: Option<String>,
+    /// `--redis` (repeatable); replaces the lower layers' list when given.
+    pub redis: Vec<String>,
+    /// `--advertise`.
+    pub advertise: Option<String>,
+    /// `--require-durable-redis`.
+    pub require_durable_redis: bool,
 }
 
 impl Settings {
@@ -280,6 +343,24 @@ impl Settings {
                 limits.typing_rate_per_sec = parse_as(name, value)?
             }
             "FERRY_LIMITS_RECENT_WINDOW" => limits.recent_window = parse_as(name, value)?,
+            "FERRY_REDIS" => {
+                self.cluster.redis = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
+            "FERRY_ADVERTISE" => self.cluster.advertise = Some(value.into()),
+            "FERRY_ADVERTISE_HTTP" => self.cluster.advertise_http = Some(value.into()),
+            "FERRY_CLUSTER_KEY_PREFIX" => self.cluster.key_prefix = value.into(),
+            "FERRY_CLUSTER_LEASE_TTL_MS" => self.cluster.lease_ttl_ms = parse_as(name, value)?,
+            "FERRY_CLUSTER_PROBE_INTERVAL_MS" => {
+                self.cluster.probe_interval_ms = parse_as(name, value)?
+            }
+            "FERRY_REQUIRE_DURABLE_REDIS" => {
+                self.cluster.require_durable_redis = parse_as(name, value)?
+            }
             _ => {}
         }
         Ok(())
@@ -304,6 +385,18 @@ impl Settings {
         if let Some(format) = &cli.log_format {
             self.log_format = parse_as("--log-format", format)?;
         }
+        if let Some(node_id) = &cli.node_id {
+            self.node_id = node_id.clone();
+        }
+        if !cli.redis.is_empty() {
+            self.cluster.redis = cli.redis.clone();
+        }
+        if let Some(advertise) = &cli.advertise {
+            self.cluster.advertise = Some(advertise.clone());
+        }
+        if cli.require_durable_redis {
+            self.cluster.require_durable_redis = true;
+        }
         Ok(())
     }
 
@@ -315,6 +408,8 @@ impl Settings {
                 "node_id {:?} must be 1..=64 of [A-Za-z0-9._@-]",
                 self.node_id
             )
+        } else if let Some(problem) = self.cluster.problem() {
+            problem
         } else if self.cert.is_some() != self.key.is_some() {
             "cert and key must be given together".into()
         } else if limits.max_body_size >= limits.max_frame_size {

@@ -103,10 +103,16 @@ pub async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     };
     let conn = Arc::new(conn);
     info!(%remote, user = %conn.session.user, device = %conn.session.device, "session started");
+    if let Some(cluster) = &shared.cluster {
+        cluster.on_login(&conn.session).await;
+    }
     run(conn.clone(), control_reader, outbound).await;
     shared
         .sessions
         .unregister(&conn.session.user, conn.session.id);
+    if let Some(cluster) = &shared.cluster {
+        cluster.on_logout(&conn.session).await;
+    }
     shared.metrics.connection_closed();
     info!(%remote, user = %conn.session.user, device = %conn.session.device, "session ended");
 }

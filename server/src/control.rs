@@ -119,6 +119,9 @@ async fn handle(conn: &Conn, frame: Frame) -> Result<(), Refusal> {
 }
 
 async fn heartbeat(conn: &Conn, sync_token: u64) -> Frame {
+    if let Some(cluster) = &conn.shared.cluster {
+        cluster.on_heartbeat(&conn.session).await;
+    }
     let limit = conn.shared.settings.limits.max_sync_page;
     let page = conn
         .shared

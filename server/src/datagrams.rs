@@ -5,12 +5,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use ferry_protocol::codec::{self, frame};
 use ferry_protocol::frame::frame::Kind;
 
 use crate::connection::Conn;
 use crate::rate::TokenBucket;
 use crate::sessions::Outbound;
+use crate::Shared;
 
 /// Relays the client's datagrams until the connection ends.
 pub async fn receive_loop(conn: Arc<Conn>) {
@@ -61,19 +63,28 @@ async fn relay(conn: &Conn, conversation: &str, kind: Kind) {
     }
     let bytes = codec::encode_datagram(&frame(kind));
     for user in &members {
-        conn.shared.sessions.for_each_of(user, |session| {
-            if session.id == conn.session.id {
-                return;
-            }
-            if session
-                .outbound
-                .try_send(Outbound::Datagram(bytes.clone()))
-                .is_ok()
-            {
-                conn.shared.metrics.datagram_relayed();
-            } else {
-                conn.shared.metrics.datagram_dropped();
-            }
-        });
+        relay_local(&conn.shared, user, &bytes, Some(conn.session.id));
     }
+    if let Some(cluster) = &conn.shared.cluster {
+        let users: Vec<&str> = members.iter().map(String::as_str).collect();
+        cluster.publish_datagram(&users, bytes).await;
+    }
+}
+
+/// Queues an encoded datagram for every session of `user` on this node, except the session `exclude`.
+pub fn relay_local(shared: &Shared, user: &str, bytes: &Bytes, exclude: Option<u64>) {
+    shared.sessions.for_each_of(user, |session| {
+        if Some(session.id) == exclude {
+            return;
+        }
+        if session
+            .outbound
+            .try_send(Outbound::Datagram(bytes.clone()))
+            .is_ok()
+        {
+            shared.metrics.datagram_relayed();
+        } else {
+            shared.metrics.datagram_dropped();
+        }
+    });
 }

@@ -1,4 +1,5 @@
-//! Fan-out: after a message is durable, queue a Deliver for every online device of every member.
+//! Fan-out: after a message is durable, queue a Deliver for every online device of every member — on
+//! this node directly, on other nodes of a cluster through the bus (see [`crate::cluster`]).
 //!
 //! Queues are bounded and never awaited here: a full queue drops the Deliver (counted), because the
 //! message is durable and the device recovers it from heartbeat heads and Pull. A slow device therefore
@@ -37,22 +38,39 @@ pub async fn deliver(
     };
     let conversation: Arc<str> = conversation.into();
     let message = Arc::new(message);
-    let recipients = members.iter().map(String::as_str).chain(also);
-    for user in recipients {
-        shared.sessions.for_each_of(user, |session| {
-            if Some(session.id) == exclude {
-                return;
-            }
-            let item = Outbound::Deliver {
-                conversation: conversation.clone(),
-                message: message.clone(),
-                epoch,
-            };
-            if session.outbound.try_send(item).is_ok() {
-                shared.metrics.delivery_queued();
-            } else {
-                shared.metrics.delivery_dropped();
-            }
-        });
+    let recipients: Vec<&str> = members.iter().map(String::as_str).chain(also).collect();
+    for user in &recipients {
+        deliver_local(shared, user, &conversation, &message, epoch, exclude);
     }
+    if let Some(cluster) = &shared.cluster {
+        cluster
+            .publish_deliver(&recipients, &conversation, &message, epoch)
+            .await;
+    }
+}
+
+/// Queues a Deliver for every session of `user` on this node, except the session `exclude`.
+pub fn deliver_local(
+    shared: &Shared,
+    user: &str,
+    conversation: &Arc<str>,
+    message: &Arc<Message>,
+    epoch: u64,
+    exclude: Option<u64>,
+) {
+    shared.sessions.for_each_of(user, |session| {
+        if Some(session.id) == exclude {
+            return;
+        }
+        let item = Outbound::Deliver {
+            conversation: conversation.clone(),
+            message: message.clone(),
+            epoch,
+        };
+        if session.outbound.try_send(item).is_ok() {
+            shared.metrics.delivery_queued();
+        } else {
+            shared.metrics.delivery_dropped();
+        }
+    });
 }

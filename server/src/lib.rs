@@ -12,6 +12,7 @@
 //! - [`fanout`]: queueing Delivers to every online device of a conversation's members;
 //! - [`datagrams`]: typing and presence relay;
 //! - [`sessions`]: the online-session registry and login policies;
+//! - [`cluster`]: cluster mode — sessions, deliveries and datagrams across nodes, node liveness;
 //! - [`stream_io`]: frame reader and batching frame writer over QUIC streams;
 //! - [`rate`]: token buckets; [`errors`]: mapping failures onto wire codes; [`frames`]: frame helpers;
 //! - [`auth`]: signed tokens; [`tls`]: certificates and QUIC configs; [`config`]: settings from
@@ -26,6 +27,7 @@ use ferry_protocol::frame::Limits;
 use ferry_store::Store;
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod control;
@@ -63,6 +65,8 @@ pub struct Shared {
     pub secret: auth::TokenSecret,
     /// Per-user send rate.
     pub send_rate: rate::UserRateLimiter,
+    /// This node's part in a cluster (`--redis`); `None` for a single node.
+    pub cluster: Option<Arc<cluster::ClusterNode>>,
     /// Set when the server starts draining; `/healthz` then reports unavailable.
     pub draining: tokio::sync::watch::Sender<bool>,
     /// Test fault hooks.

@@ -51,6 +51,19 @@ struct RunArgs {
     /// Log format: text or json. Filter with RUST_LOG (default info).
     #[arg(long)]
     log_format: Option<String>,
+    /// This node's id, unique in a cluster. Default node-1.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Cluster mode: a Redis URL (repeat for several seed nodes of a Redis Cluster, or use
+    /// redis+cluster://). Without it the server runs alone on the embedded store.
+    #[arg(long, value_name = "URL")]
+    redis: Vec<String>,
+    /// The QUIC address other nodes and GoAway name for this node. Default: the listen address.
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+    /// Refuse to start unless Redis runs with appendonly yes + appendfsync always.
+    #[arg(long)]
+    require_durable_redis: bool,
 }
 
 #[derive(Args)]
@@ -79,8 +92,19 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry-server: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// Exit code of a failed run: 3 when another live node already has this node id (cluster mode), so
+/// that supervisors can tell "do not restart with this id" from other failures (1).
+const EXIT_NODE_CONFLICT: u8 = 3;
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<ferry_cluster::ClusterError>() {
+        Some(ferry_cluster::ClusterError::NodeConflict { .. }) => EXIT_NODE_CONFLICT,
+        _ => 1,
     }
 }
 
@@ -111,6 +135,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         cert: args.cert,
         key: args.key,
         log_format: args.log_format,
+        node_id: args.node_id,
+        redis: args.redis,
+        advertise: args.advertise,
+        require_durable_redis: args.require_durable_redis,
     };
     let settings = Settings::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     init_logging(settings.log_format);

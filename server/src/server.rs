@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::rate::UserRateLimiter;
 use crate::sessions::Sessions;
 use crate::stream_io::Outgoing;
-use crate::{connection, frames, http, tls, Shared};
+use crate::{cluster, connection, frames, http, tls, Shared};
 
 /// Most connections served at once; more are refused at the QUIC level.
 const MAX_CONNECTIONS: usize = 100_000;
@@ -121,12 +121,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
     .context("building QUIC config")?;
     let secret =
         TokenSecret::load_or_create(&data_dir.join(SECRET_FILE)).context("loading token secret")?;
-    let store_options = EmbeddedStoreOptions {
-        dedupe_window: Duration::from_secs(settings.dedupe_window_secs),
-        ..EmbeddedStoreOptions::default()
-    };
-    let store = EmbeddedStore::open(&data_dir, store_options).context("opening store")?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = open_store(&settings).await?;
 
     let endpoint = quinn::Endpoint::server(quic_config, settings.listen)
         .with_context(|| format!("binding QUIC endpoint on {}", settings.listen))?;
@@ -135,6 +130,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         .await
         .with_context(|| format!("binding HTTP endpoint on {}", settings.http))?;
     let http_addr = http_listener.local_addr()?;
+    let (cluster, envelopes) = join_cluster(&settings, local_addr, http_addr).await?;
 
     let shared = Arc::new(Shared {
         limits: settings.limits_frame(),
@@ -144,6 +140,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         ),
         settings,
         store,
+        cluster,
         sessions: Sessions::default(),
         metrics: Arc::new(Metrics::default()),
         secret,
@@ -163,6 +160,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         shutdown_rx.clone(),
     ));
     tokio::spawn(export_store_stats(shared.clone(), shutdown_rx.clone()));
+    if let Some(envelopes) = envelopes {
+        tokio::spawn(cluster::run_bus(shared.clone(), envelopes));
+        tokio::spawn(cluster::run_liveness(shared.clone(), shutdown_rx.clone()));
+    }
     let done = tokio::spawn(accept_loop(endpoint, shared.clone(), shutdown_rx));
     info!(%local_addr, %http_addr, ca = %tls_files.cert.display(), "ferry-server listening");
     Ok(ServerHandle {
@@ -173,6 +174,43 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         shutdown: shutdown_tx,
         done,
     })
+}
+
+/// The embedded store under the data dir, or in cluster mode the Redis store.
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    if settings.cluster.enabled() {
+        anyhow::bail!("cluster mode needs the Redis store");
+    }
+    let options = EmbeddedStoreOptions {
+        dedupe_window: Duration::from_secs(settings.dedupe_window_secs),
+        ..EmbeddedStoreOptions::default()
+    };
+    let store = EmbeddedStore::open(&settings.data_dir, options).context("opening store")?;
+    Ok(Arc::new(store))
+}
+
+/// In cluster mode, joins the cluster (probing the registered nodes; a live node with this id is a
+/// [`ferry_cluster::ClusterError::NodeConflict`]).
+async fn join_cluster(
+    settings: &Settings,
+    quic: SocketAddr,
+    http: SocketAddr,
+) -> anyhow::Result<(
+    Option<Arc<cluster::ClusterNode>>,
+    Option<tokio::sync::mpsc::Receiver<ferry_cluster::Envelope>>,
+)> {
+    if !settings.cluster.enabled() {
+        return Ok((None, None));
+    }
+    let c = &settings.cluster;
+    let me = ferry_cluster::NodeInfo::starting(
+        &settings.node_id,
+        &c.advertise.clone().unwrap_or_else(|| quic.to_string()),
+        &c.advertise_http.clone().unwrap_or_else(|| http.to_string()),
+    );
+    let options = c.options(settings.idle_timeout_ms)?;
+    let (node, envelopes) = cluster::ClusterNode::join(options, me, settings.login_policy).await?;
+    Ok((Some(Arc::new(node)), Some(envelopes)))
 }
 
 /// Copies the store's write counters into the metrics once a second.
@@ -222,8 +260,16 @@ async fn drain(endpoint: &quinn::Endpoint, shared: &Shared) {
     let _ = shared.draining.send(true);
     let sessions = shared.sessions.all();
     info!(sessions = sessions.len(), "draining");
+    // In a cluster, GoAway names the other live nodes so clients move there before this one stops.
+    let endpoints = match &shared.cluster {
+        Some(cluster) => cluster.other_endpoints().await,
+        None => Vec::new(),
+    };
     for session in &sessions {
-        let go_away = frames::go_away(ErrorCode::SHUTTING_DOWN, "server shutting down");
+        let mut go_away = frames::go_away(ErrorCode::SHUTTING_DOWN, "server shutting down");
+        if let Some(ferry_protocol::frame::frame::Kind::GoAway(g)) = &mut go_away.kind {
+            g.endpoints = endpoints.clone();
+        }
         let _ = session.control.try_send(Outgoing::Frame(go_away));
     }
     let grace = Duration::from_millis(u64::from(shared.settings.drain_grace_ms));
@@ -240,6 +286,9 @@ async fn drain(endpoint: &quinn::Endpoint, shared: &Shared) {
         .is_err()
     {
         warn!("connections did not close in time");
+    }
+    if let Some(cluster) = &shared.cluster {
+        cluster.leave().await;
     }
     info!("stopped");
 }

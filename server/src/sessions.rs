@@ -79,16 +79,7 @@ impl SessionHandle {
     }
 }
 
-/// Whether a new session `(device, class)` replaces an existing one of the same user under `policy`.
-/// The same device id always replaces: a device reconnecting must not leave a ghost session behind.
-pub fn replaces(policy: LoginPolicy, new: (&str, &str), old: (&str, &str)) -> bool {
-    new.0 == old.0
-        || match policy {
-            LoginPolicy::All => false,
-            LoginPolicy::OnePerClass => new.1 == old.1,
-            LoginPolicy::Single => true,
-        }
-}
+pub use ferry_cluster::replaces;
 
 /// The registry of online sessions.
 #[derive(Debug, Default)]
@@ -154,33 +145,5 @@ impl Sessions {
     /// True when no session is online.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn login_policies() {
-        use LoginPolicy::*;
-        assert!(replaces(All, ("phone", "mobile"), ("phone", "mobile")));
-        assert!(!replaces(All, ("phone", "mobile"), ("laptop", "desktop")));
-        assert!(!replaces(All, ("phone2", "mobile"), ("phone", "mobile")));
-        assert!(replaces(
-            OnePerClass,
-            ("phone2", "mobile"),
-            ("phone", "mobile")
-        ));
-        assert!(!replaces(
-            OnePerClass,
-            ("phone2", "mobile"),
-            ("laptop", "desktop")
-        ));
-        assert!(replaces(
-            Single,
-            ("phone2", "mobile"),
-            ("laptop", "desktop")
-        ));
     }
 }

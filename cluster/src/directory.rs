@@ -1,0 +1,210 @@
+//! The session directory: which node holds each online device, shared by every node through Redis.
+//!
+//! Layout: one hash per user (`{u:<user>}`), device → JSON entry `{node, session, class, exp}`. The
+//! expiry is per entry (checked inside the scripts against Redis's own clock) because hash fields have no
+//! TTL of their own in Redis 7.0; the hash as a whole also gets a TTL so an abandoned user costs nothing.
+//! Every change is one Lua script on that one key, so the login policy holds across nodes: a login on
+//! node B atomically removes the entries it replaces and returns them, and the caller tells their nodes to
+//! close those sessions. A second set per node (`{n:<node>}`) remembers which users had sessions there,
+//! so that a dead node's sessions can be released at once rather than waiting for them to expire.
+
+use std::time::Duration;
+
+use redis::{AsyncCommands, Script};
+use serde::Deserialize;
+
+use crate::keys::Keys;
+use crate::policy::LoginPolicy;
+use crate::redis::Redis;
+use crate::ClusterError;
+
+/// One online session as the directory records it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SessionEntry {
+    /// Device id (the hash field; not part of the stored JSON).
+    #[serde(skip)]
+    pub device: String,
+    /// Node holding the connection.
+    pub node: String,
+    /// Session id, unique per node instance.
+    pub session: String,
+    /// Device class (for the one-per-class policy).
+    pub class: String,
+}
+
+impl SessionEntry {
+    fn parse(device: String, raw: &str) -> Option<SessionEntry> {
+        let mut entry: SessionEntry = serde_json::from_str(raw).ok()?;
+        entry.device = device;
+        Some(entry)
+    }
+}
+
+/// What a heartbeat refresh found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// The entry was ours; its expiry moved on.
+    Refreshed,
+    /// The entry was missing (Redis lost it, or a peer released it) and was written again.
+    Restored,
+    /// Another session holds the device or wins under the policy: close this one (SESSION_REPLACED).
+    Replaced,
+}
+
+/// A device's session as the registering node sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionRef<'a> {
+    /// User id.
+    pub user: &'a str,
+    /// Device id.
+    pub device: &'a str,
+    /// Device class.
+    pub class: &'a str,
+    /// Session id (unique per node instance).
+    pub session: &'a str,
+}
+
+/// The cluster-wide session directory.
+#[derive(Debug, Clone)]
+pub struct SessionDirectory {
+    redis: Redis,
+    keys: Keys,
+    node: String,
+    ttl: Duration,
+    policy: LoginPolicy,
+    scripts: Scripts,
+}
+
+#[derive(Debug, Clone)]
+struct Scripts {
+    register: Script,
+    refresh: Script,
+    unregister: Script,
+    release_node: Script,
+}
+
+impl SessionDirectory {
+    /// The directory as seen by `node`: entries it writes expire after `ttl` unless refreshed.
+    pub fn new(redis: Redis, keys: Keys, node: &str, ttl: Duration, policy: LoginPolicy) -> Self {
+        SessionDirectory {
+            redis,
+            keys,
+            node: node.to_owned(),
+            ttl,
+            policy,
+            scripts: Scripts {
+                register: Script::new(include_str!("lua/session_register.lua")),
+                refresh: Script::new(include_str!("lua/session_refresh.lua")),
+                unregister: Script::new(include_str!("lua/session_unregister.lua")),
+                release_node: Script::new(include_str!("lua/session_release_node.lua")),
+            },
+        }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+
+    /// Registers a new session; returns the sessions it replaces under the login policy (on any node —
+    /// the caller tells their nodes to close them with SESSION_REPLACED).
+    pub async fn register(&self, s: SessionRef<'_>) -> Result<Vec<SessionEntry>, ClusterError> {
+        let mut redis = self.redis.clone();
+        // The node's user set first: should the script's write then be lost, releasing finds nothing.
+        let _: () = redis.sadd(self.keys.node_users(&self.node), s.user).await?;
+        let flat: Vec<String> = self
+            .scripts
+            .register
+            .key(self.keys.sessions(s.user))
+            .arg(s.device)
+            .arg(s.class)
+            .arg(&self.node)
+            .arg(s.session)
+            .arg(self.ttl_ms())
+            .arg(self.policy.name())
+            .invoke_async(&mut redis)
+            .await?;
+        Ok(flat
+            .chunks_exact(2)
+            .filter_map(|pair| SessionEntry::parse(pair[0].clone(), &pair[1]))
+            .collect())
+    }
+
+    /// Extends the session's expiry (call it on heartbeats); see [`Refresh`].
+    pub async fn refresh(&self, s: SessionRef<'_>) -> Result<Refresh, ClusterError> {
+        let mut redis = self.redis.clone();
+        let result: String = self
+            .scripts
+            .refresh
+            .key(self.keys.sessions(s.user))
+            .arg(s.device)
+            .arg(s.class)
+            .arg(&self.node)
+            .arg(s.session)
+            .arg(self.ttl_ms())
+            .arg(self.policy.name())
+            .invoke_async(&mut redis)
+            .await?;
+        match result.as_str() {
+            "refreshed" => Ok(Refresh::Refreshed),
+            "restored" => {
+                let _: () = redis.sadd(self.keys.node_users(&self.node), s.user).await?;
+                Ok(Refresh::Restored)
+            }
+            "replaced" => Ok(Refresh::Replaced),
+            other => Err(ClusterError::Protocol(format!(
+                "refresh script answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Removes the session when its connection ends; false if a newer session replaced it already.
+    pub async fn unregister(
+        &self,
+        user: &str,
+        device: &str,
+        session: &str,
+    ) -> Result<bool, ClusterError> {
+        let mut redis = self.redis.clone();
+        let removed: i64 = self
+            .scripts
+            .unregister
+            .key(self.keys.sessions(user))
+            .arg(device)
+            .arg(&self.node)
+            .arg(session)
+            .invoke_async(&mut redis)
+            .await?;
+        Ok(removed == 1)
+    }
+
+    /// The user's live sessions on every node.
+    pub async fn sessions(&self, user: &str) -> Result<Vec<SessionEntry>, ClusterError> {
+        let mut redis = self.redis.clone();
+        let raw: Vec<(String, String)> = redis.hgetall(self.keys.sessions(user)).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(device, raw)| SessionEntry::parse(device, &raw))
+            .collect())
+    }
+
+    /// Removes every session that `node` held (it died or left); returns how many were removed. Safe to
+    /// run from several nodes at once.
+    pub async fn release_node(&self, node: &str) -> Result<usize, ClusterError> {
+        let mut redis = self.redis.clone();
+        let users_key = self.keys.node_users(node);
+        let users: Vec<String> = redis.smembers(&users_key).await?;
+        let mut removed = 0usize;
+        for user in &users {
+            let n: i64 = self
+                .scripts
+                .release_node
+                .key(self.keys.sessions(user))
+                .arg(node)
+                .invoke_async(&mut redis)
+                .await?;
+            removed += n as usize;
+        }
+        let _: () = redis.del(&users_key).await?;
+        Ok(removed)
+    }
+}

@@ -1,0 +1,351 @@
+//! Cluster mode: this node's part in a cluster of ferry-server nodes sharing Redis (`--redis`).
+//!
+//! What it adds to a single node (the store itself is the Redis store, chosen at start-up):
+//! - **sessions across nodes**: every login is recorded in the session directory, where the login policy
+//!   is applied cluster-wide; sessions it replaces on other nodes are told to close over the bus
+//!   ([`ClusterNode::on_login`], [`ClusterNode::on_logout`], [`ClusterNode::on_heartbeat`]);
+//! - **messages across nodes**: after a message is durable, the storing node delivers to its own sessions
+//!   and publishes it on each member's user channel; the nodes with sessions of that user deliver it
+//!   ([`ClusterNode::publish_deliver`], [`run_bus`]). Typing/presence datagrams travel the same way. A lost
+//!   publication is healed by heartbeat heads + Pull;
+//! - **node liveness**: a lease renewed every third of its TTL, and direct `/healthz` probes of every
+//!   peer several times a second; a peer found dead has its sessions released at once so its devices can
+//!   log in elsewhere ([`run_liveness`]). A lease found missing (Redis lost its data) makes this node
+//!   register its lease and every live session again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_cluster::bus::{BusEvent, Datagram, Deliver, Kick};
+use ferry_cluster::{
+    Bus, Envelope, HealthConfig, Keys, NodeInfo, NodeRegistry, PeerHealth, Prober, Redis,
+    RedisTarget, Refresh, Renewal, SessionDirectory, SessionRef, Verdict,
+};
+use ferry_protocol::frame::Message;
+use prost::Message as _;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::sessions::SessionHandle;
+use crate::Shared;
+
+/// Envelopes from other nodes waiting to be handed to local sessions.
+const BUS_QUEUE: usize = 16 * 1024;
+/// How long a probe of a peer's `/healthz` may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Cluster settings resolved at start-up.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Where Redis is.
+    pub target: RedisTarget,
+    /// Prefix of every key and channel.
+    pub key_prefix: String,
+    /// Lease TTL of this node; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Interval between probes of every peer.
+    pub probe_interval: Duration,
+    /// Expiry of a session entry without heartbeats.
+    pub session_ttl: Duration,
+}
+
+/// This node's connection to the rest of the cluster.
+pub struct ClusterNode {
+    directory: SessionDirectory,
+    registry: NodeRegistry,
+    bus: Bus,
+    prober: Prober,
+    options: ClusterOptions,
+}
+
+impl ClusterNode {
+    /// Joins the cluster as `me` (probing every registered node; a live node with the same id is an
+    /// error). Returns the node and the receiver of bus envelopes for [`run_bus`].
+    pub async fn join(
+        options: ClusterOptions,
+        me: NodeInfo,
+        policy: ferry_cluster::LoginPolicy,
+    ) -> Result<(ClusterNode, mpsc::Receiver<Envelope>), ferry_cluster::ClusterError> {
+        let keys = Keys::new(&options.key_prefix);
+        let redis = Redis::connect(&options.target).await?;
+        let directory = SessionDirectory::new(
+            redis.clone(),
+            keys.clone(),
+            &me.id,
+            options.session_ttl,
+            policy,
+        );
+        let prober = Prober::new(PROBE_TIMEOUT);
+        let (registry, claimed) = NodeRegistry::claim(
+            redis,
+            keys.clone(),
+            me.clone(),
+            options.lease_ttl,
+            &prober,
+            &directory,
+        )
+        .await?;
+        for (node, sessions) in &claimed.cleaned {
+            info!(node, sessions, "cleaned a dead node at start-up");
+        }
+        let (bus, envelopes) = Bus::connect(&options.target, keys, &me.id, BUS_QUEUE).await?;
+        info!(node = %me.id, peers = claimed.peers.len(), "joined the cluster");
+        Ok((
+            ClusterNode {
+                directory,
+                registry,
+                bus,
+                prober,
+                options,
+            },
+            envelopes,
+        ))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.registry.me().id
+    }
+
+    /// The session id this node records for a local session.
+    fn session_key(&self, session: &SessionHandle) -> String {
+        format!("{}-{}", self.registry.me().instance, session.id)
+    }
+
+    fn session_ref<'a>(&self, session: &'a SessionHandle, key: &'a str) -> SessionRef<'a> {
+        SessionRef {
+            user: &session.user,
+            device: &session.device,
+            class: &session.device_class,
+            session: key,
+        }
+    }
+
+    /// A session started here: records it cluster-wide, tells the nodes of the sessions it replaces to
+    /// close them, and listens for the user's bus messages. Local replacements were already handled by
+    /// the local registry.
+    pub async fn on_login(&self, session: &SessionHandle) {
+        if let Err(e) = self.bus.subscribe(&session.user).await {
+            warn!(user = %session.user, error = %e, "bus subscribe failed; the user relies on heads + Pull");
+        }
+        let key = self.session_key(session);
+        let replaced = match self
+            .directory
+            .register(self.session_ref(session, &key))
+            .await
+        {
+            Ok(replaced) => replaced,
+            Err(e) => {
+                warn!(user = %session.user, error = %e, "session not recorded in the directory");
+                return;
+            }
+        };
+        for old in replaced.into_iter().filter(|e| e.node != self.node_id()) {
+            info!(user = %session.user, device = %old.device, node = %old.node, "replacing a session on another node");
+            let kick = BusEvent::Kick(Kick {
+                device: old.device,
+                session: old.session,
+            });
+            if let Err(e) = self.bus.publish(&[&session.user], kick).await {
+                warn!(error = %e, "kick not published; the old session closes at its next heartbeat");
+            }
+        }
+    }
+
+    /// A session here ended.
+    pub async fn on_logout(&self, session: &SessionHandle) {
+        let key = self.session_key(session);
+        if let Err(e) = self
+            .directory
+            .unregister(&session.user, &session.device, &key)
+            .await
+        {
+            warn!(user = %session.user, error = %e, "session not removed from the directory; it expires");
+        }
+        if let Err(e) = self.bus.unsubscribe(&session.user).await {
+            warn!(user = %session.user, error = %e, "bus unsubscribe failed");
+        }
+    }
+
+    /// On each heartbeat: keeps the session's directory entry alive. A session another login replaced
+    /// meanwhile (its kick may have been lost) is closed with SESSION_REPLACED.
+    pub async fn on_heartbeat(&self, session: &SessionHandle) {
+        let key = self.session_key(session);
+        match self
+            .directory
+            .refresh(self.session_ref(session, &key))
+            .await
+        {
+            Ok(Refresh::Replaced) => session.close_replaced(),
+            Ok(Refresh::Refreshed | Refresh::Restored) => {}
+            Err(e) => warn!(user = %session.user, error = %e, "session refresh failed"),
+        }
+    }
+
+    /// Publishes a durable message to the other nodes holding sessions of `users`.
+    pub async fn publish_deliver(
+        &self,
+        users: &[&str],
+        conversation: &str,
+        message: &Message,
+        epoch: u64,
+    ) {
+        let event = BusEvent::Deliver(Deliver {
+            conversation: conversation.to_owned(),
+            epoch,
+            message: Bytes::from(message.encode_to_vec()),
+        });
+        if let Err(e) = self.bus.publish(users, event).await {
+            // Durable already: the recipients catch up through heartbeat heads and Pull.
+            warn!(conversation, error = %e, "cross-node delivery not published");
+        }
+    }
+
+    /// Publishes an encoded datagram frame to the other nodes holding sessions of `users`.
+    pub async fn publish_datagram(&self, users: &[&str], frame: Bytes) {
+        if let Err(e) = self
+            .bus
+            .publish(users, BusEvent::Datagram(Datagram { frame }))
+            .await
+        {
+            warn!(error = %e, "datagram not relayed to other nodes");
+        }
+    }
+
+    /// QUIC addresses of the other live nodes (for GoAway when draining).
+    pub async fn other_endpoints(&self) -> Vec<String> {
+        match self.registry.registered().await {
+            Ok(nodes) => nodes
+                .into_iter()
+                .filter_map(|(id, lease)| lease.filter(|_| id != self.node_id()))
+                .map(|info| info.quic)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Leaves the cluster (on shutdown): releases this node's sessions and lease.
+    pub async fn leave(&self) {
+        if let Err(e) = self.registry.leave(&self.directory).await {
+            warn!(error = %e, "leaving the cluster failed; peers will find this node gone");
+        }
+    }
+}
+
+/// Hands envelopes from other nodes to the local sessions of their user until `envelopes` closes.
+pub async fn run_bus(shared: Arc<Shared>, mut envelopes: mpsc::Receiver<Envelope>) {
+    while let Some(envelope) = envelopes.recv().await {
+        let Some(event) = envelope.event else {
+            continue;
+        };
+        match event {
+            BusEvent::Deliver(d) => match Message::decode(d.message) {
+                Ok(message) => crate::fanout::deliver_local(
+                    &shared,
+                    &envelope.user,
+                    &d.conversation.as_str().into(),
+                    &Arc::new(message),
+                    d.epoch,
+                    None,
+                ),
+                Err(_) => shared.metrics.delivery_dropped(),
+            },
+            BusEvent::Datagram(d) => {
+                crate::datagrams::relay_local(&shared, &envelope.user, &d.frame, None)
+            }
+            BusEvent::Kick(kick) => {
+                let Some(cluster) = &shared.cluster else {
+                    continue;
+                };
+                shared.sessions.for_each_of(&envelope.user, |session| {
+                    if *session.device == *kick.device && cluster.session_key(session) == kick.session {
+                        info!(user = %session.user, device = %session.device, "session replaced by a login on another node");
+                        session.close_replaced();
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Renews this node's lease and watches the peers until `shutdown`.
+pub async fn run_liveness(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let Some(cluster) = shared.cluster.clone() else {
+        return;
+    };
+    let mut health = PeerHealth::new(HealthConfig::default());
+    let renew_every = cluster.options.lease_ttl / 3;
+    let mut next_renewal = Instant::now() + renew_every;
+    let mut tick = tokio::time::interval(cluster.options.probe_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if Instant::now() >= next_renewal {
+            next_renewal = Instant::now() + renew_every;
+            renew(&shared, &cluster).await;
+        }
+        watch_peers(&cluster, &mut health).await;
+    }
+}
+
+async fn renew(shared: &Shared, cluster: &ClusterNode) {
+    match cluster.registry.renew().await {
+        Ok(Renewal::Renewed) => {}
+        Ok(Renewal::Restored) => {
+            // Redis lost our lease, so it may have lost the session directory too: register every live
+            // session again (refresh restores missing entries).
+            let sessions = shared.sessions.all();
+            warn!(
+                sessions = sessions.len(),
+                "lease was gone from Redis; registering again"
+            );
+            for session in &sessions {
+                cluster.on_heartbeat(session).await;
+            }
+        }
+        Err(e) => warn!(error = %e, "lease renewal failed"),
+    }
+}
+
+async fn watch_peers(cluster: &ClusterNode, health: &mut PeerHealth) {
+    let Ok(registered) = cluster.registry.registered().await else {
+        return; // Redis away: nothing to decide on now
+    };
+    let ids: Vec<String> = registered.iter().map(|(id, _)| id.clone()).collect();
+    health.retain(&ids);
+    // Probe every peer at once, so one dead peer's timeout does not delay the verdict on another.
+    let mut probes = tokio::task::JoinSet::new();
+    for (id, lease) in registered {
+        if id == cluster.node_id() {
+            continue;
+        }
+        let prober = cluster.prober.clone();
+        probes.spawn(async move {
+            let alive = match &lease {
+                Some(info) => Some(prober.alive(&info.http).await),
+                None => None,
+            };
+            (id, alive)
+        });
+    }
+    while let Some(Ok((id, alive))) = probes.join_next().await {
+        let verdict = match alive {
+            None => health.lease_gone(&id),
+            Some(alive) => health.probed(&id, alive, Instant::now()),
+        };
+        if let Verdict::Dead { silent_for } = verdict {
+            match cluster.registry.release(&id, &cluster.directory).await {
+                Ok(sessions) => {
+                    info!(node = %id, sessions, ?silent_for, "peer declared dead; its sessions were released")
+                }
+                Err(e) => {
+                    warn!(node = %id, error = %e, "releasing a dead peer failed; retrying on the next probe")
+                }
+            }
+        }
+    }
+}
