@@ -19,6 +19,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# Store tests start real redis-server processes and a Redis Cluster (redis-cli --cluster create); they
+# fail, never skip, without them.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  log "installing redis-server and redis-tools"
+  apt-get update && apt-get install -y redis-server redis-tools
+fi
+
 # --- checks ------------------------------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check

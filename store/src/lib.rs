@@ -1,13 +1,15 @@
 //! # ferry-store
 //!
 //! The one storage trait of Ferry ([`Store`]) and its implementations. The server talks only to the trait,
-//! so the embedded store (single node, no services) and the Redis store (cluster mode, a later issue) are
+//! so the embedded store (single node, no services) and the Redis store (cluster mode) are
 //! interchangeable.
 //!
 //! Layout:
 //! - this file: the trait, the records it exchanges and its error type;
 //! - [`embedded`]: the default store on redb under `--data-dir`, with group commit (many concurrent appends
-//!   share one transaction and one fsync; every caller waits for its commit).
+//!   share one transaction and one fsync; every caller waits for its commit);
+//! - [`redis`]: the store of cluster mode on one Redis or a Redis Cluster (one Lua script per send,
+//!   keys hash-tagged per conversation, pipelined appends, epochs that change when Redis lost data).
 //!
 //! The guarantees every implementation gives (spec section "Message model"):
 //! - **atomic append**: dedupe lookup, seq assignment, message append and dedupe record are one step;
@@ -24,8 +26,10 @@ use bytes::Bytes;
 use ferry_protocol::frame::{ConversationKind, ConversationState, Message};
 
 pub mod embedded;
+pub mod redis;
 
 pub use embedded::{CommitStats, EmbeddedStore, EmbeddedStoreOptions};
+pub use redis::{Durability, RedisStore, RedisStoreOptions};
 
 /// A user message to append.
 #[derive(Debug, Clone)]

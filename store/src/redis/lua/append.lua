@@ -1,0 +1,30 @@
+-- One user message: dedupe lookup, seq increment, append, dedupe record, head/stamp update — atomic.
+-- KEYS: meta, msgs, members, dedupe
+-- ARGV: sender, encoded message (seq 0), server_time_ms, dedupe_window_ms, keep (0 = unlimited)
+-- Returns {0, seq, time, epoch} (new), {1, seq, time, epoch} (duplicate), {-1} (no such conversation),
+-- {-2, reason} (not allowed).
+local meta, msgs, members, dedupe = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local sender, body = ARGV[1], ARGV[2]
+local time, window, keep = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+
+local epoch = redis.call('HGET', meta, 'epoch')
+local previous = redis.call('GET', dedupe)
+if previous and epoch then
+  local seq, stored, stored_epoch = string.match(previous, '^(%d+):(%d+):(%d+)$')
+  -- Younger than the window and from this epoch: a retry of the stored message.
+  if stored_epoch == epoch and time - tonumber(stored) < window then
+    return { 1, tonumber(seq), tonumber(stored), epoch }
+  end
+end
+if not epoch then return { -1 } end
+local member = parse_member(redis.call('HGET', members, sender))
+if not member or member.left ~= 0 then return { -2, 'sender is not a member' } end
+
+local seq = push_message(meta, msgs, body, keep)
+-- Sending marks read; Sync sees it through the conversation's change stamp.
+if seq > member.read then
+  member.read = seq
+  redis.call('HSET', members, sender, fmt_member(member))
+end
+redis.call('SET', dedupe, string.format('%.0f:%.0f:%s', seq, time, epoch), 'PX', window)
+return { 0, seq, time, epoch }

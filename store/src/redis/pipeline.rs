@@ -1,0 +1,202 @@
+//! The append pipeline: concurrent sends share round trips, yet each conversation's appends reach Redis
+//! in exactly the order they were queued.
+//!
+//! Appends are spread over a fixed number of *lanes* by conversation id; each lane is one task with a
+//! bounded queue. A lane takes everything queued (up to `max_pipeline`), sends it as one pipeline of
+//! `EVALSHA`s per Cluster slot — all slots at once — and waits for the replies before taking the next
+//! batch. So:
+//! - one conversation's appends are in one lane, one batch at a time, in queue order within a batch:
+//!   Redis runs them in that order (a pipeline is written as one block on one connection to the slot's
+//!   node), which is what `Store::queue_append` promises, on a single Redis and on a Cluster alike;
+//! - many lanes are in flight at once on the multiplexed connection(s), so throughput is not one
+//!   round trip at a time; and while a lane waits, its next batch builds up (group commit: Redis with
+//!   `appendfsync always` fsyncs once per event-loop turn for everything it read).
+//!
+//! NOSCRIPT (Redis restarted or its script cache was flushed): the lane loads the script on every
+//! master and resends the refused commands once, in order. A pipeline is written as one block, so
+//! either all of a batch's commands meet the cache or none of them do; only a `SCRIPT FLUSH` landing
+//! between two commands of one batch could let a later one run first.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use redis::cluster_routing::Slot;
+use redis::{Cmd, ServerErrorKind, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::conn::Conn;
+use super::scripts;
+use crate::{StoreError, WriteStats};
+
+/// Lanes per store: enough that unrelated conversations rarely wait for each other.
+const LANES: usize = 64;
+/// Queued appends per lane before callers wait (backpressure, never an unbounded queue).
+const LANE_CAPACITY: usize = 1024;
+
+/// The outcome of one queued command.
+pub(crate) type Reply = Result<Value, StoreError>;
+
+struct Job {
+    slot: Slot,
+    cmd: Cmd,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Write-path counters (one commit = one pipeline sent to one node).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    commits: AtomicU64,
+    requests: AtomicU64,
+    commit_micros: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> WriteStats {
+        WriteStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            commit_micros: self.commit_micros.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Handle to the lanes; dropping it ends the lane tasks once their queues are drained.
+pub(crate) struct Pipeliner {
+    lanes: Vec<mpsc::Sender<Job>>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl Pipeliner {
+    /// Starts the lane tasks on the current tokio runtime.
+    pub(crate) fn start(conn: &Conn, max_pipeline: usize) -> Pipeliner {
+        let stats = Arc::new(Stats::default());
+        let lanes = (0..LANES)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(LANE_CAPACITY);
+                tokio::spawn(run_lane(
+                    conn.clone(),
+                    rx,
+                    max_pipeline.max(1),
+                    stats.clone(),
+                ));
+                tx
+            })
+            .collect();
+        Pipeliner { lanes, stats }
+    }
+
+    /// Queues `cmd` (an EVALSHA of the append script on `slot`) in the lane of `conversation`; returns
+    /// once it is queued. Commands queued one after another for one conversation run in that order.
+    pub(crate) async fn queue(
+        &self,
+        conversation: &str,
+        slot: Slot,
+        cmd: Cmd,
+    ) -> Result<oneshot::Receiver<Reply>, StoreError> {
+        let mut hasher = DefaultHasher::new();
+        conversation.hash(&mut hasher);
+        let lane = &self.lanes[(hasher.finish() % LANES as u64) as usize];
+        let (reply, rx) = oneshot::channel();
+        lane.send(Job { slot, cmd, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("redis append pipeline stopped".into()))?;
+        Ok(rx)
+    }
+}
+
+async fn run_lane(conn: Conn, mut rx: mpsc::Receiver<Job>, max_pipeline: usize, stats: Arc<Stats>) {
+    let mut batch = Vec::with_capacity(max_pipeline);
+    // Ends when the store (every sender) is dropped and the queue is drained.
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < max_pipeline {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // Per slot, in queue order (a Cluster pipeline must stay in one slot).
+        let mut groups: Vec<(Slot, Vec<Job>)> = Vec::new();
+        for job in batch.drain(..) {
+            match groups.iter_mut().find(|(slot, _)| *slot == job.slot) {
+                Some((_, jobs)) => jobs.push(job),
+                None => groups.push((job.slot, vec![job])),
+            }
+        }
+        join_all(
+            groups
+                .into_iter()
+                .map(|(_, jobs)| send_group(conn.clone(), jobs, &stats)),
+        )
+        .await;
+    }
+}
+
+/// Sends one slot's jobs as one pipeline and answers each job.
+async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
+    // Two rounds at most: the second only after a NOSCRIPT and a SCRIPT LOAD.
+    for round in 0..2 {
+        let started = Instant::now();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for job in &jobs {
+            pipe.add_command(job.cmd.clone());
+        }
+        let result: redis::RedisResult<Vec<Value>> = pipe.query_async(&mut conn).await;
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        stats.commit_micros.fetch_add(
+            started.elapsed().as_micros().try_into().unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let values = match result {
+            Ok(values) if values.len() == jobs.len() => values,
+            Ok(values) => {
+                let error = format!("redis answered {} of {} commands", values.len(), jobs.len());
+                return fail_all(jobs, &error);
+            }
+            Err(err) => return fail_all(jobs, &format!("redis append pipeline: {err}")),
+        };
+        let mut refused = Vec::new();
+        for (job, value) in jobs.into_iter().zip(values) {
+            match value {
+                Value::ServerError(err)
+                    if round == 0 && err.kind() == Some(ServerErrorKind::NoScript) =>
+                {
+                    refused.push(job);
+                }
+                Value::ServerError(err) => {
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::Backend(format!("redis append: {err:?}"))));
+                }
+                value => {
+                    let _ = job.reply.send(Ok(value));
+                }
+            }
+        }
+        if refused.is_empty() {
+            return;
+        }
+        if let Err(err) = conn
+            .on_every_master(scripts::load(scripts::APPEND_SOURCE))
+            .await
+        {
+            return fail_all(refused, &format!("SCRIPT LOAD on redis: {err}"));
+        }
+        jobs = refused;
+    }
+    // Unreachable with jobs left: round 1 answers every job it is given.
+}
+
+fn fail_all(jobs: Vec<Job>, error: &str) {
+    for job in jobs {
+        let _ = job.reply.send(Err(StoreError::Backend(error.to_owned())));
+    }
+}
