@@ -208,30 +208,46 @@ impl Bus {
         subscribed.keys().cloned().collect()
     }
 
-    /// Publishes `event` to each of `users` (one pipelined round trip per shard).
+    /// Publishes `event` to each of `users`: one pipelined round trip on a single Redis; on a cluster,
+    /// where a pipeline must stay in one slot, one `SPUBLISH` per user, all in flight at once.
     pub async fn publish(&self, users: &[&str], event: BusEvent) -> Result<(), ClusterError> {
-        if users.is_empty() {
-            return Ok(());
-        }
-        let command = if self.publisher.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        };
-        let mut pipe = redis::pipe();
-        for user in users {
-            let envelope = Envelope {
+        let envelope = |user: &str| {
+            Envelope {
                 origin: self.node.clone(),
-                user: (*user).to_owned(),
+                user: user.to_owned(),
                 event: Some(event.clone()),
-            };
-            pipe.cmd(command)
-                .arg(self.keys.user_channel(user))
-                .arg(envelope.encode_to_vec())
-                .ignore();
+            }
+            .encode_to_vec()
+        };
+        match &self.publisher {
+            Redis::Single(conn) => {
+                if users.is_empty() {
+                    return Ok(());
+                }
+                let mut pipe = redis::pipe();
+                for user in users {
+                    pipe.cmd("PUBLISH")
+                        .arg(self.keys.user_channel(user))
+                        .arg(envelope(user))
+                        .ignore();
+                }
+                let _: () = pipe.query_async(&mut conn.clone()).await?;
+            }
+            Redis::Cluster(conn) => {
+                let mut publishes = tokio::task::JoinSet::new();
+                for user in users {
+                    let mut cmd = redis::cmd("SPUBLISH");
+                    cmd.arg(self.keys.user_channel(user)).arg(envelope(user));
+                    let mut conn = conn.clone();
+                    publishes.spawn(async move { cmd.query_async::<i64>(&mut conn).await });
+                }
+                while let Some(done) = publishes.join_next().await {
+                    if let Ok(result) = done {
+                        result?;
+                    }
+                }
+            }
         }
-        let mut publisher = self.publisher.clone();
-        let _: () = pipe.query_async(&mut publisher).await?;
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_protocol::ErrorCode;
-use ferry_store::{EmbeddedStore, EmbeddedStoreOptions, Store};
+use ferry_store::{EmbeddedStore, EmbeddedStoreOptions, RedisStore, RedisStoreOptions, Store};
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
@@ -179,7 +179,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
 /// The embedded store under the data dir, or in cluster mode the Redis store.
 async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     if settings.cluster.enabled() {
-        anyhow::bail!("cluster mode needs the Redis store");
+        let c = &settings.cluster;
+        let options = RedisStoreOptions {
+            dedupe_window: Duration::from_secs(settings.dedupe_window_secs),
+            require_durable: c.require_durable_redis,
+            key_prefix: format!("{}:", c.key_prefix),
+            ..RedisStoreOptions::new(c.redis.iter().cloned())
+        };
+        let store = RedisStore::open(options)
+            .await
+            .context("opening the Redis store")?;
+        return Ok(Arc::new(store));
     }
     let options = EmbeddedStoreOptions {
         dedupe_window: Duration::from_secs(settings.dedupe_window_secs),

@@ -9,6 +9,7 @@ use ferry_server::{ServerHandle, Settings};
 
 pub use ferry_interop::driver;
 
+pub mod cluster;
 pub mod process;
 
 /// A server for one test, with its data dir.
