@@ -50,6 +50,9 @@ pub struct ClusterOptions {
     pub session_ttl: Duration,
 }
 
+/// Locks that order the logins of one user on this node (striped: bounded, no map to clean up).
+const LOGIN_STRIPES: usize = 64;
+
 /// This node's connection to the rest of the cluster.
 pub struct ClusterNode {
     directory: SessionDirectory,
@@ -57,6 +60,7 @@ pub struct ClusterNode {
     bus: Bus,
     prober: Prober,
     options: ClusterOptions,
+    logins: [tokio::sync::Mutex<()>; LOGIN_STRIPES],
 }
 
 impl ClusterNode {
@@ -98,9 +102,21 @@ impl ClusterNode {
                 bus,
                 prober,
                 options,
+                logins: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             },
             envelopes,
         ))
+    }
+
+    /// Held while a login of `user` is registered locally and in the directory, so both see this
+    /// node's logins of the user in one order.
+    pub async fn login_lock(&self, user: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut hasher);
+        self.logins[hasher.finish() as usize % LOGIN_STRIPES]
+            .lock()
+            .await
     }
 
     /// This node's id.

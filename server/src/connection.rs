@@ -103,9 +103,6 @@ pub async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     };
     let conn = Arc::new(conn);
     info!(%remote, user = %conn.session.user, device = %conn.session.device, "session started");
-    if let Some(cluster) = &shared.cluster {
-        cluster.on_login(&conn.session).await;
-    }
     run(conn.clone(), control_reader, outbound).await;
     shared
         .sessions
@@ -191,6 +188,12 @@ async fn handshake(
     let _ = control
         .send(Outgoing::Frame(frame(Kind::Welcome(welcome))))
         .await;
+    // In a cluster, the local registry and the session directory must see this user's logins in the
+    // same order, or a slower directory write of an older login would replace the newer one.
+    let login_order = match &shared.cluster {
+        Some(cluster) => Some(cluster.login_lock(&session.user).await),
+        None => None,
+    };
     for replaced in shared
         .sessions
         .register(session.clone(), shared.settings.login_policy)
@@ -198,6 +201,10 @@ async fn handshake(
         info!(user = %replaced.user, device = %replaced.device, "session replaced");
         replaced.close_replaced();
     }
+    if let Some(cluster) = &shared.cluster {
+        cluster.on_login(&session).await;
+    }
+    drop(login_order);
     let conn = Conn {
         shared: shared.clone(),
         session,

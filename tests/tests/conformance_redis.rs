@@ -1,0 +1,68 @@
+//! The conformance runner's full server suite against a node in cluster mode: on one redis-server and
+//! on a 3-master Redis Cluster. A cluster node must behave for a client exactly like a single node.
+
+use std::time::Duration;
+
+use ferry_interop::report::Outcome;
+use ferry_interop::server_mode::{self, ServerConfig, TokenSource};
+use ferry_tests::cluster::{Backend, TestCluster};
+
+/// Cases that may legitimately be Unsupported (as for the embedded store: see interop's server_suite).
+const ALLOWED_UNSUPPORTED: &[&str] = &["TOO_MANY_INFLIGHT", "send_burst"];
+
+async fn suite_passes_on(backend: Backend) {
+    let cluster = TestCluster::start(backend, 1, |s| {
+        s.heartbeat_interval_ms = 2000;
+        s.idle_timeout_ms = 8000;
+        s.stream_idle_timeout_ms = 1000;
+    })
+    .await;
+    let node = &cluster.nodes[0].handle;
+    let secret = ferry_server::auth::TokenSecret::load(
+        &cluster.settings[0]
+            .data_dir
+            .join(ferry_server::server::SECRET_FILE),
+    )
+    .unwrap();
+    let config = ServerConfig {
+        addr: node.local_addr(),
+        ca: node.ca_path().to_path_buf(),
+        tokens: TokenSource::Secret(secret),
+        filter: std::env::var("FERRY_INTEROP_FILTER").ok(),
+        case_timeout: Duration::from_secs(30),
+        max_wait: Duration::from_secs(15),
+        stream_idle_timeout: Duration::from_millis(1000),
+        proxy: true,
+    };
+    let report = server_mode::run(config, |case| {
+        eprintln!("{:<11} {}", case.outcome.label(), case.name)
+    })
+    .await
+    .unwrap();
+    eprintln!("{}", report.table());
+    for case in &report.cases {
+        match &case.outcome {
+            Outcome::Fail(reason) => {
+                panic!("conformance failure on Redis: {}: {reason}", case.name)
+            }
+            Outcome::Unsupported(reason) => assert!(
+                ALLOWED_UNSUPPORTED
+                    .iter()
+                    .any(|part| case.name.contains(part) || reason.contains(part)),
+                "unexpectedly unsupported: {} ({reason})",
+                case.name
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_one_redis_passes_the_server_suite() {
+    suite_passes_on(Backend::single()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_redis_cluster_passes_the_server_suite() {
+    suite_passes_on(Backend::cluster()).await;
+}
