@@ -1,0 +1,206 @@
+//! The indexer thread: builds the redb index from the log, behind the acks.
+//!
+//! It takes the oldest durable groups from the tail (up to [`MAX_GROUPS_PER_TXN`]), writes their rows
+//! and the high-water mark (`META_LOG_APPLIED`, the last group applied) in one redb transaction, and
+//! only after that commit drops them from the tail and wakes a writer waiting for room. Then it deletes
+//! the log segments whose every group is indexed. Rows are absolute values, so a group applied again
+//! after a crash (committed to redb, not yet noted anywhere else) writes the same rows: replay is safe.
+//!
+//! If a transaction fails, the groups stay in the tail (still readable, still in the log) and the
+//! indexer retries after a pause; appends wait once the tail is full, and get `Unavailable` if it stays
+//! full (see `writer`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{Durability, ReadableTable};
+
+use super::record::GroupRecord;
+use super::segment;
+use super::tables::*;
+use super::Shared;
+
+/// Most groups written per index transaction: bounds the time a transaction holds them.
+const MAX_GROUPS_PER_TXN: usize = 512;
+/// Most expired dedupe entries purged per transaction, so purging never makes one noticeably longer.
+const PURGE_PER_TXN: usize = 1000;
+/// Pause before retrying a failed index transaction.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// The indexer's loop; returns once the store is closing and the tail is empty (or cannot be indexed).
+pub(crate) fn run(shared: Arc<Shared>) {
+    let mut failures = 0u32;
+    loop {
+        let groups = {
+            let mut tail = shared.lock_tail();
+            while !tail.has_unindexed() && !tail.closing {
+                tail = shared
+                    .tail_changed
+                    .wait(tail)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            if !tail.has_unindexed() {
+                return; // closing, all indexed
+            }
+            if tail.closing && failures > 3 {
+                // Shutting down with a broken index: the log keeps the groups for the next start.
+                return;
+            }
+            tail.oldest(MAX_GROUPS_PER_TXN)
+        };
+        let Some(&(last, _)) = groups.last() else {
+            continue;
+        };
+        match index(&shared, &groups) {
+            Ok(()) => {
+                failures = 0;
+                {
+                    let mut tail = shared.lock_tail();
+                    tail.indexed_through(last);
+                    tail.index_error = None;
+                }
+                shared.tail_changed.notify_all();
+                shared.count_index(groups.len() as u64);
+                if let Err(err) = delete_indexed_segments(&shared, last) {
+                    tracing::warn!(error = %err, "deleting indexed log segments failed");
+                }
+            }
+            Err(err) => {
+                failures += 1;
+                tracing::error!(error = %err, "index transaction failed; retrying");
+                shared.lock_tail().index_error = Some(err.to_string());
+                shared.tail_changed.notify_all();
+                std::thread::sleep(RETRY_PAUSE);
+            }
+        }
+    }
+}
+
+fn index(shared: &Shared, groups: &[(u64, Arc<GroupRecord>)]) -> Result<(), redb::Error> {
+    let mut txn = shared.db.begin_write()?;
+    // Durable, so that segment deletion below never outruns the index.
+    txn.set_durability(Durability::Immediate)?;
+    {
+        let mut tables = Tables::open(&txn)?;
+        let mut now = None;
+        for (_, record) in groups {
+            tables.apply(record)?;
+            now = now.max(record.now_ms);
+        }
+        tables.purge_expired(now.and_then(|now| now.checked_sub(shared.dedupe_window_ms)))?;
+        if let Some((last, record)) = groups.last() {
+            tables.meta.insert(META_CHANGE, record.change)?;
+            tables.meta.insert(META_LOG_APPLIED, *last)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Deletes every segment but the newest whose groups are all ≤ `indexed` (its successor starts at or
+/// below `indexed + 1`).
+fn delete_indexed_segments(shared: &Shared, indexed: u64) -> std::io::Result<()> {
+    let segments = segment::list(&shared.log_dir)?;
+    for pair in segments.windows(2) {
+        if pair[1].0 <= indexed + 1 {
+            std::fs::remove_file(&pair[0].1)?;
+        } else {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Every table, opened once per transaction.
+pub(crate) struct Tables<'txn> {
+    messages: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    dedupe: redb::Table<'txn, (&'static str, &'static str, &'static str), (u64, u64)>,
+    dedupe_by_time: redb::Table<'txn, (u64, &'static str, &'static str, &'static str), ()>,
+    conversations: redb::Table<'txn, &'static str, &'static [u8]>,
+    members: redb::Table<'txn, (&'static str, &'static str), (u64, u64, u64, u64)>,
+    user_convs: redb::Table<'txn, (&'static str, &'static str), ()>,
+    cursors: redb::Table<'txn, (&'static str, &'static str, &'static str), u64>,
+    meta: redb::Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> Tables<'txn> {
+    pub(crate) fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Tables {
+            messages: txn.open_table(MESSAGES)?,
+            dedupe: txn.open_table(DEDUPE)?,
+            dedupe_by_time: txn.open_table(DEDUPE_BY_TIME)?,
+            conversations: txn.open_table(CONVERSATIONS)?,
+            members: txn.open_table(MEMBERS)?,
+            user_convs: txn.open_table(USER_CONVS)?,
+            cursors: txn.open_table(CURSORS)?,
+            meta: txn.open_table(META)?,
+        })
+    }
+
+    /// Writes one group's rows.
+    fn apply(&mut self, record: &GroupRecord) -> Result<(), redb::Error> {
+        for row in &record.messages {
+            self.messages
+                .insert((row.conv.as_str(), row.seq), row.message.as_ref())?;
+        }
+        for row in &record.dedupe {
+            let key = (
+                row.conv.as_str(),
+                row.sender.as_str(),
+                row.client_msg_id.as_str(),
+            );
+            self.dedupe.insert(key, (row.seq, row.time_ms))?;
+            self.dedupe_by_time
+                .insert((row.time_ms, key.0, key.1, key.2), ())?;
+        }
+        for row in &record.convs {
+            let bytes = prost::Message::encode_to_vec(&row.record.clone().unwrap_or_default());
+            self.conversations
+                .insert(row.conv.as_str(), bytes.as_slice())?;
+        }
+        for row in &record.members {
+            self.members
+                .insert((row.conv.as_str(), row.user.as_str()), row.rec().to_row())?;
+            if row.new {
+                self.user_convs
+                    .insert((row.user.as_str(), row.conv.as_str()), ())?;
+            }
+        }
+        for row in &record.cursors {
+            let key = (row.conv.as_str(), row.user.as_str(), row.device.as_str());
+            // Max with the stored value: a cursor never moves back, also if groups are re-applied.
+            let old = self.cursors.get(key)?.map_or(0, |guard| guard.value());
+            if row.seq > old {
+                self.cursors.insert(key, row.seq)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes up to [`PURGE_PER_TXN`] dedupe entries at or before `cutoff`, oldest first.
+    fn purge_expired(&mut self, cutoff: Option<u64>) -> Result<(), redb::Error> {
+        let Some(cutoff) = cutoff else {
+            return Ok(());
+        };
+        let mut expired = Vec::new();
+        for row in self.dedupe_by_time.iter()?.take(PURGE_PER_TXN) {
+            let (key, _) = row?;
+            let (time, conv, sender, cmid) = key.value();
+            if time > cutoff {
+                break;
+            }
+            expired.push((time, conv.to_owned(), sender.to_owned(), cmid.to_owned()));
+        }
+        for (time, conv, sender, cmid) in &expired {
+            self.dedupe_by_time
+                .remove((*time, conv.as_str(), sender.as_str(), cmid.as_str()))?;
+            let key = (conv.as_str(), sender.as_str(), cmid.as_str());
+            // The id may have been reused after expiry; that newer entry stays.
+            let current = self.dedupe.get(key)?.map(|guard| guard.value());
+            if current.is_some_and(|(_, stored)| stored == *time) {
+                self.dedupe.remove(key)?;
+            }
+        }
+        Ok(())
+    }
+}
