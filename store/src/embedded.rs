@@ -124,7 +124,9 @@ pub struct CommitStats {
     pub unindexed_bytes: u64,
     /// Highest value of `unindexed_bytes` since open.
     pub peak_unindexed_bytes: u64,
-    /// Total time groups waited for the indexer to make room (backpressure), µs.
+    /// Groups that had to wait for the indexer to make room (backpressure).
+    pub backpressure_waits: u64,
+    /// Total time those groups waited, µs.
     pub backpressure_micros: u64,
 }
 
@@ -151,6 +153,7 @@ struct StatCounters {
     indexed_groups: AtomicU64,
     index_commits: AtomicU64,
     peak_unindexed_bytes: AtomicU64,
+    backpressure_waits: AtomicU64,
     backpressure_micros: AtomicU64,
 }
 
@@ -295,6 +298,7 @@ impl EmbeddedStore {
             index_commits: s.index_commits.load(Ordering::Relaxed),
             unindexed_bytes: self.shared.lock_tail().bytes() as u64,
             peak_unindexed_bytes: s.peak_unindexed_bytes.load(Ordering::Relaxed),
+            backpressure_waits: s.backpressure_waits.load(Ordering::Relaxed),
             backpressure_micros: s.backpressure_micros.load(Ordering::Relaxed),
         }
     }

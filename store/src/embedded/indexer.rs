@@ -2,8 +2,10 @@
 //!
 //! It takes the oldest durable groups from the tail (up to [`MAX_GROUPS_PER_TXN`]), writes their rows
 //! and the high-water mark (`META_LOG_APPLIED`, the last group applied) in one redb transaction, and
-//! only after that commit drops them from the tail and wakes a writer waiting for room. Then it deletes
-//! the log segments whose every group is indexed. Rows are absolute values, so a group applied again
+//! only after that commit drops them from the tail and wakes a writer waiting for room. Most commits
+//! are not fsynced (the log is the durable copy, and an index fsync would compete with the log's);
+//! every [`DURABLE_EVERY`] one is, and only then are the log segments whose every group is durably
+//! indexed deleted. Rows are absolute values, so a group applied again
 //! after a crash (committed to redb, not yet noted anywhere else) writes the same rows: replay is safe.
 //!
 //! If a transaction fails, the groups stay in the tail (still readable, still in the log) and the
@@ -11,7 +13,7 @@
 //! full (see `writer`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{Durability, ReadableTable};
 
@@ -24,45 +26,67 @@ use super::Shared;
 const MAX_GROUPS_PER_TXN: usize = 512;
 /// Most expired dedupe entries purged per transaction, so purging never makes one noticeably longer.
 const PURGE_PER_TXN: usize = 1000;
+/// Longest time index commits stay non-durable (see `index`).
+const DURABLE_EVERY: Duration = Duration::from_millis(500);
 /// Pause before retrying a failed index transaction.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// The indexer's loop; returns once the store is closing and the tail is empty (or cannot be indexed).
+/// The indexer's loop; returns once the store is closing and the tail is indexed durably (or cannot
+/// be indexed).
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut failures = 0u32;
+    let mut indexed = shared.lock_tail().indexed;
+    // The last group known to be in a durable (fsynced) index commit, and when that commit was.
+    let mut durable = indexed;
+    let mut durable_at = Instant::now();
     loop {
-        let groups = {
+        let (groups, closing) = {
             let mut tail = shared.lock_tail();
-            while !tail.has_unindexed() && !tail.closing {
+            // Each pass waits at most DURABLE_EVERY, so pending non-durable commits get flushed.
+            loop {
+                let flush_due = indexed > durable && durable_at.elapsed() >= DURABLE_EVERY;
+                if tail.has_unindexed() || tail.closing || flush_due {
+                    break;
+                }
                 tail = shared
                     .tail_changed
-                    .wait(tail)
-                    .unwrap_or_else(|e| e.into_inner());
-            }
-            if !tail.has_unindexed() {
-                return; // closing, all indexed
+                    .wait_timeout(tail, DURABLE_EVERY)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
             if tail.closing && failures > 3 {
                 // Shutting down with a broken index: the log keeps the groups for the next start.
                 return;
             }
-            tail.oldest(MAX_GROUPS_PER_TXN)
+            (tail.oldest(MAX_GROUPS_PER_TXN), tail.closing)
         };
-        let Some(&(last, _)) = groups.last() else {
+        let make_durable = closing || durable_at.elapsed() >= DURABLE_EVERY;
+        let last = groups.last().map_or(indexed, |(last, _)| *last);
+        if groups.is_empty() && indexed == durable {
+            if closing {
+                return;
+            }
             continue;
-        };
-        match index(&shared, &groups) {
+        }
+        match index(&shared, &groups, make_durable) {
             Ok(()) => {
                 failures = 0;
-                {
-                    let mut tail = shared.lock_tail();
-                    tail.indexed_through(last);
-                    tail.index_error = None;
+                indexed = last;
+                if !groups.is_empty() {
+                    {
+                        let mut tail = shared.lock_tail();
+                        tail.indexed_through(last);
+                        tail.index_error = None;
+                    }
+                    shared.tail_changed.notify_all();
+                    shared.count_index(groups.len() as u64);
                 }
-                shared.tail_changed.notify_all();
-                shared.count_index(groups.len() as u64);
-                if let Err(err) = delete_indexed_segments(&shared, last) {
-                    tracing::warn!(error = %err, "deleting indexed log segments failed");
+                if make_durable {
+                    durable = last;
+                    durable_at = Instant::now();
+                    if let Err(err) = delete_indexed_segments(&shared, durable) {
+                        tracing::warn!(error = %err, "deleting indexed log segments failed");
+                    }
                 }
             }
             Err(err) => {
@@ -76,10 +100,21 @@ pub(crate) fn run(shared: Arc<Shared>) {
     }
 }
 
-fn index(shared: &Shared, groups: &[(u64, Arc<GroupRecord>)]) -> Result<(), redb::Error> {
+/// Writes `groups` (possibly none: then it only makes earlier commits durable) in one transaction.
+fn index(
+    shared: &Shared,
+    groups: &[(u64, Arc<GroupRecord>)],
+    make_durable: bool,
+) -> Result<(), redb::Error> {
     let mut txn = shared.db.begin_write()?;
-    // Durable, so that segment deletion below never outruns the index.
-    txn.set_durability(Durability::Immediate)?;
+    // Non-durable commits cost no fsync (the log already made the groups durable); a durable one
+    // every DURABLE_EVERY is what segment deletion waits for. A crash reverts redb to its last
+    // durable commit, whose high-water mark the replay starts from.
+    txn.set_durability(if make_durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })?;
     {
         let mut tables = Tables::open(&txn)?;
         let mut now = None;

@@ -214,7 +214,9 @@ impl Writer {
         let started = Instant::now();
         let deadline = started + BACKPRESSURE_TIMEOUT;
         let mut tail = shared.lock_tail();
+        let mut waited = false;
         while tail.bytes() > shared.max_unindexed_bytes {
+            waited = true;
             let now = Instant::now();
             if now >= deadline {
                 return Err(format!(
@@ -229,11 +231,14 @@ impl Writer {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let waited = started.elapsed().as_micros() as u64;
-        shared
-            .stats
-            .backpressure_micros
-            .fetch_add(waited, Ordering::Relaxed);
+        if waited {
+            let stats = &shared.stats;
+            stats.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+            let micros = started.elapsed().as_micros() as u64;
+            stats
+                .backpressure_micros
+                .fetch_add(micros, Ordering::Relaxed);
+        }
         Ok(())
     }
 }
