@@ -2,17 +2,21 @@
 //! gap-free seqs.
 //!
 //! The parent test re-runs this test binary as a child process in "child mode" (selected by
-//! `FERRY_STORE_CHILD_DIR`); the child appends until killed and prints each ack.
+//! `FERRY_STORE_CHILD_DIR`); the child appends until killed and prints each ack. With
+//! `FERRY_STORE_CHILD_NO_INDEX` set the child runs no indexer, so every ack is durable only in the log
+//! when it dies: the kill lands between the log fsync and the index build.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_store::{EmbeddedStore, EmbeddedStoreOptions, NewMessage, Store};
 
 const CHILD_ENV: &str = "FERRY_STORE_CHILD_DIR";
+const NO_INDEX_ENV: &str = "FERRY_STORE_CHILD_NO_INDEX";
 const CONVS: usize = 3;
 const ACKS_BEFORE_KILL: usize = 300;
 
@@ -27,8 +31,11 @@ async fn child_appender() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let store =
-        Arc::new(EmbeddedStore::open(dir.as_ref(), EmbeddedStoreOptions::default()).unwrap());
+    let options = EmbeddedStoreOptions {
+        run_indexer: std::env::var_os(NO_INDEX_ENV).is_none(),
+        ..EmbeddedStoreOptions::default()
+    };
+    let store = Arc::new(EmbeddedStore::open(dir.as_ref(), options).unwrap());
     for i in 0..CONVS {
         store
             .ensure_direct(&conv(i), &format!("a{i}"), &format!("b{i}"))
@@ -66,22 +73,26 @@ async fn child_appender() {
     }
 }
 
-#[tokio::test]
-async fn acked_appends_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
+type Acked = Vec<(String, u64, String)>;
+
+/// Runs the child until it acked [`ACKS_BEFORE_KILL`] appends, then SIGKILLs it.
+fn run_child_and_kill(dir: &std::path::Path, no_index: bool) -> Acked {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args([
             "--exact",
             "child_appender",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_ENV, dir.path())
+        .env(CHILD_ENV, dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut acked: Vec<(String, u64, String)> = Vec::new();
+        .stderr(Stdio::inherit());
+    if no_index {
+        command.env(NO_INDEX_ENV, "1");
+    }
+    let mut child = command.spawn().unwrap();
+    let mut acked = Vec::new();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // Bounded by the child's own bounded loop: its stdout closes when it exits.
     while acked.len() < ACKS_BEFORE_KILL {
@@ -100,8 +111,11 @@ async fn acked_appends_survive_kill_9() {
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
     assert_eq!(acked.len(), ACKS_BEFORE_KILL, "child stopped early");
+    acked
+}
 
-    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreOptions::default()).unwrap();
+/// Every acked append is stored exactly once at its acked seq, and seqs have no gap.
+async fn verify(store: &EmbeddedStore, acked: &Acked) {
     let mut stored: HashMap<String, HashMap<String, u64>> = HashMap::new();
     for i in 0..CONVS {
         let head = store
@@ -121,11 +135,62 @@ async fn acked_appends_survive_kill_9() {
             );
         }
     }
-    for (conv, seq, cmid) in &acked {
+    for (conv, seq, cmid) in acked {
         assert_eq!(
             stored[conv].get(cmid),
             Some(seq),
             "acked {conv} {seq} {cmid} lost"
         );
     }
+}
+
+#[tokio::test]
+async fn acked_appends_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = run_child_and_kill(dir.path(), false);
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreOptions::default()).unwrap();
+    verify(&store, &acked).await;
+}
+
+#[tokio::test]
+async fn acked_appends_in_the_unindexed_log_survive_kill_9_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = run_child_and_kill(dir.path(), true);
+    // First from the replayed log tail...
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreOptions::default()).unwrap();
+    assert!(
+        store.commit_stats().unindexed_bytes > 0,
+        "the kill came after indexing"
+    );
+    verify(&store, &acked).await;
+    // ...where the dedupe entries came back too: a retry of an acked append is a duplicate...
+    let (conv_id, seq, cmid) = &acked[acked.len() / 2];
+    // conv(i) is "d:a{i}:b{i}" and a{i} is the sender.
+    let sender = conv_id.split(':').nth(1).unwrap().to_owned();
+    let retry = store
+        .append(NewMessage {
+            conversation: conv_id.clone(),
+            sender,
+            sender_device: "dev".into(),
+            client_msg_id: cmid.clone(),
+            body: Bytes::from_static(&[7; 256]),
+            server_time_ms: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!((retry.seq, retry.duplicate), (*seq, true));
+    // ...then, once indexed (bounded wait) and reopened, from the index alone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.commit_stats().unindexed_bytes > 0 {
+        assert!(Instant::now() < deadline, "index never caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(store);
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreOptions::default()).unwrap();
+    assert_eq!(
+        store.commit_stats().unindexed_bytes,
+        0,
+        "nothing left to replay"
+    );
+    verify(&store, &acked).await;
 }
