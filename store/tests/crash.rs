@@ -24,6 +24,20 @@ fn conv(i: usize) -> String {
     format!("d:a{i}:b{i}")
 }
 
+/// The child's append `cmid` to `conv` (sent by its first member).
+fn message(conv: &str, cmid: &str) -> NewMessage {
+    // conv(i) is "d:a{i}:b{i}" and a{i} is the sender.
+    let sender = conv.split(':').nth(1).unwrap_or_default();
+    NewMessage {
+        conversation: conv.to_owned(),
+        sender: sender.to_owned(),
+        sender_device: "dev".into(),
+        client_msg_id: cmid.to_owned(),
+        body: Bytes::from_static(&[7; 256]),
+        server_time_ms: 1,
+    }
+}
+
 /// Child mode: append from several tasks until killed, printing `ACK <conv> <seq> <client_msg_id>`
 /// after each acknowledged append. A no-op in a normal test run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,17 +64,7 @@ async fn child_appender() {
                 for n in 0..100_000 {
                     let i = t % CONVS;
                     let cmid = format!("t{t}-{n}");
-                    let appended = store
-                        .append(NewMessage {
-                            conversation: conv(i),
-                            sender: format!("a{i}"),
-                            sender_device: "dev".into(),
-                            client_msg_id: cmid.clone(),
-                            body: Bytes::from_static(&[7; 256]),
-                            server_time_ms: 1,
-                        })
-                        .await
-                        .unwrap();
+                    let appended = store.append(message(&conv(i), &cmid)).await.unwrap();
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ACK {} {} {cmid}", conv(i), appended.seq).unwrap();
                     out.flush().unwrap();
@@ -165,19 +169,7 @@ async fn acked_appends_in_the_unindexed_log_survive_kill_9_exactly_once() {
     verify(&store, &acked).await;
     // ...where the dedupe entries came back too: a retry of an acked append is a duplicate...
     let (conv_id, seq, cmid) = &acked[acked.len() / 2];
-    // conv(i) is "d:a{i}:b{i}" and a{i} is the sender.
-    let sender = conv_id.split(':').nth(1).unwrap().to_owned();
-    let retry = store
-        .append(NewMessage {
-            conversation: conv_id.clone(),
-            sender,
-            sender_device: "dev".into(),
-            client_msg_id: cmid.clone(),
-            body: Bytes::from_static(&[7; 256]),
-            server_time_ms: 1,
-        })
-        .await
-        .unwrap();
+    let retry = store.append(message(conv_id, cmid)).await.unwrap();
     assert_eq!((retry.seq, retry.duplicate), (*seq, true));
     // ...then, once indexed (bounded wait) and reopened, from the index alone.
     let deadline = Instant::now() + Duration::from_secs(60);
