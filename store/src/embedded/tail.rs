@@ -10,13 +10,27 @@
 //! limit (backpressure), so memory stays bounded whatever the load.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 
 use super::record::GroupRecord;
 
-type Key3 = (String, String, String);
+/// A three-part key as one string (one allocation instead of three): each of the first two parts is
+/// prefixed with its length, so different parts never make the same key.
+fn key3(a: &str, b: &str, c: &str) -> String {
+    let mut key = String::with_capacity(a.len() + b.len() + c.len() + 8);
+    // Writing to a String cannot fail.
+    let _ = write!(key, "{}:{a}{}:{b}{c}", a.len(), b.len());
+    key
+}
+
+/// Map keyed by [`key3`]. foldhash instead of SipHash: these maps take an insert per message on the
+/// writer and in the replay, where hashing showed as the largest cost (and nobody who could choose
+/// keys to collide sees the hashes).
+type Map3<V> = HashMap<String, V, RandomState>;
 
 /// Durable, not yet indexed state. Guarded by the store's tail mutex.
 #[derive(Default)]
@@ -26,9 +40,9 @@ pub(crate) struct Tail {
     /// conversation → seq → encoded message.
     messages: HashMap<String, BTreeMap<u64, Bytes>>,
     /// dedupe key → `(seq, time, group)`.
-    dedupe: HashMap<Key3, (u64, u64, u64)>,
+    dedupe: Map3<(u64, u64, u64)>,
     /// cursor key → `(seq, group)`.
-    cursors: HashMap<Key3, (u64, u64)>,
+    cursors: Map3<(u64, u64)>,
     /// Sum of the payload sizes of the groups held.
     bytes: usize,
     /// Highest group in the index.
@@ -55,21 +69,19 @@ impl Tail {
     /// Adds a durable group.
     pub(crate) fn push(&mut self, group: u64, record: Arc<GroupRecord>, size: usize) {
         for row in &record.messages {
-            self.messages
-                .entry(row.conv.clone())
-                .or_default()
-                .insert(row.seq, row.message.clone());
+            // Look up before inserting: the conversation name is cloned once, not per message.
+            let seqs = match self.messages.get_mut(&row.conv) {
+                Some(seqs) => seqs,
+                None => self.messages.entry(row.conv.clone()).or_default(),
+            };
+            seqs.insert(row.seq, row.message.clone());
         }
         for row in &record.dedupe {
-            let key = (
-                row.conv.clone(),
-                row.sender.clone(),
-                row.client_msg_id.clone(),
-            );
+            let key = key3(&row.conv, &row.sender, &row.client_msg_id);
             self.dedupe.insert(key, (row.seq, row.time_ms, group));
         }
         for row in &record.cursors {
-            let key = (row.conv.clone(), row.user.clone(), row.device.clone());
+            let key = key3(&row.conv, &row.user, &row.device);
             self.cursors.insert(key, (row.seq, group));
         }
         self.bytes += size;
@@ -106,17 +118,13 @@ impl Tail {
                 }
             }
             for row in &record.dedupe {
-                let key = (
-                    row.conv.clone(),
-                    row.sender.clone(),
-                    row.client_msg_id.clone(),
-                );
+                let key = key3(&row.conv, &row.sender, &row.client_msg_id);
                 if self.dedupe.get(&key).is_some_and(|e| e.2 == group) {
                     self.dedupe.remove(&key);
                 }
             }
             for row in &record.cursors {
-                let key = (row.conv.clone(), row.user.clone(), row.device.clone());
+                let key = key3(&row.conv, &row.user, &row.device);
                 if self.cursors.get(&key).is_some_and(|e| e.1 == group) {
                     self.cursors.remove(&key);
                 }
@@ -127,15 +135,17 @@ impl Tail {
 
     /// The unindexed dedupe entry `(seq, time)` of a key.
     pub(crate) fn dedupe(&self, conv: &str, sender: &str, cmid: &str) -> Option<(u64, u64)> {
-        // Owned keys: a lookup allocates, but only on the writer thread and only per append.
-        let key = (conv.to_owned(), sender.to_owned(), cmid.to_owned());
-        self.dedupe.get(&key).map(|&(seq, time, _)| (seq, time))
+        // One allocation per lookup, on the writer thread, once per append.
+        self.dedupe
+            .get(&key3(conv, sender, cmid))
+            .map(|&(seq, time, _)| (seq, time))
     }
 
     /// The unindexed cursor of a device.
     pub(crate) fn cursor(&self, conv: &str, user: &str, device: &str) -> Option<u64> {
-        let key = (conv.to_owned(), user.to_owned(), device.to_owned());
-        self.cursors.get(&key).map(|&(seq, _)| seq)
+        self.cursors
+            .get(&key3(conv, user, device))
+            .map(|&(seq, _)| seq)
     }
 
     /// Unindexed messages of `conv` with `after < seq <= last`, at most `limit`, in seq order.
