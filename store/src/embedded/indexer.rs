@@ -12,12 +12,13 @@
 //! indexer retries after a pause; appends wait once the tail is full, and get `Unavailable` if it stays
 //! full (see `writer`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{Durability, ReadableTable};
 
-use super::record::GroupRecord;
+use super::record::{DedupeRow, GroupRecord, MessageRow};
 use super::segment;
 use super::tables::*;
 use super::Shared;
@@ -117,11 +118,8 @@ fn index(
     })?;
     {
         let mut tables = Tables::open(&txn)?;
-        let mut now = None;
-        for (_, record) in groups {
-            tables.apply(record)?;
-            now = now.max(record.now_ms);
-        }
+        tables.apply(groups.iter().map(|(_, record)| record.as_ref()))?;
+        let now = groups.iter().filter_map(|(_, record)| record.now_ms).max();
         tables.purge_expired(now.and_then(|now| now.checked_sub(shared.dedupe_window_ms)))?;
         if let Some((last, record)) = groups.last() {
             tables.meta.insert(META_CHANGE, record.change)?;
@@ -172,41 +170,73 @@ impl<'txn> Tables<'txn> {
         })
     }
 
-    /// Writes one group's rows.
-    fn apply(&mut self, record: &GroupRecord) -> Result<(), redb::Error> {
-        for row in &record.messages {
+    /// Writes the rows of `records` (oldest first). Rows are written in key order — B-tree inserts in
+    /// order touch each page once — and conversation, membership and cursor rows only once per key
+    /// with their last value (a group rewrites the sender's membership for every message).
+    fn apply<'r>(
+        &mut self,
+        records: impl Iterator<Item = &'r GroupRecord> + Clone,
+    ) -> Result<(), redb::Error> {
+        let mut messages: Vec<&MessageRow> = records.clone().flat_map(|r| &r.messages).collect();
+        messages.sort_unstable_by(|a, b| (a.conv.as_str(), a.seq).cmp(&(b.conv.as_str(), b.seq)));
+        for row in messages {
             self.messages
                 .insert((row.conv.as_str(), row.seq), row.message.as_ref())?;
         }
-        for row in &record.dedupe {
-            let key = (
+        let key = |row: &'r DedupeRow| {
+            (
                 row.conv.as_str(),
                 row.sender.as_str(),
                 row.client_msg_id.as_str(),
-            );
-            self.dedupe.insert(key, (row.seq, row.time_ms))?;
+            )
+        };
+        let mut dedupe: Vec<&DedupeRow> = records.clone().flat_map(|r| &r.dedupe).collect();
+        // Stable: an id reused after expiry has two rows, and the later group's must be written last.
+        dedupe.sort_by(|a, b| key(a).cmp(&key(b)));
+        for row in &dedupe {
+            self.dedupe.insert(key(row), (row.seq, row.time_ms))?;
+        }
+        dedupe.sort_unstable_by(|a, b| (a.time_ms, key(a)).cmp(&(b.time_ms, key(b))));
+        for row in dedupe {
+            let (conv, sender, cmid) = key(row);
             self.dedupe_by_time
-                .insert((row.time_ms, key.0, key.1, key.2), ())?;
+                .insert((row.time_ms, conv, sender, cmid), ())?;
         }
-        for row in &record.convs {
-            let bytes = prost::Message::encode_to_vec(&row.record.clone().unwrap_or_default());
-            self.conversations
-                .insert(row.conv.as_str(), bytes.as_slice())?;
-        }
-        for row in &record.members {
-            self.members
-                .insert((row.conv.as_str(), row.user.as_str()), row.rec().to_row())?;
-            if row.new {
-                self.user_convs
-                    .insert((row.user.as_str(), row.conv.as_str()), ())?;
+        let mut convs = BTreeMap::new();
+        let mut members = BTreeMap::new();
+        let mut new_members = BTreeSet::new();
+        let mut cursors = BTreeMap::new();
+        for record in records {
+            for row in &record.convs {
+                convs.insert(row.conv.as_str(), row);
+            }
+            for row in &record.members {
+                members.insert((row.conv.as_str(), row.user.as_str()), row);
+                if row.new {
+                    new_members.insert((row.user.as_str(), row.conv.as_str()));
+                }
+            }
+            for row in &record.cursors {
+                let key = (row.conv.as_str(), row.user.as_str(), row.device.as_str());
+                let seq = cursors.entry(key).or_insert(row.seq);
+                *seq = (*seq).max(row.seq);
             }
         }
-        for row in &record.cursors {
-            let key = (row.conv.as_str(), row.user.as_str(), row.device.as_str());
+        for (conv, row) in convs {
+            let bytes = prost::Message::encode_to_vec(&row.record.clone().unwrap_or_default());
+            self.conversations.insert(conv, bytes.as_slice())?;
+        }
+        for (key, row) in members {
+            self.members.insert(key, row.rec().to_row())?;
+        }
+        for key in new_members {
+            self.user_convs.insert(key, ())?;
+        }
+        for (key, seq) in cursors {
             // Max with the stored value: a cursor never moves back, also if groups are re-applied.
             let old = self.cursors.get(key)?.map_or(0, |guard| guard.value());
-            if row.seq > old {
-                self.cursors.insert(key, row.seq)?;
+            if seq > old {
+                self.cursors.insert(key, seq)?;
             }
         }
         Ok(())
