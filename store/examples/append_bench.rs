@@ -1,7 +1,10 @@
 //! Durable append throughput of the embedded store: 20,000 messages of 256 bytes over 50 conversations,
 //! first from 1 task, then from 50 concurrent tasks, each run in a fresh temporary directory.
 //!
-//! `cargo run --release -p ferry-store --example append_bench`
+//! `cargo run --release -p ferry-store --example append_bench [TASKS...]`
+//!
+//! Prints throughput, commits (fsyncs), the mean group per commit and the p50/p99 latency of one append
+//! (queue → durable ack).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,7 +47,9 @@ async fn run(tasks: usize) {
             let store = store.clone();
             let body = body.clone();
             tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(MESSAGES / tasks + 1);
                 for n in (t..MESSAGES).step_by(tasks) {
+                    let sent = Instant::now();
                     let c = n % CONVERSATIONS;
                     store
                         .append(NewMessage {
@@ -59,22 +64,29 @@ async fn run(tasks: usize) {
                         })
                         .await
                         .expect("append");
+                    latencies.push(sent.elapsed());
                 }
+                latencies
             })
         })
         .collect();
+    let mut latencies = Vec::with_capacity(MESSAGES);
     for handle in handles {
-        handle.await.expect("task");
+        latencies.extend(handle.await.expect("task"));
     }
     let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let percentile = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
     let stats = store.commit_stats();
     println!(
-        "{tasks:>2} task(s): {MESSAGES} appends in {:.2} s = {:.0} msg/s, {} commits, mean batch {:.1}, max batch {}, mean commit {:.0} µs",
+        "{tasks:>2} task(s): {MESSAGES} appends in {:.2} s = {:.0} msg/s, {} commits, mean batch {:.1}, max batch {}, mean commit {:.0} µs, p50 {:.2} ms, p99 {:.2} ms",
         elapsed.as_secs_f64(),
         MESSAGES as f64 / elapsed.as_secs_f64(),
         stats.commits,
         stats.mean_batch(),
         stats.max_batch,
         stats.commit_micros as f64 / stats.commits.max(1) as f64,
+        percentile(50).as_secs_f64() * 1e3,
+        percentile(99).as_secs_f64() * 1e3,
     );
 }

@@ -1,25 +1,43 @@
-//! The embedded store: redb under the server's data directory, with group commit.
+//! The embedded store: a log-first commit point under the server's data directory, indexed in redb.
+//!
+//! The commit point is the log (`<dir>/log/*.seg`): the writer thread appends each group of writes as
+//! one checksummed frame with one `fdatasync` and only then acks it. The redb index (`<dir>/ferry.redb`:
+//! messages by conversation and seq, dedupe, heads, memberships, cursors, the Sync feed) is built from
+//! the log behind the acks by the indexer thread, with a bounded lag. What is durable but not yet
+//! indexed — the tail — is served from memory, so every read sees every acked write at once.
 //!
 //! Layout:
 //! - this file: [`EmbeddedStore`] (open, reads, the [`Store`] impl), its options and commit statistics;
+//! - `segment`: the log files, their frame format (length, CRC32, group number) and rolling;
+//! - `record`: what one group changes, as one log record of absolute rows (replay is idempotent);
+//! - `batch`: what each write request does, applied to an overlay of the in-memory state;
+//! - `writer`: the writer thread: group commit to the log, backpressure, acks;
+//! - `tail`: the durable, not yet indexed groups in memory (messages, dedupe ids, cursors);
+//! - `indexer`: the indexer thread that writes the tail into redb and deletes indexed segments;
+//! - `recovery`: start-up replay of the log past the index's high-water mark;
 //! - `tables`: the redb tables and the encoding of their records;
-//! - `cache`: the committed hot state kept in memory (conversations, memberships);
-//! - `writer`: the writer thread that applies groups of writes in one fsynced transaction;
-//! - `batch`: what each write request does, applied to an overlay of the cache until the commit.
+//! - `cache`: the durable hot state kept in memory (conversations, memberships, the change counter).
 //!
-//! Reads of hot state (heads, memberships, Sync) are served from memory; message reads use a redb read
-//! transaction, which only ever sees committed data. Writes are queued on a bounded channel to the one
-//! writer thread; each caller's future completes only after the transaction holding its write committed
-//! with `Durability::Immediate`.
+//! Guarantees: an append is acked only after the frame holding it is fsynced; it becomes visible
+//! (cache head, tail) in the same step, before the ack, and seqs are assigned by the one writer in
+//! order, so a head never covers a missing seq and never goes back. Membership changes and
+//! `ensure_direct` are rows of the same group record as their system message: atomic and durable with
+//! it. After a crash, the replay rebuilds the cache and the tail from the log (a torn last frame was
+//! never acked and is cut off), and the indexer catches up in the background.
 
 mod batch;
 mod cache;
+mod indexer;
+mod record;
+mod recovery;
+mod segment;
 mod tables;
+mod tail;
 mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -30,8 +48,12 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use self::cache::Cache;
+use self::segment::SegmentWriter;
 use self::tables::*;
-use self::writer::Request;
+use self::tail::Tail;
+use self::writer::{Request, Writer};
+
+pub use self::segment::LogFault;
 use crate::{
     Appended, ConversationInfo, Membership, MembershipOp, NewMessage, PendingAppend, Store,
     StoreError, SyncPage, WriteStats,
@@ -49,6 +71,18 @@ pub struct EmbeddedStoreOptions {
     pub max_batch: usize,
     /// Capacity of the bounded queue in front of the writer; callers wait when it is full. Default 8192.
     pub queue_capacity: usize,
+    /// A log segment is closed and a new one started once it holds this many bytes. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// Bound of the durable but unindexed tail (log payload bytes held in memory); new groups wait
+    /// while it is exceeded. Default 64 MiB.
+    pub max_unindexed_bytes: usize,
+    /// Test hook: `false` starts no indexer, so everything stays in the log tail (crash and recovery
+    /// tests). Default `true`.
+    #[doc(hidden)]
+    pub run_indexer: bool,
+    /// Test hook: a switch that makes log writes fail as if the disk were full.
+    #[doc(hidden)]
+    pub log_fault: Option<LogFault>,
 }
 
 impl Default for EmbeddedStoreOptions {
@@ -57,6 +91,10 @@ impl Default for EmbeddedStoreOptions {
             dedupe_window: Duration::from_secs(7 * 24 * 3600),
             max_batch: 1024,
             queue_capacity: 8192,
+            segment_bytes: 64 << 20,
+            max_unindexed_bytes: 64 << 20,
+            run_indexer: true,
+            log_fault: None,
         }
     }
 }
@@ -64,9 +102,9 @@ impl Default for EmbeddedStoreOptions {
 /// Counters of the writer since open, for metrics. Mean batch size = `requests / commits`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
-    /// Write transactions attempted (one per batch).
+    /// Log appends attempted (one frame and one fsync per group that changed something).
     pub commits: u64,
-    /// Of those, the ones that failed (their callers got [`StoreError::Backend`]).
+    /// Groups that failed (their callers got [`StoreError::Backend`] or [`StoreError::Unavailable`]).
     pub failed_commits: u64,
     /// Write requests of every kind taken into batches.
     pub requests: u64,
@@ -76,8 +114,20 @@ pub struct CommitStats {
     pub duplicates: u64,
     /// Largest batch so far.
     pub max_batch: u64,
-    /// Total time spent building and committing successful transactions (including fsync), µs.
+    /// Total time spent building and committing successful groups (including fsync), µs.
     pub commit_micros: u64,
+    /// Groups written into the redb index.
+    pub indexed_groups: u64,
+    /// Index transactions committed.
+    pub index_commits: u64,
+    /// Log payload bytes durable but not yet indexed, now.
+    pub unindexed_bytes: u64,
+    /// Highest value of `unindexed_bytes` since open.
+    pub peak_unindexed_bytes: u64,
+    /// Groups that had to wait for the indexer to make room (backpressure).
+    pub backpressure_waits: u64,
+    /// Total time those groups waited, µs.
+    pub backpressure_micros: u64,
 }
 
 impl CommitStats {
@@ -100,24 +150,60 @@ struct StatCounters {
     duplicates: AtomicU64,
     max_batch: AtomicU64,
     commit_micros: AtomicU64,
+    indexed_groups: AtomicU64,
+    index_commits: AtomicU64,
+    peak_unindexed_bytes: AtomicU64,
+    backpressure_waits: AtomicU64,
+    backpressure_micros: AtomicU64,
 }
 
-/// State shared by the store handle and its writer thread.
+/// State shared by the store handle, its writer and its indexer.
 struct Shared {
     db: Database,
     epoch: u64,
     dedupe_window_ms: u64,
     cache: RwLock<Cache>,
+    tail: Mutex<Tail>,
+    /// Signalled when the tail gains groups (indexer), loses them (writer waiting for room) or closes.
+    tail_changed: Condvar,
+    max_unindexed_bytes: usize,
+    log_dir: PathBuf,
     stats: StatCounters,
 }
 
-/// The default durable [`Store`]: one redb file, group commit, hot state in memory.
+impl Shared {
+    // A panic elsewhere cannot leave the cache or the tail half-updated in a way readers could
+    // misread (updates are inserts and removals of whole entries), so poisoning is ignored.
+    fn lock_tail(&self) -> MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count_index(&self, groups: u64) {
+        self.stats.index_commits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .indexed_groups
+            .fetch_add(groups, Ordering::Relaxed);
+    }
+}
+
+/// The default durable [`Store`]: a log-first commit point with group commit, a redb index built
+/// behind the acks, hot state and the unindexed tail in memory.
 ///
-/// Dropping it stops the writer thread after the queued requests are done and closes the database.
+/// Dropping it stops the writer after the queued requests are done, lets the indexer index the rest
+/// of the tail, and closes the database.
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
+    indexer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -133,13 +219,26 @@ fn backend(err: impl std::fmt::Display) -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) `dir/ferry.redb`, loads the hot state and starts the writer thread.
-    /// Blocking; call it once at start-up.
+    /// Opens (creating if needed) `dir/ferry.redb` and `dir/log/`, loads the hot state, replays the
+    /// log past the index and starts the writer and indexer threads. Blocking; call it once at start-up.
     pub fn open(dir: &Path, options: EmbeddedStoreOptions) -> Result<EmbeddedStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(backend)?;
+        let log_dir = dir.join(segment::LOG_DIR);
+        std::fs::create_dir_all(&log_dir).map_err(backend)?;
         let db = Database::create(dir.join(DB_FILE)).map_err(backend)?;
-        let (epoch, change) = init_meta(&db).map_err(backend)?;
-        let cache = Cache::load(&db, change).map_err(backend)?;
+        let (epoch, change, applied) = init_meta(&db).map_err(backend)?;
+        let mut cache = Cache::load(&db, change).map_err(backend)?;
+        let mut tail = Tail::new(applied);
+        let replayed = recovery::replay(&log_dir, &mut cache, &mut tail)?;
+        if replayed.groups > 0 {
+            tracing::info!(groups = replayed.groups, "replayed the log tail");
+        }
+        let log = SegmentWriter::create(
+            &log_dir,
+            replayed.next_group,
+            options.segment_bytes,
+            options.log_fault.clone(),
+        )
+        .map_err(backend)?;
         let shared = Arc::new(Shared {
             db,
             epoch,
@@ -149,19 +248,38 @@ impl EmbeddedStore {
                 .try_into()
                 .unwrap_or(u64::MAX),
             cache: RwLock::new(cache),
+            tail: Mutex::new(tail),
+            tail_changed: Condvar::new(),
+            max_unindexed_bytes: options.max_unindexed_bytes,
+            log_dir,
             stats: StatCounters::default(),
         });
+        let indexer = if options.run_indexer {
+            let indexer_shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name("ferry-store-indexer".into())
+                .spawn(move || indexer::run(indexer_shared))
+                .map_err(backend)?;
+            Some(handle)
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
-        let writer_shared = shared.clone();
-        let max_batch = options.max_batch;
+        let writer = Writer {
+            shared: shared.clone(),
+            log,
+            next_group: replayed.next_group,
+            max_batch: options.max_batch,
+        };
         let writer = std::thread::Builder::new()
             .name("ferry-store-writer".into())
-            .spawn(move || writer::run(writer_shared, rx, max_batch))
+            .spawn(move || writer.run(rx))
             .map_err(backend)?;
         Ok(EmbeddedStore {
             shared,
             requests: Some(tx),
             writer: Some(writer),
+            indexer,
         })
     }
 
@@ -176,6 +294,12 @@ impl EmbeddedStore {
             duplicates: s.duplicates.load(Ordering::Relaxed),
             max_batch: s.max_batch.load(Ordering::Relaxed),
             commit_micros: s.commit_micros.load(Ordering::Relaxed),
+            indexed_groups: s.indexed_groups.load(Ordering::Relaxed),
+            index_commits: s.index_commits.load(Ordering::Relaxed),
+            unindexed_bytes: self.shared.lock_tail().bytes() as u64,
+            peak_unindexed_bytes: s.peak_unindexed_bytes.load(Ordering::Relaxed),
+            backpressure_waits: s.backpressure_waits.load(Ordering::Relaxed),
+            backpressure_micros: s.backpressure_micros.load(Ordering::Relaxed),
         }
     }
 
@@ -206,8 +330,7 @@ impl EmbeddedStore {
     }
 
     fn cache(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
-        // A panic elsewhere cannot leave the cache half-updated (updates are plain inserts).
-        self.shared.cache.read().unwrap_or_else(|e| e.into_inner())
+        self.shared.read_cache()
     }
 }
 
@@ -217,17 +340,24 @@ fn writer_stopped() -> StoreError {
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
-        // Closing the queue ends the writer loop once it has answered what was queued; joining it makes
-        // sure the database file is closed (and can be reopened) when drop returns.
+        // Closing the queue ends the writer loop once it has answered what was queued; then the
+        // indexer indexes what is left and stops. Joining both makes sure the database file is closed
+        // (and can be reopened) when drop returns.
         self.requests.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        self.shared.lock_tail().closing = true;
+        self.shared.tail_changed.notify_all();
+        if let Some(indexer) = self.indexer.take() {
+            let _ = indexer.join();
+        }
     }
 }
 
-/// Reads the epoch and change counter, writing fresh ones when the database is new.
-fn init_meta(db: &Database) -> Result<(u64, u64), redb::Error> {
+/// Reads the epoch, the change counter and the last indexed log group, writing fresh ones when the
+/// database is new.
+fn init_meta(db: &Database) -> Result<(u64, u64, u64), redb::Error> {
     let txn = db.begin_write()?;
     let result = {
         // Opening creates missing tables, so readers can rely on every table existing.
@@ -264,7 +394,8 @@ fn init_meta(db: &Database) -> Result<(u64, u64), redb::Error> {
             }
         };
         let change = meta.get(META_CHANGE)?.map_or(0, |guard| guard.value());
-        (epoch, change)
+        let applied = meta.get(META_LOG_APPLIED)?.map_or(0, |guard| guard.value());
+        (epoch, change, applied)
     };
     txn.commit()?;
     Ok(result)
@@ -376,7 +507,7 @@ impl Store for EmbeddedStore {
         up_to_seq: u64,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        // The cached head is published only after its commit, so it is never above durable data.
+        // The cached head is published only after its fsync, so it is never above durable data.
         let head = match self.cache().convs.get(conversation) {
             Some(record) => record.head,
             None => return Ok(Vec::new()),
@@ -385,15 +516,32 @@ impl Store for EmbeddedStore {
         if after_seq >= last || limit == 0 {
             return Ok(Vec::new());
         }
-        let txn = self.shared.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(MESSAGES).map_err(backend)?;
-        let range = table
-            .range((conversation, after_seq + 1)..=(conversation, last))
-            .map_err(backend)?;
-        let mut messages = Vec::with_capacity((limit as usize).min(1024));
-        for row in range.take(limit as usize) {
-            let (_, value) = row.map_err(backend)?;
-            messages.push(Message::decode(value.value()).map_err(backend)?);
+        let limit = limit as usize;
+        // The tail first, then an index snapshot: a message the indexer moves out of the tail in
+        // between is committed before it leaves, so the snapshot holds it (see `tail`).
+        let unindexed = self
+            .shared
+            .lock_tail()
+            .messages(conversation, after_seq, last, limit);
+        // Indexed messages are all below the unindexed ones of the same conversation.
+        let indexed_last = unindexed.first().map_or(last, |(seq, _)| seq - 1);
+        let mut messages = Vec::with_capacity(limit.min(1024));
+        if after_seq < indexed_last {
+            let txn = self.shared.db.begin_read().map_err(backend)?;
+            let table = txn.open_table(MESSAGES).map_err(backend)?;
+            let range = table
+                .range((conversation, after_seq + 1)..=(conversation, indexed_last))
+                .map_err(backend)?;
+            for row in range.take(limit) {
+                let (_, value) = row.map_err(backend)?;
+                messages.push(Message::decode(value.value()).map_err(backend)?);
+            }
+        }
+        for (_, bytes) in unindexed {
+            if messages.len() >= limit {
+                break;
+            }
+            messages.push(Message::decode(bytes).map_err(backend)?);
         }
         Ok(messages)
     }
@@ -473,14 +621,23 @@ impl Store for EmbeddedStore {
         changed.truncate(limit);
         let next_token = changed.last().map_or(since_token, |c| c.0);
 
+        // Cursors not yet indexed first, then the index (see `read`); the higher one counts.
+        let unindexed: Vec<Option<u64>> = {
+            let tail = self.shared.lock_tail();
+            changed
+                .iter()
+                .map(|(_, conv, _, _)| tail.cursor(conv, user, device))
+                .collect()
+        };
         let txn = self.shared.db.begin_read().map_err(backend)?;
         let cursors = txn.open_table(CURSORS).map_err(backend)?;
         let mut conversations = Vec::with_capacity(changed.len());
-        for (_, conv, record, rec) in changed {
+        for ((_, conv, record, rec), unindexed) in changed.into_iter().zip(unindexed) {
             let acked_seq = cursors
                 .get((conv.as_str(), user, device))
                 .map_err(backend)?
-                .map_or(0, |guard| guard.value());
+                .map_or(0, |guard| guard.value())
+                .max(unindexed.unwrap_or(0));
             let head_seq = rec.membership().visible_head(record.head);
             let read_seq = rec.read_seq.min(head_seq);
             conversations.push(ConversationState {

@@ -6,8 +6,9 @@
 //!
 //! Layout:
 //! - this file: the trait, the records it exchanges and its error type;
-//! - [`embedded`]: the default store on redb under `--data-dir`, with group commit (many concurrent appends
-//!   share one transaction and one fsync; every caller waits for its commit);
+//! - [`embedded`]: the default store under `--data-dir`: a log-first commit point with group commit (many
+//!   concurrent appends share one log frame and one fsync; every caller waits for it), indexed in redb
+//!   behind the acks.
 //! - [`redis`]: the store of cluster mode on one Redis or a Redis Cluster (one Lua script per send,
 //!   keys hash-tagged per conversation, pipelined appends, epochs that change when Redis lost data).
 //!

@@ -3,12 +3,15 @@
 //!
 //! The parent test re-runs this test binary as a child process in "child mode" (selected by
 //! `FERRY_STORE_CHILD_DIR`, or `FERRY_STORE_CHILD_REDIS` for a `RedisStore`); the child appends until
-//! killed and prints each ack.
+//! killed and prints each ack. With `FERRY_STORE_CHILD_NO_INDEX` set the embedded child runs no indexer,
+//! so every ack is durable only in the log when it dies: the kill lands between the log fsync and the
+//! index build.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_store::{
@@ -18,6 +21,7 @@ use ferry_test_support::redis::RedisServer;
 
 const CHILD_ENV: &str = "FERRY_STORE_CHILD_DIR";
 const CHILD_REDIS_ENV: &str = "FERRY_STORE_CHILD_REDIS";
+const NO_INDEX_ENV: &str = "FERRY_STORE_CHILD_NO_INDEX";
 const CONVS: usize = 3;
 const ACKS_BEFORE_KILL: usize = 300;
 
@@ -30,7 +34,11 @@ fn conv(i: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_appender() {
     let store: Arc<dyn Store> = if let Ok(dir) = std::env::var(CHILD_ENV) {
-        Arc::new(EmbeddedStore::open(dir.as_ref(), EmbeddedStoreOptions::default()).unwrap())
+        let options = EmbeddedStoreOptions {
+            run_indexer: std::env::var_os(NO_INDEX_ENV).is_none(),
+            ..EmbeddedStoreOptions::default()
+        };
+        Arc::new(EmbeddedStore::open(dir.as_ref(), options).unwrap())
     } else if let Ok(url) = std::env::var(CHILD_REDIS_ENV) {
         Arc::new(
             RedisStore::open(RedisStoreOptions::new([url]))
@@ -82,6 +90,11 @@ type Ack = (String, u64, String);
 /// Runs the child appender with `env` set, kills it with SIGKILL after [`ACKS_BEFORE_KILL`] acks and
 /// returns the acks it printed.
 fn acks_of_killed_child(env: (&str, &str)) -> Vec<Ack> {
+    acks_of_killed_child_with(&[env])
+}
+
+/// [`acks_of_killed_child`] with several variables set.
+fn acks_of_killed_child_with(env: &[(&str, &str)]) -> Vec<Ack> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -89,7 +102,7 @@ fn acks_of_killed_child(env: (&str, &str)) -> Vec<Ack> {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(env.0, env.1)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -121,6 +134,40 @@ async fn acked_appends_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let acked = acks_of_killed_child((CHILD_ENV, dir.path().to_str().unwrap()));
     let store = EmbeddedStore::open(dir.path(), EmbeddedStoreOptions::default()).unwrap();
+    assert_acked_stored_once(&store, &acked).await;
+}
+
+#[tokio::test]
+async fn acked_appends_in_the_unindexed_log_survive_kill_9_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = acks_of_killed_child_with(&[
+        (CHILD_ENV, dir.path().to_str().unwrap()),
+        (NO_INDEX_ENV, "1"),
+    ]);
+    // First from the replayed log tail...
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreOptions::default()).unwrap();
+    assert!(
+        store.commit_stats().unindexed_bytes > 0,
+        "the kill came after indexing"
+    );
+    assert_acked_stored_once(&store, &acked).await;
+    // ...where the dedupe entries came back too: a retry of an acked append is a duplicate...
+    let (conv_id, seq, cmid) = &acked[acked.len() / 2];
+    let retry = store.append(message(conv_id, cmid)).await.unwrap();
+    assert_eq!((retry.seq, retry.duplicate), (*seq, true));
+    // ...then, once indexed (bounded wait) and reopened, from the index alone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.commit_stats().unindexed_bytes > 0 {
+        assert!(Instant::now() < deadline, "index never caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(store);
+    let store = EmbeddedStore::open(dir.path(), EmbeddedStoreOptions::default()).unwrap();
+    assert_eq!(
+        store.commit_stats().unindexed_bytes,
+        0,
+        "nothing left to replay"
+    );
     assert_acked_stored_once(&store, &acked).await;
 }
 

@@ -2,23 +2,21 @@
 //!
 //! Requests are applied in arrival order, so a later request sees what an earlier one did (two appends
 //! with the same client_msg_id: the second is a duplicate). Validation happens before anything is
-//! recorded, so a refused request leaves no trace. Table writes are buffered here and written once per
-//! key at the end, messages sorted by (conversation, seq), with each table opened once per transaction.
+//! recorded, so a refused request leaves no trace. Changes are buffered here, once per key, and become
+//! the group's log record (`record`) at the end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ferry_protocol::frame::{
     ConversationKind, MembershipAction, MembershipChange, Message, MessageKind,
 };
 use prost::Message as _;
-use redb::ReadableTable;
 
 use super::cache::Cache;
+use super::record::{ConvRow, CursorRow, DedupeRow, GroupRecord, MemberRow, MessageRow};
 use super::tables::*;
+use super::tail::Tail;
 use crate::{Appended, MembershipOp, NewMessage, StoreError};
-
-/// Most expired dedupe entries purged per batch, so purging never makes a commit noticeably longer.
-const PURGE_PER_BATCH: usize = 1000;
 
 type DedupeKey = (String, String, String);
 
@@ -107,17 +105,14 @@ impl<'c> Batch<'c> {
 
     pub(crate) fn append(
         &mut self,
-        tables: &Tables<'_>,
+        lookup: &Lookup<'_>,
         new: NewMessage,
     ) -> Result<Result<Appended, StoreError>, redb::Error> {
         self.saw_time(new.server_time_ms);
         let key = (new.conversation, new.sender, new.client_msg_id);
         let previous = match self.dedupe.get(&key) {
             Some(&hit) => Some(hit),
-            None => tables
-                .dedupe
-                .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))?
-                .map(|guard| guard.value()),
+            None => lookup.dedupe((key.0.as_str(), key.1.as_str(), key.2.as_str()))?,
         };
         if let Some((seq, time)) = previous {
             // Younger than the window → duplicate; older ones count as absent (purged lazily).
@@ -338,16 +333,13 @@ impl<'c> Batch<'c> {
 
     pub(crate) fn set_delivered(
         &mut self,
-        tables: &Tables<'_>,
+        lookup: &Lookup<'_>,
         key: (String, String, String),
         seq: u64,
     ) -> Result<(), redb::Error> {
         let old = match self.cursors.get(&key) {
             Some(&old) => old,
-            None => tables
-                .cursors
-                .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))?
-                .map_or(0, |guard| guard.value()),
+            None => lookup.cursor((key.0.as_str(), key.1.as_str(), key.2.as_str()))?,
         };
         if seq > old {
             self.cursors.insert(key, seq);
@@ -369,103 +361,98 @@ impl<'c> Batch<'c> {
         Ok(rec.read_seq)
     }
 
-    /// Writes the buffered changes, once per key and in key order.
-    pub(crate) fn write(&mut self, tables: &mut Tables<'_>) -> Result<(), redb::Error> {
+    /// The group's effect as a log record (rows once per key, messages in (conversation, seq) order).
+    pub(crate) fn into_record(mut self) -> GroupRecord {
         self.messages.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for ((conv, seq), bytes) in &self.messages {
-            tables
+        let new_members: HashSet<(String, String)> = self.new_members.into_iter().collect();
+        GroupRecord {
+            messages: self
                 .messages
-                .insert((conv.as_str(), *seq), bytes.as_slice())?;
-        }
-        for ((conv, sender, cmid), &(seq, time)) in &self.dedupe {
-            tables
+                .into_iter()
+                .map(|((conv, seq), bytes)| MessageRow {
+                    conv,
+                    seq,
+                    message: bytes.into(),
+                })
+                .collect(),
+            dedupe: self
                 .dedupe
-                .insert((conv.as_str(), sender.as_str(), cmid.as_str()), (seq, time))?;
-            tables
-                .dedupe_by_time
-                .insert((time, conv.as_str(), sender.as_str(), cmid.as_str()), ())?;
-        }
-        for (conv, record) in &self.convs {
-            tables
-                .conversations
-                .insert(conv.as_str(), record.encode_to_vec().as_slice())?;
-        }
-        for ((conv, user), rec) in &self.members {
-            tables
+                .into_iter()
+                .map(
+                    |((conv, sender, client_msg_id), (seq, time_ms))| DedupeRow {
+                        conv,
+                        sender,
+                        client_msg_id,
+                        seq,
+                        time_ms,
+                    },
+                )
+                .collect(),
+            convs: self
+                .convs
+                .into_iter()
+                .map(|(conv, record)| ConvRow {
+                    conv,
+                    record: Some(record),
+                })
+                .collect(),
+            members: self
                 .members
-                .insert((conv.as_str(), user.as_str()), rec.to_row())?;
-        }
-        for (conv, user) in &self.new_members {
-            tables
-                .user_convs
-                .insert((user.as_str(), conv.as_str()), ())?;
-        }
-        for ((conv, user, device), &seq) in &self.cursors {
-            tables
+                .into_iter()
+                .map(|(key, rec)| {
+                    let new = new_members.contains(&key);
+                    MemberRow::new(key.0, key.1, rec, new)
+                })
+                .collect(),
+            cursors: self
                 .cursors
-                .insert((conv.as_str(), user.as_str(), device.as_str()), seq)?;
+                .into_iter()
+                .map(|((conv, user, device), seq)| CursorRow {
+                    conv,
+                    user,
+                    device,
+                    seq,
+                })
+                .collect(),
+            change: self.change,
+            now_ms: self.now_ms,
         }
-        if self.change != self.cache.change {
-            tables.meta.insert(META_CHANGE, self.change)?;
-        }
-        Ok(())
-    }
-
-    /// Removes up to [`PURGE_PER_BATCH`] dedupe entries older than the window, oldest first.
-    pub(crate) fn purge_expired(&self, tables: &mut Tables<'_>) -> Result<(), redb::Error> {
-        let Some(now) = self.now_ms else {
-            return Ok(());
-        };
-        let Some(cutoff) = now.checked_sub(self.dedupe_window_ms) else {
-            return Ok(());
-        };
-        let mut expired = Vec::new();
-        for row in tables.dedupe_by_time.iter()?.take(PURGE_PER_BATCH) {
-            let (key, _) = row?;
-            let (time, conv, sender, cmid) = key.value();
-            if time > cutoff {
-                break;
-            }
-            expired.push((time, conv.to_owned(), sender.to_owned(), cmid.to_owned()));
-        }
-        for (time, conv, sender, cmid) in &expired {
-            tables
-                .dedupe_by_time
-                .remove((*time, conv.as_str(), sender.as_str(), cmid.as_str()))?;
-            let key = (conv.as_str(), sender.as_str(), cmid.as_str());
-            // The id may have been reused after expiry; that newer entry stays.
-            let current = tables.dedupe.get(key)?.map(|guard| guard.value());
-            if current.is_some_and(|(_, stored)| stored == *time) {
-                tables.dedupe.remove(key)?;
-            }
-        }
-        Ok(())
     }
 }
 
-/// Every table, opened once per transaction.
-pub(crate) struct Tables<'txn> {
-    messages: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
-    dedupe: redb::Table<'txn, (&'static str, &'static str, &'static str), (u64, u64)>,
-    dedupe_by_time: redb::Table<'txn, (u64, &'static str, &'static str, &'static str), ()>,
-    conversations: redb::Table<'txn, &'static str, &'static [u8]>,
-    members: redb::Table<'txn, (&'static str, &'static str), (u64, u64, u64, u64)>,
-    user_convs: redb::Table<'txn, (&'static str, &'static str), ()>,
-    cursors: redb::Table<'txn, (&'static str, &'static str, &'static str), u64>,
-    meta: redb::Table<'txn, &'static str, u64>,
+/// Where a batch looks up rows that are not hot state: the unindexed tail first, then the index.
+///
+/// The index snapshot must be taken while the tail is locked (see `tail`), so that a row the indexer
+/// moves out of the tail is in the snapshot.
+pub(crate) struct Lookup<'a> {
+    pub tail: &'a Tail,
+    pub dedupe: redb::ReadOnlyTable<(&'static str, &'static str, &'static str), (u64, u64)>,
+    pub cursors: redb::ReadOnlyTable<(&'static str, &'static str, &'static str), u64>,
 }
 
-impl<'txn> Tables<'txn> {
-    pub(crate) fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, redb::Error> {
-        Ok(Tables {
-            messages: txn.open_table(MESSAGES)?,
-            dedupe: txn.open_table(DEDUPE)?,
-            dedupe_by_time: txn.open_table(DEDUPE_BY_TIME)?,
-            conversations: txn.open_table(CONVERSATIONS)?,
-            members: txn.open_table(MEMBERS)?,
-            user_convs: txn.open_table(USER_CONVS)?,
-            cursors: txn.open_table(CURSORS)?,
-            meta: txn.open_table(META)?,
-        })
+impl Lookup<'_> {
+    fn dedupe(
+        &self,
+        (conv, sender, cmid): (&str, &str, &str),
+    ) -> Result<Option<(u64, u64)>, redb::Error> {
+        if let Some(hit) = self.tail.dedupe(conv, sender, cmid) {
+            return Ok(Some(hit));
+        }
+        Ok(self
+            .dedupe
+            .get((conv, sender, cmid))?
+            .map(|guard| guard.value()))
+    }
+
+    fn cursor(&self, (conv, user, device): (&str, &str, &str)) -> Result<u64, redb::Error> {
+        let indexed = self
+            .cursors
+            .get((conv, user, device))?
+            .map_or(0, |guard| guard.value());
+        Ok(self
+            .tail
+            .cursor(conv, user, device)
+            .unwrap_or(0)
+            .max(indexed))
     }
 }

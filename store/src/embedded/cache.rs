@@ -1,13 +1,15 @@
 //! The in-memory copy of the hot state: conversation records and memberships.
 //!
-//! It is loaded from the tables at open and afterwards changed only by the writer thread, and only after
-//! the transaction holding the change committed. Readers therefore never see uncommitted state, and the
+//! It is loaded from the tables at open, brought up to date with the log tail by the replay, and
+//! afterwards changed only by the writer thread, and only after the log frame holding the change is
+//! durable. Readers therefore never see uncommitted state, and the
 //! hot path (membership checks, heads, Sync) never touches redb.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use redb::{ReadableDatabase, ReadableTable};
 
+use super::record::GroupRecord;
 use super::tables::{ConvRecord, MemberRec, CONVERSATIONS, MEMBERS};
 
 /// Committed hot state.
@@ -43,6 +45,18 @@ impl Cache {
             cache.insert_member(conv, user, MemberRec::from_row(value.value()));
         }
         Ok(cache)
+    }
+
+    /// Takes in a durable group's hot state (the writer after its fsync, the replay at start-up).
+    pub fn apply(&mut self, record: &GroupRecord) {
+        for row in &record.convs {
+            let conv_record = row.record.clone().unwrap_or_default();
+            self.convs.insert(row.conv.clone(), conv_record);
+        }
+        for row in &record.members {
+            self.insert_member(&row.conv, &row.user, row.rec());
+        }
+        self.change = self.change.max(record.change);
     }
 
     pub fn member(&self, conv: &str, user: &str) -> Option<MemberRec> {

@@ -34,13 +34,15 @@ pub(crate) const USER_CONVS: TableDefinition<(&str, &str), ()> = TableDefinition
 pub(crate) const CURSORS: TableDefinition<(&str, &str, &str), u64> =
     TableDefinition::new("cursors");
 
-/// Named counters: [`META_EPOCH`], [`META_CHANGE`], [`META_SCHEMA`].
+/// Named counters: [`META_EPOCH`], [`META_CHANGE`], [`META_SCHEMA`], [`META_LOG_APPLIED`].
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The store epoch, chosen at random when the database is created.
 pub(crate) const META_EPOCH: &str = "epoch";
 /// The global change counter behind Sync tokens.
 pub(crate) const META_CHANGE: &str = "change";
+/// The last log group whose rows are in the tables: the replay at start-up begins after it.
+pub(crate) const META_LOG_APPLIED: &str = "log_applied";
 /// Layout version of these tables.
 pub(crate) const META_SCHEMA: &str = "schema";
 /// The current layout version.

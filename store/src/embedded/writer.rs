@@ -1,25 +1,38 @@
-//! The writer thread: group commit.
+//! The writer thread: group commit to the log.
 //!
-//! Every write goes through one bounded channel to one thread. The thread blocks for the first request,
-//! drains whatever else is already queued (up to `max_batch`), applies them all in one redb write
-//! transaction, commits it with `Durability::Immediate` (one fsync for the whole group) and only then
-//! replies to every caller and publishes the new state to the [`Cache`](super::cache::Cache). If the commit fails, every
-//! caller of the batch gets [`StoreError::Backend`] and the cache is left as it was.
+//! Every write goes through one bounded channel to one thread. The thread blocks for the first request
+//! and drains whatever else is already queued (up to `max_batch`): everything that arrived while the
+//! previous fsync ran forms the next group, with no timer adding latency. It applies the group to an
+//! overlay of the in-memory state (`batch`: dedupe, seq assignment, membership rules), appends the
+//! group's effect to the log as one frame with one `fdatasync` (`segment`), and only then publishes
+//! it — to the unindexed tail first, then to the cache — and replies to every caller. The redb index
+//! is built from the tail later by the indexer thread.
 //!
-//! What each request does is in `batch`.
+//! Backpressure: before a group is written, the writer waits while the unindexed tail is above its
+//! bound; the bounded request channel then fills and callers wait in turn. If the tail stays full
+//! for [`BACKPRESSURE_TIMEOUT`] (the index is failing), the group is refused as `Unavailable`.
+//!
+//! If the log write fails, nothing of the group was published; every caller gets an error —
+//! `Unavailable` (retryable) when the disk is full, `Backend` otherwise — and the next group starts
+//! from the same state, so a later retry after space returns succeeds.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use redb::Durability;
+use prost::Message as _;
+use redb::ReadableDatabase;
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{Batch, Tables};
-use super::tables::{ConvRecord, MemberRec};
+use super::batch::{Batch, Lookup};
+use super::record::GroupRecord;
+use super::segment::SegmentWriter;
+use super::tables::{CURSORS, DEDUPE};
 use super::Shared;
 use crate::{Appended, MembershipOp, NewMessage, StoreError};
+
+/// Longest a group waits for the indexer to make room before it is refused.
+pub(crate) const BACKPRESSURE_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -72,7 +85,7 @@ impl Done {
         };
     }
 
-    /// A request the failed transaction never got to; [`Done::fail`] replaces the placeholder result.
+    /// A request the failed group never got to; [`Done::fail`] replaces the placeholder result.
     fn unanswered(request: Request) -> Done {
         let placeholder = || StoreError::Unavailable(String::new());
         match request {
@@ -86,8 +99,7 @@ impl Done {
         }
     }
 
-    fn fail(self, reason: &str) {
-        let err = || StoreError::Backend(reason.to_owned());
+    fn fail(self, err: &dyn Fn() -> StoreError) {
         let _ = match self {
             Done::Appended(reply, _) => reply.send(Err(err())).is_ok(),
             Done::Unit(reply, _) => reply.send(Err(err())).is_ok(),
@@ -96,162 +108,230 @@ impl Done {
     }
 }
 
-/// What a committed batch changes in the cache.
-struct Publish {
-    convs: HashMap<String, ConvRecord>,
-    members: HashMap<(String, String), MemberRec>,
-    change: u64,
+/// The writer thread's state besides the shared one.
+pub(crate) struct Writer {
+    pub shared: Arc<Shared>,
+    pub log: SegmentWriter,
+    /// Number of the next log frame.
+    pub next_group: u64,
+    pub max_batch: usize,
+}
+
+/// A group that was validated and is ready for the log.
+struct Built {
+    record: GroupRecord,
     appended: u64,
     duplicates: u64,
 }
 
-/// The writer thread's loop; returns when every sender is gone (the store was dropped).
-pub(crate) fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Request>, max_batch: usize) {
-    let max_batch = max_batch.max(1);
-    let mut batch = Vec::with_capacity(max_batch);
-    while let Some(first) = requests.blocking_recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
+impl Writer {
+    /// The loop; returns when every sender is gone (the store was dropped).
+    pub(crate) fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        let max_batch = self.max_batch.max(1);
+        let mut group = Vec::with_capacity(max_batch);
+        while let Some(first) = requests.blocking_recv() {
+            group.push(first);
+            while group.len() < max_batch {
+                match requests.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
             }
+            self.commit_group(std::mem::take(&mut group));
         }
-        commit_batch(&shared, std::mem::take(&mut batch));
     }
-}
 
-fn commit_batch(shared: &Shared, requests: Vec<Request>) {
-    let started = Instant::now();
-    let count = requests.len() as u64;
-    let mut done = Vec::with_capacity(requests.len());
-    let result = apply(shared, requests, &mut done);
-    let stats = &shared.stats;
-    stats.commits.fetch_add(1, Ordering::Relaxed);
-    stats.requests.fetch_add(count, Ordering::Relaxed);
-    stats.max_batch.fetch_max(count, Ordering::Relaxed);
-    match result {
-        Ok(publish) => {
+    fn commit_group(&mut self, requests: Vec<Request>) {
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        let count = requests.len() as u64;
+        stats.requests.fetch_add(count, Ordering::Relaxed);
+        stats.max_batch.fetch_max(count, Ordering::Relaxed);
+        if let Err(reason) = self.wait_for_room() {
+            let err = || StoreError::Unavailable(reason.clone());
+            requests
+                .into_iter()
+                .for_each(|r| Done::unanswered(r).fail(&err));
+            return;
+        }
+        let started = Instant::now();
+        let mut done = Vec::with_capacity(requests.len());
+        let built = match build(&shared, requests, &mut done) {
+            Ok(built) => built,
+            Err(err) => {
+                tracing::error!(error = %err, requests = count, "store group failed");
+                stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                let reason = err.to_string();
+                done.into_iter()
+                    .for_each(|d| d.fail(&|| StoreError::Backend(reason.clone())));
+                return;
+            }
+        };
+        if !built.record.is_empty() {
+            let payload = built.record.encode_to_vec();
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            if let Err(err) = self.log.append(self.next_group, &payload) {
+                tracing::error!(error = %err, requests = count, "log append failed");
+                stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                let full = err.raw_os_error() == Some(28); // ENOSPC
+                let reason = err.to_string();
+                let err = || {
+                    if full {
+                        StoreError::Unavailable(format!("disk full: {reason}"))
+                    } else {
+                        StoreError::Backend(reason.clone())
+                    }
+                };
+                done.into_iter().for_each(|d| d.fail(&err));
+                return;
+            }
+            let record = Arc::new(built.record);
+            // Tail before cache: a reader that sees the new head finds the message (see `tail`).
             {
-                let mut cache = shared.cache.write().unwrap_or_else(|e| e.into_inner());
-                for (conv, record) in publish.convs {
-                    cache.convs.insert(conv, record);
-                }
-                for ((conv, user), rec) in publish.members {
-                    cache.insert_member(&conv, &user, rec);
-                }
-                cache.change = publish.change;
+                let mut tail = shared.lock_tail();
+                tail.push(self.next_group, record.clone(), payload.len());
+                stats
+                    .peak_unindexed_bytes
+                    .fetch_max(tail.bytes() as u64, Ordering::Relaxed);
             }
-            stats
-                .appended
-                .fetch_add(publish.appended, Ordering::Relaxed);
-            stats
-                .duplicates
-                .fetch_add(publish.duplicates, Ordering::Relaxed);
-            stats
-                .commit_micros
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            done.into_iter().for_each(Done::send);
+            shared.tail_changed.notify_all();
+            shared.write_cache().apply(&record);
+            self.next_group += 1;
         }
-        Err(err) => {
-            tracing::error!(error = %err, requests = count, "store commit failed");
-            stats.failed_commits.fetch_add(1, Ordering::Relaxed);
-            let reason = err.to_string();
-            done.into_iter().for_each(|d| d.fail(&reason));
+        stats.appended.fetch_add(built.appended, Ordering::Relaxed);
+        stats
+            .duplicates
+            .fetch_add(built.duplicates, Ordering::Relaxed);
+        stats
+            .commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        done.into_iter().for_each(Done::send);
+    }
+
+    /// Waits while the unindexed tail is above its bound (bounded by [`BACKPRESSURE_TIMEOUT`]).
+    fn wait_for_room(&self) -> Result<(), String> {
+        let shared = &self.shared;
+        let started = Instant::now();
+        let deadline = started + BACKPRESSURE_TIMEOUT;
+        let mut tail = shared.lock_tail();
+        let mut waited = false;
+        while tail.bytes() > shared.max_unindexed_bytes {
+            waited = true;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!(
+                    "index is behind ({} bytes unindexed; last index error: {})",
+                    tail.bytes(),
+                    tail.index_error.as_deref().unwrap_or("none")
+                ));
+            }
+            tail = shared
+                .tail_changed
+                .wait_timeout(tail, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+        if waited {
+            let stats = &shared.stats;
+            stats.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+            let micros = started.elapsed().as_micros() as u64;
+            stats
+                .backpressure_micros
+                .fetch_add(micros, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
-/// Applies `requests` in one transaction and commits it. Every request's outcome goes to `done`, also
-/// when the transaction fails part way, so every caller can be answered.
-fn apply(
+/// Validates and applies `requests` to an overlay of the current state. Every request's outcome goes
+/// to `done`, also when a lookup fails part way, so every caller can be answered.
+fn build(
     shared: &Shared,
     requests: Vec<Request>,
     done: &mut Vec<Done>,
-) -> Result<Publish, redb::Error> {
+) -> Result<Built, redb::Error> {
     let mut requests = requests.into_iter();
-    let result = apply_all(shared, &mut requests, done);
-    // Requests not reached (the transaction failed before them) are answered as failed too.
+    let result = build_all(shared, &mut requests, done);
+    // Requests not reached (a lookup failed before them) are answered as failed too.
     done.extend(requests.map(Done::unanswered));
     result
 }
 
-fn apply_all(
+fn build_all(
     shared: &Shared,
     requests: &mut std::vec::IntoIter<Request>,
     done: &mut Vec<Done>,
-) -> Result<Publish, redb::Error> {
-    let mut txn = shared.db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    let publish = {
-        let cache = shared.cache.read().unwrap_or_else(|e| e.into_inner());
-        let mut batch = Batch::new(&cache, shared.epoch, shared.dedupe_window_ms);
-        let mut tables = Tables::open(&txn)?;
-        for request in requests.by_ref() {
-            match request {
-                Request::Append(new, reply) => match batch.append(&tables, new) {
-                    Ok(result) => done.push(Done::Appended(reply, result)),
-                    Err(err) => {
-                        // Its placeholder result is replaced by `Done::fail`.
-                        done.push(Done::Appended(
-                            reply,
-                            Err(StoreError::Unavailable(String::new())),
-                        ));
-                        return Err(err);
-                    }
-                },
-                Request::Membership {
-                    conversation,
-                    op,
-                    server_time_ms,
-                    reply,
-                } => {
-                    let result = batch.change_membership(&conversation, op, server_time_ms);
-                    done.push(Done::Appended(reply, result));
+) -> Result<Built, redb::Error> {
+    // The index snapshot is taken under the tail lock, and the lock is held while the group is built,
+    // so no row can leave the tail without being in the snapshot (see `tail`).
+    let tail = shared.lock_tail();
+    let txn = shared.db.begin_read()?;
+    let lookup = Lookup {
+        tail: &tail,
+        dedupe: txn.open_table(DEDUPE)?,
+        cursors: txn.open_table(CURSORS)?,
+    };
+    let cache = shared.read_cache();
+    let mut batch = Batch::new(&cache, shared.epoch, shared.dedupe_window_ms);
+    for request in requests.by_ref() {
+        match request {
+            Request::Append(new, reply) => match batch.append(&lookup, new) {
+                Ok(result) => done.push(Done::Appended(reply, result)),
+                Err(err) => {
+                    // Its placeholder result is replaced by `Done::fail`.
+                    done.push(Done::Appended(
+                        reply,
+                        Err(StoreError::Unavailable(String::new())),
+                    ));
+                    return Err(err);
                 }
-                Request::EnsureDirect {
-                    conversation,
-                    a,
-                    b,
-                    reply,
-                } => {
-                    batch.ensure_direct(&conversation, &a, &b);
-                    done.push(Done::Unit(reply, Ok(())));
+            },
+            Request::Membership {
+                conversation,
+                op,
+                server_time_ms,
+                reply,
+            } => {
+                let result = batch.change_membership(&conversation, op, server_time_ms);
+                done.push(Done::Appended(reply, result));
+            }
+            Request::EnsureDirect {
+                conversation,
+                a,
+                b,
+                reply,
+            } => {
+                batch.ensure_direct(&conversation, &a, &b);
+                done.push(Done::Unit(reply, Ok(())));
+            }
+            Request::SetDelivered {
+                conversation,
+                user,
+                device,
+                seq,
+                reply,
+            } => match batch.set_delivered(&lookup, (conversation, user, device), seq) {
+                Ok(()) => done.push(Done::Unit(reply, Ok(()))),
+                Err(err) => {
+                    done.push(Done::Unit(reply, Ok(()))); // replaced by `Done::fail`
+                    return Err(err);
                 }
-                Request::SetDelivered {
-                    conversation,
-                    user,
-                    device,
-                    seq,
-                    reply,
-                } => match batch.set_delivered(&tables, (conversation, user, device), seq) {
-                    Ok(()) => done.push(Done::Unit(reply, Ok(()))),
-                    Err(err) => {
-                        done.push(Done::Unit(reply, Ok(()))); // replaced by `Done::fail`
-                        return Err(err);
-                    }
-                },
-                Request::SetRead {
-                    conversation,
-                    user,
-                    seq,
-                    reply,
-                } => {
-                    let result = batch.set_read(&conversation, &user, seq);
-                    done.push(Done::Seq(reply, result));
-                }
+            },
+            Request::SetRead {
+                conversation,
+                user,
+                seq,
+                reply,
+            } => {
+                let result = batch.set_read(&conversation, &user, seq);
+                done.push(Done::Seq(reply, result));
             }
         }
-        batch.purge_expired(&mut tables)?;
-        batch.write(&mut tables)?;
-        Publish {
-            convs: batch.convs,
-            members: batch.members,
-            change: batch.change,
-            appended: batch.appended,
-            duplicates: batch.duplicates,
-        }
-    };
-    txn.commit()?;
-    Ok(publish)
+    }
+    let (appended, duplicates) = (batch.appended, batch.duplicates);
+    Ok(Built {
+        record: batch.into_record(),
+        appended,
+        duplicates,
+    })
 }

@@ -1,0 +1,271 @@
+//! The indexer thread: builds the redb index from the log, behind the acks.
+//!
+//! It takes the oldest durable groups from the tail (up to [`MAX_GROUPS_PER_TXN`]), writes their rows
+//! and the high-water mark (`META_LOG_APPLIED`, the last group applied) in one redb transaction, and
+//! only after that commit drops them from the tail and wakes a writer waiting for room. Most commits
+//! are not fsynced (the log is the durable copy, and an index fsync would compete with the log's);
+//! every [`DURABLE_EVERY`] one is, and only then are the log segments whose every group is durably
+//! indexed deleted. Rows are absolute values, so a group applied again
+//! after a crash (committed to redb, not yet noted anywhere else) writes the same rows: replay is safe.
+//!
+//! If a transaction fails, the groups stay in the tail (still readable, still in the log) and the
+//! indexer retries after a pause; appends wait once the tail is full, and get `Unavailable` if it stays
+//! full (see `writer`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redb::{Durability, ReadableTable};
+
+use super::record::{DedupeRow, GroupRecord, MessageRow};
+use super::segment;
+use super::tables::*;
+use super::Shared;
+
+/// Most groups written per index transaction: bounds the time a transaction holds them.
+const MAX_GROUPS_PER_TXN: usize = 512;
+/// Most expired dedupe entries purged per transaction, so purging never makes one noticeably longer.
+const PURGE_PER_TXN: usize = 1000;
+/// Longest time index commits stay non-durable (see `index`).
+const DURABLE_EVERY: Duration = Duration::from_millis(500);
+/// Pause before retrying a failed index transaction.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// The indexer's loop; returns once the store is closing and the tail is indexed durably (or cannot
+/// be indexed).
+pub(crate) fn run(shared: Arc<Shared>) {
+    let mut failures = 0u32;
+    let mut indexed = shared.lock_tail().indexed;
+    // The last group known to be in a durable (fsynced) index commit, and when that commit was.
+    let mut durable = indexed;
+    let mut durable_at = Instant::now();
+    loop {
+        let (groups, closing) = {
+            let mut tail = shared.lock_tail();
+            // Each pass waits at most DURABLE_EVERY, so pending non-durable commits get flushed.
+            loop {
+                let flush_due = indexed > durable && durable_at.elapsed() >= DURABLE_EVERY;
+                if tail.has_unindexed() || tail.closing || flush_due {
+                    break;
+                }
+                tail = shared
+                    .tail_changed
+                    .wait_timeout(tail, DURABLE_EVERY)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            if tail.closing && failures > 3 {
+                // Shutting down with a broken index: the log keeps the groups for the next start.
+                return;
+            }
+            (tail.oldest(MAX_GROUPS_PER_TXN), tail.closing)
+        };
+        let make_durable = closing || durable_at.elapsed() >= DURABLE_EVERY;
+        let last = groups.last().map_or(indexed, |(last, _)| *last);
+        if groups.is_empty() && indexed == durable {
+            if closing {
+                return;
+            }
+            continue;
+        }
+        match index(&shared, &groups, make_durable) {
+            Ok(()) => {
+                failures = 0;
+                indexed = last;
+                if !groups.is_empty() {
+                    {
+                        let mut tail = shared.lock_tail();
+                        tail.indexed_through(last);
+                        tail.index_error = None;
+                    }
+                    shared.tail_changed.notify_all();
+                    shared.count_index(groups.len() as u64);
+                }
+                if make_durable {
+                    durable = last;
+                    durable_at = Instant::now();
+                    if let Err(err) = delete_indexed_segments(&shared, durable) {
+                        tracing::warn!(error = %err, "deleting indexed log segments failed");
+                    }
+                }
+            }
+            Err(err) => {
+                failures += 1;
+                tracing::error!(error = %err, "index transaction failed; retrying");
+                shared.lock_tail().index_error = Some(err.to_string());
+                shared.tail_changed.notify_all();
+                std::thread::sleep(RETRY_PAUSE);
+            }
+        }
+    }
+}
+
+/// Writes `groups` (possibly none: then it only makes earlier commits durable) in one transaction.
+fn index(
+    shared: &Shared,
+    groups: &[(u64, Arc<GroupRecord>)],
+    make_durable: bool,
+) -> Result<(), redb::Error> {
+    let mut txn = shared.db.begin_write()?;
+    // Non-durable commits cost no fsync (the log already made the groups durable); a durable one
+    // every DURABLE_EVERY is what segment deletion waits for. A crash reverts redb to its last
+    // durable commit, whose high-water mark the replay starts from.
+    txn.set_durability(if make_durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })?;
+    {
+        let mut tables = Tables::open(&txn)?;
+        tables.apply(groups.iter().map(|(_, record)| record.as_ref()))?;
+        let now = groups.iter().filter_map(|(_, record)| record.now_ms).max();
+        tables.purge_expired(now.and_then(|now| now.checked_sub(shared.dedupe_window_ms)))?;
+        if let Some((last, record)) = groups.last() {
+            tables.meta.insert(META_CHANGE, record.change)?;
+            tables.meta.insert(META_LOG_APPLIED, *last)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Deletes every segment but the newest whose groups are all ≤ `indexed` (its successor starts at or
+/// below `indexed + 1`).
+fn delete_indexed_segments(shared: &Shared, indexed: u64) -> std::io::Result<()> {
+    let segments = segment::list(&shared.log_dir)?;
+    for pair in segments.windows(2) {
+        if pair[1].0 <= indexed + 1 {
+            std::fs::remove_file(&pair[0].1)?;
+        } else {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Every table, opened once per transaction.
+pub(crate) struct Tables<'txn> {
+    messages: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    dedupe: redb::Table<'txn, (&'static str, &'static str, &'static str), (u64, u64)>,
+    dedupe_by_time: redb::Table<'txn, (u64, &'static str, &'static str, &'static str), ()>,
+    conversations: redb::Table<'txn, &'static str, &'static [u8]>,
+    members: redb::Table<'txn, (&'static str, &'static str), (u64, u64, u64, u64)>,
+    user_convs: redb::Table<'txn, (&'static str, &'static str), ()>,
+    cursors: redb::Table<'txn, (&'static str, &'static str, &'static str), u64>,
+    meta: redb::Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> Tables<'txn> {
+    pub(crate) fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Tables {
+            messages: txn.open_table(MESSAGES)?,
+            dedupe: txn.open_table(DEDUPE)?,
+            dedupe_by_time: txn.open_table(DEDUPE_BY_TIME)?,
+            conversations: txn.open_table(CONVERSATIONS)?,
+            members: txn.open_table(MEMBERS)?,
+            user_convs: txn.open_table(USER_CONVS)?,
+            cursors: txn.open_table(CURSORS)?,
+            meta: txn.open_table(META)?,
+        })
+    }
+
+    /// Writes the rows of `records` (oldest first). Rows are written in key order — B-tree inserts in
+    /// order touch each page once — and conversation, membership and cursor rows only once per key
+    /// with their last value (a group rewrites the sender's membership for every message).
+    fn apply<'r>(
+        &mut self,
+        records: impl Iterator<Item = &'r GroupRecord> + Clone,
+    ) -> Result<(), redb::Error> {
+        let mut messages: Vec<&MessageRow> = records.clone().flat_map(|r| &r.messages).collect();
+        messages.sort_unstable_by(|a, b| (a.conv.as_str(), a.seq).cmp(&(b.conv.as_str(), b.seq)));
+        for row in messages {
+            self.messages
+                .insert((row.conv.as_str(), row.seq), row.message.as_ref())?;
+        }
+        let key = |row: &'r DedupeRow| {
+            (
+                row.conv.as_str(),
+                row.sender.as_str(),
+                row.client_msg_id.as_str(),
+            )
+        };
+        let mut dedupe: Vec<&DedupeRow> = records.clone().flat_map(|r| &r.dedupe).collect();
+        // Stable: an id reused after expiry has two rows, and the later group's must be written last.
+        dedupe.sort_by(|a, b| key(a).cmp(&key(b)));
+        for row in &dedupe {
+            self.dedupe.insert(key(row), (row.seq, row.time_ms))?;
+        }
+        dedupe.sort_unstable_by(|a, b| (a.time_ms, key(a)).cmp(&(b.time_ms, key(b))));
+        for row in dedupe {
+            let (conv, sender, cmid) = key(row);
+            self.dedupe_by_time
+                .insert((row.time_ms, conv, sender, cmid), ())?;
+        }
+        let mut convs = BTreeMap::new();
+        let mut members = BTreeMap::new();
+        let mut new_members = BTreeSet::new();
+        let mut cursors = BTreeMap::new();
+        for record in records {
+            for row in &record.convs {
+                convs.insert(row.conv.as_str(), row);
+            }
+            for row in &record.members {
+                members.insert((row.conv.as_str(), row.user.as_str()), row);
+                if row.new {
+                    new_members.insert((row.user.as_str(), row.conv.as_str()));
+                }
+            }
+            for row in &record.cursors {
+                let key = (row.conv.as_str(), row.user.as_str(), row.device.as_str());
+                let seq = cursors.entry(key).or_insert(row.seq);
+                *seq = (*seq).max(row.seq);
+            }
+        }
+        for (conv, row) in convs {
+            let bytes = prost::Message::encode_to_vec(&row.record.clone().unwrap_or_default());
+            self.conversations.insert(conv, bytes.as_slice())?;
+        }
+        for (key, row) in members {
+            self.members.insert(key, row.rec().to_row())?;
+        }
+        for key in new_members {
+            self.user_convs.insert(key, ())?;
+        }
+        for (key, seq) in cursors {
+            // Max with the stored value: a cursor never moves back, also if groups are re-applied.
+            let old = self.cursors.get(key)?.map_or(0, |guard| guard.value());
+            if seq > old {
+                self.cursors.insert(key, seq)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes up to [`PURGE_PER_TXN`] dedupe entries at or before `cutoff`, oldest first.
+    fn purge_expired(&mut self, cutoff: Option<u64>) -> Result<(), redb::Error> {
+        let Some(cutoff) = cutoff else {
+            return Ok(());
+        };
+        let mut expired = Vec::new();
+        for row in self.dedupe_by_time.iter()?.take(PURGE_PER_TXN) {
+            let (key, _) = row?;
+            let (time, conv, sender, cmid) = key.value();
+            if time > cutoff {
+                break;
+            }
+            expired.push((time, conv.to_owned(), sender.to_owned(), cmid.to_owned()));
+        }
+        for (time, conv, sender, cmid) in &expired {
+            self.dedupe_by_time
+                .remove((*time, conv.as_str(), sender.as_str(), cmid.as_str()))?;
+            let key = (conv.as_str(), sender.as_str(), cmid.as_str());
+            // The id may have been reused after expiry; that newer entry stays.
+            let current = self.dedupe.get(key)?.map(|guard| guard.value());
+            if current.is_some_and(|(_, stored)| stored == *time) {
+                self.dedupe.remove(key)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! The unindexed tail: groups that are durable in the log but not yet in the redb index.
+//!
+//! The writer pushes each group here after its fsync and before it acks; the indexer removes groups
+//! only after the index transaction holding them committed. Readers therefore look here *first* and
+//! then open a redb read transaction: a row missing here was either never acked or is already
+//! committed in the index, so the later snapshot sees it. Entries are tagged with their group so that
+//! removing an older group never drops a newer value for the same key.
+//!
+//! The tail is bounded: the writer waits before writing a group while [`Tail::bytes`] is above the
+//! limit (backpressure), so memory stays bounded whatever the load.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use foldhash::fast::RandomState;
+
+use super::record::GroupRecord;
+
+/// A three-part key as one string (one allocation instead of three): each of the first two parts is
+/// prefixed with its length, so different parts never make the same key.
+fn key3(a: &str, b: &str, c: &str) -> String {
+    let mut key = String::with_capacity(a.len() + b.len() + c.len() + 8);
+    // Writing to a String cannot fail.
+    let _ = write!(key, "{}:{a}{}:{b}{c}", a.len(), b.len());
+    key
+}
+
+/// Map keyed by [`key3`]. foldhash instead of SipHash: these maps take an insert per message on the
+/// writer and in the replay, where hashing showed as the largest cost (and nobody who could choose
+/// keys to collide sees the hashes).
+type Map3<V> = HashMap<String, V, RandomState>;
+
+/// Durable, not yet indexed state. Guarded by the store's tail mutex.
+#[derive(Default)]
+pub(crate) struct Tail {
+    /// `(group, record, payload size)`, oldest first.
+    groups: VecDeque<(u64, Arc<GroupRecord>, usize)>,
+    /// conversation → seq → encoded message.
+    messages: HashMap<String, BTreeMap<u64, Bytes>>,
+    /// dedupe key → `(seq, time, group)`.
+    dedupe: Map3<(u64, u64, u64)>,
+    /// cursor key → `(seq, group)`.
+    cursors: Map3<(u64, u64)>,
+    /// Sum of the payload sizes of the groups held.
+    bytes: usize,
+    /// Highest group in the index.
+    pub indexed: u64,
+    /// Set when the store shuts down: the indexer drains what is left and stops.
+    pub closing: bool,
+    /// The last index failure, while the indexer is retrying.
+    pub index_error: Option<String>,
+}
+
+impl Tail {
+    pub(crate) fn new(indexed: u64) -> Tail {
+        Tail {
+            indexed,
+            ..Tail::default()
+        }
+    }
+
+    /// Payload bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds a durable group.
+    pub(crate) fn push(&mut self, group: u64, record: Arc<GroupRecord>, size: usize) {
+        for row in &record.messages {
+            // Look up before inserting: the conversation name is cloned once, not per message.
+            let seqs = match self.messages.get_mut(&row.conv) {
+                Some(seqs) => seqs,
+                None => self.messages.entry(row.conv.clone()).or_default(),
+            };
+            seqs.insert(row.seq, row.message.clone());
+        }
+        for row in &record.dedupe {
+            let key = key3(&row.conv, &row.sender, &row.client_msg_id);
+            self.dedupe.insert(key, (row.seq, row.time_ms, group));
+        }
+        for row in &record.cursors {
+            let key = key3(&row.conv, &row.user, &row.device);
+            self.cursors.insert(key, (row.seq, group));
+        }
+        self.bytes += size;
+        self.groups.push_back((group, record, size));
+    }
+
+    /// Up to `max` of the oldest groups, for the indexer.
+    pub(crate) fn oldest(&self, max: usize) -> Vec<(u64, Arc<GroupRecord>)> {
+        self.groups
+            .iter()
+            .take(max)
+            .map(|(group, record, _)| (*group, record.clone()))
+            .collect()
+    }
+
+    /// Whether groups wait for the indexer.
+    pub(crate) fn has_unindexed(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    /// Drops every group up to `through`, which the index now holds.
+    pub(crate) fn indexed_through(&mut self, through: u64) {
+        while self.groups.front().is_some_and(|(g, _, _)| *g <= through) {
+            let Some((group, record, size)) = self.groups.pop_front() else {
+                break;
+            };
+            self.bytes -= size;
+            for row in &record.messages {
+                if let Some(seqs) = self.messages.get_mut(&row.conv) {
+                    seqs.remove(&row.seq);
+                    if seqs.is_empty() {
+                        self.messages.remove(&row.conv);
+                    }
+                }
+            }
+            for row in &record.dedupe {
+                let key = key3(&row.conv, &row.sender, &row.client_msg_id);
+                if self.dedupe.get(&key).is_some_and(|e| e.2 == group) {
+                    self.dedupe.remove(&key);
+                }
+            }
+            for row in &record.cursors {
+                let key = key3(&row.conv, &row.user, &row.device);
+                if self.cursors.get(&key).is_some_and(|e| e.1 == group) {
+                    self.cursors.remove(&key);
+                }
+            }
+        }
+        self.indexed = self.indexed.max(through);
+    }
+
+    /// The unindexed dedupe entry `(seq, time)` of a key.
+    pub(crate) fn dedupe(&self, conv: &str, sender: &str, cmid: &str) -> Option<(u64, u64)> {
+        // One allocation per lookup, on the writer thread, once per append.
+        self.dedupe
+            .get(&key3(conv, sender, cmid))
+            .map(|&(seq, time, _)| (seq, time))
+    }
+
+    /// The unindexed cursor of a device.
+    pub(crate) fn cursor(&self, conv: &str, user: &str, device: &str) -> Option<u64> {
+        self.cursors
+            .get(&key3(conv, user, device))
+            .map(|&(seq, _)| seq)
+    }
+
+    /// Unindexed messages of `conv` with `after < seq <= last`, at most `limit`, in seq order.
+    pub(crate) fn messages(
+        &self,
+        conv: &str,
+        after: u64,
+        last: u64,
+        limit: usize,
+    ) -> Vec<(u64, Bytes)> {
+        let Some(seqs) = self.messages.get(conv) else {
+            return Vec::new();
+        };
+        if after >= last {
+            return Vec::new();
+        }
+        seqs.range(after + 1..=last)
+            .take(limit)
+            .map(|(seq, bytes)| (*seq, bytes.clone()))
+            .collect()
+    }
+}
