@@ -62,17 +62,7 @@ async fn child_appender() {
                 for n in 0..100_000 {
                     let i = t % CONVS;
                     let cmid = format!("t{t}-{n}");
-                    let appended = store
-                        .append(NewMessage {
-                            conversation: conv(i),
-                            sender: format!("a{i}"),
-                            sender_device: "dev".into(),
-                            client_msg_id: cmid.clone(),
-                            body: Bytes::from_static(&[7; 256]),
-                            server_time_ms: 1,
-                        })
-                        .await
-                        .unwrap();
+                    let appended = store.append(append_of(i, cmid.clone())).await.unwrap();
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ACK {} {} {cmid}", conv(i), appended.seq).unwrap();
                     out.flush().unwrap();
@@ -153,7 +143,10 @@ async fn acked_appends_in_the_unindexed_log_survive_kill_9_exactly_once() {
     assert_acked_stored_once(&store, &acked).await;
     // ...where the dedupe entries came back too: a retry of an acked append is a duplicate...
     let (conv_id, seq, cmid) = &acked[acked.len() / 2];
-    let retry = store.append(message(conv_id, cmid)).await.unwrap();
+    let i = (0..CONVS)
+        .find(|&i| conv(i) == *conv_id)
+        .expect("a known conversation");
+    let retry = store.append(append_of(i, cmid.clone())).await.unwrap();
     assert_eq!((retry.seq, retry.duplicate), (*seq, true));
     // ...then, once indexed (bounded wait) and reopened, from the index alone.
     let deadline = Instant::now() + Duration::from_secs(60);
