@@ -77,6 +77,7 @@ pub mod backoff;
 pub mod builder;
 pub mod client;
 mod conn;
+mod core;
 mod driver;
 mod enqueue;
 pub mod error;
