@@ -1,27 +1,26 @@
-//! The driver task: the I/O around [`crate::core::Core`]. It owns the QUIC endpoint, the live
-//! connection's stream writers (through `conn`) and the store, and runs one select loop: each wake-up
+//! The driver task: the I/O around [`crate::core::Core`]. It owns the core, the store and the network
+//! side ([`crate::link::Wire`]: endpoint, connection, stream writers), and runs one select loop: each wake-up
 //! feeds a batch of inputs (connection reports, application requests, the timer) to the core, runs the
 //! store work the core asks for on the blocking thread (one transaction per wake-up), hands the released
 //! events to the application, then performs the core's transmits and flushes every stream once.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::{codec, ErrorCode, WindowConfig};
+use ferry_protocol::WindowConfig;
 use rand::{rngs::StdRng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::builder::{AckMode, Settings};
 use crate::client::{Client, ClientStats, Events, Request};
-use crate::conn::{self, ConnShared, Established, Inbound, StreamRef, StreamWriter};
-use crate::core::{Core, LostReason, StoreWork, Target, Transmit, DEFAULT_MAX_INFLIGHT};
+use crate::conn::Inbound;
+use crate::core::{Core, StoreWork, Transmit, DEFAULT_MAX_INFLIGHT};
 use crate::error::{ClientError, StoreError};
-use crate::event::{ConnectionState, Event};
+use crate::event::Event;
 use crate::inbox::Inbox;
+use crate::link::{bind_addr, lost_reason, resolve, Wire};
 use crate::outbox::Outbox;
 use crate::store::{ClientStore, ConversationRow, KEY_SYNC_TOKEN, KEY_USER_ID};
 
@@ -31,33 +30,15 @@ const MAX_BATCH: usize = 512;
 const INBOUND_CAPACITY: usize = 4096;
 /// Page size when re-reporting unacknowledged messages after a restart (manual mode).
 const REPLAY_PAGE: usize = 500;
-/// Upper bound of store work items per wake-up (history reads, the user id, the commit): far above what
-/// a batch of `MAX_BATCH` inputs can queue.
-const MAX_STORE_WORK: usize = 4 * MAX_BATCH;
-
-/// The I/O side of the current session: its connection and stream writers.
-struct Link {
-    gen: u64,
-    conn: quinn::Connection,
-    control: StreamWriter,
-    streams: HashMap<String, StreamWriter>,
-    /// The connection's accept and datagram tasks report under the gen stored here, and check datagram
-    /// sizes against the maximum frame size stored here.
-    shared: Arc<ConnShared>,
-}
 
 pub(crate) struct Driver {
     core: Core,
     store: Arc<dyn ClientStore>,
-    endpoint: quinn::Endpoint,
+    wire: Wire,
     requests: mpsc::Receiver<Request>,
     events: mpsc::Sender<Event>,
     stats: watch::Sender<ClientStats>,
-    inbound_tx: mpsc::Sender<Inbound>,
     inbound_rx: mpsc::Receiver<Inbound>,
-    link: Option<Link>,
-    /// Set while a session is restarted on the same connection (0-RTT rejected).
-    reopen_cell: Option<Arc<ConnShared>>,
     /// Manual ack mode: conversations whose unacknowledged messages are reported again at start.
     replay: Vec<ConversationRow>,
 }
@@ -73,42 +54,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
-}
-
-fn bind_addr(remote: &SocketAddr) -> SocketAddr {
-    let ip: std::net::IpAddr = match (remote.is_ipv4(), remote.ip().is_loopback()) {
-        (true, true) => std::net::Ipv4Addr::LOCALHOST.into(),
-        (true, false) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-        (false, true) => std::net::Ipv6Addr::LOCALHOST.into(),
-        (false, false) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-    };
-    SocketAddr::new(ip, 0)
-}
-
-async fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = endpoint.parse() {
-        return Ok(addr);
-    }
-    tokio::net::lookup_host(endpoint)
-        .await
-        .map_err(|e| format!("resolving {endpoint}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{endpoint} has no address"))
-}
-
-/// The core's view of a lost connection.
-fn lost_reason(error: &quinn::ConnectionError) -> LostReason {
-    let app_close = match error {
-        quinn::ConnectionError::ApplicationClosed(close) => Some((
-            ErrorCode(close.error_code.into_inner() as u32),
-            String::from_utf8_lossy(&close.reason).into_owned(),
-        )),
-        _ => None,
-    };
-    LostReason {
-        app_close,
-        description: error.to_string(),
-    }
 }
 
 /// Loads the durable state, spawns the driver and returns the handles.
@@ -167,17 +112,21 @@ pub(crate) async fn start(
         stats: stats_rx,
         device_id: core.settings().device_id.as_str().into(),
     };
+    let wire = Wire::new(
+        endpoint,
+        core.settings(),
+        core.serials(),
+        inbound_tx,
+        ev_tx.clone(),
+    );
     let driver = Driver {
         core,
         store,
-        endpoint,
+        wire,
         requests: req_rx,
         events: ev_tx,
         stats: stats_tx,
-        inbound_tx,
         inbound_rx,
-        link: None,
-        reopen_cell: None,
         replay: if auto { Vec::new() } else { rows },
     };
     tokio::spawn(driver.run());
@@ -272,7 +221,7 @@ impl Driver {
                         .core
                         .handle_established(gen, Ok((est.remote, est.early)), now)
                     {
-                        self.set_up(gen, est);
+                        self.wire.set_up(gen, est);
                     } else {
                         est.conn.close(quinn::VarInt::from_u32(0), b"stale");
                     }
@@ -297,10 +246,7 @@ impl Driver {
                 send,
             } => {
                 if self.core.handle_accepted(gen, serial, conversation.clone()) {
-                    if let Some(link) = self.link.as_mut().filter(|l| l.gen == gen) {
-                        link.streams
-                            .insert(conversation, conn::spawn_writer(send, serial));
-                    }
+                    self.wire.adopt(gen, serial, conversation, send);
                 }
             }
             Inbound::Datagram { gen, frame } => self.core.handle_datagram(gen, frame),
@@ -317,9 +263,7 @@ impl Driver {
             // The socket is the driver's.
             Request::Rebind { reply } => {
                 let result = match self.core.live_remote() {
-                    Some(remote) => std::net::UdpSocket::bind(bind_addr(&remote))
-                        .and_then(|socket| self.endpoint.rebind(socket))
-                        .map_err(|e| ClientError::Unreachable(format!("rebind: {e}"))),
+                    Some(remote) => self.wire.rebind(remote),
                     None => Err(ClientError::Unreachable("not connected".into())),
                 };
                 let _ = reply.send(result);
@@ -328,62 +272,10 @@ impl Driver {
         }
     }
 
-    /// The control stream of session `gen` is open: start its reader and writer (and, on a new
-    /// connection, its accept and datagram tasks).
-    fn set_up(&mut self, gen: u64, est: Established) {
-        let Established {
-            conn,
-            control: (send, recv),
-            ..
-        } = est;
-        let max_frame_size = codec::DEFAULT_MAX_FRAME_SIZE;
-        let shared = match self.reopen_cell.take() {
-            // Same connection, new session: its accept and datagram tasks keep running. The new session
-            // has no Welcome yet, so the default maximum frame size applies again.
-            Some(shared) => {
-                shared.gen.store(gen, Ordering::Relaxed);
-                shared
-                    .max_frame_size
-                    .store(max_frame_size, Ordering::Relaxed);
-                shared
-            }
-            None => {
-                let shared = ConnShared::new(gen);
-                conn::spawn_connection_tasks(
-                    conn.clone(),
-                    shared.clone(),
-                    self.core.serials(),
-                    max_frame_size,
-                    self.inbound_tx.clone(),
-                );
-                shared
-            }
-        };
-        tokio::spawn(conn::read_loop(
-            recv,
-            gen,
-            StreamRef::Control,
-            max_frame_size,
-            self.inbound_tx.clone(),
-        ));
-        let link = Link {
-            gen,
-            conn,
-            control: conn::spawn_writer(send, 0),
-            streams: HashMap::new(),
-            shared,
-        };
-        if let Some(old) = self.link.replace(link) {
-            // The core closes a session before it starts another; this is only a safety net.
-            if !Arc::ptr_eq(&old.shared, &self.link.as_ref().expect("set").shared) {
-                old.conn.close(quinn::VarInt::from_u32(0), b"replaced");
-            }
-        }
-    }
-
     /// Runs the wake-up's store work, the commit last; then lets the core release what it held back.
     async fn store_pass(&mut self) {
-        for _ in 0..MAX_STORE_WORK {
+        // Bounded: the queued work plus the commit; answering a history read queues no more work.
+        for _ in 0..=self.core.queued_store_work() {
             let Some(work) = self.core.poll_store() else {
                 break;
             };
@@ -427,131 +319,9 @@ impl Driver {
         let now = now();
         // Bounded: the core's queue is finite and the transmit pass runs once per call.
         while let Some(t) = self.core.poll_transmit(now) {
-            self.perform(t);
+            self.wire.perform(t);
         }
-        if let Some(link) = self.link.as_mut() {
-            link.control.flush();
-            for w in link.streams.values_mut() {
-                w.flush();
-            }
-        }
-    }
-
-    fn perform(&mut self, t: Transmit) {
-        match t {
-            Transmit::Dial { gen, endpoint } => self.dial(gen, endpoint),
-            Transmit::Reopen { gen } => {
-                let Some(link) = self.link.take() else { return };
-                link.control.abandon();
-                for w in link.streams.values() {
-                    w.abandon();
-                }
-                self.reopen_cell = Some(link.shared.clone());
-                tokio::spawn(conn::reopen(
-                    link.conn.clone(),
-                    gen,
-                    self.inbound_tx.clone(),
-                ));
-            }
-            Transmit::RefreshToken => self.refresh_token(),
-            Transmit::Close { reason } => {
-                if let Some(link) = self.link.take() {
-                    link.conn
-                        .close(quinn::VarInt::from_u32(0), reason.as_bytes());
-                }
-            }
-            Transmit::Open {
-                gen,
-                conversation,
-                serial,
-            } => {
-                let Some(link) = self.link.as_mut().filter(|l| l.gen == gen) else {
-                    return;
-                };
-                let (writer, pending) = conn::pending_writer(serial);
-                conn::spawn_open(
-                    link.conn.clone(),
-                    gen,
-                    serial,
-                    conversation.clone(),
-                    pending,
-                    codec::DEFAULT_MAX_FRAME_SIZE,
-                    self.inbound_tx.clone(),
-                );
-                link.streams.insert(conversation, writer);
-            }
-            Transmit::Frame { gen, target, frame } => {
-                let Some(link) = self.link.as_mut().filter(|l| l.gen == gen) else {
-                    return;
-                };
-                let writer = match target {
-                    Target::Control => Some(&mut link.control),
-                    Target::Conv(conversation) => link.streams.get_mut(&conversation),
-                };
-                if let Some(writer) = writer {
-                    writer.push(&frame);
-                }
-            }
-            Transmit::Forget {
-                gen,
-                conversation,
-                serial,
-            } => {
-                let Some(link) = self.link.as_mut().filter(|l| l.gen == gen) else {
-                    return;
-                };
-                if link.streams.get(&conversation).map(|w| w.serial) == Some(serial) {
-                    link.streams.remove(&conversation);
-                }
-            }
-            Transmit::Datagram { gen, frame } => {
-                if let Some(link) = self.link.as_ref().filter(|l| l.gen == gen) {
-                    let _ = link.conn.send_datagram(codec::encode_datagram(&frame));
-                }
-            }
-            Transmit::MaxFrameSize { gen, size } => {
-                if let Some(link) = self.link.as_ref().filter(|l| l.gen == gen) {
-                    link.shared.max_frame_size.store(size, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    fn dial(&self, gen: u64, endpoint: String) {
-        let quic = self.endpoint.clone();
-        let name = self.core.settings().server_name.clone();
-        let timeout = self.core.settings().connect_timeout;
-        let tx = self.inbound_tx.clone();
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            match resolve(&endpoint).await {
-                Ok(addr) => {
-                    let _ = events.try_send(Event::Connection(ConnectionState::Connecting {
-                        endpoint: addr,
-                    }));
-                    conn::dial(quic, addr, name, gen, timeout, tx).await;
-                }
-                Err(e) => {
-                    let result = Err(e);
-                    let _ = tx.send(Inbound::Established { gen, result }).await;
-                }
-            }
-        });
-    }
-
-    fn refresh_token(&self) {
-        let Some(refresher) = self.core.settings().refresher.clone() else {
-            return;
-        };
-        let refresh = refresher();
-        let tx = self.inbound_tx.clone();
-        tokio::spawn(async move {
-            let result = match tokio::time::timeout(Duration::from_secs(30), refresh).await {
-                Ok(result) => result,
-                Err(_) => Err("token refresh timed out".into()),
-            };
-            let _ = tx.send(Inbound::TokenRefreshed { result }).await;
-        });
+        self.wire.flush();
     }
 
     fn publish_stats(&self) {
@@ -570,15 +340,10 @@ impl Driver {
         // A fatal end closed the session in the core; nothing else queued is sent any more.
         while let Some(t) = self.core.poll_transmit(now()) {
             if let Transmit::Close { .. } = t {
-                self.perform(t);
+                self.wire.perform(t);
             }
         }
-        if let Some(link) = self.link.take() {
-            link.conn.close(
-                quinn::VarInt::from_u32(ErrorCode::NO_ERROR.0),
-                b"client shutdown",
-            );
-        }
+        self.wire.close();
         self.stats.send_modify(|s| s.connected = false);
         // The reason comes before the waiters resolve, so an application that sees a receipt fail with
         // Interrupted finds why (AuthFailed, Replaced) already in its event stream.
@@ -586,8 +351,7 @@ impl Driver {
             let _ = self.events.send(Event::Connection(state)).await;
         }
         self.core.drop_waiters();
-        // Let the CONNECTION_CLOSE reach the server before the endpoint goes away (bounded).
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        self.wire.wait_idle().await;
         if let Some(reply) = reply {
             let _ = reply.send(());
         }

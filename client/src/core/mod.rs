@@ -311,6 +311,11 @@ impl Core {
 
     // ----- outputs -----
 
+    /// How many store work items wait (not counting the commit).
+    pub(crate) fn queued_store_work(&self) -> usize {
+        self.store_work.len()
+    }
+
     /// The next store work. The wake-up's commit comes last, built when asked for.
     pub(crate) fn poll_store(&mut self) -> Option<StoreWork> {
         if let Some(work) = self.store_work.pop_front() {
