@@ -3,7 +3,7 @@
 use super::*;
 
 #[test]
-fn sends_are_resent_with_the_same_id_after_a_reconnect_and_stored_once() {
+fn sends_are_resent_with_the_same_id_after_a_reconnect() {
     let mut h = Harness::new(settings(&[SERVER]));
     let gen = h.connect();
     let mut receipt = h.send("m1");
@@ -17,52 +17,57 @@ fn sends_are_resent_with_the_same_id_after_a_reconnect_and_stored_once() {
         Some(Event::Connection(ConnectionState::Disconnected { .. }))
     ));
     assert!(receipt.try_recv().is_err(), "the send is still pending");
-    // The next attempt waits for the backoff, then resends the same client_msg_id after Welcome.
-    let gen = h.connect();
-    assert!(gen > 1);
-    // (Sends go out in the transmit pass right after Welcome; `connect` consumed it.)
-    h.lose(gen);
-    h.step();
-    let (gen, _) = h.establish(false);
+    // The next attempt waits for the backoff; nothing is sent before Welcome (no early data here)...
+    let (gen, out) = h.establish(false);
+    assert!(has_hello(&out));
+    assert!(sends(&out).is_empty());
+    // ...then Sync and the same client_msg_id again.
     let out = h.welcome(gen);
+    assert!(sync_id(&out).is_some());
     assert_eq!(sends(&out), ["m1"], "resent with the same id");
-    // The SendAck stores the message once (with the outbox deletion), then the receipt resolves.
+    // The SendAck deletes the outbox entry and stores the message in one commit; then the receipt.
     h.commits.clear();
     h.send_ack(gen, "m1", 1);
     h.step();
-    let stored: Vec<_> = h.commits.iter().flat_map(|c| c.messages.iter()).collect();
-    assert_eq!(stored.len(), 1, "own message inserted once: {stored:?}");
-    assert_eq!(stored[0].client_msg_id, "m1");
-    assert!(h.commits.iter().any(|c| c.outbox_done == ["m1"]));
+    assert_eq!(h.commits.len(), 1);
+    assert_eq!(h.commits[0].outbox_done, ["m1"]);
+    assert_eq!(h.commits[0].messages.len(), 1);
     assert_eq!(receipt.try_recv().expect("resolved").expect("ok").seq, 1);
 }
 
 #[test]
-fn an_own_message_that_waits_for_a_gap_is_stored_once() {
+fn an_own_message_is_stored_once_whether_ready_at_once_or_after_a_gap() {
     let mut h = Harness::new(settings(&[SERVER]));
     let gen = h.synced(vec![state(1)]);
     h.deliver(gen, 1);
-    let _receipt = h.send("m1");
+    let (_r1, _r2) = (h.send("m1"), h.send("m2"));
     h.step();
     h.commits.clear();
-    // seq 3 is ours; seq 2 (bob's) is still missing: our message waits in the window.
-    h.send_ack(gen, "m1", 3);
+    // Ready at once: seq 2 follows the window's position.
+    h.send_ack(gen, "m1", 2);
     h.step();
-    h.deliver(gen, 2);
+    // seq 4 is ours while bob's seq 3 is still missing: it waits in the window.
+    h.send_ack(gen, "m2", 4);
     h.step();
-    let ours = h
+    h.deliver(gen, 3);
+    h.step();
+    let stored: Vec<(u64, &str)> = h
         .commits
         .iter()
         .flat_map(|c| c.messages.iter())
-        .filter(|m| m.client_msg_id == "m1")
-        .count();
-    assert_eq!(ours, 1);
-    let seqs: Vec<u64> = h
-        .commits
-        .iter()
-        .flat_map(|c| c.messages.iter().map(|m| m.seq))
+        .map(|m| (m.seq, m.client_msg_id.as_str()))
         .collect();
-    assert_eq!(seqs, [3, 2]);
+    assert_eq!(stored, [(2, "m1"), (4, "m2"), (3, "bob-3")]);
+    // Own messages are not reported as events; bob's are, in order.
+    let reported: Vec<u64> = h
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported, [1, 3]);
 }
 
 #[test]
@@ -367,4 +372,90 @@ fn relayed_datagrams_count_only_after_welcome_and_for_known_conversations() {
     // Only Typing and Presence belong in datagrams.
     let heartbeat = f(Kind::Heartbeat(frame::Heartbeat { sync_token: 1 }));
     assert_eq!(datagram_event(heartbeat, true, |_| true), None);
+}
+
+#[test]
+fn events_and_acks_wait_for_the_commit() {
+    let mut h = Harness::new(settings(&[SERVER]));
+    let gen = h.synced(vec![state(0)]);
+    h.deliver(gen, 1);
+    assert!(h.core.poll_event().is_none(), "not before the commit");
+    let early: Vec<Transmit> = std::iter::from_fn(|| h.core.poll_transmit(h.now)).collect();
+    assert!(
+        !frames(&early)
+            .iter()
+            .any(|(_, k)| matches!(k, Kind::Ack(_))),
+        "no Ack for what is not stored"
+    );
+    let Some(StoreWork::Commit(commit)) = h.core.poll_store() else {
+        panic!("a commit")
+    };
+    assert_eq!(commit.messages.len(), 1);
+    assert!(h.core.poll_store().is_none());
+    h.core.committed();
+    assert!(matches!(h.core.poll_event(), Some(Event::Message(m)) if m.seq == 1));
+    let out: Vec<Transmit> = std::iter::from_fn(|| h.core.poll_transmit(h.now)).collect();
+    assert!(frames(&out)
+        .iter()
+        .any(|(_, k)| matches!(k, Kind::Ack(a) if a.seq == 1)));
+}
+
+#[test]
+fn unanswered_heartbeats_reconnect_at_once() {
+    let mut h = Harness::new(settings(&[SERVER]));
+    let gen = h.connect();
+    let interval = Duration::from_millis(u64::from(
+        ferry_protocol::limits::DEFAULT_HEARTBEAT_INTERVAL_MS,
+    ));
+    let heartbeats =
+        |out: &[Transmit]| picked(out, |k| matches!(k, Kind::Heartbeat(_)).then_some(())).len();
+    h.advance(interval);
+    assert_eq!(heartbeats(&h.step()), 1);
+    let ack = f(Kind::HeartbeatAck(frame::HeartbeatAck::default()));
+    h.core.handle_frame(gen, control(), ack, h.now);
+    h.advance(interval);
+    assert_eq!(heartbeats(&h.step()), 1);
+    h.advance(interval);
+    assert_eq!(heartbeats(&h.step()), 1, "still alive after one interval");
+    h.advance(interval);
+    let out = h.step();
+    assert!(out.iter().any(|t| matches!(t, Transmit::Close { .. })));
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::Connection(ConnectionState::Disconnected { reason })) if reason.contains("heartbeats")
+    ));
+    assert_eq!(h.core.poll_timeout(), Some(h.now), "no backoff");
+}
+
+#[test]
+fn unauthenticated_refreshes_the_token_once_then_fails() {
+    let mut s = settings(&[SERVER]);
+    let refresher: crate::builder::TokenRefresher =
+        std::sync::Arc::new(|| Box::pin(async { Ok("v1.fresh".to_string()) }));
+    s.refresher = Some(refresher);
+    let mut h = Harness::new(s);
+    let (gen, _) = h.establish(false);
+    let refused = || {
+        f(Kind::Error(frame::Error {
+            code: ErrorCode::UNAUTHENTICATED.0,
+            message: "expired".into(),
+            ..Default::default()
+        }))
+    };
+    h.core.handle_frame(gen, control(), refused(), h.now);
+    let out = h.step();
+    assert!(out.iter().any(|t| matches!(t, Transmit::Close { .. })));
+    assert!(out.iter().any(|t| matches!(t, Transmit::RefreshToken)));
+    h.core.handle_token_refreshed(Ok("v1.fresh".into()), h.now);
+    let (gen, out) = h.establish(false);
+    let token = picked(&out, |k| match k {
+        Kind::Hello(hello) => Some(hello.token.clone()),
+        _ => None,
+    });
+    assert_eq!(token, ["v1.fresh"]);
+    // Refused again before any Welcome: no second refresh.
+    h.core.handle_frame(gen, control(), refused(), h.now);
+    assert!(h.core.is_stopped());
+    let (state, _) = h.core.close();
+    assert!(matches!(state, Some(ConnectionState::AuthFailed { .. })));
 }
