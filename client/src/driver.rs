@@ -1,8 +1,9 @@
-//! The driver task: the I/O around [`crate::core::Core`]. It owns the core, the store and the network
-//! side ([`crate::link::Wire`]: endpoint, connection, stream writers), and runs one select loop: each wake-up
-//! feeds a batch of inputs (connection reports, application requests, the timer) to the core, runs the
-//! store work the core asks for on the blocking thread (one transaction per wake-up), hands the released
-//! events to the application, then performs the core's transmits and flushes every stream once.
+//! The driver task: the I/O around [`crate::core::Core`]. It owns the core, the store and the
+//! network side ([`crate::link::Wire`]: endpoint, connection, stream writers), and runs one select loop:
+//! each wake-up feeds a batch of inputs (connection reports, application requests, the timer) to the
+//! core, runs the store work the core asks for on the blocking thread (one transaction per wake-up),
+//! hands the released events to the application, then performs the core's transmits and flushes every
+//! stream once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -276,7 +277,7 @@ impl Driver {
     async fn store_pass(&mut self) {
         // Bounded: the queued work plus the commit; answering a history read queues no more work.
         for _ in 0..=self.core.queued_store_work() {
-            let Some(work) = self.core.poll_store() else {
+            let Some(work) = self.core.poll_commit() else {
                 break;
             };
             let s = self.store.clone();

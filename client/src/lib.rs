@@ -54,7 +54,7 @@
 //!
 //! Pure state machines (no I/O; time passed in as `now`), unit-tested without sockets:
 //! - `core`: the session logic in the style of `quinn-proto`'s `connection/` — inputs (frames,
-//!   requests, `handle_timeout(now)`, connection events), outputs (`poll_transmit`, `poll_store`,
+//!   requests, `handle_timeout(now)`, connection events), outputs (`poll_transmit`, `poll_commit`,
 //!   `poll_event`, `poll_timeout`). By concern: `core/session.rs` (connection life cycle, 0-RTT,
 //!   heartbeats, reconnect), `core/control.rs` (control stream), `core/conversations.rs` (conversation
 //!   streams, the transmit pass), `core/requests.rs` (application requests, history), `core/tests.rs`

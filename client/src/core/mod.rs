@@ -8,7 +8,7 @@
 //! [`Core::handle_token_refreshed`]).
 //!
 //! Outputs, in the order a wake-up of the driver takes them:
-//! 1. [`Core::poll_store`]: store work (remember the user id, read a history page, commit the wake-up's
+//! 1. [`Core::poll_commit`]: store work (remember the user id, read a history page, commit the wake-up's
 //!    writes in one transaction). The driver runs it on the blocking thread and reports back
 //!    ([`Core::handle_history_page`], [`Core::committed`]).
 //! 2. [`Core::poll_event`]: events for the application, released only by [`Core::committed`] (an event
@@ -317,7 +317,7 @@ impl Core {
     }
 
     /// The next store work. The wake-up's commit comes last, built when asked for.
-    pub(crate) fn poll_store(&mut self) -> Option<StoreWork> {
+    pub(crate) fn poll_commit(&mut self) -> Option<StoreWork> {
         if let Some(work) = self.store_work.pop_front() {
             return Some(work);
         }

@@ -119,7 +119,7 @@ impl Harness {
     fn wake(&mut self, pages: &mut Vec<Vec<ReceivedMessage>>) -> Vec<Transmit> {
         self.core.handle_timeout(self.now);
         for _ in 0..100 {
-            match self.core.poll_store() {
+            match self.core.poll_commit() {
                 None => break,
                 Some(StoreWork::SetUserId(_)) => {}
                 Some(StoreWork::ReadHistory { id, .. }) => {

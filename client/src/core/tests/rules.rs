@@ -387,11 +387,11 @@ fn events_and_acks_wait_for_the_commit() {
             .any(|(_, k)| matches!(k, Kind::Ack(_))),
         "no Ack for what is not stored"
     );
-    let Some(StoreWork::Commit(commit)) = h.core.poll_store() else {
+    let Some(StoreWork::Commit(commit)) = h.core.poll_commit() else {
         panic!("a commit")
     };
     assert_eq!(commit.messages.len(), 1);
-    assert!(h.core.poll_store().is_none());
+    assert!(h.core.poll_commit().is_none());
     h.core.committed();
     assert!(matches!(h.core.poll_event(), Some(Event::Message(m)) if m.seq == 1));
     let out: Vec<Transmit> = std::iter::from_fn(|| h.core.poll_transmit(h.now)).collect();
