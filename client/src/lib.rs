@@ -53,13 +53,20 @@
 //! ## Layout
 //!
 //! Pure state machines (no I/O; time passed in as `now`), unit-tested without sockets:
+//! - `core`: the session logic in the style of `quinn-proto`'s `connection/` — inputs (frames,
+//!   requests, `handle_timeout(now)`, connection events), outputs (`poll_transmit`, `poll_commit`,
+//!   `poll_event`, `poll_timeout`). By concern: `core/session.rs` (connection life cycle, 0-RTT,
+//!   heartbeats, reconnect), `core/control.rs` (control stream), `core/conversations.rs` (conversation
+//!   streams, the transmit pass), `core/requests.rs` (application requests, history), `core/tests.rs`
+//!   (each rule driven with a fake clock);
 //! - [`outbox`]: in-flight tracking, retry deadlines and ack timeouts of queued sends;
 //! - [`inbox`]: receive windows of all conversations, pulls, epochs, due Acks;
 //! - [`heartbeat`]: heartbeat schedule and dead-connection detection;
 //! - [`backoff`]: reconnect delays with full jitter and an injected random source.
 //!
-//! I/O and plumbing: `driver` (the task that owns state and connection), `conn` (dialling, stream
-//! reader/writer tasks), `enqueue` (group commit of outbox writes on a dedicated thread), [`tls`]
+//! I/O and plumbing: `driver` (the task: select loop, the core's store work on the blocking thread),
+//! `link` (endpoint, connection and stream writers; performs the core's transmits), `conn` (dialling,
+//! stream reader/writer tasks), `enqueue` (group commit of outbox writes on a dedicated thread), [`tls`]
 //! (TLS 1.3, ALPN, 0-RTT), [`store`] + [`sqlite`] (durable state),
 //! [`builder`], [`client`], [`event`], [`message`], [`error`], [`token`].
 //!
@@ -77,12 +84,14 @@ pub mod backoff;
 pub mod builder;
 pub mod client;
 mod conn;
+mod core;
 mod driver;
 mod enqueue;
 pub mod error;
 pub mod event;
 pub mod heartbeat;
 pub mod inbox;
+mod link;
 pub mod message;
 pub mod outbox;
 pub mod sqlite;

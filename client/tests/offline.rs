@@ -78,6 +78,46 @@ async fn offline_sends_are_queued_durably_and_resumed_by_the_next_client() {
     again.shutdown().await;
 }
 
+/// Reconnects follow tokio's clock: with time paused, attempts that each wait out a 10 s connect timeout
+/// plus backoff of up to a minute run without real waiting (no sleep in the test or the client).
+#[tokio::test(start_paused = true)]
+async fn reconnect_attempts_and_backoff_run_on_the_simulated_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let connect_timeout = Duration::from_secs(10);
+    let (client, mut events) = builder(&dir.path().join("store.sqlite3"))
+        .connect_timeout(connect_timeout)
+        .backoff(BackoffConfig {
+            initial: Duration::from_secs(5),
+            max: Duration::from_secs(60),
+        })
+        .build()
+        .await
+        .unwrap();
+    let (virtual_start, real_start) = (tokio::time::Instant::now(), std::time::Instant::now());
+    let mut disconnects = 0;
+    while disconnects < 3 {
+        match tokio::time::timeout(Duration::from_secs(600), events.recv()).await {
+            Ok(Some(Event::Connection(ConnectionState::Disconnected { reason }))) => {
+                assert!(reason.contains("timed out"), "{reason}");
+                disconnects += 1;
+            }
+            Ok(Some(Event::Connection(ConnectionState::Connecting { .. }))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Every attempt waited its full connect timeout on the simulated clock...
+    let simulated = virtual_start.elapsed();
+    assert!(simulated >= 3 * connect_timeout, "{simulated:?}");
+    // ...which ran ahead of the real one.
+    assert!(
+        real_start.elapsed() < simulated,
+        "{:?}",
+        real_start.elapsed()
+    );
+    assert!(!client.stats().connected);
+    client.shutdown().await;
+}
+
 #[tokio::test]
 async fn invalid_input_is_refused_before_anything_is_queued() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,350 @@
+//! The connection life cycle: connecting with backoff over the endpoints (GoAway's first), the session's
+//! start (Hello, Sync in early data), the 0-RTT verdict, Welcome, heartbeats and the connect timeout,
+//! losing the connection, fatal ends, and the token refresh after UNAUTHENTICATED.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferry_protocol::frame::{self, frame::Kind};
+use ferry_protocol::ErrorCode;
+
+use super::{frame, Core, Phase, Session, Stop, Transmit};
+use crate::error::ClientError;
+use crate::event::{ConnectionState, Event};
+use crate::heartbeat::{HeartbeatAction, HeartbeatTimer};
+
+/// Why a connection ended, as the driver saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LostReason {
+    /// The peer closed the connection at the application level: its code and reason.
+    pub app_close: Option<(ErrorCode, String)>,
+    /// A description of the error.
+    pub description: String,
+}
+
+impl Core {
+    /// A connection attempt ended: `Ok((remote, early))` once the control stream is open. Returns false
+    /// if the attempt is stale (the driver closes that connection).
+    pub(crate) fn handle_established(
+        &mut self,
+        gen: u64,
+        result: Result<(SocketAddr, bool), String>,
+        now: Instant,
+    ) -> bool {
+        self.pass_due = true;
+        if !matches!(self.phase, Phase::Connecting { gen: g } if g == gen) {
+            return false;
+        }
+        match result {
+            Ok((remote, early)) => {
+                self.established(gen, remote, early, now);
+                true
+            }
+            Err(reason) => {
+                self.disconnected(reason, false, now);
+                false
+            }
+        }
+    }
+
+    fn established(&mut self, gen: u64, remote: SocketAddr, early: bool, now: Instant) {
+        let hello = frame(Kind::Hello(frame::Hello {
+            version: ferry_protocol::VERSION,
+            token: self.token.clone(),
+            device_id: self.settings.device_id.clone(),
+            client_name: self.settings.client_name.clone(),
+            capabilities: Vec::new(),
+            device_class: self.settings.device_class.clone(),
+        }));
+        self.phase = Phase::Live(Box::new(Session {
+            gen,
+            remote,
+            streams: Default::default(),
+            early,
+            zero_rtt_verdict: None,
+            welcomed: false,
+            announced: false,
+            heartbeat: None,
+            draining: false,
+            sync_request: None,
+            started: now,
+        }));
+        self.control(hello);
+        if early {
+            // Sync is idempotent and may ride in early data (the Sends follow in the transmit pass).
+            self.start_sync();
+        }
+    }
+
+    /// Sends a Sync from the current token on the live session.
+    pub(super) fn start_sync(&mut self) {
+        let request_id = self.request_id();
+        let since_token = self.sync_token;
+        if let Phase::Live(s) = &mut self.phase {
+            s.sync_request = Some(request_id);
+        }
+        self.control(frame(Kind::Sync(frame::Sync {
+            request_id,
+            since_token,
+            limit: 0,
+        })));
+    }
+
+    /// The server's verdict on the session's early data.
+    pub(crate) fn handle_zero_rtt(&mut self, gen: u64, accepted: bool) {
+        self.pass_due = true;
+        let Some(session) = self.session(gen) else {
+            return;
+        };
+        session.zero_rtt_verdict = Some(accepted);
+        if accepted {
+            self.announce(gen);
+            return;
+        }
+        // Everything sent in early data is lost, and the streams opened then are unusable: start the
+        // session over on the same connection (new control stream, Hello, Sync, resend).
+        tracing::debug!("0-RTT rejected; replaying over 1-RTT");
+        self.outbox.on_connection_lost();
+        let lost = self.inbox.on_connection_lost();
+        self.fail_history(lost);
+        self.gen += 1;
+        let gen = self.gen;
+        self.phase = Phase::Connecting { gen };
+        self.transmits.push_back(Transmit::Reopen { gen });
+    }
+
+    /// The connection of session `gen` ended.
+    pub(crate) fn handle_connection_lost(&mut self, gen: u64, lost: LostReason, now: Instant) {
+        self.pass_due = true;
+        if self.session(gen).is_none() {
+            return;
+        }
+        if let Some((code, reason)) = lost.app_close {
+            match code {
+                ErrorCode::SESSION_REPLACED => return self.fatal(ConnectionState::Replaced),
+                ErrorCode::UNAUTHENTICATED => return self.auth_failed(reason),
+                ErrorCode::UNSUPPORTED_VERSION => {
+                    return self.fatal(ConnectionState::Disconnected {
+                        reason: format!("server does not speak ferry/1: {reason}"),
+                    })
+                }
+                ErrorCode::SHUTTING_DOWN => {
+                    return self.disconnected(format!("server shutting down: {reason}"), false, now)
+                }
+                _ => {}
+            }
+        }
+        self.disconnected(lost.description, false, now);
+    }
+
+    /// The token refresher answered.
+    pub(crate) fn handle_token_refreshed(&mut self, result: Result<String, String>, now: Instant) {
+        self.pass_due = true;
+        if !matches!(self.phase, Phase::Connecting { .. }) {
+            return;
+        }
+        match result {
+            Ok(token) => {
+                self.token = token;
+                self.phase = Phase::Offline { retry_at: now };
+            }
+            Err(reason) => self.fatal(ConnectionState::AuthFailed { reason }),
+        }
+    }
+
+    /// Time passed: reconnect, give up a session without Welcome, heartbeats, send timeouts, the end of
+    /// a GoAway drain.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.pass_due = true;
+        let connect_timeout = self.settings.connect_timeout;
+        let sync_token = self.sync_token;
+        match &mut self.phase {
+            Phase::Offline { retry_at } if *retry_at <= now && self.stop.is_none() => {
+                self.start_connecting();
+            }
+            Phase::Live(s) if !s.welcomed && now >= s.started + connect_timeout => {
+                self.disconnected("no Welcome from the server in time".into(), false, now);
+            }
+            Phase::Live(s) => {
+                let action = s
+                    .heartbeat
+                    .as_mut()
+                    .map_or(HeartbeatAction::Wait, |h| h.poll(now));
+                let (ready, draining) = (s.welcomed || s.early, s.draining);
+                match action {
+                    HeartbeatAction::Send => {
+                        self.control(frame(Kind::Heartbeat(frame::Heartbeat { sync_token })))
+                    }
+                    HeartbeatAction::Dead => {
+                        return self.disconnected("heartbeats unanswered".into(), true, now);
+                    }
+                    HeartbeatAction::Wait => {}
+                }
+                if ready {
+                    self.outbox.poll_timeouts(now);
+                }
+                if draining && self.outbox.in_flight() == 0 {
+                    self.disconnected("server asked to go away".into(), true, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn start_connecting(&mut self) {
+        self.gen += 1;
+        let gen = self.gen;
+        let endpoint = match self.preferred.pop_front() {
+            Some(e) => e,
+            None => {
+                let endpoints = &self.settings.endpoints;
+                let e = endpoints[self.next_endpoint % endpoints.len()].clone();
+                self.next_endpoint += 1;
+                e
+            }
+        };
+        self.phase = Phase::Connecting { gen };
+        self.transmits.push_back(Transmit::Dial { gen, endpoint });
+    }
+
+    /// Answers history requests whose Pull lost its stream.
+    pub(super) fn fail_history(&mut self, ids: Vec<u64>) {
+        for id in ids {
+            if let Some(w) = self.history_waiters.remove(&id) {
+                let _ = w.reply.send(Err(ClientError::Disconnected));
+            }
+        }
+    }
+
+    /// The session ended (or an attempt failed): forget streams, requeue in-flight work, schedule the
+    /// next attempt (at once, or with backoff).
+    pub(super) fn disconnected(&mut self, reason: String, immediate: bool, now: Instant) {
+        if matches!(self.phase, Phase::Live(_)) {
+            self.transmits.push_back(Transmit::Close {
+                reason: "reconnecting",
+            });
+        }
+        self.outbox.on_connection_lost();
+        let lost = self.inbox.on_connection_lost();
+        self.fail_history(lost);
+        for (_, reply) in self.control_waiters.drain() {
+            let _ = reply.send(Err(ClientError::Disconnected));
+        }
+        for request in self.deferred_history.drain(..) {
+            let _ = request.reply.send(Err(ClientError::Disconnected));
+        }
+        let delay = if immediate {
+            Duration::ZERO
+        } else {
+            self.backoff.next_delay(&mut self.rng)
+        };
+        tracing::info!(%reason, ?delay, "disconnected");
+        self.phase = Phase::Offline {
+            retry_at: now + delay,
+        };
+        self.effects
+            .events
+            .push(Event::Connection(ConnectionState::Disconnected { reason }));
+    }
+
+    /// Stops for good: no reconnect.
+    pub(super) fn fatal(&mut self, state: ConnectionState) {
+        if matches!(self.phase, Phase::Live(_)) {
+            self.transmits.push_back(Transmit::Close { reason: "" });
+        }
+        self.stop = Some(Stop::Fatal(state));
+    }
+
+    /// UNAUTHENTICATED: refresh the token once (if a refresher is set) and reconnect, else stop.
+    pub(super) fn auth_failed(&mut self, reason: String) {
+        if self.settings.refresher.is_none() || self.refreshed_token {
+            return self.fatal(ConnectionState::AuthFailed { reason });
+        }
+        self.refreshed_token = true;
+        if matches!(self.phase, Phase::Live(_)) {
+            self.transmits.push_back(Transmit::Close { reason: "" });
+        }
+        self.outbox.on_connection_lost();
+        self.gen += 1;
+        self.phase = Phase::Connecting { gen: self.gen };
+        self.transmits.push_back(Transmit::RefreshToken);
+    }
+
+    /// Welcome: adopt the announced limits, start heartbeats and Sync, send queued group requests.
+    pub(super) fn on_welcome(&mut self, gen: u64, w: frame::Welcome, now: Instant) {
+        if self.user_id.as_deref() != Some(w.user_id.as_str()) {
+            if self.user_id.is_some() {
+                tracing::warn!(old = ?self.user_id, new = %w.user_id, "store belonged to another user");
+            }
+            self.user_id = Some(w.user_id.clone());
+            self.store_work
+                .push_back(super::StoreWork::SetUserId(w.user_id.clone()));
+        }
+        self.store_epoch = w.store_epoch;
+        // FERRY-HELLO-5: adopt the announced limits, zero fields meaning the defaults.
+        let limits = ferry_protocol::limits::effective(w.limits.as_ref());
+        self.transmits.push_back(Transmit::MaxFrameSize {
+            gen,
+            size: limits.max_frame_size as usize,
+        });
+        self.outbox
+            .set_max_in_flight(limits.max_inflight_sends as usize);
+        self.inbox
+            .set_recent_window(u64::from(limits.recent_window));
+        // FERRY-HB-1: a Heartbeat at least every `heartbeat_interval_ms` (0 means the default 25 s). The
+        // server's value is taken as is: raising it (as a 1 s floor did) would reveal a lost last message
+        // later than the server intends. `HeartbeatTimer` keeps a 10 ms floor against busy loops.
+        let announced = match w.heartbeat_interval_ms {
+            0 => ferry_protocol::limits::DEFAULT_HEARTBEAT_INTERVAL_MS,
+            ms => ms,
+        };
+        let interval = self
+            .settings
+            .heartbeat
+            .unwrap_or(Duration::from_millis(u64::from(announced)));
+        self.backoff.reset();
+        self.refreshed_token = false;
+        let Some(session) = self.session(gen) else {
+            return;
+        };
+        session.welcomed = true;
+        session.heartbeat = Some(HeartbeatTimer::new(interval, now));
+        if session.sync_request.is_none() {
+            self.start_sync();
+        }
+        while let Some((id, f)) = self.queued_control.pop_front() {
+            if self.control_waiters.contains_key(&id) {
+                self.control(f);
+            }
+        }
+        self.announce(gen);
+    }
+
+    /// Reports the session as connected once Welcome arrived and, with early data, the server's verdict
+    /// on it is known (so `zero_rtt` is the truth, not a hope).
+    fn announce(&mut self, gen: u64) {
+        let user_id = self.user_id.clone().unwrap_or_default();
+        let Some(session) = self.session(gen) else {
+            return;
+        };
+        if session.announced
+            || !session.welcomed
+            || (session.early && session.zero_rtt_verdict.is_none())
+        {
+            return;
+        }
+        session.announced = true;
+        let zero_rtt = session.early && session.zero_rtt_verdict == Some(true);
+        let endpoint = session.remote;
+        self.stats.endpoint = Some(endpoint);
+        self.stats.zero_rtt = zero_rtt;
+        self.stats.sessions += 1;
+        self.effects
+            .events
+            .push(Event::Connection(ConnectionState::Connected {
+                endpoint,
+                zero_rtt,
+                user_id,
+            }));
+    }
+}
