@@ -32,8 +32,9 @@ use super::conn::Conn;
 use super::scripts;
 use crate::{StoreError, WriteStats};
 
-/// Lanes per store: enough that unrelated conversations rarely wait for each other.
-const LANES: usize = 64;
+/// Lanes per store: enough that unrelated conversations rarely share a lane (and wait for each other's
+/// round trip). An idle lane is a parked task and an empty channel.
+const LANES: usize = 512;
 /// Queued appends per lane before callers wait (backpressure, never an unbounded queue).
 const LANE_CAPACITY: usize = 1024;
 
