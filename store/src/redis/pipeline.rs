@@ -128,12 +128,17 @@ async fn run_lane(conn: Conn, mut rx: mpsc::Receiver<Job>, max_pipeline: usize, 
                 None => groups.push((job.slot, vec![job])),
             }
         }
-        join_all(
-            groups
-                .into_iter()
-                .map(|(_, jobs)| send_group(conn.clone(), jobs, &stats)),
-        )
-        .await;
+        if groups.len() == 1 {
+            let (_, jobs) = groups.pop().expect("one group");
+            send_group(conn.clone(), jobs, &stats).await;
+        } else {
+            join_all(
+                groups
+                    .into_iter()
+                    .map(|(_, jobs)| send_group(conn.clone(), jobs, &stats)),
+            )
+            .await;
+        }
     }
 }
 
@@ -144,8 +149,9 @@ async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
         let started = Instant::now();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for job in &jobs {
-            pipe.add_command(job.cmd.clone());
+        // The commands move into the pipeline (no copy of the bodies); a NOSCRIPT retry takes them back.
+        for job in &mut jobs {
+            pipe.add_command(std::mem::replace(&mut job.cmd, Cmd::new()));
         }
         let result: redis::RedisResult<Vec<Value>> = pipe.query_async(&mut conn).await;
         stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -165,11 +171,12 @@ async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
             Err(err) => return fail_all(jobs, &format!("redis append pipeline: {err}")),
         };
         let mut refused = Vec::new();
-        for (job, value) in jobs.into_iter().zip(values) {
+        for ((mut job, value), cmd) in jobs.into_iter().zip(values).zip(pipe.cmd_iter()) {
             match value {
                 Value::ServerError(err)
                     if round == 0 && err.kind() == Some(ServerErrorKind::NoScript) =>
                 {
+                    job.cmd = cmd.clone();
                     refused.push(job);
                 }
                 Value::ServerError(err) => {
