@@ -12,6 +12,9 @@
 //!   round trip at a time; and while a lane waits, its next batch builds up (group commit: Redis with
 //!   `appendfsync always` fsyncs once per event-loop turn for everything it read).
 //!
+//! The price: each batch takes one extra task hop (caller → lane) compared with calling `EVALSHA`
+//! straight from the caller. `examples/redis_bench.rs` measures what that costs against a raw loop.
+//!
 //! NOSCRIPT (Redis restarted or its script cache was flushed): the lane loads the script on every
 //! master and resends the refused commands once, in order. A pipeline is written as one block, so
 //! either all of a batch's commands meet the cache or none of them do; only a `SCRIPT FLUSH` landing
