@@ -8,7 +8,8 @@
 //! - `scripts` + `lua/*.lua`: the Lua scripts, each one atomic step in one slot;
 //! - `pipeline`: the append lanes (pipelined, ordered per conversation);
 //! - `durability`: the `appendonly`/`appendfsync` check at open;
-//! - `store`: the [`Store`](crate::Store) impl.
+//! - `store`: the [`Store`](crate::Store) impl;
+//! - `sync`: `changed_since`, derived from per-conversation stamps.
 //!
 //! # Keys and atomicity
 //! Every key of a conversation is tagged `{c:<id>}` (meta hash, message stream, members hash, delivery
@@ -56,6 +57,7 @@ mod options;
 mod pipeline;
 mod scripts;
 mod store;
+mod sync;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -12,6 +12,9 @@
 //!   round trip at a time; and while a lane waits, its next batch builds up (group commit: Redis with
 //!   `appendfsync always` fsyncs once per event-loop turn for everything it read).
 //!
+//! The price: each batch takes one extra task hop (caller → lane) compared with calling `EVALSHA`
+//! straight from the caller. `examples/redis_bench.rs` measures what that costs against a raw loop.
+//!
 //! NOSCRIPT (Redis restarted or its script cache was flushed): the lane loads the script on every
 //! master and resends the refused commands once, in order. A pipeline is written as one block, so
 //! either all of a batch's commands meet the cache or none of them do; only a `SCRIPT FLUSH` landing
@@ -32,8 +35,9 @@ use super::conn::Conn;
 use super::scripts;
 use crate::{StoreError, WriteStats};
 
-/// Lanes per store: enough that unrelated conversations rarely wait for each other.
-const LANES: usize = 64;
+/// Lanes per store: enough that unrelated conversations rarely share a lane (and wait for each other's
+/// round trip). An idle lane is a parked task and an empty channel.
+const LANES: usize = 512;
 /// Queued appends per lane before callers wait (backpressure, never an unbounded queue).
 const LANE_CAPACITY: usize = 1024;
 
@@ -127,12 +131,17 @@ async fn run_lane(conn: Conn, mut rx: mpsc::Receiver<Job>, max_pipeline: usize, 
                 None => groups.push((job.slot, vec![job])),
             }
         }
-        join_all(
-            groups
-                .into_iter()
-                .map(|(_, jobs)| send_group(conn.clone(), jobs, &stats)),
-        )
-        .await;
+        if groups.len() == 1 {
+            let (_, jobs) = groups.pop().expect("one group");
+            send_group(conn.clone(), jobs, &stats).await;
+        } else {
+            join_all(
+                groups
+                    .into_iter()
+                    .map(|(_, jobs)| send_group(conn.clone(), jobs, &stats)),
+            )
+            .await;
+        }
     }
 }
 
@@ -143,8 +152,9 @@ async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
         let started = Instant::now();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for job in &jobs {
-            pipe.add_command(job.cmd.clone());
+        // The commands move into the pipeline (no copy of the bodies); a NOSCRIPT retry takes them back.
+        for job in &mut jobs {
+            pipe.add_command(std::mem::replace(&mut job.cmd, Cmd::new()));
         }
         let result: redis::RedisResult<Vec<Value>> = pipe.query_async(&mut conn).await;
         stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -164,11 +174,12 @@ async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
             Err(err) => return fail_all(jobs, &format!("redis append pipeline: {err}")),
         };
         let mut refused = Vec::new();
-        for (job, value) in jobs.into_iter().zip(values) {
+        for ((mut job, value), cmd) in jobs.into_iter().zip(values).zip(pipe.cmd_iter()) {
             match value {
                 Value::ServerError(err)
                     if round == 0 && err.kind() == Some(ServerErrorKind::NoScript) =>
                 {
+                    job.cmd = cmd.clone();
                     refused.push(job);
                 }
                 Value::ServerError(err) => {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_protocol::frame::{
-    ConversationKind, ConversationState, MembershipAction, MembershipChange, Message, MessageKind,
+    ConversationKind, MembershipAction, MembershipChange, Message, MessageKind,
 };
 use futures_util::future::join_all;
 use prost::Message as _;
@@ -18,16 +18,13 @@ use crate::{
     StoreError, SyncPage, WriteStats,
 };
 
-/// Conversations read at once by one Sync (each is one script call; they pipeline on the connection).
-const SYNC_READ_CHUNK: usize = 128;
-
 /// A member record as `lua/common.lua` writes it: `first|left|read|chg`.
 #[derive(Debug, Clone, Copy)]
-struct MemberRecord {
+pub(super) struct MemberRecord {
     first: u64,
-    left: u64,
+    pub(super) left: u64,
     read: u64,
-    chg: u64,
+    pub(super) chg: u64,
 }
 
 impl MemberRecord {
@@ -44,7 +41,7 @@ impl MemberRecord {
     }
 
     /// The membership as clients see it; history trimmed by retention raises `first_seq`.
-    fn membership(&self, trim: u64) -> Membership {
+    pub(super) fn membership(&self, trim: u64) -> Membership {
         Membership {
             first_seq: self.first.max(trim + 1),
             left_seq: (self.left != 0).then_some(self.left),
@@ -54,16 +51,16 @@ impl MemberRecord {
 }
 
 /// One conversation as `lua/state.lua` returns it.
-struct ConvState {
-    now: u64,
-    kind: i32,
-    name: String,
-    head: u64,
-    epoch: u64,
-    chg: u64,
-    trim: u64,
-    member: Option<MemberRecord>,
-    delivered: u64,
+pub(super) struct ConvState {
+    pub(super) now: u64,
+    pub(super) kind: i32,
+    pub(super) name: String,
+    pub(super) head: u64,
+    pub(super) epoch: u64,
+    pub(super) chg: u64,
+    pub(super) trim: u64,
+    pub(super) member: Option<MemberRecord>,
+    pub(super) delivered: u64,
 }
 
 fn parse<T: FromRedisValue>(what: &str, value: Value) -> Result<T, StoreError> {
@@ -175,7 +172,7 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn state(
+    pub(super) async fn state(
         &self,
         conversation: &str,
         user: &str,
@@ -527,83 +524,6 @@ impl Store for RedisStore {
         since_token: u64,
         limit: u32,
     ) -> Result<SyncPage, StoreError> {
-        let limit = limit.max(1) as usize;
-        let set = keys::user_conversations(&self.prefix, user);
-        let mut conn = self.conn.clone();
-        let (epoch_changed, conversations) = tokio::join!(
-            self.refresh_store_epoch(),
-            conn.smembers::<_, Vec<String>>(set)
-        );
-        let conversations = conversations.map_err(|e| backend("user conversations", e))?;
-        // Tokens from before a store epoch change mean nothing any more (FERRY-SYNC-4).
-        let mut since_token = if epoch_changed? { 0 } else { since_token };
-
-        let mut states = Vec::with_capacity(conversations.len());
-        for chunk in conversations.chunks(SYNC_READ_CHUNK) {
-            let read = join_all(chunk.iter().map(|conv| self.state(conv, user, device))).await;
-            for (conv, state) in chunk.iter().zip(read) {
-                states.push((conv.clone(), state?));
-            }
-        }
-        // The clock at the earliest read bounds the next token (see the module docs).
-        let Some(min_now) = states.iter().map(|(_, s)| s.now).min() else {
-            return Ok(SyncPage {
-                next_token: since_token,
-                ..SyncPage::default()
-            });
-        };
-        let max_now = states.iter().map(|(_, s)| s.now).max().unwrap_or(min_now);
-        if since_token > max_now {
-            since_token = 0; // not a token this store issued
-        }
-        let mut changed: Vec<(u64, String, ConvState, MemberRecord)> = states
-            .into_iter()
-            .filter_map(|(conv, state)| {
-                let member = state.member.filter(|_| state.kind != 0)?;
-                // After removal, later messages are invisible to the user: only the removal counts.
-                let change = if member.left == 0 {
-                    state.chg.max(member.chg)
-                } else {
-                    member.chg
-                };
-                (change > since_token).then_some((change, conv, state, member))
-            })
-            .collect();
-        changed.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let mut cut = changed.len().min(limit);
-        // Never split equal stamps across pages: the token could not tell them apart.
-        while cut < changed.len() && cut > 0 && changed[cut].0 == changed[cut - 1].0 {
-            cut += 1;
-        }
-        let has_more = cut < changed.len();
-        changed.truncate(cut);
-        let next_token = changed
-            .last()
-            .map_or(since_token, |last| last.0.min(min_now - 1));
-        let conversations = changed
-            .into_iter()
-            .map(|(_, conv, state, member)| {
-                let membership = member.membership(state.trim);
-                let head_seq = membership.visible_head(state.head);
-                let read_seq = membership.read_seq.min(head_seq);
-                ConversationState {
-                    conversation_id: conv,
-                    kind: state.kind,
-                    head_seq,
-                    epoch: state.epoch,
-                    acked_seq: state.delivered,
-                    read_seq,
-                    unread_count: head_seq.saturating_sub(read_seq),
-                    member: membership.is_member(),
-                    first_seq: membership.first_seq,
-                    name: state.name,
-                }
-            })
-            .collect();
-        Ok(SyncPage {
-            conversations,
-            next_token,
-            has_more,
-        })
+        self.sync_page(user, device, since_token, limit).await
     }
 }
