@@ -33,7 +33,7 @@ pub mod conversation;
 pub mod datagrams;
 pub mod errors;
 pub mod fanout;
-pub mod frames;
+pub use ferry_protocol::frames;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
 pub mod http;
