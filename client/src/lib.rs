@@ -59,8 +59,9 @@
 //! - [`backoff`]: reconnect delays with full jitter and an injected random source.
 //!
 //! I/O and plumbing: `driver` (the task that owns state and connection), `conn` (dialling, stream
-//! reader/writer tasks), `enqueue` (group commit of outbox writes on a dedicated thread), [`tls`]
-//! (TLS 1.3, ALPN, 0-RTT), [`store`] + [`sqlite`] (durable state),
+//! reader/writer tasks on `ferry-quic`'s frame reader and writer), `enqueue` (group commit of outbox
+//! writes on a dedicated thread), [`tls`] (`ferry-quic`'s client configuration: TLS 1.3, ALPN, 0-RTT),
+//! [`store`] + [`sqlite`] (durable state),
 //! [`builder`], [`client`], [`event`], [`message`], [`error`], [`token`].
 //!
 //! ## Decisions

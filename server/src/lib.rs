@@ -12,12 +12,13 @@
 //! - [`fanout`]: queueing Delivers to every online device of a conversation's members;
 //! - [`datagrams`]: typing and presence relay;
 //! - [`sessions`]: the online-session registry and login policies;
-//! - [`stream_io`]: frame reader and batching frame writer over QUIC streams;
-//! - [`rate`]: token buckets; [`errors`]: mapping failures onto wire codes; [`frames`]: frame helpers;
-//! - [`auth`]: signed tokens; [`tls`]: certificates and QUIC configs; [`config`]: settings from
+//! - [`rate`]: token buckets; [`errors`]: mapping failures onto wire codes;
+//! - [`auth`]: signed tokens; [`tls`]: certificates and the QUIC server config; [`config`]: settings from
 //!   defaults, TOML, `FERRY_*` variables and flags; [`metrics`] and [`http`]: `/metrics`, `/healthz`.
 //!
-//! Storage is behind [`ferry_store::Store`]; the server never touches a table directly.
+//! Frames move over QUIC streams through `ferry-quic` (the one frame reader and batching writer every
+//! role uses); frame helpers come from [`ferry_protocol::frames`]. Storage is behind
+//! [`ferry_store::Store`]; the server never touches a table directly.
 #![warn(missing_docs)]
 
 use std::sync::Arc;
@@ -33,7 +34,6 @@ pub mod conversation;
 pub mod datagrams;
 pub mod errors;
 pub mod fanout;
-pub use ferry_protocol::frames;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
 pub mod http;
@@ -41,7 +41,6 @@ pub mod metrics;
 pub mod rate;
 pub mod server;
 pub mod sessions;
-pub mod stream_io;
 pub mod tls;
 
 pub use config::Settings;
