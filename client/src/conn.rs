@@ -1,16 +1,24 @@
 //! The I/O side of one QUIC connection: dialling (with 0-RTT when a session ticket exists), and the small
-//! tasks that move bytes between quinn streams and the driver. They do no protocol logic: readers decode
-//! frames and forward them over the bounded inbound channel; writers write whatever the driver batched.
+//! tasks that move frames between quinn streams and the driver. They do no protocol logic: readers
+//! (`ferry_quic::FrameReader`) decode frames and forward them over the bounded inbound channel; writers
+//! (`ferry_quic::FrameWriter`) write whatever the driver batched.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use ferry_protocol::frame::frame::Kind;
-use ferry_protocol::{codec, Decoder, ErrorCode, Frame};
-use tokio::sync::{mpsc, Notify};
+use ferry_protocol::{codec, ErrorCode, Frame};
+use ferry_quic::{codes, FrameReader, FrameWriter, PendingStream, ReadError, TrySendError};
+use tokio::sync::mpsc;
+
+/// Batches (one per driver pass) waiting for one stream's writer task. The frames of a stream are bounded
+/// by the protocol (at most `max_inflight_sends` Sends, one Ack and a few Pulls), and so are the passes
+/// that push them; a full queue means the server stopped reading, and the batch waits in the
+/// [`StreamWriter`] for the next pass.
+const STREAM_QUEUE: usize = 1024;
 
 /// Which stream a frame came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,114 +163,60 @@ pub(crate) async fn reopen(conn: quinn::Connection, gen: u64, tx: mpsc::Sender<I
     let _ = tx.send(Inbound::Established { gen, result }).await;
 }
 
-/// The driver's side of a stream's send half: frames are appended to a buffer, and one wake-up of the
-/// writer task writes everything buffered at once (batched writes, no flush per frame). The buffer is
-/// bounded by the protocol: at most `max_inflight_sends` Sends, one Ack and a few Pulls per stream.
+/// The driver's side of a stream's send half: frames are encoded into a staging buffer as the driver
+/// pushes them, and each [`StreamWriter::flush`] hands the batch to the stream's `FrameWriter` task,
+/// which writes it with one write (batched writes, no flush per frame).
 pub(crate) struct StreamWriter {
-    buf: Arc<Mutex<BytesMut>>,
-    notify: Arc<Notify>,
+    writer: FrameWriter,
+    staged: BytesMut,
     /// Serial of the stream (conversation streams), to match [`Inbound::StreamEnded`].
     pub serial: u64,
-    dirty: bool,
-    abandoned: Arc<AtomicBool>,
 }
 
 impl StreamWriter {
-    /// Appends a frame; written at the next [`StreamWriter::flush`].
-    pub fn push(&mut self, frame: &Frame) {
-        codec::encode_into(frame, &mut self.buf.lock().expect("writer buffer"));
-        self.dirty = true;
-    }
-
-    /// The stream died with a rejected 0-RTT: once dropped, the writer task must not finish it. quinn
-    /// reuses the ids of such streams for the streams opened after the rejection, and its `finish` (unlike
-    /// `write` and `reset`) does not check for the rejection, so finishing the dead stream would finish the
-    /// new stream with the same id (the server then sees the replayed control stream end before Hello).
-    pub fn abandon(&self) {
-        self.abandoned.store(true, Ordering::Relaxed);
-    }
-
-    /// Wakes the writer task if frames were pushed since the last flush.
-    pub fn flush(&mut self) {
-        if std::mem::take(&mut self.dirty) {
-            self.notify.notify_one();
+    fn new(writer: FrameWriter, serial: u64) -> Self {
+        StreamWriter {
+            writer,
+            staged: BytesMut::new(),
+            serial,
         }
     }
-}
 
-impl Drop for StreamWriter {
-    fn drop(&mut self) {
-        // The writer task notices the buffer is gone, finishes the stream and exits.
-        self.notify.notify_one();
+    /// Appends a frame; written at the next [`StreamWriter::flush`].
+    pub fn push(&mut self, frame: &Frame) {
+        codec::encode_into(frame, &mut self.staged);
+    }
+
+    /// The stream died with a rejected 0-RTT: once dropped, the writer task must not finish it (quinn
+    /// reuses the ids of such streams; see `ferry_quic::FrameWriter::abandon`).
+    pub fn abandon(&self) {
+        self.writer.abandon();
+    }
+
+    /// Hands the frames pushed since the last flush to the writer task.
+    pub fn flush(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        match self.writer.try_reserve() {
+            Ok(permit) => permit.send_encoded(self.staged.split().freeze()),
+            // The server is not reading: keep the batch; the driver flushes every writer on each pass.
+            Err(TrySendError::Full) => {}
+            // The stream is gone; its reader reports the end to the driver.
+            Err(TrySendError::Closed) => self.staged.clear(),
+        }
     }
 }
 
 /// Creates a writer and spawns its task on `send`.
 pub(crate) fn spawn_writer(send: quinn::SendStream, serial: u64) -> StreamWriter {
-    let writer = StreamWriter {
-        buf: Arc::new(Mutex::new(BytesMut::new())),
-        notify: Arc::new(Notify::new()),
-        serial,
-        dirty: false,
-        abandoned: Arc::default(),
-    };
-    tokio::spawn(write_loop(
-        send,
-        Arc::downgrade(&writer.buf),
-        writer.notify.clone(),
-        writer.abandoned.clone(),
-    ));
-    writer
+    StreamWriter::new(FrameWriter::spawn(send, STREAM_QUEUE), serial)
 }
 
-/// The writer task's side of a stream that is still being opened.
-pub(crate) struct PendingStream {
-    buf: Weak<Mutex<BytesMut>>,
-    notify: Arc<Notify>,
-    abandoned: Arc<AtomicBool>,
-}
-
-/// A writer whose stream is still being opened (the Open frame and early frames wait in the buffer).
+/// A writer whose stream is still being opened (the Open frame and early frames wait in its queue).
 pub(crate) fn pending_writer(serial: u64) -> (StreamWriter, PendingStream) {
-    let writer = StreamWriter {
-        buf: Arc::new(Mutex::new(BytesMut::new())),
-        notify: Arc::new(Notify::new()),
-        serial,
-        dirty: false,
-        abandoned: Arc::default(),
-    };
-    let pending = PendingStream {
-        buf: Arc::downgrade(&writer.buf),
-        notify: writer.notify.clone(),
-        abandoned: writer.abandoned.clone(),
-    };
-    (writer, pending)
-}
-
-async fn write_loop(
-    mut send: quinn::SendStream,
-    buf: Weak<Mutex<BytesMut>>,
-    notify: Arc<Notify>,
-    abandoned: Arc<AtomicBool>,
-) {
-    loop {
-        notify.notified().await;
-        let Some(buf) = buf.upgrade() else {
-            if !abandoned.load(Ordering::Relaxed) {
-                let _ = send.finish();
-            }
-            return;
-        };
-        let data = std::mem::take(&mut *buf.lock().expect("writer buffer"));
-        drop(buf);
-        if data.is_empty() {
-            continue;
-        }
-        if send.write_all(&data).await.is_err() {
-            // The reader of the same stream reports the reset; nothing to do here.
-            return;
-        }
-    }
+    let (writer, pending) = FrameWriter::pending(STREAM_QUEUE);
+    (StreamWriter::new(writer, serial), pending)
 }
 
 /// Opens a conversation stream, then runs its writer and reader.
@@ -282,14 +236,8 @@ pub(crate) fn spawn_open(
         };
         match conn.open_bi().await {
             Ok((send, recv)) => {
-                // Frames pushed while the stream was opening are waiting: write them now.
-                pending.notify.notify_one();
-                tokio::spawn(write_loop(
-                    send,
-                    pending.buf,
-                    pending.notify,
-                    pending.abandoned,
-                ));
+                // Frames pushed while the stream was opening are waiting: the task writes them first.
+                pending.attach(send);
                 read_loop(recv, gen, stream, max_frame_size, tx).await;
             }
             Err(e) => {
@@ -328,76 +276,63 @@ pub(crate) async fn read_loop(
 }
 
 async fn read_frames(
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     gen: u64,
     mut source: Source,
     max_frame_size: usize,
     tx: mpsc::Sender<Inbound>,
 ) {
-    let mut decoder = Decoder::new(max_frame_size);
-    let reason = 'read: loop {
-        let chunk = match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => {
-                break match decoder.finish() {
-                    Ok(()) => "finished".to_owned(),
-                    Err(e) => e.to_string(),
-                }
-            }
+    let mut reader = FrameReader::new(recv, max_frame_size);
+    let reason = loop {
+        let frame = match reader.next().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break "finished".to_owned(),
             // Streams opened in early data die with a rejected 0-RTT, but the connection lives on: the
             // driver restarts the session on it when the verdict arrives (`Inbound::ZeroRtt`). Reporting
             // the end would make it drop the connection and reconnect instead.
-            Err(quinn::ReadError::ZeroRttRejected) => return,
-            Err(e) => break e.to_string(),
-        };
-        decoder.extend(&chunk.bytes);
-        loop {
-            let frame = match decoder.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = recv.stop(quinn::VarInt::from_u32(e.code().0));
-                    break 'read e.to_string();
-                }
-            };
-            let stream = match source {
-                Source::Known(ref stream) => stream.clone(),
-                Source::Accepted { .. } => {
-                    let Source::Accepted { mut send, serial } =
-                        std::mem::replace(&mut source, Source::Known(StreamRef::Control))
-                    else {
-                        unreachable!("matched above")
-                    };
-                    let Some(Kind::Open(open)) = frame.kind else {
-                        let code = quinn::VarInt::from_u32(ErrorCode::PROTOCOL_ERROR.0);
-                        let _ = send.reset(code);
-                        let _ = recv.stop(code);
-                        return;
-                    };
-                    let conversation = open.conversation_id;
-                    source = Source::Known(StreamRef::Conv {
-                        serial,
-                        conversation: conversation.clone(),
-                    });
-                    let accepted = Inbound::Accepted {
-                        gen,
-                        serial,
-                        conversation,
-                        send,
-                    };
-                    if tx.send(accepted).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if tx
-                .send(Inbound::Frame { gen, stream, frame })
-                .await
-                .is_err()
-            {
-                return;
+            Err(e) if e.is_zero_rtt_rejected() => return,
+            Err(ReadError::Decode(e)) => {
+                reader.stop(e.code());
+                break e.to_string();
             }
+            Err(ReadError::Stream(e)) => break e.to_string(),
+        };
+        let stream = match source {
+            Source::Known(ref stream) => stream.clone(),
+            Source::Accepted { .. } => {
+                let Source::Accepted { mut send, serial } =
+                    std::mem::replace(&mut source, Source::Known(StreamRef::Control))
+                else {
+                    unreachable!("matched above")
+                };
+                let Some(Kind::Open(open)) = frame.kind else {
+                    let _ = send.reset(codes::to_varint(ErrorCode::PROTOCOL_ERROR));
+                    reader.stop(ErrorCode::PROTOCOL_ERROR);
+                    return;
+                };
+                let conversation = open.conversation_id;
+                source = Source::Known(StreamRef::Conv {
+                    serial,
+                    conversation: conversation.clone(),
+                });
+                let accepted = Inbound::Accepted {
+                    gen,
+                    serial,
+                    conversation,
+                    send,
+                };
+                if tx.send(accepted).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if tx
+            .send(Inbound::Frame { gen, stream, frame })
+            .await
+            .is_err()
+        {
+            return;
         }
     };
     // A stream that ended before its Open frame was never announced: nothing to report.

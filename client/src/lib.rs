@@ -66,8 +66,9 @@
 //!
 //! I/O and plumbing: `driver` (the task: select loop, the core's store work on the blocking thread),
 //! `link` (endpoint, connection and stream writers; performs the core's transmits), `conn` (dialling,
-//! stream reader/writer tasks), `enqueue` (group commit of outbox writes on a dedicated thread), [`tls`]
-//! (TLS 1.3, ALPN, 0-RTT), [`store`] + [`sqlite`] (durable state),
+//! stream reader/writer tasks on `ferry-quic`'s frame reader and writer), `enqueue` (group commit of
+//! outbox writes on a dedicated thread), [`tls`] (`ferry-quic`'s client configuration: TLS 1.3, ALPN,
+//! 0-RTT), [`store`] + [`sqlite`] (durable state),
 //! [`builder`], [`client`], [`event`], [`message`], [`error`], [`token`].
 //!
 //! ## Decisions

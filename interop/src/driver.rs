@@ -1,10 +1,11 @@
 //! A minimal ferry/1 wire driver: QUIC + the protocol crate's codec, nothing else. It sends exactly the
 //! frames a test asks for and returns exactly what arrived, so conformance cases and end-to-end tests
-//! judge what is on the wire — not what a client library makes of it.
+//! judge what is on the wire — not what a client library makes of it. Frames are read with `ferry-quic`'s
+//! reader; writes stay direct, one `write_all` per call, so a case controls every byte (malformed input
+//! included) and sees the error of the very write that failed.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use ferry_protocol::frame::{
     PullResult, RemoveMember, Send, SendAck, Sync, SyncResult, Welcome,
 };
 use ferry_protocol::{ErrorCode, Frame, ALPN, VERSION};
-use ferry_server::stream_io::{FrameReader, ReadError};
+use ferry_quic::{codes, ClientConfigBuilder, FrameReader, ReadError, TrustRoots};
 
 /// Default time a driver waits for any expected frame.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -59,24 +60,10 @@ pub enum DriverError {
 impl DriverError {
     /// The ferry/1 code the peer closed the connection or reset the stream with, if any.
     pub fn wire_code(&self) -> Option<ErrorCode> {
-        let app_code = |e: &quinn::ConnectionError| match e {
-            quinn::ConnectionError::ApplicationClosed(close) => {
-                Some(ErrorCode(close.error_code.into_inner() as u32))
-            }
-            _ => None,
-        };
         match self {
-            DriverError::Connection(e) => app_code(e),
-            DriverError::Write(quinn::WriteError::ConnectionLost(e)) => app_code(e),
-            DriverError::Write(quinn::WriteError::Stopped(code)) => {
-                Some(ErrorCode(code.into_inner() as u32))
-            }
-            DriverError::Read(ReadError::Stream(quinn::ReadError::Reset(code))) => {
-                Some(ErrorCode(code.into_inner() as u32))
-            }
-            DriverError::Read(ReadError::Stream(quinn::ReadError::ConnectionLost(e))) => {
-                app_code(e)
-            }
+            DriverError::Connection(e) => codes::connection_code(e),
+            DriverError::Write(e) => codes::write_code(e),
+            DriverError::Read(e) => e.peer_code(),
             DriverError::Unexpected { got, .. } => match &got.kind {
                 Some(Kind::Error(e)) => Some(ErrorCode(e.code)),
                 _ => None,
@@ -86,41 +73,23 @@ impl DriverError {
     }
 }
 
-/// A QUIC client endpoint trusting one CA file, speaking the given ALPN protocols.
+/// QUIC keep-alive of the driver's connections. Conformance runs may target a server with short test
+/// timers (CI's runs one whose QUIC idle timeout is 8 s, below the 15 s the spec asks for): PING often
+/// enough that only the ferry timers a case waits for close its connection.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// A QUIC client endpoint trusting one CA file, speaking the given ALPN protocols (the one client
+/// configuration of `ferry-quic`, so cases see the transport settings every ferry/1 client uses).
 pub fn endpoint(ca_file: &Path, alpn: &[&[u8]]) -> Result<quinn::Endpoint, DriverError> {
     let pem = std::fs::read(ca_file)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(&pem)? {
-        roots
-            .add(cert)
-            .map_err(|e| DriverError::Tls(e.to_string()))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| DriverError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    tls.enable_early_data = true;
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+    let config = ClientConfigBuilder::new(TrustRoots::Pem(pem))
+        .alpn(alpn)
+        .keep_alive(KEEP_ALIVE)
+        .build()
         .map_err(|e| DriverError::Tls(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    config.transport_config(Arc::new(transport));
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal address"))?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
-}
-
-fn rustls_pemfile_certs(
-    pem: &[u8],
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, DriverError> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DriverError::Tls(e.to_string()))
 }
 
 /// Reads the next frame within `WAIT`.
@@ -294,7 +263,7 @@ impl Session {
 
     /// Resets the sending side of the control stream with `code` (FERRY-CONN-2 cases).
     pub fn reset_control(&mut self, code: ErrorCode) {
-        let _ = self.control_send.reset(quinn::VarInt::from_u32(code.0));
+        let _ = self.control_send.reset(codes::to_varint(code));
     }
 
     /// Writes raw bytes on the control stream.
@@ -446,7 +415,7 @@ impl Session {
     /// Closes the connection with NO_ERROR.
     pub fn close(&self) {
         self.connection
-            .close(quinn::VarInt::from_u32(ErrorCode::NO_ERROR.0), b"bye");
+            .close(codes::to_varint(ErrorCode::NO_ERROR), b"bye");
     }
 }
 
@@ -517,7 +486,7 @@ impl ConvStream {
 
     /// Abandons the stream from the client side: RESET_STREAM and STOP_SENDING with `code`.
     pub fn reset(&mut self, code: ErrorCode) {
-        let _ = self.send.reset(quinn::VarInt::from_u32(code.0));
+        let _ = self.send.reset(codes::to_varint(code));
         self.reader.stop(code);
     }
 

@@ -7,7 +7,8 @@
 //! (`FERRY-SEND-5`), and reports which requirements of `spec/ferry-1.md` have a case.
 //!
 //! Layout:
-//! - [`driver`]: QUIC + the protocol crate's codec, nothing else; also used by Ferry's end-to-end tests;
+//! - [`driver`]: QUIC (`ferry-quic`'s frame reader and client configuration) + the protocol crate's codec,
+//!   nothing else; also used by Ferry's end-to-end tests;
 //! - [`runner`]: the case type, the `case!`/`ensure!` macros, running cases with timeouts;
 //! - [`server_mode`]: the server cases, one file per area (handshake, auth, messaging, sync, groups,
 //!   streams, framing, datagrams, limits, network);

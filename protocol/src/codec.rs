@@ -159,6 +159,12 @@ impl Decoder {
         }
     }
 
+    /// Changes the size limit for the frames not yet returned: a reader created with the default
+    /// applies the limit announced later (in `Welcome`) without losing bytes already buffered.
+    pub fn set_max_frame_size(&mut self, max_frame_size: usize) {
+        self.max_frame_size = max_frame_size;
+    }
+
     /// Appends received bytes.
     pub fn extend(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
@@ -272,6 +278,20 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::FRAME_TOO_LARGE);
         assert_eq!(decoder.next_frame().unwrap_err(), err);
         assert_eq!(decoder.finish().unwrap_err(), err);
+    }
+
+    #[test]
+    fn a_lowered_limit_applies_to_bytes_already_buffered() {
+        let ack = encode(&frame(Kind::Ack(Ack { seq: 300 })));
+        let mut decoder = Decoder::new(DEFAULT_MAX_FRAME_SIZE);
+        decoder.extend(&ack);
+        decoder.extend(&ack);
+        assert!(decoder.next_frame().unwrap().is_some());
+        decoder.set_max_frame_size(1);
+        assert!(matches!(
+            decoder.next_frame(),
+            Err(DecodeError::FrameTooLarge { max: 1, .. })
+        ));
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! - [`frame`]: the protobuf frame types generated from `spec/ferry.proto` (the single schema source);
 //! - [`codec`]: varint-length framing, an incremental [`Decoder`] with typed errors and a size limit;
 //! - [`error_code`]: the one table of wire error codes ([`ErrorCode`]);
+//! - [`frames`]: constructors for Error and GoAway, and [`frames::kind_name`] for logs;
 //! - [`ids`]: validation of user, device, message and conversation ids;
-//! - [`limits`]: the defaults that zero fields of `Welcome.limits` stand for;
+//! - [`limits`]: the defaults that zero fields of `Welcome.limits` stand for, and the QUIC keep-alive and
+//!   idle timeout of the spec's transport section;
 //! - [`window`]: the client's per-conversation receive window (gap detection, dedupe, ack position).
 //!
 //! The normative description is `spec/ferry-1.md`; requirement ids such as `FERRY-FRAME-3` in comments
@@ -18,6 +20,7 @@
 
 pub mod codec;
 pub mod error_code;
+pub mod frames;
 pub mod ids;
 pub mod limits;
 pub mod window;

@@ -1,7 +1,17 @@
 //! The defaults of spec section 10: a zero (or absent) field of `Welcome.limits` means the default
-//! (FERRY-LIMIT-1). Every party that reads announced limits takes them through [`effective`].
+//! (FERRY-LIMIT-1). Every party that reads announced limits takes them through [`effective`]. Also the
+//! QUIC timers of spec section 9.3 that every client configuration uses.
+
+use std::time::Duration;
 
 use crate::frame::Limits;
+
+/// How often a client sends QUIC keep-alive PINGs (FERRY-TRANSPORT-9): well under common NAT binding
+/// timeouts, and shorter than the smallest idle timeout a server should advertise (15 s).
+pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// The QUIC `max_idle_timeout` endpoints should advertise (FERRY-TRANSPORT-9).
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `Welcome.heartbeat_interval_ms` when it is 0 (FERRY-HB-1).
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 25_000;

@@ -9,16 +9,15 @@ use std::time::{Duration, SystemTime};
 
 use ferry_protocol::codec::frame;
 use ferry_protocol::frame::{frame::Kind, Hello, Welcome};
-use ferry_protocol::{ids, unix_millis, ErrorCode, VERSION};
+use ferry_protocol::{frames, ids, unix_millis, ErrorCode, VERSION};
+use ferry_quic::{codes, FrameReader, FrameWriter};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info};
 
 use crate::control;
 use crate::conversation;
 use crate::datagrams;
-use crate::frames;
 use crate::sessions::{Outbound, SessionHandle};
-use crate::stream_io::{spawn_writer, FrameReader, Outgoing};
 use crate::Shared;
 
 /// How long a new connection may take to send Hello.
@@ -37,7 +36,7 @@ pub struct Conn {
     /// The QUIC connection.
     pub connection: quinn::Connection,
     /// Conversation → writer of the stream the server delivers that conversation on.
-    pub streams: Mutex<HashMap<Arc<str>, mpsc::Sender<Outgoing>>>,
+    pub streams: Mutex<HashMap<Arc<str>, FrameWriter>>,
     /// Client-opened conversation streams currently open (FERRY-STREAM-7 counts only those).
     pub open_streams: AtomicUsize,
     /// Permits for Sends received but not yet answered (max_inflight_sends).
@@ -48,7 +47,7 @@ impl Conn {
     /// Closes the connection with a wire code.
     pub fn close(&self, code: ErrorCode, reason: &str) {
         self.connection
-            .close(quinn::VarInt::from_u32(code.0), reason.as_bytes());
+            .close(codes::to_varint(code), reason.as_bytes());
     }
 }
 
@@ -160,7 +159,7 @@ async fn handshake(
         }
     }
 
-    let control = spawn_writer(send, STREAM_QUEUE);
+    let control = FrameWriter::spawn(send, STREAM_QUEUE);
     let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let device_class = if hello.device_class.is_empty() {
         "default".to_owned()
@@ -185,9 +184,7 @@ async fn handshake(
         server_time_ms: unix_millis(SystemTime::now()),
         store_epoch: shared.store.store_epoch(),
     };
-    let _ = control
-        .send(Outgoing::Frame(frame(Kind::Welcome(welcome))))
-        .await;
+    let _ = control.send(frame(Kind::Welcome(welcome))).await;
     // In a cluster, the local registry and the session directory must see this user's logins in the
     // same order, or a slower directory write of an older login would replace the newer one.
     let login_order = match &shared.cluster {
@@ -275,6 +272,6 @@ async fn refuse(
             let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
         }
     }
-    connection.close(quinn::VarInt::from_u32(code.0), reason.as_bytes());
+    connection.close(codes::to_varint(code), reason.as_bytes());
     HandshakeError::Refused(code, reason.to_owned())
 }

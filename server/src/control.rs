@@ -10,15 +10,14 @@ use std::time::{Duration, SystemTime};
 use ferry_protocol::codec::frame;
 use ferry_protocol::frame::{frame::Kind, GroupResult, HeartbeatAck, SyncResult};
 use ferry_protocol::ids::{self, ConversationRef};
-use ferry_protocol::{unix_millis, ErrorCode, Frame};
+use ferry_protocol::{frames, unix_millis, ErrorCode, Frame};
+use ferry_quic::{FrameReader, ReadError};
 use ferry_store::MembershipOp;
 use tracing::debug;
 
 use crate::connection::Conn;
 use crate::errors::{from_store, Refusal};
 use crate::fanout;
-use crate::frames;
-use crate::stream_io::{FrameReader, Outgoing, ReadError};
 
 /// Longest group name, in bytes.
 const MAX_GROUP_NAME: usize = 256;
@@ -114,7 +113,7 @@ async fn handle(conn: &Conn, frame: Frame) -> Result<(), Refusal> {
             ));
         }
     };
-    let _ = conn.session.control.send(Outgoing::Frame(reply)).await;
+    let _ = conn.session.control.send(reply).await;
     Ok(())
 }
 

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use ferry_protocol::codec::frame;
 use ferry_protocol::frame::{frame::Kind, Deliver, Open, PullResult, Send, SendAck};
 use ferry_protocol::ids::{self, ConversationRef};
-use ferry_protocol::{unix_millis, ErrorCode, Frame};
+use ferry_protocol::{frames, unix_millis, ErrorCode, Frame};
+use ferry_quic::{codes, FrameReader, FrameWriter};
 use ferry_store::{Membership, NewMessage, PendingAppend, StoreError};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
@@ -23,9 +24,7 @@ use tracing::debug;
 use crate::connection::{Conn, STREAM_QUEUE};
 use crate::errors::{from_store, store_code, Refusal};
 use crate::fanout;
-use crate::frames;
 use crate::sessions::Outbound;
-use crate::stream_io::{spawn_writer, FrameReader, Outgoing};
 
 /// How long a client-opened stream may take to send Open.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,7 +36,7 @@ pub async fn accept_loop(conn: Arc<Conn>) {
     let max = conn.shared.settings.limits.max_open_streams as usize;
     while let Ok((mut send, mut recv)) = conn.connection.accept_bi().await {
         if conn.open_streams.load(Ordering::Relaxed) >= max {
-            let code = quinn::VarInt::from_u32(ErrorCode::TOO_MANY_STREAMS.0);
+            let code = codes::to_varint(ErrorCode::TOO_MANY_STREAMS);
             let _ = send.reset(code);
             let _ = recv.stop(code);
             conn.shared.metrics.error(ErrorCode::TOO_MANY_STREAMS);
@@ -50,7 +49,7 @@ pub async fn accept_loop(conn: Arc<Conn>) {
 /// A stream the client opened: expects Open first.
 async fn client_stream(conn: Arc<Conn>, send: quinn::SendStream, recv: quinn::RecvStream) {
     let _guard = StreamCount::new(&conn);
-    let writer = spawn_writer(send, STREAM_QUEUE);
+    let writer = FrameWriter::spawn(send, STREAM_QUEUE);
     let mut reader = FrameReader::new(recv, conn.shared.settings.limits.max_frame_size as usize);
     let first = tokio::time::timeout(OPEN_TIMEOUT, reader.next()).await;
     let conversation = match first {
@@ -89,17 +88,15 @@ async fn client_stream(conn: Arc<Conn>, send: quinn::SendStream, recv: quinn::Re
 /// Answers with an Error frame, then resets the stream with the same code.
 async fn reject(
     conn: &Conn,
-    writer: &mpsc::Sender<Outgoing>,
+    writer: &FrameWriter,
     reader: &mut FrameReader,
     code: ErrorCode,
     reason: String,
 ) {
     debug!(user = %conn.session.user, code = code.name(), %reason, "conversation stream rejected");
     conn.shared.metrics.error(code);
-    let _ = writer
-        .send(Outgoing::Frame(frames::error(code, reason)))
-        .await;
-    let _ = writer.send(Outgoing::Reset(code)).await;
+    let _ = writer.send(frames::error(code, reason)).await;
+    let _ = writer.reset(code).await;
     reader.stop(code);
 }
 
@@ -152,17 +149,17 @@ async fn authorize_open(conn: &Conn, conversation: &str) -> Result<Membership, R
 }
 
 /// Makes `writer` the stream the server delivers `conversation` on (the newest stream wins).
-fn register(conn: &Conn, conversation: &Arc<str>, writer: &mpsc::Sender<Outgoing>) {
+fn register(conn: &Conn, conversation: &Arc<str>, writer: &FrameWriter) {
     let mut streams = conn.streams.lock().expect("streams lock");
     streams.insert(conversation.clone(), writer.clone());
 }
 
 /// Forgets `writer` as the delivery stream of `conversation`, unless a newer stream replaced it.
-fn unregister(conn: &Conn, conversation: &str, writer: &mpsc::Sender<Outgoing>) {
+fn unregister(conn: &Conn, conversation: &str, writer: &FrameWriter) {
     let mut streams = conn.streams.lock().expect("streams lock");
     if streams
         .get(conversation)
-        .is_some_and(|current| current.same_channel(writer))
+        .is_some_and(|current| current.same_stream(writer))
     {
         streams.remove(conversation);
     }
@@ -191,7 +188,7 @@ type SendOutcome = (Frame, Option<OwnedSemaphorePermit>);
 async fn serve(
     conn: Arc<Conn>,
     conversation: Arc<str>,
-    writer: mpsc::Sender<Outgoing>,
+    writer: FrameWriter,
     mut reader: FrameReader,
 ) {
     let idle = Duration::from_millis(u64::from(conn.shared.settings.stream_idle_timeout_ms));
@@ -208,7 +205,7 @@ async fn serve(
             biased;
             outcome = next_outcome(&mut pending) => {
                 let (reply, _permit) = outcome;
-                if writer.send(Outgoing::Frame(reply)).await.is_err() {
+                if writer.send(reply).await.is_err() {
                     break;
                 }
             }
@@ -268,7 +265,7 @@ async fn handle(
     conn: &Arc<Conn>,
     conversation: &Arc<str>,
     incoming: Frame,
-    writer: &mpsc::Sender<Outgoing>,
+    writer: &FrameWriter,
     acks: &watch::Sender<u64>,
 ) -> Result<Option<JoinHandle<SendOutcome>>, Refusal> {
     match incoming.kind {
@@ -288,7 +285,7 @@ async fn handle(
                 Ok(result) => frame(Kind::PullResult(result)),
                 Err((code, msg)) => frames::error(code, msg),
             };
-            let _ = writer.send(Outgoing::Frame(reply)).await;
+            let _ = writer.send(reply).await;
             Ok(None)
         }
         other => {
@@ -547,7 +544,7 @@ pub async fn outbound_loop(conn: Arc<Conn>, mut outbound: mpsc::Receiver<Outboun
                     message: Some(Arc::unwrap_or_clone(message)),
                     epoch,
                 }));
-                match writer.try_send(Outgoing::Frame(deliver)) {
+                match writer.try_send(deliver) {
                     Ok(()) => conn.shared.metrics.delivery(),
                     Err(_) => conn.shared.metrics.delivery_dropped(),
                 }
@@ -557,10 +554,7 @@ pub async fn outbound_loop(conn: Arc<Conn>, mut outbound: mpsc::Receiver<Outboun
 }
 
 /// The stream to deliver `conversation` on: the registered one, or a new server-opened one.
-async fn delivery_stream(
-    conn: &Arc<Conn>,
-    conversation: &Arc<str>,
-) -> Option<mpsc::Sender<Outgoing>> {
+async fn delivery_stream(conn: &Arc<Conn>, conversation: &Arc<str>) -> Option<FrameWriter> {
     {
         let streams = conn.streams.lock().expect("streams lock");
         if let Some(writer) = streams.get(conversation) {
@@ -574,11 +568,11 @@ async fn delivery_stream(
         Ok(Ok(streams)) => streams,
         _ => return None, // the client allows no more streams right now; heads + Pull recover
     };
-    let writer = spawn_writer(send, STREAM_QUEUE);
+    let writer = FrameWriter::spawn(send, STREAM_QUEUE);
     let open = frame(Kind::Open(Open {
         conversation_id: conversation.to_string(),
     }));
-    writer.send(Outgoing::Frame(open)).await.ok()?;
+    writer.send(open).await.ok()?;
     register(conn, conversation, &writer);
     let reader = FrameReader::new(recv, conn.shared.settings.limits.max_frame_size as usize);
     let (task_conn, task_conv, task_writer) = (conn.clone(), conversation.clone(), writer.clone());

@@ -13,12 +13,13 @@
 //! - [`datagrams`]: typing and presence relay;
 //! - [`sessions`]: the online-session registry and login policies;
 //! - [`cluster`]: cluster mode — sessions, deliveries and datagrams across nodes, node liveness;
-//! - [`stream_io`]: frame reader and batching frame writer over QUIC streams;
-//! - [`rate`]: token buckets; [`errors`]: mapping failures onto wire codes; [`frames`]: frame helpers;
-//! - [`auth`]: signed tokens; [`tls`]: certificates and QUIC configs; [`config`]: settings from
+//! - [`rate`]: token buckets; [`errors`]: mapping failures onto wire codes;
+//! - [`auth`]: signed tokens; [`tls`]: certificates and the QUIC server config; [`config`]: settings from
 //!   defaults, TOML, `FERRY_*` variables and flags; [`metrics`] and [`http`]: `/metrics`, `/healthz`.
 //!
-//! Storage is behind [`ferry_store::Store`]; the server never touches a table directly.
+//! Frames move over QUIC streams through `ferry-quic` (the one frame reader and batching writer every
+//! role uses); frame helpers come from [`ferry_protocol::frames`]. Storage is behind
+//! [`ferry_store::Store`]; the server never touches a table directly.
 #![warn(missing_docs)]
 
 use std::sync::Arc;
@@ -35,7 +36,6 @@ pub mod conversation;
 pub mod datagrams;
 pub mod errors;
 pub mod fanout;
-pub mod frames;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
 pub mod http;
@@ -43,7 +43,6 @@ pub mod metrics;
 pub mod rate;
 pub mod server;
 pub mod sessions;
-pub mod stream_io;
 pub mod tls;
 
 pub use config::Settings;

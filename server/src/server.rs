@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_protocol::ErrorCode;
+use ferry_protocol::{frames, ErrorCode};
+use ferry_quic::codes;
 use ferry_store::{EmbeddedStore, EmbeddedStoreOptions, RedisStore, RedisStoreOptions, Store};
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
@@ -21,8 +22,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::rate::UserRateLimiter;
 use crate::sessions::Sessions;
-use crate::stream_io::Outgoing;
-use crate::{cluster, connection, frames, http, tls, Shared};
+use crate::{cluster, connection, http, tls, Shared};
 
 /// Most connections served at once; more are refused at the QUIC level.
 const MAX_CONNECTIONS: usize = 100_000;
@@ -280,7 +280,7 @@ async fn drain(endpoint: &quinn::Endpoint, shared: &Shared) {
         if let Some(ferry_protocol::frame::frame::Kind::GoAway(g)) = &mut go_away.kind {
             g.endpoints = endpoints.clone();
         }
-        let _ = session.control.try_send(Outgoing::Frame(go_away));
+        let _ = session.control.try_send(go_away);
     }
     let grace = Duration::from_millis(u64::from(shared.settings.drain_grace_ms));
     let deadline = tokio::time::Instant::now() + grace;
@@ -288,7 +288,7 @@ async fn drain(endpoint: &quinn::Endpoint, shared: &Shared) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     endpoint.close(
-        quinn::VarInt::from_u32(ErrorCode::SHUTTING_DOWN.0),
+        codes::to_varint(ErrorCode::SHUTTING_DOWN),
         b"server shutting down",
     );
     if tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle())

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ferry_protocol::frame::Message;
-use ferry_protocol::ErrorCode;
+use ferry_protocol::{frames, ErrorCode};
+use ferry_quic::{codes, FrameWriter};
 use tokio::sync::mpsc;
 
 use crate::config::LoginPolicy;
-use crate::stream_io::Outgoing;
 
 /// Something to send to one session.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ pub struct SessionHandle {
     /// Deliveries and datagrams for this session.
     pub outbound: mpsc::Sender<Outbound>,
     /// Control-stream frames (GoAway) for this session.
-    pub control: mpsc::Sender<Outgoing>,
+    pub control: FrameWriter,
     /// The QUIC connection, to close a replaced session.
     pub connection: quinn::Connection,
 }
@@ -57,22 +57,24 @@ impl SessionHandle {
     /// Tells the session it was replaced and closes it with SESSION_REPLACED, which tells the client not
     /// to reconnect automatically (no kick loops, FERRY-CONN-*).
     pub fn close_replaced(&self) {
-        let go_away = crate::frames::go_away(
+        let go_away = frames::go_away(
             ErrorCode::SESSION_REPLACED,
             "another session of this user replaced this one",
         );
         // The control writer sends the GoAway, then closes the connection (FERRY-AUTH-8).
-        let close = Outgoing::Close {
-            code: ErrorCode::SESSION_REPLACED,
-            reason: "session replaced",
-            connection: self.connection.clone(),
-        };
-        let queued = self.control.try_send(Outgoing::Frame(go_away)).is_ok()
-            && self.control.try_send(close).is_ok();
+        let queued = self.control.try_send(go_away).is_ok()
+            && self
+                .control
+                .try_close_connection(
+                    ErrorCode::SESSION_REPLACED,
+                    "session replaced",
+                    self.connection.clone(),
+                )
+                .is_ok();
         if !queued {
             // The control queue is full or gone: close at once; the close code alone carries the news.
             self.connection.close(
-                quinn::VarInt::from_u32(ErrorCode::SESSION_REPLACED.0),
+                codes::to_varint(ErrorCode::SESSION_REPLACED),
                 b"session replaced",
             );
         }

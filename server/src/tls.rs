@@ -1,12 +1,12 @@
-//! TLS material and QUIC endpoint configuration.
+//! TLS material and the QUIC server configuration (clients build theirs with `ferry-quic`).
 //!
 //! ferry/1 runs on TLS 1.3 only, with exactly one ALPN id: a client that does not offer it fails the
 //! handshake (no_application_protocol, QUIC CRYPTO_ERROR 0x178). Without `--cert`/`--key` the server
 //! makes a self-signed certificate for `localhost`, `127.0.0.1` and `::1` in its data dir on first
 //! start; that `cert.pem` is also the CA file clients trust.
 //!
-//! Both configs enable 0-RTT: the server accepts early data (`max_early_data_size = u32::MAX`, the
-//! only non-zero value QUIC allows) and the client offers it on resumption. Early data can be replayed;
+//! The server accepts 0-RTT (`max_early_data_size = u32::MAX`, the only non-zero value QUIC allows);
+//! clients offer it on resumption (`ferry_quic::ClientConfigBuilder`). Early data can be replayed;
 //! ferry/1 allows only idempotent frames in it (DECISIONS.md, "0-RTT").
 
 use std::io::{ErrorKind, Write};
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicServerConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -25,10 +25,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
 /// TLS sessions remembered for resumption and 0-RTT (each a few hundred bytes).
 const SESSION_CACHE_ENTRIES: usize = 65_536;
-/// Client keep-alive: well under common NAT binding timeouts (DECISIONS.md recommends 10 s).
-const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(10);
-/// Client-side QUIC idle timeout (DECISIONS.md).
-const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why TLS material or a QUIC config could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -204,29 +200,6 @@ pub fn server_config(
     Ok(config)
 }
 
-/// A QUIC client config trusting the certificates in `ca_pem`: TLS 1.3, ALPN `alpn`, 0-RTT offered on
-/// resumption, keep-alives every 10 s.
-pub fn client_config(ca_pem: &Path, alpn: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in read_certs(ca_pem)? {
-        roots.add(cert)?;
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    tls.enable_early_data = true;
-
-    let mut transport = TransportConfig::default();
-    transport
-        .max_idle_timeout(Some(idle_timeout_of(CLIENT_IDLE_TIMEOUT)))
-        .keep_alive_interval(Some(CLIENT_KEEP_ALIVE));
-    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
-}
-
 /// QUIC caps idle timeouts at 2^62 ms; anything that large means "practically never".
 fn idle_timeout_of(duration: Duration) -> IdleTimeout {
     IdleTimeout::try_from(duration).unwrap_or_else(|_| VarInt::MAX.into())
@@ -235,6 +208,7 @@ fn idle_timeout_of(duration: Duration) -> IdleTimeout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_quic::TrustRoots;
 
     #[test]
     fn self_signed_is_created_once_then_reused() {
@@ -302,8 +276,12 @@ mod tests {
     }
 
     fn client(ca: &Path, alpn: &[u8]) -> quinn::Endpoint {
+        let config = ferry_quic::ClientConfigBuilder::new(TrustRoots::CaFile(ca.to_owned()))
+            .alpn(&[alpn])
+            .build()
+            .unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(client_config(ca, alpn).unwrap());
+        endpoint.set_default_client_config(config);
         endpoint
     }
 

@@ -20,9 +20,9 @@ use ferry_protocol::frame::{
     frame::Kind, ConversationKind, ConversationState, Deliver, HeartbeatAck, Hello, Limits,
     Message, Open, PullResult, SendAck, SyncResult, Welcome,
 };
+use ferry_protocol::frames::{self, kind_name};
 use ferry_protocol::{ErrorCode, Frame};
-use ferry_server::frames::{self, kind_name};
-use ferry_server::stream_io::FrameReader;
+use ferry_quic::{codes, FrameReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -532,8 +532,7 @@ impl Conn {
     pub async fn go_away(&mut self, code: ErrorCode) -> Result<(), Verdict> {
         self.send_control(frames::go_away(code, "scripted")).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        self.connection
-            .close(quinn::VarInt::from_u32(code.0), b"scripted");
+        self.connection.close(codes::to_varint(code), b"scripted");
         Ok(())
     }
 

@@ -780,7 +780,7 @@ pub async fn keepalive(ctx: Arc<ClientCtx>) -> CaseResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_server::frames::kind_name;
+    use ferry_protocol::frames::kind_name;
 
     #[test]
     fn padded_typing_decodes_and_has_the_size() {

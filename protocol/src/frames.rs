@@ -1,9 +1,9 @@
-//! Small constructors for the frames the server sends, so handlers read as protocol, not as struct
-//! literals.
+//! Small constructors for the frames every role sends (Error, GoAway), so handlers and conformance
+//! cases read as protocol, not as struct literals; and [`kind_name`] for logs and messages.
 
-use ferry_protocol::codec::frame;
-use ferry_protocol::frame::{frame::Kind, Error, GoAway};
-use ferry_protocol::{ErrorCode, Frame};
+use crate::codec::frame;
+use crate::frame::{frame::Kind, Error, GoAway};
+use crate::{ErrorCode, Frame};
 
 /// An `Error` frame.
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -75,5 +75,30 @@ pub fn kind_name(frame: &Frame) -> &'static str {
         Some(Kind::Presence(_)) => "Presence",
         Some(Kind::Error(_)) => "Error",
         None => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constructors_fill_the_fields_a_receiver_matches_on() {
+        let Some(Kind::Error(e)) = send_error("m1".into(), ErrorCode::RATE_LIMITED, "slow", 7).kind
+        else {
+            panic!("an Error frame")
+        };
+        assert_eq!(
+            (e.code, e.client_msg_id.as_str(), e.retry_after_ms),
+            (ErrorCode::RATE_LIMITED.0, "m1", 7)
+        );
+        let Some(Kind::Error(e)) = request_error(9, ErrorCode::NOT_FOUND, "x").kind else {
+            panic!("an Error frame")
+        };
+        assert_eq!((e.request_id, e.code), (9, ErrorCode::NOT_FOUND.0));
+        let away = go_away(ErrorCode::SHUTTING_DOWN, "bye");
+        assert_eq!(kind_name(&away), "GoAway");
+        assert_eq!(kind_name(&error(ErrorCode::INTERNAL, "")), "Error");
+        assert_eq!(kind_name(&Frame { kind: None }), "unknown");
     }
 }
