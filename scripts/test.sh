@@ -23,7 +23,7 @@ fi
 # fail, never skip, without them.
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   log "installing redis-server and redis-tools"
-  apt-get update && apt-get install -y redis-server redis-tools
+  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
 fi
 
 # --- checks ------------------------------------------------------------------------------------------
@@ -40,6 +40,9 @@ log "tests"
 cargo nextest run --workspace --no-fail-fast --failure-output final
 log "doc tests"
 cargo test --workspace --doc
+
+log "rustdoc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
 
 log "fuzz target builds"
 cargo check --manifest-path fuzz/Cargo.toml --quiet
