@@ -101,8 +101,23 @@ impl SessionDirectory {
         }
     }
 
-    fn ttl_ms(&self) -> u64 {
-        self.ttl.as_millis() as u64
+    /// Runs `script` (register or refresh: they share their arguments) on the session's user key.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        s: SessionRef<'_>,
+    ) -> Result<T, ClusterError> {
+        let mut redis = self.redis.clone();
+        Ok(script
+            .key(self.keys.sessions(s.user))
+            .arg(s.device)
+            .arg(s.class)
+            .arg(&self.node)
+            .arg(s.session)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(self.policy.name())
+            .invoke_async(&mut redis)
+            .await?)
     }
 
     /// Registers a new session; returns the sessions it replaces under the login policy (on any node —
@@ -111,18 +126,7 @@ impl SessionDirectory {
         let mut redis = self.redis.clone();
         // The node's user set first: should the script's write then be lost, releasing finds nothing.
         let _: () = redis.sadd(self.keys.node_users(&self.node), s.user).await?;
-        let flat: Vec<String> = self
-            .scripts
-            .register
-            .key(self.keys.sessions(s.user))
-            .arg(s.device)
-            .arg(s.class)
-            .arg(&self.node)
-            .arg(s.session)
-            .arg(self.ttl_ms())
-            .arg(self.policy.name())
-            .invoke_async(&mut redis)
-            .await?;
+        let flat: Vec<String> = self.invoke(&self.scripts.register, s).await?;
         Ok(flat
             .chunks_exact(2)
             .filter_map(|pair| SessionEntry::parse(pair[0].clone(), &pair[1]))
@@ -132,18 +136,7 @@ impl SessionDirectory {
     /// Extends the session's expiry (call it on heartbeats); see [`Refresh`].
     pub async fn refresh(&self, s: SessionRef<'_>) -> Result<Refresh, ClusterError> {
         let mut redis = self.redis.clone();
-        let result: String = self
-            .scripts
-            .refresh
-            .key(self.keys.sessions(s.user))
-            .arg(s.device)
-            .arg(s.class)
-            .arg(&self.node)
-            .arg(s.session)
-            .arg(self.ttl_ms())
-            .arg(self.policy.name())
-            .invoke_async(&mut redis)
-            .await?;
+        let result: String = self.invoke(&self.scripts.refresh, s).await?;
         match result.as_str() {
             "refreshed" => Ok(Refresh::Refreshed),
             "restored" => {

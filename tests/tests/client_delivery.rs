@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
-use ferry_client::{AckMode, Client, ClientBuilder, Event, Events, MessageKind, ReceivedMessage};
+use ferry_client::{AckMode, Client, ClientBuilder, MessageKind};
 use ferry_protocol::frame::Message;
 use ferry_protocol::ids;
 use ferry_proxy::{DirectionFaults, Faults, Proxy, ProxyConfig};
@@ -24,22 +24,7 @@ fn builder(server: &TestServer, endpoint: String, user: &str, device: &str) -> C
         .device_id(device)
 }
 
-/// Every `Event::Message` a client reports, in report order.
-type Seen = Arc<Mutex<Vec<ReceivedMessage>>>;
-
-/// Collects the messages of `events` until the client stops (the loop ends with the event channel).
-fn collect(mut events: Events) -> Seen {
-    let seen: Seen = Arc::default();
-    let sink = seen.clone();
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            if let Event::Message(m) = event {
-                sink.lock().unwrap().push(m);
-            }
-        }
-    });
-    seen
-}
+use ferry_tests::{collect_messages as collect, Seen};
 
 fn count(seen: &Seen) -> usize {
     seen.lock().unwrap().len()

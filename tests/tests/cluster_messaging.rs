@@ -2,17 +2,16 @@
 //! every client like one node — same guarantees, across nodes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_client::{ClientBuilder, ConnectionState, Event, Events, ReceivedMessage};
+use ferry_client::ClientBuilder;
 use ferry_interop::driver::Session;
 use ferry_protocol::codec::frame;
 use ferry_protocol::frame::{frame::Kind, Message};
 use ferry_protocol::{ids, ErrorCode};
 use ferry_server::config::LoginPolicy;
 use ferry_tests::cluster::{Backend, TestCluster};
-use ferry_tests::wait_until;
+use ferry_tests::{collect_messages as collect, wait_until};
 
 /// Upper bound for any single wait (a loaded 2-core machine is slow, not broken).
 const WAIT: Duration = Duration::from_secs(30);
@@ -127,24 +126,6 @@ async fn typing_crosses_nodes() {
     let got = got.expect("a typing signal crossed the nodes");
     let decoded = ferry_protocol::codec::decode_datagram(&got, 1 << 20).unwrap();
     assert!(matches!(decoded.kind, Some(Kind::Typing(t)) if t.conversation_id == conv && t.active));
-}
-
-/// Every `Event::Message` a client reports, in report order; and whether it was replaced.
-type Seen = Arc<Mutex<Vec<ReceivedMessage>>>;
-
-fn collect(mut events: Events) -> Seen {
-    let seen: Seen = Arc::default();
-    let sink = seen.clone();
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            match event {
-                Event::Message(m) => sink.lock().unwrap().push(m),
-                Event::Connection(ConnectionState::Replaced) => panic!("unexpected replacement"),
-                _ => {}
-            }
-        }
-    });
-    seen
 }
 
 /// 3 users × 2 devices spread over the nodes, all in one group with concurrent senders: every device
