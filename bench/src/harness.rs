@@ -143,3 +143,33 @@ pub fn progress(message: String, duration: Duration) -> ProgressBar {
     });
     bar
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_carries_its_intended_send_time() {
+        let intended = Instant::now() - Duration::from_millis(50);
+        let body = payload(256, intended);
+        assert_eq!(body.len(), 256);
+        let age = age_us(&body).expect("stamped");
+        // Charged from the intended time, not from when the payload was made.
+        assert!((50_000..5_000_000).contains(&age), "age {age} µs");
+    }
+
+    #[test]
+    fn a_short_body_has_no_stamp_and_a_tiny_body_is_padded() {
+        assert_eq!(age_us(&[1, 2, 3]), None);
+        assert_eq!(payload(2, Instant::now()).len(), 8);
+    }
+
+    #[test]
+    fn out_of_range_latencies_are_clamped_not_dropped() {
+        let mut h = histogram();
+        record(&mut h, 0);
+        record(&mut h, u64::MAX);
+        assert_eq!(h.len(), 2);
+        assert!(h.max() >= MAX_LATENCY_US);
+    }
+}

@@ -177,7 +177,9 @@ async fn main() -> anyhow::Result<()> {
         plots.join(", ")
     );
     if !results.errors.is_empty() {
-        anyhow::bail!("{} scenario(s) failed (see above)", results.errors.len());
+        // The failures are in the table and the report already; a backtrace would add nothing.
+        eprintln!("{} scenario(s) failed (see above)", results.errors.len());
+        std::process::exit(1);
     }
     Ok(())
 }

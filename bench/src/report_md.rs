@@ -139,3 +139,66 @@ pub fn goals(r: &Results) -> Vec<String> {
     );
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{ConnectionsRow, ThroughputRow};
+
+    fn tp(system: System, per_sec: f64) -> ThroughputRow {
+        ThroughputRow {
+            system,
+            body: 256,
+            clients: 50,
+            window: 16,
+            acked: per_sec as u64,
+            per_sec,
+            ack_p50_us: 0,
+            ack_p99_us: 0,
+        }
+    }
+
+    #[test]
+    fn goals_are_judged_from_the_figures() {
+        let mut r = Results {
+            throughput: vec![tp(System::Ferry, 30_000.0), tp(System::Nats, 20_000.0)],
+            ..Results::default()
+        };
+        r.connections = Some(ConnectionsRow {
+            target: 1000,
+            opened: 1000,
+            rss_before_kib: 10_000,
+            rss_after_kib: 70_000,
+            samples: vec![],
+            per_conn_kib: 60.0,
+            idle_secs: 10.0,
+            heartbeat_interval_ms: 25_000,
+            idle_cpu_pct: 1.0,
+            idle_cpu_pct_per_10k: 10.0,
+        });
+        let lines = goals(&r);
+        assert!(lines[0].contains("1.50×") && lines[0].contains("not met"), "{}", lines[0]);
+        assert!(lines[1].contains("not measured"));
+        assert!(lines[2].contains("60.0 KiB") && lines[2].contains("not met"));
+        r.throughput[0].per_sec = 45_000.0;
+        assert!(goals(&r)[0].contains("**met**"));
+    }
+
+    #[test]
+    fn the_report_has_the_tables_and_ratios() {
+        let r = Results {
+            throughput: vec![tp(System::Ferry, 30_000.0), tp(System::Mosquitto, 60_000.0)],
+            ..Results::default()
+        };
+        let md = markdown(&r);
+        assert!(md.contains("| mosquitto | 256 | 50×16 | 60000 | – | 0.50 |"), "{md}");
+        assert!(r.terminal().contains("0.50"));
+    }
+
+    #[test]
+    fn utc_timestamps_are_rfc3339() {
+        let now = crate::report::utc_now();
+        assert_eq!(now.len(), 20, "{now}");
+        assert!(now.starts_with("20") && now.ends_with('Z'));
+    }
+}

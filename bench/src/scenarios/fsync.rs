@@ -38,6 +38,7 @@ async fn measure(config: &Config, system: System) -> anyhow::Result<FsyncRow> {
     let running = Running::start(system, &config.ferry_binary).await?;
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("strace.txt");
+    let errors = dir.path().join("strace.err");
     let mut tracer = Command::new(strace)
         .args(["-f", "-c", "-e", "trace=fsync,fdatasync", "-o"])
         .arg(&out)
@@ -45,7 +46,7 @@ async fn measure(config: &Config, system: System) -> anyhow::Result<FsyncRow> {
         .arg(running.pid().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&errors)?)
         .spawn()
         .context("starting strace")?;
     // strace needs a moment to attach to every thread.
@@ -62,9 +63,12 @@ async fn measure(config: &Config, system: System) -> anyhow::Result<FsyncRow> {
     unsafe { libc::kill(tracer.id() as libc::pid_t, libc::SIGINT) };
     let status = tracer.wait()?;
     let counted = counted?;
+    // strace writes no summary at all when it counted no call, so an empty summary means zero fsyncs;
+    // a failed attach shows on its stderr.
     let summary = std::fs::read_to_string(&out).unwrap_or_default();
-    if summary.contains("Operation not permitted") || (!status.success() && summary.is_empty()) {
-        bail!("strace could not attach ({status}): {}", summary.trim());
+    let stderr = std::fs::read_to_string(&errors).unwrap_or_default();
+    if stderr.contains("ptrace") || stderr.contains("Operation not permitted") {
+        bail!("strace could not attach ({status}): {}", stderr.trim());
     }
     Ok(FsyncRow {
         system,
