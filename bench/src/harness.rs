@@ -30,9 +30,14 @@ pub struct Params {
     pub duration: Duration,
 }
 
+/// The stamps' zero: an hour before first use, so that a time taken before the first stamp (a
+/// schedule's start) still lies after it instead of saturating to zero.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+    *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    })
 }
 
 /// Nanoseconds from the bench's epoch to `at`.

@@ -177,7 +177,11 @@ mod tests {
             idle_cpu_pct_per_10k: 10.0,
         });
         let lines = goals(&r);
-        assert!(lines[0].contains("1.50×") && lines[0].contains("not met"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("1.50×") && lines[0].contains("not met"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[1].contains("not measured"));
         assert!(lines[2].contains("60.0 KiB") && lines[2].contains("not met"));
         r.throughput[0].per_sec = 45_000.0;
@@ -191,7 +195,10 @@ mod tests {
             ..Results::default()
         };
         let md = markdown(&r);
-        assert!(md.contains("| mosquitto | 256 | 50×16 | 60000 | – | 0.50 |"), "{md}");
+        assert!(
+            md.contains("| mosquitto | 256 | 50×16 | 60000 | – | 0.50 |"),
+            "{md}"
+        );
         assert!(r.terminal().contains("0.50"));
     }
 

@@ -158,28 +158,29 @@ async fn one_run(
                 .await?,
         );
     }
-    // Rebinds while the receipts come in, bounded by the run's limit.
+    // Rebinds until everything arrived, bounded by the run's limit.
     let mut next_rebind = rebind_every.map(|every| started + every);
-    let wait_receipts = async {
+    // Done when every receipt is in and the receiver has everything (or gave up at the limit).
+    let wait_all = async {
         for r in receipts {
             r.await?;
         }
-        anyhow::Ok(())
+        anyhow::Ok(receive.await?)
     };
-    tokio::pin!(wait_receipts);
-    loop {
-        let rebind_at = next_rebind.unwrap_or(limit).min(limit);
+    let wait_all = tokio::time::timeout_at((limit + Duration::from_secs(10)).into(), wait_all);
+    tokio::pin!(wait_all);
+    let seen = loop {
+        let rebind_at = next_rebind.filter(|at| *at < limit);
         tokio::select! {
-            r = &mut wait_receipts => { r?; break; }
-            _ = tokio::time::sleep_until(rebind_at.into()) => {
-                anyhow::ensure!(Instant::now() < limit, "{name}: receipts not all in within {RUN_LIMIT:?}");
+            r = &mut wait_all => break r.context("receipts not all in within the run's limit")??,
+            _ = tokio::time::sleep_until(rebind_at.unwrap_or(limit).into()), if rebind_at.is_some() => {
                 proxy.rebind()?;
                 rebinds += 1;
-                next_rebind = rebind_every.map(|every| rebind_at + every);
+                next_rebind = rebind_at.zip(rebind_every).map(|(at, every)| at + every);
             }
         }
-    }
-    let (unique, duplicated, reordered, finished) = receive.await?;
+    };
+    let (unique, duplicated, reordered, finished) = seen;
     bar.finish_and_clear();
     sender.shutdown().await;
     receiver.shutdown().await;
