@@ -1,188 +1,185 @@
-//! `ferry-bench`: durable send→ack throughput and latency of a Ferry server on loopback.
+//! `ferry-bench`: Ferry against the systems people use today — Mosquitto (QoS 1), NATS JetStream and
+//! Redis (`appendfsync always`) — in the same run, on the same machine, with the same payloads.
 //!
-//! `ferry-bench send --connections 50` starts a server in-process on a temporary data dir (or targets
-//! `--server ADDR --ca FILE --data-dir DIR`), opens N connections, each keeping `--window` Sends in flight
-//! on one conversation stream (pipelined, as the client library does), and reports acked messages per
-//! second, send→ack latency percentiles and the mean commit batch size (sends per fsync).
+//! `ferry-bench all [--quick]` runs every scenario; each scenario is also a subcommand (`throughput`,
+//! alias `send`; `latency`, `fanout`, `connections`, `catchup`, `lossy`, `fsync-check`). Every system
+//! runs as its own process on free loopback ports in a temp dir, started and stopped by the bench
+//! (Ferry: the `ferry-server` binary next to this one). Results go to `--out DIR` (default
+//! `bench-results/<timestamp>`): `results.json`, `report.md` and SVG plots; the table is printed.
 //!
-//! Run it in release mode: `cargo run --release -p ferry-bench -- send --connections 50`.
+//! Layout: [`harness`] (parameters, stamped payloads, counters), [`peers`] (one file per system),
+//! [`scenarios`] (one file per scenario), [`report`] and [`report_md`] (tables, JSON, markdown),
+//! [`plot`] (SVG), [`machine`] (cores, kernel, CPU, fsync rate).
+//!
+//! Run it in release mode: `scripts/bench.sh [--quick]` installs the peers, builds and runs `all`.
+#![warn(missing_docs)]
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use ferry_interop::driver::Target;
-use ferry_protocol::ids;
-use ferry_server::auth::TokenSecret;
-use hdrhistogram::Histogram;
 
-mod catchup;
+mod harness;
+mod machine;
+mod peers;
+mod plot;
+mod report;
+mod report_md;
+mod scenarios;
+
+use peers::System;
+use report::Results;
+use scenarios::Config;
 
 #[derive(Parser)]
-#[command(name = "ferry-bench", about = "Ferry benchmarks on loopback")]
+#[command(
+    name = "ferry-bench",
+    about = "Ferry against Mosquitto, NATS JetStream and Redis on loopback"
+)]
 struct Cli {
+    #[command(flatten)]
+    common: Common,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Durable send→ack throughput and latency.
-    Send(SendArgs),
-    /// Time for an offline client to receive what it missed, with and without 0-RTT.
-    Catchup(catchup::CatchupArgs),
+#[derive(Args, Clone)]
+struct Common {
+    /// Results directory (default bench-results/<UTC timestamp>).
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+    /// Small and short: every scenario, well under 10 minutes in all.
+    #[arg(long, global = true)]
+    quick: bool,
+    /// The ferry-server binary (default: the one next to this executable).
+    #[arg(long, global = true)]
+    ferry_server: Option<PathBuf>,
+    /// Systems to run, comma-separated: ferry, mosquitto, nats, redis.
+    #[arg(long, global = true, value_delimiter = ',')]
+    peers: Option<Vec<System>>,
+    /// Sending connections (throughput).
+    #[arg(long, alias = "connections", global = true)]
+    clients: Option<usize>,
+    /// Sends in flight per connection.
+    #[arg(long, global = true)]
+    window: Option<usize>,
+    /// Body size in bytes (default: 256 and 1024).
+    #[arg(long, global = true)]
+    body: Option<usize>,
+    /// Seconds each measured run sends.
+    #[arg(long, global = true)]
+    duration_secs: Option<u64>,
+    /// Loads of the latency runs, percent of each system's own peak (comma-separated).
+    #[arg(long, global = true, value_delimiter = ',')]
+    loads: Option<Vec<u32>>,
+    /// Idle connections to open (connections scenario).
+    #[arg(long, global = true)]
+    idle_connections: Option<usize>,
 }
 
-#[derive(Args, Clone)]
-struct SendArgs {
-    /// Concurrent connections (one user and one conversation each).
-    #[arg(long, default_value_t = 50)]
-    connections: usize,
-    /// Messages per connection.
-    #[arg(long, default_value_t = 2000)]
-    messages: usize,
-    /// Body size in bytes.
-    #[arg(long, default_value_t = 256)]
-    body: usize,
-    /// Sends kept in flight per connection.
-    #[arg(long, default_value_t = 16)]
-    window: usize,
-    /// An external server's QUIC address (default: start one in-process).
-    #[arg(long, requires_all = ["ca", "data_dir"])]
-    server: Option<SocketAddr>,
-    /// CA file of the external server.
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// Data dir of the external server (to mint tokens with its secret).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+#[derive(Subcommand)]
+enum Command {
+    /// Closed-loop acked sends per second, every system (`send` is the old name).
+    #[command(visible_alias = "send")]
+    Throughput,
+    /// Open-loop send→deliver latency at 25/50/75 % of each system's peak.
+    Latency,
+    /// One sender, a group of 100 receivers.
+    Fanout,
+    /// Idle authenticated connections: server RSS per connection and heartbeat CPU.
+    Connections,
+    /// Time for an offline client to receive what it missed, with and without 0-RTT.
+    Catchup(scenarios::catchup::CatchupArgs),
+    /// Goodput through ferry-proxy with loss, reordering and rebinds, and nothing lost.
+    Lossy,
+    /// strace each system's fsync calls during a short run.
+    FsyncCheck,
+    /// Everything above.
+    All,
+}
+
+impl Common {
+    fn config(&self) -> anyhow::Result<Config> {
+        let binary = peers::ferry::server_binary(self.ferry_server.as_deref())?;
+        let mut c = Config::defaults(binary, self.quick);
+        if let Some(systems) = &self.peers {
+            c.systems = systems.clone();
+        }
+        if let Some(v) = self.clients {
+            c.clients = v.max(1);
+        }
+        if let Some(v) = self.window {
+            c.window = v.max(1);
+        }
+        if let Some(v) = self.body {
+            c.bodies = vec![v.max(8)];
+        }
+        if let Some(v) = self.duration_secs {
+            c.duration = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = &self.loads {
+            c.loads = v.clone();
+        }
+        if let Some(v) = self.idle_connections {
+            c.connections = v;
+        }
+        Ok(c)
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Send(args) => send(args).await,
-        Command::Catchup(args) => catchup::run(args).await,
-    }
-}
-
-struct Report {
-    acked: usize,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-}
-
-async fn send(args: SendArgs) -> anyhow::Result<()> {
-    let _dir;
-    let (server, addr, ca, data_dir) = match (&args.server, &args.ca, &args.data_dir) {
-        (Some(addr), Some(ca), Some(dir)) => (None, *addr, ca.clone(), dir.clone()),
-        _ => {
-            let dir = tempfile::tempdir()?;
-            let mut settings = ferry_server::Settings {
-                data_dir: dir.path().to_path_buf(),
-                listen: "127.0.0.1:0".parse()?,
-                http: "127.0.0.1:0".parse()?,
-                ..Default::default()
-            };
-            // The benchmark measures the send path, not the per-user rate limit.
-            settings.limits.send_rate_per_sec = u32::MAX / 2;
-            settings.limits.send_burst = u32::MAX / 2;
-            let handle = ferry_server::start(settings).await?;
-            let (addr, ca) = (handle.local_addr(), handle.ca_path().to_path_buf());
-            let data_dir = dir.path().to_path_buf();
-            _dir = dir;
-            (Some(handle), addr, ca, data_dir)
-        }
+    let cli = Cli::parse();
+    let config = cli.common.config()?;
+    let started = report::utc_now();
+    let out = cli
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("bench-results").join(started.replace(':', "-")));
+    std::fs::create_dir_all(&out)?;
+    let mut results = Results {
+        started_utc: started,
+        quick: config.quick,
+        ..Results::default()
     };
-    let secret = TokenSecret::load(&data_dir.join(ferry_server::server::SECRET_FILE))
-        .context("loading the server's token secret")?;
-    let target = Target::new(addr, &ca)?;
-    let before = server.as_ref().map(|s| s.commit_totals());
-
-    let mut sessions = Vec::new();
-    for i in 0..args.connections {
-        let user = format!("bench{i}");
-        let token = secret.mint(
-            &user,
-            "dev",
-            Duration::from_secs(3600),
-            std::time::SystemTime::now(),
-        );
-        sessions.push((user, target.session(&token, "dev").await?));
-    }
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (user, session) in sessions {
-        let args = args.clone();
-        tasks.push(tokio::spawn(async move {
-            let conversation = ids::direct_conversation_id(&user, "sink").expect("valid ids");
-            let mut stream = session.open(&conversation).await?;
-            let body = vec![b'x'; args.body];
-            let mut latency = Histogram::<u64>::new(3)?;
-            let mut sent_at = HashMap::with_capacity(args.window);
-            let mut next = 0;
-            while next < args.window.min(args.messages) {
-                let id = format!("{user}-{next}");
-                sent_at.insert(id.clone(), Instant::now());
-                stream.send_message(&id, &body).await?;
-                next += 1;
+    let probe = Duration::from_millis(if config.quick { 500 } else { 1000 });
+    results.machine = Some(machine::Machine::probe(&out, probe)?);
+    let quick_rounds = if config.quick { 1 } else { 3 };
+    match cli.command {
+        Command::Throughput => scenarios::throughput::run(&config, &mut results).await,
+        Command::Latency => scenarios::latency::run(&config, &mut results).await,
+        Command::Fanout => scenarios::fanout::run(&config, &mut results).await,
+        Command::Connections => scenarios::connections::run(&config, &mut results).await,
+        Command::Catchup(args) => scenarios::catchup::run(args, &mut results).await,
+        Command::Lossy => scenarios::lossy::run(&config, &mut results).await,
+        Command::FsyncCheck => scenarios::fsync::run(&config, &mut results).await,
+        Command::All => {
+            scenarios::throughput::run(&config, &mut results).await;
+            scenarios::latency::run(&config, &mut results).await;
+            scenarios::fanout::run(&config, &mut results).await;
+            scenarios::connections::run(&config, &mut results).await;
+            for delay_ms in [0, 20] {
+                let args = scenarios::catchup::CatchupArgs::with_delay(delay_ms, quick_rounds);
+                scenarios::catchup::run(args, &mut results).await;
             }
-            for _ in 0..args.messages {
-                let ack = stream.expect_send_ack().await?;
-                if let Some(at) = sent_at.remove(&ack.client_msg_id) {
-                    latency.record(at.elapsed().as_micros() as u64)?;
-                }
-                if next < args.messages {
-                    let id = format!("{user}-{next}");
-                    sent_at.insert(id.clone(), Instant::now());
-                    stream.send_message(&id, &body).await?;
-                    next += 1;
-                }
-            }
-            anyhow::Ok(latency)
-        }));
-    }
-    let mut report = Report {
-        acked: args.connections * args.messages,
-        elapsed: Duration::ZERO,
-        latency: Histogram::new(3)?,
-    };
-    for task in tasks {
-        report.latency.add(task.await??)?;
-    }
-    report.elapsed = started.elapsed();
-    let rate = report.acked as f64 / report.elapsed.as_secs_f64();
-    println!(
-        "send→ack: {} connections × {} messages of {} B, window {}: {:.0} acked/s in {:.2} s",
-        args.connections,
-        args.messages,
-        args.body,
-        args.window,
-        rate,
-        report.elapsed.as_secs_f64()
-    );
-    println!(
-        "latency µs: p50 {} p90 {} p99 {} max {}",
-        report.latency.value_at_quantile(0.5),
-        report.latency.value_at_quantile(0.9),
-        report.latency.value_at_quantile(0.99),
-        report.latency.max()
-    );
-    if let (Some(server), Some((commits0, requests0))) = (&server, before) {
-        let (commits, requests) = server.commit_totals();
-        let (commits, requests) = (commits - commits0, requests - requests0);
-        if commits > 0 {
-            println!(
-                "commits: {commits}, mean batch {:.1} requests per commit (fsync)",
-                requests as f64 / commits as f64
-            );
+            scenarios::lossy::run(&config, &mut results).await;
+            scenarios::fsync::run(&config, &mut results).await;
         }
     }
-    if let Some(server) = server {
-        server.shutdown().await;
+    results.write(&out)?;
+    let plots = plot::all(&results, &out)?;
+    println!("{}", results.terminal());
+    println!(
+        "\nresults: {}/results.json, {}/report.md, plots: {}",
+        out.display(),
+        out.display(),
+        plots.join(", ")
+    );
+    if !results.errors.is_empty() {
+        // The failures are in the table and the report already; a backtrace would add nothing.
+        eprintln!("{} scenario(s) failed (see above)", results.errors.len());
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -20,6 +20,8 @@ use ferry_protocol::ids;
 use ferry_proxy::{DirectionFaults, Faults, Proxy, ProxyConfig};
 use ferry_server::ServerHandle;
 
+use crate::report::{CatchupRow, Results};
+
 /// Arguments of `ferry-bench catchup`.
 #[derive(Args, Clone)]
 pub struct CatchupArgs {
@@ -91,8 +93,30 @@ async fn send(alice: &Client, conv: &str, count: usize, body: &[u8]) -> anyhow::
     Ok(())
 }
 
-/// Runs the benchmark and prints one line per mode.
-pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
+impl CatchupArgs {
+    /// The defaults `ferry-bench all` uses: bare loopback, then `delay_ms` each way.
+    pub fn with_delay(delay_ms: u64, rounds: usize) -> CatchupArgs {
+        CatchupArgs {
+            messages: 1000,
+            body: 64,
+            rounds,
+            delay_ms,
+        }
+    }
+}
+
+/// Runs `args` and records one row per mode.
+pub async fn run(args: CatchupArgs, results: &mut Results) {
+    match measure(&args).await {
+        Ok(rows) => results.catchup.extend(rows),
+        Err(e) => results
+            .errors
+            .push(format!("catchup (delay {} ms): {e:#}", args.delay_ms)),
+    }
+}
+
+/// Runs the benchmark, prints one line per mode and returns them.
+pub async fn measure(args: &CatchupArgs) -> anyhow::Result<Vec<CatchupRow>> {
     let dir = tempfile::tempdir()?;
     let mut settings = ferry_server::Settings {
         data_dir: dir.path().join("server"),
@@ -124,6 +148,7 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
     let body = vec![b'x'; args.body];
 
     let mut lines = Vec::new();
+    let mut rows = Vec::new();
     for (mode, zero_rtt) in [("1-RTT (zero_rtt off)", false), ("0-RTT", true)] {
         // A device per mode, so each starts with a cursor of its own.
         let device = if zero_rtt { "zero" } else { "full" };
@@ -153,6 +178,12 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
         }
         let mut sorted = times.clone();
         sorted.sort();
+        rows.push(CatchupRow {
+            mode: if zero_rtt { "0-RTT" } else { "1-RTT" }.into(),
+            delay_ms: args.delay_ms,
+            messages: args.messages,
+            median_ms: sorted[sorted.len() / 2].as_secs_f64() * 1e3,
+        });
         lines.push(format!(
             "catchup {mode}, one-way delay {} ms: {} messages, median {:.1} ms (runs {:?}; 0-RTT accepted {:?})",
             args.delay_ms,
@@ -170,5 +201,5 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
     }
     alice.shutdown().await;
     server.shutdown().await;
-    Ok(())
+    Ok(rows)
 }

@@ -1,0 +1,61 @@
+//! `throughput`: closed loop, N connections each keeping a window of sends in flight; acked sends per
+//! second for every system and body size. Also the peaks the latency scenario loads against.
+
+use std::time::Instant;
+
+use super::Config;
+use crate::harness::{self, Params};
+use crate::peers::{Running, System};
+use crate::report::{Results, ThroughputRow};
+
+/// Runs every configured system at every body size.
+pub async fn run(config: &Config, results: &mut Results) {
+    for &system in &config.systems {
+        for &body in &config.bodies {
+            let p = Params {
+                clients: config.clients,
+                body,
+                window: config.window,
+                duration: config.duration,
+            };
+            match measure(config, system, &p).await {
+                Ok(row) => {
+                    println!(
+                        "throughput {:>14} {:>5} B: {:>8.0} acked/s",
+                        system.name(),
+                        body,
+                        row.per_sec
+                    );
+                    results.throughput.push(row);
+                }
+                Err(e) => results
+                    .errors
+                    .push(format!("throughput {} {body} B: {e:#}", system.name())),
+            }
+        }
+    }
+}
+
+/// One closed-loop run of `system` on a fresh process.
+pub async fn measure(config: &Config, system: System, p: &Params) -> anyhow::Result<ThroughputRow> {
+    let running = Running::start(system, &config.ferry_binary).await?;
+    let bar = harness::progress(
+        format!("throughput {} {} B", system.name(), p.body),
+        p.duration,
+    );
+    let started = Instant::now();
+    let counted = running.throughput(p).await;
+    bar.finish_and_clear();
+    let counted = counted?;
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(ThroughputRow {
+        system,
+        body: p.body,
+        clients: p.clients,
+        window: p.window,
+        acked: counted.acked,
+        per_sec: counted.acked as f64 / elapsed,
+        ack_p50_us: counted.latency.value_at_quantile(0.5),
+        ack_p99_us: counted.latency.value_at_quantile(0.99),
+    })
+}
