@@ -59,9 +59,26 @@ async fn serve_until_exit(
 ) -> Result<Vec<OutputLine>, Verdict> {
     let deadline = Instant::now() + within;
     while let Some(event) = next_until_exit(conn, &mut client, deadline).await {
-        conn.serve(model, &event).await?;
+        if !serve_unless_closed(conn, model, &event).await? {
+            break;
+        }
     }
     client.finish(Duration::from_secs(5)).await
+}
+
+/// Answers `event` from the model; `Ok(false)` when the answer could not be written because the client
+/// closed the connection meanwhile (to exit, or to move to a new connection): that is no failure, and
+/// what the client stored is judged at the end.
+async fn serve_unless_closed(
+    conn: &mut Conn,
+    model: &mut Model,
+    event: &Event,
+) -> Result<bool, Verdict> {
+    match conn.serve(model, event).await {
+        Ok(()) => Ok(true),
+        Err(_) if conn.connection.close_reason().is_some() => Ok(false),
+        Err(verdict) => Err(verdict),
+    }
 }
 
 /// The client's next event on `conn`; None once the client exited or `deadline` passed.
@@ -183,7 +200,8 @@ pub async fn early(ctx: Arc<ClientCtx>) -> CaseResult {
                     }
                 }
                 Some(Event::Closed(_)) => break,
-                Some(event) => conn.serve(&mut model, &event).await?,
+                Some(event) if !serve_unless_closed(&mut conn, &mut model, &event).await? => break,
+                Some(_) => {}
                 None => {}
             }
             // A new connection means the old one is done, even if its close did not arrive.
