@@ -45,7 +45,7 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Results directory (default bench-results/<UTC timestamp>).
+    /// Results directory (default `bench-results/<UTC timestamp>`).
     #[arg(long, global = true)]
     out: Option<PathBuf>,
     /// Small and short: every scenario, well under 10 minutes in all.

@@ -1,5 +1,5 @@
 //! The scenarios, one file each. Every one is bounded in time (its duration plus fixed waits), records
-//! into [`Results`], and reports a failing system as an error in the results instead of ending the run.
+//! into [`Results`](crate::report::Results), and reports a failing system as an error in the results instead of ending the run.
 //!
 //! Failover (kill -9 a node, time until all its clients are caught up) needs cluster mode, which does
 //! not exist yet. It will be `scenarios/failover.rs`, run by `all` after `lossy`, starting several
