@@ -18,7 +18,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::keys::Keys;
 use crate::redis::{PushDropped, PushHandler, Redis, RedisTarget};
@@ -93,13 +93,31 @@ pub struct BusStats {
     pub received: std::sync::atomic::AtomicU64,
     /// Envelopes dropped because the receive queue was full or they did not decode.
     pub dropped: std::sync::atomic::AtomicU64,
+    /// Publications dropped because the publish queue was full or Redis refused them.
+    pub publish_dropped: std::sync::atomic::AtomicU64,
+}
+
+/// Publications waiting for the publisher task. Queued, not awaited, so that a send's acknowledgement
+/// never waits for a Redis round trip of its fan-out.
+const PUBLISH_QUEUE: usize = 16 * 1024;
+/// Most queued publications sent in one pipeline.
+const PUBLISH_BATCH: usize = 256;
+
+/// One publication: an event for each of several users.
+type Publication = (Vec<String>, BusEvent);
+
+/// Writes publications to Redis.
+struct Publisher {
+    node: String,
+    keys: Keys,
+    redis: Redis,
 }
 
 /// A node's connection to the bus.
 pub struct Bus {
-    node: String,
     keys: Keys,
-    publisher: Redis,
+    publisher: Arc<Publisher>,
+    outgoing: mpsc::Sender<Publication>,
     subscriber: Redis,
     /// Users subscribed to, with how many local sessions each has.
     subscribed: Mutex<HashMap<String, usize>>,
@@ -127,12 +145,18 @@ impl Bus {
             })
         };
         let subscriber = Redis::connect_with_push(target, Some(handler)).await?;
-        let publisher = Redis::connect(target).await?;
+        let publisher = Arc::new(Publisher {
+            node: node.to_owned(),
+            keys: keys.clone(),
+            redis: Redis::connect(target).await?,
+        });
+        let (outgoing, queued) = mpsc::channel(PUBLISH_QUEUE);
+        tokio::spawn(publish_loop(publisher.clone(), queued, stats.clone()));
         Ok((
             Bus {
-                node: node.to_owned(),
                 keys,
                 publisher,
+                outgoing,
                 subscriber,
                 subscribed: Mutex::new(HashMap::new()),
                 changes: tokio::sync::Mutex::new(()),
@@ -208,43 +232,78 @@ impl Bus {
         subscribed.keys().cloned().collect()
     }
 
-    /// Publishes `event` to each of `users`: one pipelined round trip on a single Redis; on a cluster,
-    /// where a pipeline must stay in one slot, one `SPUBLISH` per user, all in flight at once.
+    /// Publishes `event` to each of `users` and waits until Redis took it.
     pub async fn publish(&self, users: &[&str], event: BusEvent) -> Result<(), ClusterError> {
-        let envelope = |user: &str| {
-            Envelope {
-                origin: self.node.clone(),
-                user: user.to_owned(),
-                event: Some(event.clone()),
-            }
-            .encode_to_vec()
-        };
-        match &self.publisher {
+        let users = users.iter().map(|u| u.to_string()).collect();
+        self.publisher.publish(&[(users, event)]).await
+    }
+
+    /// Queues `event` for each of `users` without waiting (the send path's fan-out). A full queue drops
+    /// it, counted in [`BusStats::publish_dropped`]: the messages are durable, and the recipients catch
+    /// up through heartbeat heads and Pull.
+    pub fn enqueue(&self, users: &[&str], event: BusEvent) {
+        let users = users.iter().map(|u| u.to_string()).collect();
+        if self.outgoing.try_send((users, event)).is_err() {
+            self.stats
+                .publish_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Publishes queued publications, as many as have gathered (up to [`PUBLISH_BATCH`]) per round trip,
+/// until the bus is dropped.
+async fn publish_loop(
+    publisher: Arc<Publisher>,
+    mut queued: mpsc::Receiver<Publication>,
+    stats: Arc<BusStats>,
+) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while queued.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        if let Err(e) = publisher.publish(&batch).await {
+            warn!(error = %e, publications = batch.len(), "bus publications lost; heads + Pull heal them");
+            stats
+                .publish_dropped
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        batch.clear();
+    }
+}
+
+impl Publisher {
+    /// Publishes every event to each of its users: one pipelined round trip on a single Redis; on a
+    /// cluster, where a pipeline must stay in one slot, one `SPUBLISH` per user, all in flight at once.
+    async fn publish(&self, batch: &[Publication]) -> Result<(), ClusterError> {
+        let messages = batch.iter().flat_map(|(users, event)| {
+            users.iter().map(move |user| {
+                let envelope = Envelope {
+                    origin: self.node.clone(),
+                    user: user.clone(),
+                    event: Some(event.clone()),
+                };
+                (self.keys.user_channel(user), envelope.encode_to_vec())
+            })
+        });
+        match &self.redis {
             Redis::Single(conn) => {
-                if users.is_empty() {
-                    return Ok(());
-                }
                 let mut pipe = redis::pipe();
-                for user in users {
-                    pipe.cmd("PUBLISH")
-                        .arg(self.keys.user_channel(user))
-                        .arg(envelope(user))
-                        .ignore();
+                for (channel, payload) in messages {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
                 }
-                let _: () = pipe.query_async(&mut conn.clone()).await?;
+                if !pipe.is_empty() {
+                    let _: () = pipe.query_async(&mut conn.clone()).await?;
+                }
             }
             Redis::Cluster(conn) => {
                 let mut publishes = tokio::task::JoinSet::new();
-                for user in users {
+                for (channel, payload) in messages {
                     let mut cmd = redis::cmd("SPUBLISH");
-                    cmd.arg(self.keys.user_channel(user)).arg(envelope(user));
+                    cmd.arg(channel).arg(payload);
                     let mut conn = conn.clone();
                     publishes.spawn(async move { cmd.query_async::<i64>(&mut conn).await });
                 }
                 while let Some(done) = publishes.join_next().await {
-                    if let Ok(result) = done {
-                        result?;
-                    }
+                    done.map_err(|e| ClusterError::Protocol(format!("publish task: {e}")))??;
                 }
             }
         }

@@ -199,8 +199,9 @@ impl ClusterNode {
         }
     }
 
-    /// Publishes a durable message to the other nodes holding sessions of `users`.
-    pub async fn publish_deliver(
+    /// Queues a durable message for the other nodes holding sessions of `users` (never waits on Redis:
+    /// the sender's SendAck must not wait for its fan-out).
+    pub fn publish_deliver(
         &self,
         users: &[&str],
         conversation: &str,
@@ -212,21 +213,13 @@ impl ClusterNode {
             epoch,
             message: Bytes::from(message.encode_to_vec()),
         });
-        if let Err(e) = self.bus.publish(users, event).await {
-            // Durable already: the recipients catch up through heartbeat heads and Pull.
-            warn!(conversation, error = %e, "cross-node delivery not published");
-        }
+        self.bus.enqueue(users, event);
     }
 
-    /// Publishes an encoded datagram frame to the other nodes holding sessions of `users`.
-    pub async fn publish_datagram(&self, users: &[&str], frame: Bytes) {
-        if let Err(e) = self
-            .bus
-            .publish(users, BusEvent::Datagram(Datagram { frame }))
-            .await
-        {
-            warn!(error = %e, "datagram not relayed to other nodes");
-        }
+    /// Queues an encoded datagram frame for the other nodes holding sessions of `users`.
+    pub fn publish_datagram(&self, users: &[&str], frame: Bytes) {
+        self.bus
+            .enqueue(users, BusEvent::Datagram(Datagram { frame }));
     }
 
     /// QUIC addresses of the other live nodes (for GoAway when draining).

@@ -67,7 +67,7 @@ async fn relay(conn: &Conn, conversation: &str, kind: Kind) {
     }
     if let Some(cluster) = &conn.shared.cluster {
         let users: Vec<&str> = members.iter().map(String::as_str).collect();
-        cluster.publish_datagram(&users, bytes).await;
+        cluster.publish_datagram(&users, bytes);
     }
 }
 

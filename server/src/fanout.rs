@@ -43,9 +43,7 @@ pub async fn deliver(
         deliver_local(shared, user, &conversation, &message, epoch, exclude);
     }
     if let Some(cluster) = &shared.cluster {
-        cluster
-            .publish_deliver(&recipients, &conversation, &message, epoch)
-            .await;
+        cluster.publish_deliver(&recipients, &conversation, &message, epoch);
     }
 }
 
