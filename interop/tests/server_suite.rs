@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ferry_interop::report::Outcome;
-use ferry_interop::server_mode::{self, ServerConfig, TokenSource};
+use ferry_interop::server_mode::{self, ServerConfig};
 use ferry_server::Settings;
 
 /// Cases that may legitimately be Unsupported against our server, and why.
@@ -37,16 +37,12 @@ async fn ferry_server_passes_the_server_suite() {
     let secret =
         ferry_server::auth::TokenSecret::load(&dir.path().join(ferry_server::server::SECRET_FILE))
             .unwrap();
-    let config = ServerConfig {
-        addr: handle.local_addr(),
-        ca: handle.ca_path().to_path_buf(),
-        tokens: TokenSource::Secret(secret),
-        filter: std::env::var("FERRY_INTEROP_FILTER").ok(),
-        case_timeout: Duration::from_secs(30),
-        max_wait: Duration::from_secs(15),
-        stream_idle_timeout: Duration::from_millis(1000),
-        proxy: true,
-    };
+    let config = ServerConfig::for_test_server(
+        handle.local_addr(),
+        handle.ca_path().to_path_buf(),
+        secret,
+        Duration::from_millis(1000),
+    );
     let report = server_mode::run(config, |case| {
         eprintln!("{:<11} {}", case.outcome.label(), case.name)
     })

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ferry_interop::report::Outcome;
-use ferry_interop::server_mode::{self, ServerConfig, TokenSource};
+use ferry_interop::server_mode::{self, ServerConfig};
 use ferry_tests::cluster::{Backend, TestCluster};
 
 /// Cases that may legitimately be Unsupported (as for the embedded store: see interop's server_suite).
@@ -24,16 +24,12 @@ async fn suite_passes_on(backend: Backend) {
             .join(ferry_server::server::SECRET_FILE),
     )
     .unwrap();
-    let config = ServerConfig {
-        addr: node.local_addr(),
-        ca: node.ca_path().to_path_buf(),
-        tokens: TokenSource::Secret(secret),
-        filter: std::env::var("FERRY_INTEROP_FILTER").ok(),
-        case_timeout: Duration::from_secs(30),
-        max_wait: Duration::from_secs(15),
-        stream_idle_timeout: Duration::from_millis(1000),
-        proxy: true,
-    };
+    let config = ServerConfig::for_test_server(
+        node.local_addr(),
+        node.ca_path().to_path_buf(),
+        secret,
+        Duration::from_millis(1000),
+    );
     let report = server_mode::run(config, |case| {
         eprintln!("{:<11} {}", case.outcome.label(), case.name)
     })

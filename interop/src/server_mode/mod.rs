@@ -55,6 +55,29 @@ pub struct ServerConfig {
     pub proxy: bool,
 }
 
+impl ServerConfig {
+    /// The configuration of an in-process test run against a server whose token secret the test holds
+    /// and whose conversation streams idle out after `stream_idle_timeout`: every case (the proxy cases
+    /// too), with generous bounds for a loaded machine; `FERRY_INTEROP_FILTER` picks cases.
+    pub fn for_test_server(
+        addr: std::net::SocketAddr,
+        ca: PathBuf,
+        secret: TokenSecret,
+        stream_idle_timeout: Duration,
+    ) -> ServerConfig {
+        ServerConfig {
+            addr,
+            ca,
+            tokens: TokenSource::Secret(secret),
+            filter: std::env::var("FERRY_INTEROP_FILTER").ok(),
+            case_timeout: Duration::from_secs(30),
+            max_wait: Duration::from_secs(15),
+            stream_idle_timeout,
+            proxy: true,
+        }
+    }
+}
+
 /// What one case gets.
 pub struct ServerCtx {
     /// The server's address.
