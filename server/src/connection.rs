@@ -39,6 +39,8 @@ pub struct Conn {
     pub streams: Mutex<HashMap<Arc<str>, FrameWriter>>,
     /// Client-opened conversation streams currently open (FERRY-STREAM-7 counts only those).
     pub open_streams: AtomicUsize,
+    /// A cluster directory refresh of this session is in flight (at most one at a time).
+    pub refreshing: Arc<std::sync::atomic::AtomicBool>,
     /// Permits for Sends received but not yet answered (max_inflight_sends).
     pub inflight: Arc<Semaphore>,
 }
@@ -208,6 +210,7 @@ async fn handshake(
         connection: connection.clone(),
         streams: Mutex::new(HashMap::new()),
         open_streams: AtomicUsize::new(0),
+        refreshing: Arc::default(),
         inflight: Arc::new(Semaphore::new(
             shared.settings.limits.max_inflight_sends as usize,
         )),

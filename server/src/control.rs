@@ -118,9 +118,7 @@ async fn handle(conn: &Conn, frame: Frame) -> Result<(), Refusal> {
 }
 
 async fn heartbeat(conn: &Conn, sync_token: u64) -> Frame {
-    if let Some(cluster) = &conn.shared.cluster {
-        cluster.on_heartbeat(&conn.session).await;
-    }
+    refresh_directory_entry(conn);
     let limit = conn.shared.settings.limits.max_sync_page;
     let page = conn
         .shared
@@ -139,6 +137,24 @@ async fn heartbeat(conn: &Conn, sync_token: u64) -> Frame {
             frames::error(code, msg)
         }
     }
+}
+
+/// In a cluster, keeps this session's directory entry alive — behind the HeartbeatAck, never in front of
+/// it, so a slow or absent Redis does not make the client think the connection is dead. At most one
+/// refresh per session is in flight.
+fn refresh_directory_entry(conn: &Conn) {
+    use std::sync::atomic::Ordering;
+    let Some(cluster) = conn.shared.cluster.clone() else {
+        return;
+    };
+    if conn.refreshing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (session, refreshing) = (conn.session.clone(), conn.refreshing.clone());
+    tokio::spawn(async move {
+        cluster.on_heartbeat(&session).await;
+        refreshing.store(false, Ordering::Release);
+    });
 }
 
 async fn sync_page(conn: &Conn, request_id: u64, since: u64, limit: u32) -> Result<Frame, Refusal> {
