@@ -123,6 +123,26 @@ pub async fn join_counted(
     Ok(total)
 }
 
+/// Awaits the senders (messages each sent) and then the receiver (deliveries and their latency); the
+/// latency scenarios' result, timed from `started`.
+pub async fn join_delivered(
+    senders: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+    receiver: tokio::task::JoinHandle<anyhow::Result<(u64, Histogram<u64>)>>,
+    started: Instant,
+) -> anyhow::Result<Delivered> {
+    let mut sent = 0;
+    for s in senders {
+        sent += s.await.context("sender task panicked")??;
+    }
+    let (delivered, latency) = receiver.await.context("receiver task panicked")??;
+    Ok(Delivered {
+        sent,
+        delivered,
+        latency,
+        elapsed: started.elapsed(),
+    })
+}
+
 /// A progress bar ticking for `duration` with `message`, hidden unless stderr is a terminal.
 pub fn progress(message: String, duration: Duration) -> ProgressBar {
     if !std::io::stderr().is_terminal() {

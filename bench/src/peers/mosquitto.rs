@@ -107,17 +107,7 @@ impl Mosquitto {
                 .await
             }));
         }
-        let mut sent = 0;
-        for s in senders {
-            sent += s.await??;
-        }
-        let (delivered, latency) = receiver.await??;
-        Ok(Delivered {
-            sent,
-            delivered,
-            latency,
-            elapsed: started.elapsed(),
-        })
+        harness::join_delivered(senders, receiver, started).await
     }
 
     /// Fan-out: `members - 1` subscribers on one topic, one publisher with `p.window` in flight.

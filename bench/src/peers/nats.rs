@@ -121,17 +121,7 @@ impl Nats {
                 anyhow::Ok(count)
             }));
         }
-        let mut sent = 0;
-        for s in senders {
-            sent += s.await??;
-        }
-        let (delivered, latency) = receiver.await??;
-        Ok(Delivered {
-            sent,
-            delivered,
-            latency,
-            elapsed: started.elapsed(),
-        })
+        harness::join_delivered(senders, receiver, started).await
     }
 
     /// Fan-out: `members - 1` core subscribers on the subject a file stream captures; one publisher
