@@ -242,9 +242,21 @@ impl ClusterNode {
     }
 }
 
-/// Hands envelopes from other nodes to the local sessions of their user until `envelopes` closes.
-pub async fn run_bus(shared: Arc<Shared>, mut envelopes: mpsc::Receiver<Envelope>) {
-    while let Some(envelope) = envelopes.recv().await {
+/// Hands envelopes from other nodes to the local sessions of their user until `shutdown` (or until
+/// `envelopes` closes).
+pub async fn run_bus(
+    shared: Arc<Shared>,
+    mut envelopes: mpsc::Receiver<Envelope>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let envelope = tokio::select! {
+            envelope = envelopes.recv() => match envelope {
+                Some(envelope) => envelope,
+                None => return,
+            },
+            _ = shutdown.changed() => return,
+        };
         let Some(event) = envelope.event else {
             continue;
         };

@@ -79,15 +79,17 @@ impl ServerHandle {
         &self.shared.hooks
     }
 
-    /// Drains and stops the server; returns when every connection is closed.
+    /// Drains and stops the server; returns when every connection is closed and the store is closed
+    /// (so the data dir can be opened again at once, e.g. by a restart).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.done.await;
+        self.wait().await;
     }
 
-    /// Waits until the server stops (after a shutdown signal).
+    /// Waits until the server stops (after a shutdown signal), then closes the store.
     pub async fn wait(self) {
         let _ = self.done.await;
+        close_store(self.shared).await;
     }
 
     /// A sender that triggers graceful shutdown (for signal handlers).
@@ -161,7 +163,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
     ));
     tokio::spawn(export_store_stats(shared.clone(), shutdown_rx.clone()));
     if let Some(envelopes) = envelopes {
-        tokio::spawn(cluster::run_bus(shared.clone(), envelopes));
+        tokio::spawn(cluster::run_bus(
+            shared.clone(),
+            envelopes,
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(cluster::run_liveness(shared.clone(), shutdown_rx.clone()));
     }
     let done = tokio::spawn(accept_loop(endpoint, shared.clone(), shutdown_rx));
@@ -174,6 +180,23 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         shutdown: shutdown_tx,
         done,
     })
+}
+
+/// How long a stopped server waits for its last tasks to let go of the shared state.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Drops the server's shared state once the tasks that still held it (connections finishing, the
+/// HTTP endpoint, cluster tasks) have ended, which closes the store: the embedded store joins its
+/// writer and indexer threads, so this runs on a blocking thread.
+async fn close_store(shared: Arc<Shared>) {
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    while Arc::strong_count(&shared) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if Arc::strong_count(&shared) > 1 {
+        warn!("tasks still hold the server state; the store closes when they end");
+    }
+    let _ = tokio::task::spawn_blocking(move || drop(shared)).await;
 }
 
 /// The embedded store under the data dir, or in cluster mode the Redis store.
