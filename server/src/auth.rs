@@ -62,15 +62,15 @@ pub enum AuthError {
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claims {
+pub(crate) struct Claims {
     /// User id (`sub`).
-    pub user: String,
+    pub(crate) user: String,
     /// Device id (`dev`); must equal `Hello.device_id`.
-    pub device: String,
+    pub(crate) device: String,
     /// Expiry, Unix seconds (`exp`).
-    pub expires_at: u64,
+    pub(crate) expires_at: u64,
     /// Issue time, Unix seconds (`iat`).
-    pub issued_at: u64,
+    pub(crate) issued_at: u64,
 }
 
 /// The JSON payload, with the wire's short field names.
@@ -157,7 +157,7 @@ impl TokenSecret {
 
     /// Checks the token's MAC (in constant time, before looking at the payload), then its audience,
     /// expiry and ids.
-    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, AuthError> {
+    pub(crate) fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, AuthError> {
         let (signed, mac_b64) = token
             .rsplit_once('.')
             .ok_or(AuthError::Malformed("expected v1.<payload>.<mac>"))?;

@@ -37,24 +37,24 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Cluster settings resolved at start-up.
 #[derive(Debug, Clone)]
-pub struct ClusterOptions {
+pub(crate) struct ClusterOptions {
     /// Where Redis is.
-    pub target: RedisTarget,
+    pub(crate) target: RedisTarget,
     /// Prefix of every key and channel.
-    pub key_prefix: String,
+    pub(crate) key_prefix: String,
     /// Lease TTL of this node; renewed every third of it.
-    pub lease_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
     /// Interval between probes of every peer.
-    pub probe_interval: Duration,
+    pub(crate) probe_interval: Duration,
     /// Expiry of a session entry without heartbeats.
-    pub session_ttl: Duration,
+    pub(crate) session_ttl: Duration,
 }
 
 /// Locks that order the logins of one user on this node (striped: bounded, no map to clean up).
 const LOGIN_STRIPES: usize = 64;
 
 /// This node's connection to the rest of the cluster.
-pub struct ClusterNode {
+pub(crate) struct ClusterNode {
     directory: SessionDirectory,
     registry: NodeRegistry,
     bus: Bus,
@@ -66,7 +66,7 @@ pub struct ClusterNode {
 impl ClusterNode {
     /// Joins the cluster as `me` (probing every registered node; a live node with the same id is an
     /// error). Returns the node and the receiver of bus envelopes for [`run_bus`].
-    pub async fn join(
+    pub(crate) async fn join(
         options: ClusterOptions,
         me: NodeInfo,
         policy: ferry_cluster::LoginPolicy,
@@ -110,7 +110,7 @@ impl ClusterNode {
 
     /// Held while a login of `user` is registered locally and in the directory, so both see this
     /// node's logins of the user in one order.
-    pub async fn login_lock(&self, user: &str) -> tokio::sync::MutexGuard<'_, ()> {
+    pub(crate) async fn login_lock(&self, user: &str) -> tokio::sync::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         user.hash(&mut hasher);
@@ -120,7 +120,7 @@ impl ClusterNode {
     }
 
     /// This node's id.
-    pub fn node_id(&self) -> &str {
+    pub(crate) fn node_id(&self) -> &str {
         &self.registry.me().id
     }
 
@@ -141,7 +141,7 @@ impl ClusterNode {
     /// A session started here: records it cluster-wide, tells the nodes of the sessions it replaces to
     /// close them, and listens for the user's bus messages. Local replacements were already handled by
     /// the local registry.
-    pub async fn on_login(&self, session: &SessionHandle) {
+    pub(crate) async fn on_login(&self, session: &SessionHandle) {
         if let Err(e) = self.bus.subscribe(&session.user).await {
             warn!(user = %session.user, error = %e, "bus subscribe failed; the user relies on heads + Pull");
         }
@@ -170,7 +170,7 @@ impl ClusterNode {
     }
 
     /// A session here ended.
-    pub async fn on_logout(&self, session: &SessionHandle) {
+    pub(crate) async fn on_logout(&self, session: &SessionHandle) {
         let key = self.session_key(session);
         if let Err(e) = self
             .directory
@@ -186,7 +186,7 @@ impl ClusterNode {
 
     /// On each heartbeat: keeps the session's directory entry alive. A session another login replaced
     /// meanwhile (its kick may have been lost) is closed with SESSION_REPLACED.
-    pub async fn on_heartbeat(&self, session: &SessionHandle) {
+    pub(crate) async fn on_heartbeat(&self, session: &SessionHandle) {
         let key = self.session_key(session);
         match self
             .directory
@@ -201,7 +201,7 @@ impl ClusterNode {
 
     /// Queues a durable message for the other nodes holding sessions of `users` (never waits on Redis:
     /// the sender's SendAck must not wait for its fan-out).
-    pub fn publish_deliver(
+    pub(crate) fn publish_deliver(
         &self,
         users: &[&str],
         conversation: &str,
@@ -217,13 +217,13 @@ impl ClusterNode {
     }
 
     /// Queues an encoded datagram frame for the other nodes holding sessions of `users`.
-    pub fn publish_datagram(&self, users: &[&str], frame: Bytes) {
+    pub(crate) fn publish_datagram(&self, users: &[&str], frame: Bytes) {
         self.bus
             .enqueue(users, BusEvent::Datagram(Datagram { frame }));
     }
 
     /// QUIC addresses of the other live nodes (for GoAway when draining).
-    pub async fn other_endpoints(&self) -> Vec<String> {
+    pub(crate) async fn other_endpoints(&self) -> Vec<String> {
         match self.registry.registered().await {
             Ok(nodes) => nodes
                 .into_iter()
@@ -235,7 +235,7 @@ impl ClusterNode {
     }
 
     /// Leaves the cluster (on shutdown): releases this node's sessions and lease.
-    pub async fn leave(&self) {
+    pub(crate) async fn leave(&self) {
         if let Err(e) = self.registry.leave(&self.directory).await {
             warn!(error = %e, "leaving the cluster failed; peers will find this node gone");
         }
@@ -244,7 +244,7 @@ impl ClusterNode {
 
 /// Hands envelopes from other nodes to the local sessions of their user until `shutdown` (or until
 /// `envelopes` closes).
-pub async fn run_bus(
+pub(crate) async fn run_bus(
     shared: Arc<Shared>,
     mut envelopes: mpsc::Receiver<Envelope>,
     mut shutdown: watch::Receiver<bool>,
@@ -262,7 +262,7 @@ pub async fn run_bus(
         };
         match event {
             BusEvent::Deliver(d) => match Message::decode(d.message) {
-                Ok(message) => crate::fanout::deliver_local(
+                Ok(message) => crate::conversation::deliver_local(
                     &shared,
                     &envelope.user,
                     &d.conversation.as_str().into(),
@@ -291,7 +291,7 @@ pub async fn run_bus(
 }
 
 /// Renews this node's lease and watches the peers until `shutdown`.
-pub async fn run_liveness(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run_liveness(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let Some(cluster) = shared.cluster.clone() else {
         return;
     };

@@ -162,7 +162,7 @@ impl Default for ClusterSettings {
 
 impl ClusterSettings {
     /// Whether cluster mode is on.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.redis.is_empty()
     }
 
@@ -185,7 +185,7 @@ impl ClusterSettings {
 
     /// The resolved cluster options. Session entries outlive a connection's idle timeout twice over, so
     /// that only a node's death (released at once by its peers) or a missed logout leaves one behind.
-    pub fn options(
+    pub(crate) fn options(
         &self,
         idle_timeout_ms: u32,
     ) -> Result<crate::cluster::ClusterOptions, ferry_cluster::ClusterError> {
@@ -435,7 +435,7 @@ impl Settings {
     }
 
     /// The limits announced in Welcome.
-    pub fn limits_frame(&self) -> Limits {
+    pub(crate) fn limits_frame(&self) -> Limits {
         let l = &self.limits;
         Limits {
             max_frame_size: l.max_frame_size,

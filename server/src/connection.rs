@@ -23,31 +23,31 @@ use crate::Shared;
 /// How long a new connection may take to send Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Queue of frames waiting for one stream's writer.
-pub const STREAM_QUEUE: usize = 1024;
+pub(crate) const STREAM_QUEUE: usize = 1024;
 /// Queue of deliveries and datagrams waiting for one session.
 const OUTBOUND_QUEUE: usize = 4096;
 
 /// State of one authenticated connection, shared by its tasks.
-pub struct Conn {
+pub(crate) struct Conn {
     /// Server-wide state.
-    pub shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// This session as the registry knows it.
-    pub session: SessionHandle,
+    pub(crate) session: SessionHandle,
     /// The QUIC connection.
-    pub connection: quinn::Connection,
+    pub(crate) connection: quinn::Connection,
     /// Conversation → writer of the stream the server delivers that conversation on.
-    pub streams: Mutex<HashMap<Arc<str>, FrameWriter>>,
+    pub(crate) streams: Mutex<HashMap<Arc<str>, FrameWriter>>,
     /// Client-opened conversation streams currently open (FERRY-STREAM-7 counts only those).
-    pub open_streams: AtomicUsize,
+    pub(crate) open_streams: AtomicUsize,
     /// A cluster directory refresh of this session is in flight (at most one at a time).
-    pub refreshing: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) refreshing: Arc<std::sync::atomic::AtomicBool>,
     /// Permits for Sends received but not yet answered (max_inflight_sends).
-    pub inflight: Arc<Semaphore>,
+    pub(crate) inflight: Arc<Semaphore>,
 }
 
 impl Conn {
     /// Closes the connection with a wire code.
-    pub fn close(&self, code: ErrorCode, reason: &str) {
+    pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
         self.connection
             .close(codes::to_varint(code), reason.as_bytes());
     }
@@ -63,7 +63,7 @@ enum HandshakeError {
 }
 
 /// Serves one incoming connection until it ends.
-pub async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
+pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,

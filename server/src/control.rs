@@ -16,8 +16,8 @@ use ferry_store::MembershipOp;
 use tracing::debug;
 
 use crate::connection::Conn;
+use crate::conversation::deliver;
 use crate::errors::{from_store, Refusal};
-use crate::fanout;
 
 /// Longest group name, in bytes.
 const MAX_GROUP_NAME: usize = 256;
@@ -25,7 +25,7 @@ const MAX_GROUP_NAME: usize = 256;
 const MAX_INITIAL_MEMBERS: usize = 1000;
 
 /// Serves the control stream until it ends, then closes the connection.
-pub async fn run(conn: Arc<Conn>, mut reader: FrameReader) {
+pub(crate) async fn run(conn: Arc<Conn>, mut reader: FrameReader) {
     let idle = Duration::from_millis(u64::from(conn.shared.settings.idle_timeout_ms));
     loop {
         let frame = match tokio::time::timeout(idle, reader.next()).await {
@@ -60,7 +60,7 @@ pub async fn run(conn: Arc<Conn>, mut reader: FrameReader) {
                 return;
             }
         };
-        if let Err((code, reason)) = handle(&conn, frame).await {
+        if let Err(Refusal { code, reason, .. }) = handle(&conn, frame).await {
             debug!(user = %conn.session.user, code = code.name(), %reason, "control stream error");
             conn.shared.metrics.error(code);
             conn.close(code, &reason);
@@ -76,11 +76,11 @@ async fn handle(conn: &Conn, frame: Frame) -> Result<(), Refusal> {
         Some(Kind::Heartbeat(hb)) => heartbeat(conn, hb.sync_token).await,
         Some(Kind::Sync(sync)) => sync_page(conn, sync.request_id, sync.since_token, sync.limit)
             .await
-            .unwrap_or_else(|(code, msg)| frames::request_error(sync.request_id, code, msg)),
+            .unwrap_or_else(|r| frames::request_error(sync.request_id, r.code, r.reason)),
         Some(Kind::MarkRead(mark)) => {
             match mark_read(conn, &mark.conversation_id, mark.seq).await {
                 Ok(()) => return Ok(()),
-                Err((code, msg)) => frames::error(code, msg),
+                Err(r) => frames::error(r.code, r.reason),
             }
         }
         Some(Kind::CreateGroup(create)) => {
@@ -107,7 +107,7 @@ async fn handle(conn: &Conn, frame: Frame) -> Result<(), Refusal> {
         }
         other => {
             let name = frames::kind_name(&Frame { kind: other });
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::PROTOCOL_ERROR,
                 format!("{name} is not allowed on the control stream"),
             ));
@@ -133,8 +133,8 @@ async fn heartbeat(conn: &Conn, sync_token: u64) -> Frame {
             server_time_ms: unix_millis(SystemTime::now()),
         })),
         Err(e) => {
-            let (code, msg) = from_store(e);
-            frames::error(code, msg)
+            let refusal = from_store(e);
+            frames::error(refusal.code, refusal.reason)
         }
     }
 }
@@ -177,15 +177,15 @@ async fn sync_page(conn: &Conn, request_id: u64, since: u64, limit: u32) -> Resu
 
 async fn mark_read(conn: &Conn, conversation: &str, seq: u64) -> Result<(), Refusal> {
     if ids::parse_conversation_id(conversation).is_none() {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::INVALID_ARGUMENT,
-            "malformed conversation id".into(),
+            "malformed conversation id",
         ));
     }
     let store = &conn.shared.store;
     match store.membership(conversation, &conn.session.user).await {
         Ok(Some(_)) => {}
-        Ok(None) => return Err((ErrorCode::FORBIDDEN, "not a member".into())),
+        Ok(None) => return Err(Refusal::new(ErrorCode::FORBIDDEN, "not a member")),
         Err(e) => return Err(from_store(e)),
     }
     store
@@ -202,7 +202,7 @@ fn group_reply(request_id: u64, result: Result<(String, u64), Refusal>) -> Frame
             conversation_id,
             seq,
         })),
-        Err((code, msg)) => frames::request_error(request_id, code, msg),
+        Err(r) => frames::request_error(request_id, r.code, r.reason),
     }
 }
 
@@ -212,16 +212,19 @@ async fn create_group(
     members: Vec<String>,
 ) -> Result<(String, u64), Refusal> {
     if name.len() > MAX_GROUP_NAME {
-        return Err((ErrorCode::INVALID_ARGUMENT, "group name too long".into()));
+        return Err(Refusal::new(
+            ErrorCode::INVALID_ARGUMENT,
+            "group name too long",
+        ));
     }
     if members.len() > MAX_INITIAL_MEMBERS {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::INVALID_ARGUMENT,
-            "too many initial members".into(),
+            "too many initial members",
         ));
     }
     if let Some(bad) = members.iter().find(|m| !ids::is_valid_name(m)) {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::INVALID_ARGUMENT,
             format!("invalid user id {bad:?}"),
         ));
@@ -245,21 +248,21 @@ async fn change_group(
 ) -> Result<(String, u64), Refusal> {
     match ids::parse_conversation_id(conversation) {
         None => {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::INVALID_ARGUMENT,
-                "malformed conversation id".into(),
+                "malformed conversation id",
             ))
         }
         Some(ConversationRef::Direct(..)) => {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::FORBIDDEN,
-                "direct conversations have no members to change".into(),
+                "direct conversations have no members to change",
             ))
         }
         Some(ConversationRef::Group) => {}
     }
     if !ids::is_valid_name(user) {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::INVALID_ARGUMENT,
             format!("invalid user id {user:?}"),
         ));
@@ -286,7 +289,7 @@ async fn apply(
         // Unlike a Send, the acting device does not hold the system message's content, so it gets the
         // Deliver too.
         let shared = &conn.shared;
-        fanout::deliver(
+        deliver(
             shared,
             conversation,
             message,

@@ -15,7 +15,7 @@ use crate::sessions::Outbound;
 use crate::Shared;
 
 /// Relays the client's datagrams until the connection ends.
-pub async fn receive_loop(conn: Arc<Conn>) {
+pub(crate) async fn receive_loop(conn: Arc<Conn>) {
     let limits = &conn.shared.settings.limits;
     let rate = limits.typing_rate_per_sec;
     let mut bucket = TokenBucket::new(rate, rate, Instant::now());
@@ -72,7 +72,7 @@ async fn relay(conn: &Conn, conversation: &str, kind: Kind) {
 }
 
 /// Queues an encoded datagram for every session of `user` on this node, except the session `exclude`.
-pub fn relay_local(shared: &Shared, user: &str, bytes: &Bytes, exclude: Option<u64>) {
+pub(crate) fn relay_local(shared: &Shared, user: &str, bytes: &Bytes, exclude: Option<u64>) {
     shared.sessions.for_each_of(user, |session| {
         if Some(session.id) == exclude {
             return;

@@ -3,11 +3,43 @@
 use ferry_protocol::ErrorCode;
 use ferry_store::StoreError;
 
-/// A failure to answer with: the wire code and a human-readable reason.
-pub type Refusal = (ErrorCode, String);
+/// A refused request: the wire code to answer with, why, and when the client may try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// The wire code (from the one table in ferry-protocol).
+    pub(crate) code: ErrorCode,
+    /// A human-readable reason, sent as the Error's message.
+    pub(crate) reason: String,
+    /// Milliseconds the client should wait before repeating, 0 for no hint. Only a Send's Error
+    /// carries it on the wire (FERRY-SEND-4); other answers ignore it.
+    pub(crate) retry_after: u64,
+}
+
+impl Refusal {
+    /// A refusal without a retry hint.
+    pub(crate) fn new(code: ErrorCode, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            reason: reason.into(),
+            retry_after: 0,
+        }
+    }
+
+    /// The same refusal, telling the client to wait `millis` before repeating.
+    pub(crate) fn retry_after(self, millis: u64) -> Refusal {
+        Refusal {
+            retry_after: millis,
+            ..self
+        }
+    }
+}
+
+/// How long a client should wait after a store failure before repeating: an unavailable store
+/// (restarting, failing over) is worth retrying soon; other failures carry no hint.
+const STORE_RETRY_AFTER_MS: u64 = 100;
 
 /// The wire code for a store failure. Storage trouble is INTERNAL (retryable: nothing was stored).
-pub fn store_code(error: &StoreError) -> ErrorCode {
+fn store_code(error: &StoreError) -> ErrorCode {
     match error {
         StoreError::NotFound => ErrorCode::NOT_FOUND,
         StoreError::Forbidden(_) => ErrorCode::FORBIDDEN,
@@ -17,6 +49,11 @@ pub fn store_code(error: &StoreError) -> ErrorCode {
 }
 
 /// A store failure as a refusal.
-pub fn from_store(error: StoreError) -> Refusal {
-    (store_code(&error), error.to_string())
+pub(crate) fn from_store(error: StoreError) -> Refusal {
+    let refusal = Refusal::new(store_code(&error), error.to_string());
+    if matches!(error, StoreError::Unavailable(_)) {
+        refusal.retry_after(STORE_RETRY_AFTER_MS)
+    } else {
+        refusal
+    }
 }

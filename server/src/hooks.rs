@@ -29,12 +29,12 @@ impl Hooks {
     }
 
     /// Whether appends must fail.
-    pub fn fails_appends(&self) -> bool {
+    pub(crate) fn fails_appends(&self) -> bool {
         self.fail_appends.load(Ordering::SeqCst)
     }
 
     /// Whether fan-out of `message` must be skipped.
-    pub fn drops_delivery(&self, conversation: &str, message: &Message) -> bool {
+    pub(crate) fn drops_delivery(&self, conversation: &str, message: &Message) -> bool {
         let guard = self.drop_delivery.lock().expect("hooks lock");
         guard.as_ref().is_some_and(|p| p(conversation, message))
     }

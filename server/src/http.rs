@@ -24,11 +24,11 @@ const MAX_REQUEST: usize = 8 * 1024;
 const MAX_CONNECTIONS: usize = 64;
 
 /// Health check: `true` while the server accepts new connections.
-pub type HealthCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+pub(crate) type HealthCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Serves `/healthz` and `/metrics` on `listener` until `shutdown` becomes true (or its sender is
 /// dropped).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: HealthCheck,

@@ -3,24 +3,30 @@
 //! The Ferry messaging server: ferry/1 over QUIC (quinn + rustls) on a durable store. Start one with
 //! `ferry-server run` (see the README), or embed it with [`start`].
 //!
+//! The API is small: [`start`] with [`Settings`] gives a [`ServerHandle`]; [`auth`] mints and loads
+//! tokens, [`tls`] makes and loads certificates, [`config`] holds the settings' parts, and
+//! [`server::SECRET_FILE`] names the token secret in the data dir. Everything else is internal.
+//!
 //! Layout — one file per concern, the request path from top to bottom:
-//! - [`server`]: start-up (data dir, TLS, secret, store, endpoints), the accept loop with a connection
+//! - `server`: start-up (data dir, TLS, secret, store, endpoints), the accept loop with a connection
 //!   cap, graceful drain on shutdown;
-//! - [`connection`]: one connection — Hello/Welcome handshake, then its concurrent duties;
-//! - [`control`]: the control stream — heartbeats, sync, read cursors, group administration;
-//! - [`conversation`]: conversation streams — pipelined Send → SendAck, Deliver → Ack, Pull;
-//! - [`fanout`]: queueing Delivers to every online device of a conversation's members;
-//! - [`datagrams`]: typing and presence relay;
-//! - [`sessions`]: the online-session registry and login policies;
-//! - [`cluster`]: cluster mode — sessions, deliveries and datagrams across nodes, node liveness;
-//! - [`rate`]: token buckets; [`errors`]: mapping failures onto wire codes;
-//! - [`auth`]: signed tokens; [`tls`]: certificates and the QUIC server config; [`config`]: settings from
-//!   defaults, TOML, `FERRY_*` variables and flags; [`metrics`] and [`http`]: `/metrics`, `/healthz`.
+//! - `connection`: one connection — Hello/Welcome handshake, then its concurrent duties;
+//! - `control`: the control stream — heartbeats, sync, read cursors, group administration;
+//! - `conversation/`: conversation streams — `stream` (accept, authorize Open, the serve loop),
+//!   `send` (pipelined Send → SendAck), `pull` (Pull paging), `delivery` (fan-out to every online
+//!   device, Deliver → Ack);
+//! - `datagrams`: typing and presence relay;
+//! - `sessions`: the online-session registry and login policies;
+//! - `cluster`: cluster mode — sessions, deliveries and datagrams across nodes, node liveness;
+//! - `rate`: token buckets; `errors`: refusals and the mapping of failures onto wire codes;
+//! - `auth`: signed tokens; `tls`: certificates and the QUIC server config; `config`: settings from
+//!   defaults, TOML, `FERRY_*` variables and flags; `metrics` and `http`: `/metrics`, `/healthz`.
 //!
 //! Frames move over QUIC streams through `ferry-quic` (the one frame reader and batching writer every
 //! role uses); frame helpers come from [`ferry_protocol::frames`]. Storage is behind
 //! [`ferry_store::Store`]; the server never touches a table directly.
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 use std::sync::Arc;
 
@@ -28,47 +34,49 @@ use ferry_protocol::frame::Limits;
 use ferry_store::Store;
 
 pub mod auth;
-pub mod cluster;
+mod cluster;
 pub mod config;
-pub mod connection;
-pub mod control;
-pub mod conversation;
-pub mod datagrams;
-pub mod errors;
-pub mod fanout;
+mod connection;
+mod control;
+mod conversation;
+mod datagrams;
+mod errors;
 #[cfg(feature = "test-hooks")]
-pub mod hooks;
-pub mod http;
-pub mod metrics;
-pub mod rate;
+mod hooks;
+mod http;
+mod metrics;
+mod rate;
 pub mod server;
-pub mod sessions;
+mod sessions;
 pub mod tls;
 
 pub use config::Settings;
+#[cfg(feature = "test-hooks")]
+pub use hooks::{DropDelivery, Hooks};
+pub use metrics::Metrics;
 pub use server::{start, ServerHandle};
 
 /// Server-wide state shared by every connection.
-pub struct Shared {
+pub(crate) struct Shared {
     /// Effective settings.
-    pub settings: Settings,
+    pub(crate) settings: Settings,
     /// The limits announced in Welcome (derived from `settings`).
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// The durable store.
-    pub store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     /// Online sessions.
-    pub sessions: sessions::Sessions,
+    pub(crate) sessions: sessions::Sessions,
     /// Counters and histograms for `/metrics`.
-    pub metrics: Arc<metrics::Metrics>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
     /// Token verification key.
-    pub secret: auth::TokenSecret,
+    pub(crate) secret: auth::TokenSecret,
     /// Per-user send rate.
-    pub send_rate: rate::UserRateLimiter,
+    pub(crate) send_rate: rate::UserRateLimiter,
     /// This node's part in a cluster (`--redis`); `None` for a single node.
-    pub cluster: Option<Arc<cluster::ClusterNode>>,
+    pub(crate) cluster: Option<Arc<cluster::ClusterNode>>,
     /// Set when the server starts draining; `/healthz` then reports unavailable.
-    pub draining: tokio::sync::watch::Sender<bool>,
+    pub(crate) draining: tokio::sync::watch::Sender<bool>,
     /// Test fault hooks.
     #[cfg(feature = "test-hooks")]
-    pub hooks: hooks::Hooks,
+    pub(crate) hooks: hooks::Hooks,
 }

@@ -14,7 +14,7 @@ use ferry_protocol::ErrorCode;
 
 /// The monotonic counters. `Counter as usize` indexes [`COUNTERS`] and the storage array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counter {
+pub(crate) enum Counter {
     /// QUIC connections accepted.
     ConnectionsOpened,
     /// Connections that failed TLS, timed out before Hello, or were refused at Hello.
@@ -46,7 +46,7 @@ pub enum Counter {
 }
 
 /// Name and help text of each [`Counter`], in declaration order.
-pub const COUNTERS: [(&str, &str); 14] = [
+pub(crate) const COUNTERS: [(&str, &str); 14] = [
     (
         "ferry_connections_opened_total",
         "QUIC connections accepted.",
@@ -129,8 +129,9 @@ impl Metrics {
         self.counters[counter as usize].fetch_add(n, Relaxed);
     }
 
-    /// The current value of `counter`.
-    pub fn counter(&self, counter: Counter) -> u64 {
+    /// The current value of `counter` (the unit tests read counters; `/metrics` renders them all).
+    #[cfg(test)]
+    fn counter(&self, counter: Counter) -> u64 {
         self.counters[counter as usize].load(Relaxed)
     }
 
@@ -145,23 +146,23 @@ impl Metrics {
     }
 
     /// A connection was accepted.
-    pub fn connection_opened(&self) {
+    pub(crate) fn connection_opened(&self) {
         self.add(Counter::ConnectionsOpened, 1);
         self.connections_active.fetch_add(1, Relaxed);
     }
 
     /// A connection counted by [`Metrics::connection_opened`] ended.
-    pub fn connection_closed(&self) {
+    pub(crate) fn connection_closed(&self) {
         self.connections_active.fetch_sub(1, Relaxed);
     }
 
     /// A connection failed before Welcome.
-    pub fn handshake_failed(&self) {
+    pub(crate) fn handshake_failed(&self) {
         self.add(Counter::HandshakesFailed, 1);
     }
 
     /// A Send was answered with SendAck after `latency` (receipt to durable commit).
-    pub fn send(&self, duplicate: bool, latency: Duration) {
+    pub(crate) fn send(&self, duplicate: bool, latency: Duration) {
         self.add(Counter::Sends, 1);
         if duplicate {
             self.add(Counter::SendsDuplicate, 1);
@@ -176,58 +177,58 @@ impl Metrics {
     }
 
     /// An Ack frame arrived.
-    pub fn ack(&self) {
+    pub(crate) fn ack(&self) {
         self.add(Counter::Acks, 1);
     }
 
     /// A Deliver was written to a stream.
-    pub fn delivery(&self) {
+    pub(crate) fn delivery(&self) {
         self.add(Counter::Deliveries, 1);
     }
 
     /// A Deliver was queued for an online device.
-    pub fn delivery_queued(&self) {
+    pub(crate) fn delivery_queued(&self) {
         self.add(Counter::DeliveriesQueued, 1);
     }
 
     /// A Deliver was dropped.
-    pub fn delivery_dropped(&self) {
+    pub(crate) fn delivery_dropped(&self) {
         self.add(Counter::DeliveriesDropped, 1);
     }
 
     /// A Pull was served.
-    pub fn pull(&self) {
+    pub(crate) fn pull(&self) {
         self.add(Counter::Pulls, 1);
     }
 
     /// A Sync was served.
-    pub fn sync(&self) {
+    pub(crate) fn sync(&self) {
         self.add(Counter::Syncs, 1);
     }
 
     /// A datagram was relayed.
-    pub fn datagram_relayed(&self) {
+    pub(crate) fn datagram_relayed(&self) {
         self.add(Counter::DatagramsRelayed, 1);
     }
 
     /// A datagram was dropped.
-    pub fn datagram_dropped(&self) {
+    pub(crate) fn datagram_dropped(&self) {
         self.add(Counter::DatagramsDropped, 1);
     }
 
     /// An error with `code` was sent to a peer.
-    pub fn error(&self, code: ErrorCode) {
+    pub(crate) fn error(&self, code: ErrorCode) {
         self.errors[error_slot(code)].fetch_add(1, Relaxed);
     }
 
     /// Mirrors the store's cumulative group-commit statistics.
-    pub fn set_commit_stats(&self, commits: u64, requests: u64) {
+    pub(crate) fn set_commit_stats(&self, commits: u64, requests: u64) {
         self.counters[Counter::CommitBatches as usize].store(commits, Relaxed);
         self.counters[Counter::CommitRequests as usize].store(requests, Relaxed);
     }
 
     /// All metrics in the Prometheus text format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
         let _ = self.write_to(&mut out);

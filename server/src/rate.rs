@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// A token bucket: `rate` tokens per second, at most `burst` stored.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -15,7 +15,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
         let burst = f64::from(burst.max(1));
         TokenBucket {
             rate: f64::from(rate_per_sec),
@@ -26,7 +26,7 @@ impl TokenBucket {
     }
 
     /// Takes one token, or says how long until one is available.
-    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.updated = now;
@@ -44,7 +44,7 @@ impl TokenBucket {
 /// One bucket per user, shared by all of the user's connections so opening more connections does not
 /// raise the limit. Bounded: buckets that are full again are forgotten when the map grows large.
 #[derive(Debug)]
-pub struct UserRateLimiter {
+pub(crate) struct UserRateLimiter {
     rate: u32,
     burst: u32,
     buckets: Mutex<HashMap<String, TokenBucket>>,
@@ -55,7 +55,7 @@ const PRUNE_ABOVE: usize = 100_000;
 
 impl UserRateLimiter {
     /// A limiter granting each user `rate` sends per second with bursts of `burst`.
-    pub fn new(rate: u32, burst: u32) -> Self {
+    pub(crate) fn new(rate: u32, burst: u32) -> Self {
         UserRateLimiter {
             rate,
             burst,
@@ -64,7 +64,7 @@ impl UserRateLimiter {
     }
 
     /// Takes one token for `user`, or returns how long to wait.
-    pub fn check(&self, user: &str, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&self, user: &str, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
         if buckets.len() > PRUNE_ABOVE {
             let refill =

@@ -20,7 +20,7 @@ use crate::config::LoginPolicy;
 
 /// Something to send to one session.
 #[derive(Debug, Clone)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// A stored message to deliver on the conversation's stream.
     Deliver {
         /// Conversation id.
@@ -36,27 +36,27 @@ pub enum Outbound {
 
 /// A connected device, as other tasks see it.
 #[derive(Debug, Clone)]
-pub struct SessionHandle {
+pub(crate) struct SessionHandle {
     /// Unique within this server process.
-    pub id: u64,
+    pub(crate) id: u64,
     /// Authenticated user.
-    pub user: Arc<str>,
+    pub(crate) user: Arc<str>,
     /// Device id from Hello (equal to the token's device).
-    pub device: Arc<str>,
+    pub(crate) device: Arc<str>,
     /// Device class from Hello, for the one-per-class policy.
-    pub device_class: Arc<str>,
+    pub(crate) device_class: Arc<str>,
     /// Deliveries and datagrams for this session.
-    pub outbound: mpsc::Sender<Outbound>,
+    pub(crate) outbound: mpsc::Sender<Outbound>,
     /// Control-stream frames (GoAway) for this session.
-    pub control: FrameWriter,
+    pub(crate) control: FrameWriter,
     /// The QUIC connection, to close a replaced session.
-    pub connection: quinn::Connection,
+    pub(crate) connection: quinn::Connection,
 }
 
 impl SessionHandle {
     /// Tells the session it was replaced and closes it with SESSION_REPLACED, which tells the client not
     /// to reconnect automatically (no kick loops, FERRY-CONN-*).
-    pub fn close_replaced(&self) {
+    pub(crate) fn close_replaced(&self) {
         let go_away = frames::go_away(
             ErrorCode::SESSION_REPLACED,
             "another session of this user replaced this one",
@@ -81,24 +81,28 @@ impl SessionHandle {
     }
 }
 
-pub use ferry_cluster::replaces;
+pub(crate) use ferry_cluster::replaces;
 
 /// The registry of online sessions.
 #[derive(Debug, Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     next_id: AtomicU64,
     by_user: Mutex<HashMap<Arc<str>, Vec<SessionHandle>>>,
 }
 
 impl Sessions {
     /// A fresh session id.
-    pub fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Registers `session`; returns the sessions the policy says it replaces (already removed from the
     /// registry; the caller closes them).
-    pub fn register(&self, session: SessionHandle, policy: LoginPolicy) -> Vec<SessionHandle> {
+    pub(crate) fn register(
+        &self,
+        session: SessionHandle,
+        policy: LoginPolicy,
+    ) -> Vec<SessionHandle> {
         let mut by_user = self.by_user.lock().expect("sessions lock");
         let list = by_user.entry(session.user.clone()).or_default();
         let (replaced, kept): (Vec<_>, Vec<_>) = list.drain(..).partition(|old| {
@@ -114,7 +118,7 @@ impl Sessions {
     }
 
     /// Removes a session when its connection ends (no-op if it was replaced already).
-    pub fn unregister(&self, user: &str, id: u64) {
+    pub(crate) fn unregister(&self, user: &str, id: u64) {
         let mut by_user = self.by_user.lock().expect("sessions lock");
         if let Some(list) = by_user.get_mut(user) {
             list.retain(|s| s.id != id);
@@ -125,7 +129,7 @@ impl Sessions {
     }
 
     /// Calls `f` with every online session of `user`.
-    pub fn for_each_of(&self, user: &str, mut f: impl FnMut(&SessionHandle)) {
+    pub(crate) fn for_each_of(&self, user: &str, mut f: impl FnMut(&SessionHandle)) {
         let by_user = self.by_user.lock().expect("sessions lock");
         if let Some(list) = by_user.get(user) {
             list.iter().for_each(&mut f);
@@ -133,19 +137,19 @@ impl Sessions {
     }
 
     /// Every online session (for GoAway on shutdown).
-    pub fn all(&self) -> Vec<SessionHandle> {
+    pub(crate) fn all(&self) -> Vec<SessionHandle> {
         let by_user = self.by_user.lock().expect("sessions lock");
         by_user.values().flatten().cloned().collect()
     }
 
     /// Number of online sessions.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         let by_user = self.by_user.lock().expect("sessions lock");
         by_user.values().map(Vec::len).sum()
     }
 
     /// True when no session is online.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -1,0 +1,168 @@
+//! Delivery: a durable message on its way to every online device of a conversation's members.
+//!
+//! [`deliver`] fans a message out — on this node straight into each session's outbound queue, on other
+//! nodes of a cluster through the bus (see [`crate::cluster`], which hands what arrives to
+//! [`deliver_local`]). Queues are bounded and never awaited here: a full queue drops the Deliver
+//! (counted), because the message is durable and the device recovers it from heartbeat heads and Pull. A
+//! slow device therefore never slows down the sender or other recipients.
+//!
+//! [`outbound_loop`] drains one session's queue onto its conversation streams, opening a stream when the
+//! conversation has none; [`record_acks`] turns the device's Acks into its delivery cursor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::codec::frame;
+use ferry_protocol::frame::{frame::Kind, Deliver, Message, Open};
+use ferry_quic::{FrameReader, FrameWriter};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use super::stream;
+use crate::connection::{Conn, STREAM_QUEUE};
+use crate::sessions::Outbound;
+use crate::Shared;
+
+/// How long the server waits for the client to allow one more server-opened stream.
+const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Delivers `message` of `conversation` to the online devices of its current members and of `also`
+/// (e.g. a user just removed, who still gets their removal), except the session `exclude` (the sender's
+/// own device, which learns the seq from its SendAck).
+pub(crate) async fn deliver(
+    shared: &Shared,
+    conversation: &str,
+    message: Message,
+    epoch: u64,
+    exclude: Option<u64>,
+    also: Option<&str>,
+) {
+    #[cfg(feature = "test-hooks")]
+    if shared.hooks.drops_delivery(conversation, &message) {
+        return;
+    }
+    let members = match shared.store.members(conversation).await {
+        Ok(members) => members,
+        Err(e) => {
+            // The message is durable; recipients catch up through heartbeat heads and Pull.
+            warn!(conversation, error = %e, "fan-out skipped: members unavailable");
+            return;
+        }
+    };
+    let conversation: Arc<str> = conversation.into();
+    let message = Arc::new(message);
+    let recipients: Vec<&str> = members.iter().map(String::as_str).chain(also).collect();
+    for user in &recipients {
+        deliver_local(shared, user, &conversation, &message, epoch, exclude);
+    }
+    if let Some(cluster) = &shared.cluster {
+        cluster.publish_deliver(&recipients, &conversation, &message, epoch);
+    }
+}
+
+/// Queues a Deliver for every session of `user` on this node, except the session `exclude`.
+pub(crate) fn deliver_local(
+    shared: &Shared,
+    user: &str,
+    conversation: &Arc<str>,
+    message: &Arc<Message>,
+    epoch: u64,
+    exclude: Option<u64>,
+) {
+    shared.sessions.for_each_of(user, |session| {
+        if Some(session.id) == exclude {
+            return;
+        }
+        let item = Outbound::Deliver {
+            conversation: conversation.clone(),
+            message: message.clone(),
+            epoch,
+        };
+        if session.outbound.try_send(item).is_ok() {
+            shared.metrics.delivery_queued();
+        } else {
+            shared.metrics.delivery_dropped();
+        }
+    });
+}
+
+/// Writes this session's deliveries and relayed datagrams until the connection ends.
+pub(crate) async fn outbound_loop(conn: Arc<Conn>, mut outbound: mpsc::Receiver<Outbound>) {
+    while let Some(item) = outbound.recv().await {
+        match item {
+            Outbound::Datagram(bytes) => {
+                if conn.connection.send_datagram(bytes).is_err() {
+                    conn.shared.metrics.datagram_dropped();
+                }
+            }
+            Outbound::Deliver {
+                conversation,
+                message,
+                epoch,
+            } => {
+                let Some(writer) = delivery_stream(&conn, &conversation).await else {
+                    conn.shared.metrics.delivery_dropped();
+                    continue;
+                };
+                let deliver = frame(Kind::Deliver(Deliver {
+                    message: Some(Arc::unwrap_or_clone(message)),
+                    epoch,
+                }));
+                match writer.try_send(deliver) {
+                    Ok(()) => conn.shared.metrics.delivery(),
+                    Err(_) => conn.shared.metrics.delivery_dropped(),
+                }
+            }
+        }
+    }
+}
+
+/// The stream to deliver `conversation` on: the registered one, or a new server-opened one.
+async fn delivery_stream(conn: &Arc<Conn>, conversation: &Arc<str>) -> Option<FrameWriter> {
+    {
+        let streams = conn.streams.lock().expect("streams lock");
+        if let Some(writer) = streams.get(conversation) {
+            if !writer.is_closed() {
+                return Some(writer.clone());
+            }
+        }
+    }
+    let opened = tokio::time::timeout(OPEN_STREAM_TIMEOUT, conn.connection.open_bi()).await;
+    let (send, recv) = match opened {
+        Ok(Ok(streams)) => streams,
+        _ => return None, // the client allows no more streams right now; heads + Pull recover
+    };
+    let writer = FrameWriter::spawn(send, STREAM_QUEUE);
+    let open = frame(Kind::Open(Open {
+        conversation_id: conversation.to_string(),
+    }));
+    writer.send(open).await.ok()?;
+    stream::register(conn, conversation, &writer);
+    let reader = FrameReader::new(recv, conn.shared.settings.limits.max_frame_size as usize);
+    let (task_conn, task_conv, task_writer) = (conn.clone(), conversation.clone(), writer.clone());
+    tokio::spawn(stream::serve(task_conn, task_conv, task_writer, reader));
+    Some(writer)
+}
+
+/// Records the device's cumulative cursor, coalescing bursts of Acks into one store write at a time.
+pub(super) async fn record_acks(
+    conn: Arc<Conn>,
+    conversation: Arc<str>,
+    mut acks: watch::Receiver<u64>,
+) {
+    while acks.changed().await.is_ok() {
+        let seq = *acks.borrow_and_update();
+        let store = &conn.shared.store;
+        let head = match store.conversation(&conversation).await {
+            Ok(Some(info)) => info.head_seq,
+            _ => continue,
+        };
+        let (user, device) = (&conn.session.user, &conn.session.device);
+        if let Err(e) = store
+            .set_delivered(&conversation, user, device, seq.min(head))
+            .await
+        {
+            debug!(error = %e, "delivery cursor not recorded");
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Send → SendAck (FERRY-SEND-*): the checks before an append, queueing the append, and the answer once
+//! the append is durable.
+//!
+//! [`start`] runs inside the serve loop, one Send at a time in arrival order: it checks the Send and
+//! queues its append with the store, so seqs follow the order of the Sends (FERRY-SEND-8). What it
+//! returns is the rest of the Send — wait until the append is durable, fan the message out, build the
+//! SendAck — as a future the serve loop keeps in its ordered set of pending answers. Many Sends of one
+//! stream therefore wait on the same commit, and no task is spawned per Send.
+//!
+//! The SendAck is produced only after the append returned, i.e. after the commit is durable, and after
+//! the fan-out was queued. [`complete`] is the one place that orders these steps.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use ferry_protocol::codec::frame;
+use ferry_protocol::frame::{frame::Kind, Send, SendAck};
+use ferry_protocol::{frames, ids, unix_millis, ErrorCode, Frame};
+use ferry_store::{NewMessage, PendingAppend, StoreError};
+use futures_util::future::{BoxFuture, FutureExt};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::delivery;
+use crate::connection::Conn;
+use crate::errors::{from_store, Refusal};
+
+/// The answer to one Send, and the in-flight slot it holds until the answer is written.
+pub(super) struct SendAnswer {
+    /// SendAck, or an Error carrying the Send's client_msg_id.
+    pub(super) frame: Frame,
+    /// The Send's slot of max_inflight_sends; `None` when the Send was refused before taking one.
+    pub(super) permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The rest of a started Send: resolves to its answer.
+pub(super) type PendingSend = BoxFuture<'static, SendAnswer>;
+
+/// Checks `send` and queues its append; the returned future yields the SendAck or Error.
+///
+/// Await this in arrival order; poll the returned futures in any order (their answers are ordered by the
+/// caller).
+pub(super) async fn start(conn: &Arc<Conn>, conversation: &Arc<str>, send: Send) -> PendingSend {
+    let started = Instant::now();
+    let client_msg_id = send.client_msg_id.clone();
+    let queued = queue(conn, conversation, send).await;
+    let (conn, conversation) = (conn.clone(), conversation.clone());
+    let answer = async move {
+        match queued {
+            Ok((append, permit)) => {
+                complete(&conn, &conversation, client_msg_id, started, append, permit).await
+            }
+            Err(refusal) => refused(&conn, client_msg_id, refusal, None),
+        }
+    };
+    // A panic while completing one Send must not take the stream's other answers down with it. Nothing
+    // is known to be stored, so the client must retry.
+    AssertUnwindSafe(answer)
+        .catch_unwind()
+        .map(|answer| {
+            answer.unwrap_or_else(|_| SendAnswer {
+                frame: frames::error(ErrorCode::INTERNAL, "send failed"),
+                permit: None,
+            })
+        })
+        .boxed()
+}
+
+/// The checks, then the append queued with the store; the permit is the Send's in-flight slot.
+async fn queue(
+    conn: &Conn,
+    conversation: &str,
+    send: Send,
+) -> Result<(PendingAppend, OwnedSemaphorePermit), Refusal> {
+    let permit = check(conn, conversation, &send).await?;
+    let message = NewMessage {
+        conversation: conversation.to_owned(),
+        sender: conn.session.user.to_string(),
+        sender_device: conn.session.device.to_string(),
+        client_msg_id: send.client_msg_id,
+        body: send.body,
+        server_time_ms: unix_millis(SystemTime::now()),
+    };
+    let append = queue_append(conn, message).await.map_err(from_store)?;
+    Ok((append, permit))
+}
+
+/// Waits for the append to be durable, fans the message out to the other devices, and answers.
+///
+/// The fan-out only queues Delivers (it never waits for a recipient), so a slow device does not delay
+/// the SendAck; it is queued before the answer is produced.
+async fn complete(
+    conn: &Conn,
+    conversation: &str,
+    client_msg_id: String,
+    started: Instant,
+    append: PendingAppend,
+    permit: OwnedSemaphorePermit,
+) -> SendAnswer {
+    let appended = match append.await {
+        Ok(appended) => appended,
+        Err(e) => return refused(conn, client_msg_id, from_store(e), Some(permit)),
+    };
+    conn.shared
+        .metrics
+        .send(appended.duplicate, started.elapsed());
+    if let Some(stored) = appended.message {
+        // The sender's own device is excluded: it learns the seq from the SendAck.
+        let exclude = Some(conn.session.id);
+        let epoch = appended.epoch;
+        delivery::deliver(&conn.shared, conversation, stored, epoch, exclude, None).await;
+    }
+    let ack = frame(Kind::SendAck(SendAck {
+        client_msg_id,
+        seq: appended.seq,
+        server_time_ms: appended.server_time_ms,
+        duplicate: appended.duplicate,
+    }));
+    SendAnswer {
+        frame: ack,
+        permit: Some(permit),
+    }
+}
+
+/// The Error answering a refused Send (counted by its code).
+fn refused(
+    conn: &Conn,
+    client_msg_id: String,
+    refusal: Refusal,
+    permit: Option<OwnedSemaphorePermit>,
+) -> SendAnswer {
+    conn.shared.metrics.error(refusal.code);
+    let Refusal {
+        code,
+        reason,
+        retry_after,
+    } = refusal;
+    SendAnswer {
+        frame: frames::send_error(client_msg_id, code, reason, retry_after),
+        permit,
+    }
+}
+
+async fn queue_append(conn: &Conn, message: NewMessage) -> Result<PendingAppend, StoreError> {
+    #[cfg(feature = "test-hooks")]
+    if conn.shared.hooks.fails_appends() {
+        return Err(StoreError::Backend("injected by test hook".into()));
+    }
+    conn.shared.store.queue_append(message).await
+}
+
+/// The checks before an append (FERRY-SEND-*): ids and size, membership, in-flight limit, rate.
+async fn check(
+    conn: &Conn,
+    conversation: &str,
+    send: &Send,
+) -> Result<OwnedSemaphorePermit, Refusal> {
+    let limits = &conn.shared.settings.limits;
+    if !ids::is_valid_client_msg_id(&send.client_msg_id) {
+        return Err(Refusal::new(
+            ErrorCode::INVALID_ARGUMENT,
+            "invalid client_msg_id",
+        ));
+    }
+    if send.body.len() > limits.max_body_size as usize {
+        let msg = format!(
+            "body of {} bytes exceeds {}",
+            send.body.len(),
+            limits.max_body_size
+        );
+        return Err(Refusal::new(ErrorCode::INVALID_ARGUMENT, msg));
+    }
+    match conn
+        .shared
+        .store
+        .membership(conversation, &conn.session.user)
+        .await
+    {
+        Ok(Some(m)) if m.is_member() => {}
+        Ok(_) => return Err(Refusal::new(ErrorCode::FORBIDDEN, "not a member")),
+        Err(e) => return Err(from_store(e)),
+    }
+    let Ok(permit) = conn.inflight.clone().try_acquire_owned() else {
+        let msg = format!("more than {} sends in flight", limits.max_inflight_sends);
+        return Err(Refusal::new(ErrorCode::TOO_MANY_INFLIGHT, msg));
+    };
+    if let Err(wait) = conn
+        .shared
+        .send_rate
+        .check(&conn.session.user, Instant::now())
+    {
+        let retry_after = (wait.as_millis() as u64).max(1);
+        return Err(
+            Refusal::new(ErrorCode::RATE_LIMITED, "send rate exceeded").retry_after(retry_after)
+        );
+    }
+    Ok(permit)
+}
