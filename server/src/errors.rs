@@ -57,3 +57,30 @@ pub(crate) fn from_store(error: StoreError) -> Refusal {
         refusal
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_store_is_worth_retrying_soon() {
+        let refusal = from_store(StoreError::Unavailable("restarting".into()));
+        assert_eq!(refusal.code, ErrorCode::INTERNAL);
+        assert_eq!(refusal.retry_after, STORE_RETRY_AFTER_MS);
+        assert!(refusal.reason.contains("restarting"), "{}", refusal.reason);
+    }
+
+    #[test]
+    fn other_store_failures_carry_their_code_and_no_retry_hint() {
+        let cases = [
+            (StoreError::NotFound, ErrorCode::NOT_FOUND),
+            (StoreError::Forbidden("x".into()), ErrorCode::FORBIDDEN),
+            (StoreError::Invalid("x".into()), ErrorCode::INVALID_ARGUMENT),
+            (StoreError::Backend("disk".into()), ErrorCode::INTERNAL),
+        ];
+        for (error, code) in cases {
+            let refusal = from_store(error);
+            assert_eq!((refusal.code, refusal.retry_after), (code, 0));
+        }
+    }
+}

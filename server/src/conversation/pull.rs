@@ -62,3 +62,43 @@ fn truncate_to_frame(messages: &mut Vec<Message>, max_frame_size: usize) {
         .max(1);
     messages.truncate(keep);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    fn message(seq: u64, body_len: usize) -> Message {
+        Message {
+            seq,
+            body: vec![b'x'; body_len].into(),
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn a_page_is_cut_to_the_frame_size() {
+        let mut messages: Vec<Message> = (1..=10).map(|seq| message(seq, 100)).collect();
+        let one = messages[0].encoded_len() + 8;
+        truncate_to_frame(&mut messages, 64 + 3 * one);
+        assert_eq!(
+            messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn the_first_message_is_kept_even_when_alone_it_is_too_large() {
+        let mut messages = vec![message(1, 1000), message(2, 10)];
+        truncate_to_frame(&mut messages, 100);
+        assert_eq!(messages.len(), 1, "paging must make progress");
+        assert_eq!(messages[0].seq, 1);
+    }
+
+    #[test]
+    fn a_page_that_fits_is_left_alone() {
+        let mut messages: Vec<Message> = (1..=5).map(|seq| message(seq, 10)).collect();
+        truncate_to_frame(&mut messages, 1 << 20);
+        assert_eq!(messages.len(), 5);
+    }
+}
