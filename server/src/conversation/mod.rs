@@ -12,7 +12,8 @@
 //! Sends are pipelined: each is checked and its append queued in arrival order (so seqs follow that
 //! order, FERRY-SEND-8), and the store batches the appends of many Sends into one commit. The serve loop
 //! keeps the pending appends in an ordered set, so answers leave in request order while later appends
-//! are already committing; the in-flight limit bounds the set.
+//! are already committing. The set is bounded: max_inflight_sends caps the appends in it, and reading
+//! pauses once the refusals queued behind them reach as many again.
 
 mod delivery;
 mod pull;
