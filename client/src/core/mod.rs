@@ -259,6 +259,7 @@ impl Core {
             stats: ClientStats {
                 outbox: outbox.len(),
                 user_id: user_id.clone(),
+                max_body_size: ferry_protocol::limits::DEFAULTS.max_body_size as usize,
                 ..ClientStats::default()
             },
             settings,

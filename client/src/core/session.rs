@@ -290,6 +290,7 @@ impl Core {
         });
         self.outbox
             .set_max_in_flight(limits.max_inflight_sends as usize);
+        self.stats.max_body_size = limits.max_body_size as usize;
         self.inbox
             .set_recent_window(u64::from(limits.recent_window));
         self.inbox
