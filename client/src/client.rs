@@ -43,6 +43,8 @@ pub struct ClientStats {
     pub in_flight: usize,
     /// The authenticated user id (from Welcome or the store).
     pub user_id: Option<String>,
+    /// The largest body the server accepts: announced in Welcome, the spec's default before.
+    pub max_body_size: usize,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
@@ -197,6 +199,14 @@ impl Client {
         message: OutgoingMessage,
         permit: mpsc::OwnedPermit<Request>,
     ) -> Result<Receipt, SendError> {
+        let limit = self.stats.borrow().max_body_size;
+        if limit > 0 && message.body.len() > limit {
+            return Err(SendError::TooLarge {
+                size: message.body.len(),
+                limit,
+                message,
+            });
+        }
         let mut record = OutboxRecord {
             id: 0,
             conversation: message.conversation.clone(),

@@ -77,8 +77,8 @@ pub(crate) enum Inbound {
 pub(crate) struct ConnShared {
     /// The session generation the tasks report under.
     pub gen: AtomicU64,
-    /// The client's maximum frame size for received datagrams: the value announced in `Welcome`, the
-    /// default before it (FERRY-FRAME-4).
+    /// The client's maximum frame size for received datagrams and stream frames: the value announced in
+    /// `Welcome`, the default before it (FERRY-FRAME-4).
     pub max_frame_size: AtomicUsize,
 }
 
@@ -226,7 +226,7 @@ pub(crate) fn spawn_open(
     serial: u64,
     conversation: String,
     pending: PendingStream,
-    max_frame_size: usize,
+    limits: Arc<ConnShared>,
     tx: mpsc::Sender<Inbound>,
 ) {
     tokio::spawn(async move {
@@ -238,7 +238,7 @@ pub(crate) fn spawn_open(
             Ok((send, recv)) => {
                 // Frames pushed while the stream was opening are waiting: the task writes them first.
                 pending.attach(send);
-                read_loop(recv, gen, stream, max_frame_size, tx).await;
+                read_loop(recv, gen, stream, limits, tx).await;
             }
             Err(e) => {
                 let _ = tx
@@ -269,21 +269,25 @@ pub(crate) async fn read_loop(
     recv: quinn::RecvStream,
     gen: u64,
     stream: StreamRef,
-    max_frame_size: usize,
+    limits: Arc<ConnShared>,
     tx: mpsc::Sender<Inbound>,
 ) {
-    read_frames(recv, gen, Source::Known(stream), max_frame_size, tx).await;
+    read_frames(recv, gen, Source::Known(stream), limits, tx).await;
 }
 
 async fn read_frames(
     recv: quinn::RecvStream,
     gen: u64,
     mut source: Source,
-    max_frame_size: usize,
+    limits: Arc<ConnShared>,
     tx: mpsc::Sender<Inbound>,
 ) {
-    let mut reader = FrameReader::new(recv, max_frame_size);
+    let max_frame_size = || limits.max_frame_size.load(Ordering::Relaxed);
+    let mut reader = FrameReader::new(recv, max_frame_size());
     let reason = loop {
+        // The limit announced in Welcome applies from the next frame on (FERRY-HELLO-5): frames read
+        // before it arrived were checked against the default.
+        reader.set_max_frame_size(max_frame_size());
         let frame = match reader.next().await {
             Ok(Some(frame)) => frame,
             Ok(None) => break "finished".to_owned(),
@@ -353,7 +357,6 @@ pub(crate) fn spawn_connection_tasks(
     conn: quinn::Connection,
     shared: Arc<ConnShared>,
     serials: Arc<AtomicU64>,
-    max_frame_size: usize,
     tx: mpsc::Sender<Inbound>,
 ) {
     let dconn = conn.clone();
@@ -381,7 +384,7 @@ pub(crate) fn spawn_connection_tasks(
                         recv,
                         gen,
                         serial,
-                        max_frame_size,
+                        shared.clone(),
                         tx.clone(),
                     ));
                 }
@@ -398,17 +401,10 @@ async fn accept_stream(
     recv: quinn::RecvStream,
     gen: u64,
     serial: u64,
-    max_frame_size: usize,
+    limits: Arc<ConnShared>,
     tx: mpsc::Sender<Inbound>,
 ) {
-    read_frames(
-        recv,
-        gen,
-        Source::Accepted { send, serial },
-        max_frame_size,
-        tx,
-    )
-    .await;
+    read_frames(recv, gen, Source::Accepted { send, serial }, limits, tx).await;
 }
 
 #[cfg(test)]

@@ -87,6 +87,17 @@ pub enum SendError {
         /// The message, handed back.
         message: OutgoingMessage,
     },
+    /// The body is larger than the server's announced `max_body_size` (FERRY-HELLO-5): the server would
+    /// refuse it, so it is refused here and nothing was queued.
+    #[error("body of {size} bytes exceeds the server's limit of {limit} bytes; not queued")]
+    TooLarge {
+        /// The body's size in bytes.
+        size: usize,
+        /// The announced limit in bytes.
+        limit: usize,
+        /// The message, handed back.
+        message: OutgoingMessage,
+    },
     /// Writing the outbox entry failed; nothing was queued.
     #[error("store failed: {source}")]
     Store {
@@ -105,6 +116,7 @@ impl SendError {
             | SendError::Closed { message }
             | SendError::Interrupted { message }
             | SendError::Invalid { message, .. }
+            | SendError::TooLarge { message, .. }
             | SendError::Store { message, .. } => message,
         }
     }
@@ -116,6 +128,7 @@ impl SendError {
             | SendError::Closed { message }
             | SendError::Interrupted { message }
             | SendError::Invalid { message, .. }
+            | SendError::TooLarge { message, .. }
             | SendError::Store { message, .. } => message,
         }
     }

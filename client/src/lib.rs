@@ -57,10 +57,12 @@
 //!   requests, `handle_timeout(now)`, connection events), outputs (`poll_transmit`, `poll_commit`,
 //!   `poll_event`, `poll_timeout`). By concern: `core/session.rs` (connection life cycle, 0-RTT,
 //!   heartbeats, reconnect), `core/control.rs` (control stream), `core/conversations.rs` (conversation
-//!   streams, the transmit pass), `core/requests.rs` (application requests, history), `core/tests.rs`
-//!   (each rule driven with a fake clock);
+//!   streams, the transmit pass), `core/requests.rs` (application requests), `core/history.rs`
+//!   (history pages: store first, then pipelined Pulls), `core/tests/` (each rule driven with a fake
+//!   clock);
 //! - [`outbox`]: in-flight tracking, retry deadlines and ack timeouts of queued sends;
-//! - [`inbox`]: receive windows of all conversations, pulls, epochs, due Acks;
+//! - [`inbox`]: receive windows of all conversations, epochs, due Acks; `inbox/pulls.rs` matches
+//!   PullResults to Pulls and keeps several catch-up pages in flight;
 //! - [`heartbeat`]: heartbeat schedule and dead-connection detection;
 //! - [`backoff`]: reconnect delays with full jitter and an injected random source.
 //!

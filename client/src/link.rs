@@ -131,7 +131,6 @@ impl Wire {
                     conn.clone(),
                     shared.clone(),
                     self.serials.clone(),
-                    max_frame_size,
                     self.inbound_tx.clone(),
                 );
                 shared
@@ -141,7 +140,7 @@ impl Wire {
             recv,
             gen,
             StreamRef::Control,
-            max_frame_size,
+            shared.clone(),
             self.inbound_tx.clone(),
         ));
         let link = Link {
@@ -226,9 +225,8 @@ impl Wire {
                     return;
                 };
                 let (writer, pending) = conn::pending_writer(serial);
-                let max_frame_size = codec::DEFAULT_MAX_FRAME_SIZE;
                 let (c, name) = (link.conn.clone(), conversation.clone());
-                conn::spawn_open(c, gen, serial, name, pending, max_frame_size, tx);
+                conn::spawn_open(c, gen, serial, name, pending, link.shared.clone(), tx);
                 link.streams.insert(conversation, writer);
             }
             Transmit::Frame { gen, target, frame } => {
@@ -305,14 +303,17 @@ impl Wire {
         });
     }
 
-    /// The client stops: close the connection.
+    /// The client stops: close every connection of the endpoint, not only the current session's. A
+    /// connection still being dialled, or set up by a dial task whose answer the stopped driver will
+    /// never read, would otherwise stay open on the server until its idle timeout (seen as
+    /// `ferry_connections_active` staying up after short CLI runs). Closing the endpoint also makes any
+    /// dial still running fail at once.
     pub(crate) fn close(&mut self) {
+        let code = quinn::VarInt::from_u32(ErrorCode::NO_ERROR.0);
         if let Some(link) = self.link.take() {
-            link.conn.close(
-                quinn::VarInt::from_u32(ErrorCode::NO_ERROR.0),
-                b"client shutdown",
-            );
+            link.conn.close(code, b"client shutdown");
         }
+        self.endpoint.close(code, b"client shutdown");
     }
 
     /// Lets the CONNECTION_CLOSE reach the server before the endpoint goes away (bounded).

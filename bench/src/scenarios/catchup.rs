@@ -8,7 +8,10 @@
 //! session ticket its predecessor got and sends Sync and Pulls in early data: 0-RTT across `build()`
 //! calls, not a reconnect within one client). `--delay-ms` puts bob behind ferry-proxy with that one-way
 //! delay each way, so the round trip that 0-RTT saves is visible (on bare loopback it is ~0.1 ms).
+//! `--conversations N` spreads the missed messages over N groups of alice and bob (e.g. 10 × 100), so
+//! Pulls across conversations are measured too; the run ends when every group reached its last seq.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,9 +28,13 @@ use crate::report::{CatchupRow, Results};
 /// Arguments of `ferry-bench catchup`.
 #[derive(Args, Clone)]
 pub struct CatchupArgs {
-    /// Messages sent while the receiver is offline.
+    /// Messages sent while the receiver is offline (in all, spread evenly over the conversations).
     #[arg(long, default_value_t = 1000)]
     messages: usize,
+    /// Conversations the missed messages are spread over: 1 is alice and bob's direct conversation,
+    /// more are groups of the two.
+    #[arg(long, default_value_t = 1)]
+    conversations: usize,
     /// Body size in bytes.
     #[arg(long, default_value_t = 64)]
     body: usize,
@@ -57,19 +64,27 @@ fn builder(
         .store_path(store)
 }
 
-/// Reads events until `count` messages were reported; returns whether the session used 0-RTT.
-async fn receive(events: &mut Events, count: usize) -> anyhow::Result<bool> {
+/// Reads events until every conversation of `targets` reported its target seq; returns whether the
+/// session used 0-RTT.
+async fn receive(events: &mut Events, targets: &HashMap<String, u64>) -> anyhow::Result<bool> {
     let mut zero_rtt = false;
-    let mut got = 0;
+    let mut missing: HashMap<&str, u64> = targets.iter().map(|(c, s)| (c.as_str(), *s)).collect();
     let wait = async {
-        while got < count {
+        while !missing.is_empty() {
             match events.recv().await {
-                Some(Event::Message(_)) => got += 1,
+                Some(Event::Message(m)) => {
+                    if missing
+                        .get(m.conversation.as_str())
+                        .is_some_and(|&s| m.seq >= s)
+                    {
+                        missing.remove(m.conversation.as_str());
+                    }
+                }
                 Some(Event::Connection(ConnectionState::Connected { zero_rtt: z, .. })) => {
                     zero_rtt = z
                 }
                 Some(_) => {}
-                None => bail!("client stopped after {got} of {count} messages"),
+                None => bail!("client stopped with {} conversations behind", missing.len()),
             }
         }
         Ok(())
@@ -80,17 +95,28 @@ async fn receive(events: &mut Events, count: usize) -> anyhow::Result<bool> {
     Ok(zero_rtt)
 }
 
-async fn send(alice: &Client, conv: &str, count: usize, body: &[u8]) -> anyhow::Result<()> {
-    let mut receipts = Vec::with_capacity(count);
+/// Sends `count` messages to each conversation; returns the last seq of each.
+async fn send(
+    alice: &Client,
+    convs: &[String],
+    count: usize,
+    body: &[u8],
+) -> anyhow::Result<HashMap<String, u64>> {
+    let mut receipts = Vec::with_capacity(count * convs.len());
     for _ in 0..count {
-        receipts.push(alice.send(conv, body.to_vec()).await?);
+        for conv in convs {
+            receipts.push(alice.send(conv.as_str(), body.to_vec()).await?);
+        }
     }
+    let mut last = HashMap::new();
     for r in receipts {
-        tokio::time::timeout(WAIT, r)
+        let stored = tokio::time::timeout(WAIT, r)
             .await
             .context("receipt timed out")??;
+        let seq = last.entry(stored.conversation).or_insert(0);
+        *seq = stored.seq.max(*seq);
     }
-    Ok(())
+    Ok(last)
 }
 
 impl CatchupArgs {
@@ -98,6 +124,7 @@ impl CatchupArgs {
     pub fn with_delay(delay_ms: u64, rounds: usize) -> CatchupArgs {
         CatchupArgs {
             messages: 1000,
+            conversations: 1,
             body: 64,
             rounds,
             delay_ms,
@@ -144,7 +171,21 @@ pub async fn measure(args: &CatchupArgs) -> anyhow::Result<Vec<CatchupRow>> {
         None
     };
     let bob_endpoint = proxy.as_ref().map_or(direct, |p| p.local_addr());
-    let conv = ids::direct_conversation_id("alice", "bob").context("conversation id")?;
+    let convs = if args.conversations <= 1 {
+        vec![ids::direct_conversation_id("alice", "bob").context("conversation id")?]
+    } else {
+        let mut convs = Vec::with_capacity(args.conversations);
+        for i in 0..args.conversations {
+            convs.push(
+                alice
+                    .create_group(&format!("catchup {i}"), &["bob".to_owned()])
+                    .await?,
+            );
+        }
+        convs
+    };
+    let per_conv = (args.messages / convs.len()).max(1);
+    let missed = per_conv * convs.len();
     let body = vec![b'x'; args.body];
 
     let mut lines = Vec::new();
@@ -159,35 +200,41 @@ pub async fn measure(args: &CatchupArgs) -> anyhow::Result<Vec<CatchupRow>> {
             .session_cache(cache.clone())
             .build()
             .await?;
-        send(&alice, &conv, 1, &body).await?;
-        receive(&mut events, 1).await?;
+        let targets = send(&alice, &convs, 1, &body).await?;
+        receive(&mut events, &targets).await?;
         bob.shutdown().await;
         let mut times = Vec::new();
         let mut used = Vec::new();
         for _ in 0..args.rounds.max(1) {
-            send(&alice, &conv, args.messages, &body).await?;
+            let targets = send(&alice, &convs, per_conv, &body).await?;
             let started = Instant::now();
             let (bob, mut events) = builder(&server, bob_endpoint, "bob", device, &store)
                 .zero_rtt(zero_rtt)
                 .session_cache(cache.clone())
                 .build()
                 .await?;
-            used.push(receive(&mut events, args.messages).await?);
+            used.push(receive(&mut events, &targets).await?);
             times.push(started.elapsed());
             bob.shutdown().await;
         }
         let mut sorted = times.clone();
         sorted.sort();
+        let short = if zero_rtt { "0-RTT" } else { "1-RTT" };
         rows.push(CatchupRow {
-            mode: if zero_rtt { "0-RTT" } else { "1-RTT" }.into(),
+            mode: if convs.len() > 1 {
+                format!("{short}, {} conversations", convs.len())
+            } else {
+                short.into()
+            },
             delay_ms: args.delay_ms,
-            messages: args.messages,
+            messages: missed,
             median_ms: sorted[sorted.len() / 2].as_secs_f64() * 1e3,
         });
         lines.push(format!(
-            "catchup {mode}, one-way delay {} ms: {} messages, median {:.1} ms (runs {:?}; 0-RTT accepted {:?})",
+            "catchup {mode}, one-way delay {} ms: {} conversation(s) x {} messages, median {:.1} ms (runs {:?}; 0-RTT accepted {:?})",
             args.delay_ms,
-            args.messages,
+            convs.len(),
+            per_conv,
             sorted[sorted.len() / 2].as_secs_f64() * 1e3,
             times
                 .iter()

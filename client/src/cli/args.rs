@@ -121,9 +121,12 @@ pub struct HistoryArgs {
     /// Only messages after this seq.
     #[arg(long, default_value_t = 0)]
     pub after: u64,
-    /// At most this many messages.
+    /// At most this many messages (paged from the server as needed).
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// Stop after this many seconds, keeping what was printed (exit 4, said on stderr).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
 }
 
 /// `ferry typing`.

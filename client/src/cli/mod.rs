@@ -53,7 +53,7 @@ impl From<SendError> for CliError {
     fn from(e: SendError) -> Self {
         let code = match &e {
             SendError::Rejected { .. } => EXIT_REJECTED,
-            SendError::Invalid { .. } => EXIT_USAGE,
+            SendError::Invalid { .. } | SendError::TooLarge { .. } => EXIT_USAGE,
             SendError::Closed { .. } | SendError::Interrupted { .. } | SendError::Store { .. } => {
                 EXIT_OTHER
             }

@@ -368,22 +368,48 @@ async fn listen(
     result
 }
 
+/// Messages asked of the library per call: each call pulls its pages pipelined; printing between calls
+/// shows progress on long histories and keeps what was printed when `--timeout` ends the run.
+const HISTORY_CHUNK: usize = 1000;
+
 async fn history(
     client: &Client,
     args: HistoryArgs,
     json: bool,
     fatal: watch::Receiver<Option<ConnectionState>>,
 ) -> Result<(), CliError> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
     // Connected, missing history can be pulled; offline, the local store answers alone.
-    tokio::select! {
-        _ = client.connected(Duration::from_secs(5)) => {}
-        e = wait_fatal(fatal) => return Err(e),
+    let connected = tokio::select! {
+        c = client.connected(Duration::from_secs(5).min(Duration::from_secs(args.timeout))) => c,
+        e = wait_fatal(fatal.clone()) => return Err(e),
+    };
+    let (mut after, mut printed) = (args.after, 0usize);
+    while printed < args.limit {
+        let chunk = (args.limit - printed).min(HISTORY_CHUNK);
+        let page = tokio::select! {
+            r = tokio::time::timeout_at(deadline, client.history(&args.conversation, after, chunk)) => match r {
+                Ok(page) => page?,
+                Err(_) => {
+                    return Err(CliError::new(
+                        EXIT_UNREACHABLE,
+                        format!("history stopped early after {printed} messages: --timeout of {} s expired", args.timeout),
+                    ))
+                }
+            },
+            e = wait_fatal(fatal.clone()) => return Err(e),
+        };
+        for m in &page {
+            print(&message_line(m, json));
+        }
+        printed += page.len();
+        match page.last() {
+            Some(last) if page.len() == chunk => after = last.seq,
+            _ => break, // the end of what this reader can see
+        }
     }
-    for m in client
-        .history(&args.conversation, args.after, args.limit)
-        .await?
-    {
-        print(&message_line(&m, json));
+    if !connected && printed < args.limit {
+        eprintln!("ferry: not connected: only the local store answered ({printed} messages)");
     }
     Ok(())
 }

@@ -57,6 +57,7 @@ impl Core {
     /// A frame arrived on one of session `gen`'s streams. Frames of older sessions are ignored.
     pub(crate) fn handle_frame(&mut self, gen: u64, stream: StreamRef, f: Frame, now: Instant) {
         self.pass_due = true;
+        self.last_now = now;
         if self.session(gen).is_none() {
             return;
         }
@@ -141,14 +142,10 @@ impl Core {
                 self.arrived(conversation, arrived);
             }
             Kind::PullResult(r) => {
+                let (head_seq, has_more) = (r.head_seq, r.has_more);
                 let (tag, arrived, page) = self.inbox.on_pull_result(conversation, r);
                 if let Some(PullTag::History(id)) = tag {
-                    self.effects.commit.messages.extend(page.iter().cloned());
-                    if let Some(w) = self.history_waiters.remove(&id) {
-                        let mut page = page;
-                        page.truncate(w.limit);
-                        self.effects.history.push((w, page));
-                    }
+                    self.on_history_page(id, page, head_seq, has_more);
                 }
                 self.arrived(conversation, arrived);
             }
@@ -277,6 +274,7 @@ impl Core {
                 .filter(|r| r.conversation == conversation)
                 .map(|r| r.client_msg_id.clone())
                 .collect();
+            self.refuse_history(conversation, code, &e.message);
             if let Some(s) = self.session(gen) {
                 if let Some(serial) = s.streams.remove(conversation) {
                     self.transmits.push_back(Transmit::Forget {

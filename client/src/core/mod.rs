@@ -18,10 +18,11 @@
 //!
 //! Files by concern: `session` (connection life cycle, 0-RTT, heartbeats, reconnect), `control` (the
 //! control stream), `conversations` (conversation streams, the transmit pass), `requests` (the
-//! application's requests and history pages).
+//! application's requests), `history` (history pages: store first, then pipelined Pulls).
 
 mod control;
 mod conversations;
+mod history;
 mod requests;
 mod session;
 #[cfg(test)]
@@ -131,12 +132,20 @@ struct PendingSend {
     message: OutgoingMessage,
 }
 
-/// A history request: waiting for its store read, deferred until Sync ends, or waiting for a PullResult.
+/// A history request: waiting for its store read, deferred until Sync ends, or pulling its pages.
 struct HistoryRequest {
     conversation: String,
     after_seq: u64,
     limit: usize,
     reply: Reply<Vec<ReceivedMessage>>,
+    /// Pages received so far, in seq order.
+    collected: Vec<ReceivedMessage>,
+    /// The `after_seq` of the next Pull to send.
+    next_after: u64,
+    /// Pulls sent and not yet answered.
+    outstanding: usize,
+    /// The conversation's head, once known (from the inbox or a PullResult).
+    head: Option<u64>,
 }
 
 /// One session (a connection with its control stream, maybe before Welcome).
@@ -224,6 +233,8 @@ pub(crate) struct Core {
     pass_due: bool,
     stats: ClientStats,
     stop: Option<Stop>,
+    /// The latest `now` an input carried (for inputs without a clock of their own, e.g. store answers).
+    last_now: Instant,
 }
 
 /// Creates a frame of one kind.
@@ -248,6 +259,7 @@ impl Core {
             stats: ClientStats {
                 outbox: outbox.len(),
                 user_id: user_id.clone(),
+                max_body_size: ferry_protocol::limits::DEFAULTS.max_body_size as usize,
                 ..ClientStats::default()
             },
             settings,
@@ -277,6 +289,7 @@ impl Core {
             transmits: VecDeque::new(),
             pass_due: true,
             stop: None,
+            last_now: now,
         }
     }
 
@@ -361,6 +374,7 @@ impl Core {
     /// The next network action. The first call after an input runs the transmit pass (Acks, Pulls,
     /// Sends); the driver flushes every stream once it got `None`.
     pub(crate) fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        self.last_now = now;
         if std::mem::take(&mut self.pass_due) && self.stop.is_none() {
             self.transmit_pass(now);
         }

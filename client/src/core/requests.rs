@@ -1,21 +1,20 @@
 //! The application's requests: sends, acks, group administration, read markers, typing signals and
-//! history pages (read from the store, completed by a Pull when the store lacks part of the page).
+//! history requests (carried out in `history`).
 
 use std::time::Instant;
 
 use ferry_protocol::frame::{self, frame::Kind};
 
 use super::conversations::datagrams_allowed;
-use super::{frame, Core, HistoryRequest, PendingSend, Phase, Stop, StoreWork, Transmit};
+use super::{frame, Core, HistoryRequest, PendingSend, Stop, Transmit};
 use crate::client::{GroupOp, Request};
-use crate::error::{ClientError, StoreError};
-use crate::inbox::PullTag;
-use crate::message::ReceivedMessage;
+use crate::error::ClientError;
 
 impl Core {
     /// A request of the application. `Rebind` is the driver's (it owns the socket) and is ignored here.
-    pub(crate) fn handle_request(&mut self, req: Request, _now: Instant) {
+    pub(crate) fn handle_request(&mut self, req: Request, now: Instant) {
         self.pass_due = true;
+        self.last_now = now;
         match req {
             Request::Send {
                 record,
@@ -92,12 +91,7 @@ impl Core {
                 limit,
                 reply,
             } => {
-                let request = HistoryRequest {
-                    conversation,
-                    after_seq,
-                    limit,
-                    reply,
-                };
+                let request = HistoryRequest::new(conversation, after_seq, limit, reply);
                 let syncing = self
                     .live()
                     .is_some_and(|s| s.welcomed && s.sync_request.is_some());
@@ -119,68 +113,5 @@ impl Core {
     /// Every handle of the application is gone: stop.
     pub(crate) fn handle_requests_closed(&mut self) {
         self.stop = Some(Stop::Shutdown(None));
-    }
-
-    /// Starts a history request: first the store's page.
-    pub(super) fn history(&mut self, request: HistoryRequest) {
-        let id = self.request_id();
-        let epoch = self
-            .inbox
-            .epoch(&request.conversation)
-            .unwrap_or(self.store_epoch);
-        self.store_work.push_back(StoreWork::ReadHistory {
-            id,
-            conversation: request.conversation.clone(),
-            epoch,
-            after_seq: request.after_seq,
-            limit: request.limit,
-        });
-        self.history_reads.insert(id, request);
-    }
-
-    /// The store's page for history request `id`: answer with it if it is complete (or nothing more can
-    /// be had), else Pull the page from the server.
-    pub(crate) fn handle_history_page(
-        &mut self,
-        id: u64,
-        local: Result<Vec<ReceivedMessage>, StoreError>,
-    ) {
-        self.pass_due = true;
-        let Some(request) = self.history_reads.remove(&id) else {
-            return;
-        };
-        let local = match local {
-            Ok(local) => local,
-            Err(e) => {
-                let _ = request.reply.send(Err(e.into()));
-                return;
-            }
-        };
-        let HistoryRequest {
-            ref conversation,
-            after_seq,
-            limit,
-            ..
-        } = request;
-        // Complete if the page is full and starts right after `after_seq`; a short page is complete when
-        // it reaches what the server has.
-        let head = self.inbox.known_head(conversation).unwrap_or(0);
-        let starts_right = local.first().is_some_and(|m| m.seq == after_seq + 1);
-        let reaches = local.last().map_or(after_seq, |m| m.seq) >= head;
-        let complete = starts_right && (local.len() >= limit || reaches);
-        let live = matches!(&self.phase, Phase::Live(s) if s.welcomed);
-        if complete || !live || !self.inbox.knows(conversation) || after_seq >= head {
-            let _ = request.reply.send(Ok(local));
-            return;
-        }
-        let conversation = conversation.clone();
-        self.inbox
-            .pull_sent(&conversation, after_seq, PullTag::History(id));
-        let pull = frame(Kind::Pull(frame::Pull {
-            after_seq,
-            limit: limit.min(u32::MAX as usize) as u32,
-        }));
-        self.history_waiters.insert(id, request);
-        self.stream(&conversation, pull);
     }
 }

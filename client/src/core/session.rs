@@ -156,6 +156,7 @@ impl Core {
     /// a GoAway drain.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.pass_due = true;
+        self.last_now = now;
         let connect_timeout = self.settings.connect_timeout;
         let sync_token = self.sync_token;
         match &mut self.phase {
@@ -289,8 +290,11 @@ impl Core {
         });
         self.outbox
             .set_max_in_flight(limits.max_inflight_sends as usize);
+        self.stats.max_body_size = limits.max_body_size as usize;
         self.inbox
             .set_recent_window(u64::from(limits.recent_window));
+        self.inbox
+            .set_pull_limits(limits.max_pull_page, limits.max_inflight_sends as usize);
         // FERRY-HB-1: a Heartbeat at least every `heartbeat_interval_ms` (0 means the default 25 s). The
         // server's value is taken as is: raising it (as a 1 s floor did) would reveal a lost last message
         // later than the server intends. `HeartbeatTimer` keeps a 10 ms floor against busy loops.

@@ -2,6 +2,7 @@
 //! server's part with frames and checks what the core asks the driver to do. This file is the harness
 //! (a fake driver); `rules.rs` has one test per rule.
 
+mod history;
 mod rules;
 
 use std::net::SocketAddr;
