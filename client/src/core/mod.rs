@@ -211,6 +211,9 @@ pub(crate) struct Core {
     next_endpoint: usize,
     /// Endpoints from the last GoAway, tried before the rotation.
     preferred: VecDeque<String>,
+    /// The address of the session that just ended: the next dial skips it once if the rotation points
+    /// at it (a killed node would cost a whole connect timeout).
+    avoid: Option<SocketAddr>,
     refreshed_token: bool,
     /// Own messages already in a commit (at their SendAck) but not yet ready in the receive window: they
     /// are not inserted again when they become ready.
@@ -269,6 +272,7 @@ impl Core {
             rng,
             next_endpoint: 0,
             preferred: VecDeque::new(),
+            avoid: None,
             refreshed_token: false,
             own_stored: HashSet::new(),
             effects: Effects::default(),

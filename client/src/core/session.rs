@@ -196,15 +196,26 @@ impl Core {
         let gen = self.gen;
         let endpoint = match self.preferred.pop_front() {
             Some(e) => e,
-            None => {
-                let endpoints = &self.settings.endpoints;
-                let e = endpoints[self.next_endpoint % endpoints.len()].clone();
-                self.next_endpoint += 1;
-                e
-            }
+            None => self.rotate(),
         };
         self.phase = Phase::Connecting { gen };
         self.transmits.push_back(Transmit::Dial { gen, endpoint });
+    }
+
+    /// The next endpoint of the configured rotation. The address of the session that just ended is
+    /// skipped once (when another endpoint exists): after a `kill -9` the rotation may point right back
+    /// at the dead node (e.g. after a GoAway moved the client), and a dial to it only fails after the
+    /// connect timeout. Skipping only once keeps a restarted node reachable on the next round.
+    fn rotate(&mut self) -> String {
+        let endpoints = &self.settings.endpoints;
+        let avoid = self.avoid.take();
+        let mut e = endpoints[self.next_endpoint % endpoints.len()].clone();
+        self.next_endpoint += 1;
+        if endpoints.len() > 1 && avoid.is_some() && e.parse::<SocketAddr>().ok() == avoid {
+            e = endpoints[self.next_endpoint % endpoints.len()].clone();
+            self.next_endpoint += 1;
+        }
+        e
     }
 
     /// Answers history requests whose Pull lost its stream.
@@ -219,7 +230,8 @@ impl Core {
     /// The session ended (or an attempt failed): forget streams, requeue in-flight work, schedule the
     /// next attempt (at once, or with backoff).
     pub(super) fn disconnected(&mut self, reason: String, immediate: bool, now: Instant) {
-        if matches!(self.phase, Phase::Live(_)) {
+        if let Phase::Live(s) = &self.phase {
+            self.avoid = Some(s.remote);
             self.transmits.push_back(Transmit::Close {
                 reason: "reconnecting",
             });
@@ -302,13 +314,14 @@ impl Core {
             .settings
             .heartbeat
             .unwrap_or(Duration::from_millis(u64::from(announced)));
+        let timeout = self.settings.heartbeat_timeout.unwrap_or(2 * interval);
         self.backoff.reset();
         self.refreshed_token = false;
         let Some(session) = self.session(gen) else {
             return;
         };
         session.welcomed = true;
-        session.heartbeat = Some(HeartbeatTimer::new(interval, now));
+        session.heartbeat = Some(HeartbeatTimer::with_timeout(interval, timeout, now));
         if session.sync_request.is_none() {
             self.start_sync();
         }
