@@ -68,9 +68,6 @@ pub(crate) enum Transmit {
     /// Resolve `endpoint`, report `Connecting`, dial it (0-RTT if possible) and open the control stream;
     /// answer with [`Core::handle_established`].
     Dial { gen: u64, endpoint: String },
-    /// 0-RTT was rejected: abandon every stream of the current connection (never finish them), keep the
-    /// connection and open a new control stream on it for session `gen`.
-    Reopen { gen: u64 },
     /// Run the token refresher (bounded in time); answer with [`Core::handle_token_refreshed`].
     RefreshToken,
     /// Close the current connection with code 0 and forget it.

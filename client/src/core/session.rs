@@ -102,15 +102,29 @@ impl Core {
             return;
         }
         // Everything sent in early data is lost, and the streams opened then are unusable: start the
-        // session over on the same connection (new control stream, Hello, Sync, resend).
-        tracing::debug!("0-RTT rejected; replaying over 1-RTT");
+        // session over (Hello, Sync, resend) on a *new* connection to the same server. Not on the same
+        // one: on rejection quinn numbers outgoing streams from 0 again, so a conversation stream the
+        // driver opens before it hears the verdict takes stream 0, where the server expects Hello
+        // (PROTOCOL_ERROR, and the Send on it rejected). This happens on every failover to another
+        // node, whose ticket keys differ; a fresh connection has no such window.
+        tracing::debug!("0-RTT rejected; replaying over a new connection");
+        let remote = self.live_remote();
         self.outbox.on_connection_lost();
         let lost = self.inbox.on_connection_lost();
         self.fail_history(lost);
+        self.transmits.push_back(Transmit::Close {
+            reason: "0-RTT rejected",
+        });
         self.gen += 1;
         let gen = self.gen;
         self.phase = Phase::Connecting { gen };
-        self.transmits.push_back(Transmit::Reopen { gen });
+        match remote {
+            Some(remote) => self.transmits.push_back(Transmit::Dial {
+                gen,
+                endpoint: remote.to_string(),
+            }),
+            None => self.start_connecting(),
+        }
     }
 
     /// The connection of session `gen` ended.
