@@ -13,6 +13,9 @@ use crate::error::ClientError;
 use crate::event::{ConnectionState, Event};
 use crate::heartbeat::{HeartbeatAction, HeartbeatTimer};
 
+/// Most endpoints the rotation holds (configured plus learnt from GoAway).
+const MAX_ENDPOINTS: usize = 64;
+
 /// Why a connection ended, as the driver saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LostReason {
@@ -209,11 +212,24 @@ impl Core {
         self.gen += 1;
         let gen = self.gen;
         let endpoint = match self.preferred.pop_front() {
-            Some(e) => e,
+            Some(e) => {
+                self.learn_endpoint(&e);
+                e
+            }
             None => self.rotate(),
         };
         self.phase = Phase::Connecting { gen };
         self.transmits.push_back(Transmit::Dial { gen, endpoint });
+    }
+
+    /// An endpoint named by GoAway joins the rotation: a client configured with the draining node only
+    /// must still find the cluster when the node it moved to fails later. Bounded: GoAway names the
+    /// cluster's nodes, and past [`MAX_ENDPOINTS`] nothing more is learnt.
+    fn learn_endpoint(&mut self, endpoint: &str) {
+        let endpoints = &mut self.settings.endpoints;
+        if endpoints.len() < MAX_ENDPOINTS && !endpoints.iter().any(|e| e == endpoint) {
+            endpoints.push(endpoint.to_owned());
+        }
     }
 
     /// The next endpoint of the configured rotation. The address of the session that just ended is

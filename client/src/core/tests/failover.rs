@@ -117,3 +117,49 @@ fn after_failover_the_client_resends_unacked_sends_and_catches_up_with_sync_and_
     h.sync_result(gen2, sync, vec![state(5)], false);
     assert_eq!(pulls(&h.step()), [0], "a Pull for the missing messages");
 }
+
+#[test]
+fn endpoints_named_by_goaway_join_the_rotation() {
+    // Configured with one node only; GoAway names another. When that one fails later, the client must
+    // still know it (the configured node is the one that drained away).
+    let mut h = fast(&[SERVER]);
+    let gen = h.connect();
+    let goaway = f(Kind::GoAway(frame::GoAway {
+        code: ErrorCode::SHUTTING_DOWN.0,
+        reason: "drain".into(),
+        endpoints: vec![OTHER.into()],
+    }));
+    h.core.handle_frame(gen, control(), goaway, h.now);
+    h.step();
+    let (gen, endpoint) = establish_dialled(&mut h);
+    assert_eq!(endpoint, OTHER);
+    h.welcome(gen);
+    h.lose(gen);
+    // OTHER just died: skipped once, so SERVER; then OTHER is in the rotation.
+    assert_eq!(h.next_dial().1, SERVER);
+    h.core
+        .handle_established(h.core.gen, Err("refused".into()), h.now);
+    assert_eq!(h.next_dial().1, OTHER, "learnt from GoAway");
+}
+
+#[test]
+fn a_retryable_error_answers_a_heartbeat_so_a_store_outage_is_no_failover() {
+    let mut h = fast(&[SERVER, OTHER]);
+    let gen = h.connect();
+    for _ in 0..4 {
+        h.advance(250 * MS);
+        assert_eq!(heartbeats(&h.step()), 1);
+        // The node is alive but its store (Redis) is away: it answers with a retryable error.
+        let error = f(Kind::Error(frame::Error {
+            code: ErrorCode::INTERNAL.0,
+            message: "store unavailable".into(),
+            ..Default::default()
+        }));
+        h.core.handle_frame(gen, control(), error, h.now);
+        assert!(!h.step().iter().any(|t| matches!(t, Transmit::Close { .. })));
+    }
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Connection(ConnectionState::Disconnected { .. }))));
+}
