@@ -213,22 +213,29 @@ pub(crate) fn spawn_open(
             serial,
             conversation,
         };
-        match conn.open_bi().await {
+        let reason = match conn.open_bi().await {
+            // Stream 0 is the control stream's: a conversation stream gets it only when quinn
+            // numbered streams from 0 again because the server rejected 0-RTT, before the core
+            // heard the verdict. Written, its Open would reach the server where Hello belongs
+            // (PROTOCOL_ERROR, the Send rejected). The core dials a new connection on the verdict;
+            // until then this stream stays unwritten and ends like any lost stream.
+            Ok((send, _)) if send.id().index() == 0 => {
+                "0-RTT rejected: stream ids restarted".into()
+            }
             Ok((send, recv)) => {
                 // Frames pushed while the stream was opening are waiting: the task writes them first.
                 pending.attach(send);
-                read_loop(recv, gen, stream, max_frame_size, tx).await;
+                return read_loop(recv, gen, stream, max_frame_size, tx).await;
             }
-            Err(e) => {
-                let _ = tx
-                    .send(Inbound::StreamEnded {
-                        gen,
-                        stream,
-                        reason: e.to_string(),
-                    })
-                    .await;
-            }
-        }
+            Err(e) => e.to_string(),
+        };
+        let _ = tx
+            .send(Inbound::StreamEnded {
+                gen,
+                stream,
+                reason,
+            })
+            .await;
     });
 }
 
