@@ -92,6 +92,8 @@ enum Command {
     Catchup(scenarios::catchup::CatchupArgs),
     /// Goodput through ferry-proxy with loss, reordering and rebinds, and nothing lost.
     Lossy,
+    /// kill -9 of one cluster node (processes on redis-server): time until every client caught up.
+    Failover(scenarios::failover::FailoverArgs),
     /// strace each system's fsync calls during a short run.
     FsyncCheck,
     /// Everything above.
@@ -153,6 +155,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Connections => scenarios::connections::run(&config, &mut results).await,
         Command::Catchup(args) => scenarios::catchup::run(args, &mut results).await,
         Command::Lossy => scenarios::lossy::run(&config, &mut results).await,
+        Command::Failover(args) => {
+            scenarios::failover::run(&config.ferry_binary, args, &mut results).await
+        }
         Command::FsyncCheck => scenarios::fsync::run(&config, &mut results).await,
         Command::All => {
             scenarios::throughput::run(&config, &mut results).await;
@@ -164,6 +169,8 @@ async fn main() -> anyhow::Result<()> {
                 scenarios::catchup::run(args, &mut results).await;
             }
             scenarios::lossy::run(&config, &mut results).await;
+            let failover = scenarios::failover::FailoverArgs::for_all(config.quick);
+            scenarios::failover::run(&config.ferry_binary, failover, &mut results).await;
             scenarios::fsync::run(&config, &mut results).await;
         }
     }

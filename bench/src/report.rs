@@ -29,6 +29,8 @@ pub struct Results {
     pub connections: Option<ConnectionsRow>,
     /// Offline receiver catching up.
     pub catchup: Vec<CatchupRow>,
+    /// kill -9 of a cluster node: time until every client is caught up.
+    pub failover: Vec<FailoverRow>,
     /// Through ferry-proxy with loss, reordering and rebinds.
     pub lossy: Option<LossyRow>,
     /// fsync/fdatasync calls each system made per acked message (strace).
@@ -138,6 +140,25 @@ pub struct CatchupRow {
     pub messages: usize,
     /// Median time to receive them all, ms.
     pub median_ms: f64,
+}
+
+/// Failover after kill -9 of one node of a cluster.
+#[derive(Serialize, Clone)]
+pub struct FailoverRow {
+    /// ferry-server processes.
+    pub nodes: usize,
+    /// Client devices.
+    pub clients: usize,
+    /// Kills in a row (runs).
+    pub kills: usize,
+    /// Runs in which every acked message reached every member device exactly once, in order.
+    pub recovered: usize,
+    /// Kill to last client caught up, median, ms.
+    pub p50_ms: f64,
+    /// Kill to last client caught up, 99th percentile, ms.
+    pub p99_ms: f64,
+    /// The slowest run, ms.
+    pub max_ms: f64,
 }
 
 /// Goodput through a lossy path.
@@ -335,6 +356,31 @@ impl Results {
                 r.delay_ms.to_string(),
                 r.messages.to_string(),
                 format!("{:.1}", r.median_ms),
+            ]);
+        }
+        tables.push(t);
+        let mut t = Table {
+            title: "Failover (kill -9 of one node, to the last client caught up)".into(),
+            header: vec![
+                "nodes",
+                "clients",
+                "kills",
+                "recovered",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+            ],
+            rows: vec![],
+        };
+        for r in &self.failover {
+            t.rows.push(vec![
+                r.nodes.to_string(),
+                r.clients.to_string(),
+                r.kills.to_string(),
+                r.recovered.to_string(),
+                format!("{:.0}", r.p50_ms),
+                format!("{:.0}", r.p99_ms),
+                format!("{:.0}", r.max_ms),
             ]);
         }
         tables.push(t);

@@ -119,6 +119,18 @@ pub fn goals(r: &Results) -> Vec<String> {
             lines.push("Catch-up of 1,000 messages on loopback: not measured in this run".into())
         }
     }
+    match r.failover.last() {
+        Some(f) => lines.push(format!(
+            "Failover after kill -9, p99 ≤ 1 s, every run recovered: p50 {:.0} ms, p99 {:.0} ms, {}/{} runs ({} clients) — {}",
+            f.p50_ms,
+            f.p99_ms,
+            f.recovered,
+            f.kills,
+            f.clients,
+            verdict(f.p99_ms <= 1000.0 && f.recovered == f.kills)
+        )),
+        None => lines.push("Failover after kill -9: not measured in this run".into()),
+    }
     match &r.lossy {
         Some(l) => {
             let ratio = l.lossy_per_sec / l.clean_per_sec.max(1e-9);

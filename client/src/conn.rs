@@ -148,21 +148,6 @@ pub(crate) async fn dial(
     let _ = tx.send(Inbound::Established { gen, result }).await;
 }
 
-/// Opens a control stream on an existing connection (after 0-RTT was rejected, streams opened in early
-/// data are gone).
-pub(crate) async fn reopen(conn: quinn::Connection, gen: u64, tx: mpsc::Sender<Inbound>) {
-    let result = match conn.open_bi().await {
-        Ok(control) => Ok(Established {
-            remote: conn.remote_address(),
-            conn,
-            control,
-            early: false,
-        }),
-        Err(e) => Err(e.to_string()),
-    };
-    let _ = tx.send(Inbound::Established { gen, result }).await;
-}
-
 /// The driver's side of a stream's send half: frames are encoded into a staging buffer as the driver
 /// pushes them, and each [`StreamWriter::flush`] hands the batch to the stream's `FrameWriter` task,
 /// which writes it with one write (batched writes, no flush per frame).
@@ -185,12 +170,6 @@ impl StreamWriter {
     /// Appends a frame; written at the next [`StreamWriter::flush`].
     pub fn push(&mut self, frame: &Frame) {
         codec::encode_into(frame, &mut self.staged);
-    }
-
-    /// The stream died with a rejected 0-RTT: once dropped, the writer task must not finish it (quinn
-    /// reuses the ids of such streams; see `ferry_quic::FrameWriter::abandon`).
-    pub fn abandon(&self) {
-        self.writer.abandon();
     }
 
     /// Hands the frames pushed since the last flush to the writer task.
@@ -234,22 +213,29 @@ pub(crate) fn spawn_open(
             serial,
             conversation,
         };
-        match conn.open_bi().await {
+        let reason = match conn.open_bi().await {
+            // Stream 0 is the control stream's: a conversation stream gets it only when quinn
+            // numbered streams from 0 again because the server rejected 0-RTT, before the core
+            // heard the verdict. Written, its Open would reach the server where Hello belongs
+            // (PROTOCOL_ERROR, the Send rejected). The core dials a new connection on the verdict;
+            // until then this stream stays unwritten and ends like any lost stream.
+            Ok((send, _)) if send.id().index() == 0 => {
+                "0-RTT rejected: stream ids restarted".into()
+            }
             Ok((send, recv)) => {
                 // Frames pushed while the stream was opening are waiting: the task writes them first.
                 pending.attach(send);
-                read_loop(recv, gen, stream, limits, tx).await;
+                return read_loop(recv, gen, stream, limits, tx).await;
             }
-            Err(e) => {
-                let _ = tx
-                    .send(Inbound::StreamEnded {
-                        gen,
-                        stream,
-                        reason: e.to_string(),
-                    })
-                    .await;
-            }
-        }
+            Err(e) => e.to_string(),
+        };
+        let _ = tx
+            .send(Inbound::StreamEnded {
+                gen,
+                stream,
+                reason,
+            })
+            .await;
     });
 }
 

@@ -3,10 +3,16 @@
 //!
 //! QUIC's own keep-alives keep NAT bindings open, but only an answered Heartbeat proves the *server*
 //! (not just its UDP socket) is alive and brings the heads that reveal a lost last message. A Heartbeat
-//! unanswered for two intervals means the session is dead: the client reconnects instead of waiting for
-//! QUIC's 60 s idle timeout.
+//! unanswered for the timeout (two intervals unless set) means the session is dead: the client
+//! reconnects instead of waiting for QUIC's 60 s idle timeout. After a `kill -9` of the server no
+//! CONNECTION_CLOSE ever arrives, so this timeout *is* the failover detection time: a client of a
+//! cluster sets a short interval and timeout (e.g. 250 ms + 400 ms) to be on another node within a
+//! second.
 
 use std::time::{Duration, Instant};
+
+/// Floor of the interval and the timeout: a zero would make the driver spin.
+const MIN_PERIOD: Duration = Duration::from_millis(10);
 
 /// What the session should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,7 +21,7 @@ pub enum HeartbeatAction {
     Wait,
     /// Send a Heartbeat now.
     Send,
-    /// A Heartbeat went unanswered for two intervals: drop the connection and reconnect.
+    /// A Heartbeat went unanswered for the timeout: drop the connection and reconnect.
     Dead,
 }
 
@@ -23,6 +29,8 @@ pub enum HeartbeatAction {
 #[derive(Debug, Clone)]
 pub struct HeartbeatTimer {
     interval: Duration,
+    /// How long a Heartbeat may stay unanswered.
+    timeout: Duration,
     next_send: Instant,
     oldest_unanswered: Option<Instant>,
 }
@@ -31,9 +39,16 @@ impl HeartbeatTimer {
     /// Starts a timer when the session starts (Welcome received); the first Heartbeat is due one interval
     /// later.
     pub fn new(interval: Duration, now: Instant) -> Self {
-        let interval = interval.max(Duration::from_millis(10));
+        Self::with_timeout(interval, 2 * interval, now)
+    }
+
+    /// Like [`HeartbeatTimer::new`], declaring the session dead once a Heartbeat stays unanswered for
+    /// `timeout` (floored at 10 ms like the interval, against busy loops).
+    pub fn with_timeout(interval: Duration, timeout: Duration, now: Instant) -> Self {
+        let interval = interval.max(MIN_PERIOD);
         HeartbeatTimer {
             interval,
+            timeout: timeout.max(MIN_PERIOD),
             next_send: now + interval,
             oldest_unanswered: None,
         }
@@ -44,10 +59,15 @@ impl HeartbeatTimer {
         self.interval
     }
 
+    /// The timeout in use.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// What to do at `now`. `Send` also records that a Heartbeat went out.
     pub fn poll(&mut self, now: Instant) -> HeartbeatAction {
         if let Some(sent) = self.oldest_unanswered {
-            if now.saturating_duration_since(sent) >= 2 * self.interval {
+            if now.saturating_duration_since(sent) >= self.timeout {
                 return HeartbeatAction::Dead;
             }
         }
@@ -67,7 +87,7 @@ impl HeartbeatTimer {
     /// When [`HeartbeatTimer::poll`] must be called next.
     pub fn next_deadline(&self) -> Instant {
         match self.oldest_unanswered {
-            Some(sent) => self.next_send.min(sent + 2 * self.interval),
+            Some(sent) => self.next_send.min(sent + self.timeout),
             None => self.next_send,
         }
     }
@@ -102,5 +122,29 @@ mod tests {
         assert_eq!(h.next_deadline(), t0 + 30 * SEC);
         assert_eq!(h.poll(t0 + 29 * SEC), HeartbeatAction::Wait);
         assert_eq!(h.poll(t0 + 30 * SEC), HeartbeatAction::Dead);
+    }
+
+    #[test]
+    fn a_short_timeout_declares_death_before_the_next_interval() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut h = HeartbeatTimer::with_timeout(ms(250), ms(400), t0);
+        assert_eq!(h.poll(t0 + ms(250)), HeartbeatAction::Send);
+        h.on_ack();
+        assert_eq!(h.poll(t0 + ms(500)), HeartbeatAction::Send);
+        // The server died: the next Heartbeat still goes out, the verdict comes 400 ms after the first
+        // unanswered one, not at the 60 s idle timeout.
+        assert_eq!(h.poll(t0 + ms(750)), HeartbeatAction::Send);
+        assert_eq!(h.next_deadline(), t0 + ms(900));
+        assert_eq!(h.poll(t0 + ms(899)), HeartbeatAction::Wait);
+        assert_eq!(h.poll(t0 + ms(900)), HeartbeatAction::Dead);
+    }
+
+    #[test]
+    fn zero_periods_are_floored() {
+        let t0 = Instant::now();
+        let h = HeartbeatTimer::with_timeout(Duration::ZERO, Duration::ZERO, t0);
+        assert_eq!(h.interval(), MIN_PERIOD);
+        assert_eq!(h.timeout(), MIN_PERIOD);
     }
 }

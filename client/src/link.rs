@@ -43,8 +43,6 @@ pub(crate) struct Wire {
     /// For the `Connecting` event, reported when the endpoint's address is known.
     events: mpsc::Sender<Event>,
     link: Option<Link>,
-    /// Set while a session is restarted on the same connection (0-RTT rejected).
-    reopen_cell: Option<Arc<ConnShared>>,
 }
 
 /// The local address to bind for talking to `remote`.
@@ -102,7 +100,6 @@ impl Wire {
             inbound_tx,
             events,
             link: None,
-            reopen_cell: None,
         }
     }
 
@@ -114,28 +111,13 @@ impl Wire {
             control: (send, recv),
             ..
         } = est;
-        let max_frame_size = codec::DEFAULT_MAX_FRAME_SIZE;
-        let shared = match self.reopen_cell.take() {
-            // Same connection, new session: its accept and datagram tasks keep running. The new session
-            // has no Welcome yet, so the default maximum frame size applies again.
-            Some(shared) => {
-                shared.gen.store(gen, Ordering::Relaxed);
-                shared
-                    .max_frame_size
-                    .store(max_frame_size, Ordering::Relaxed);
-                shared
-            }
-            None => {
-                let shared = ConnShared::new(gen);
-                conn::spawn_connection_tasks(
-                    conn.clone(),
-                    shared.clone(),
-                    self.serials.clone(),
-                    self.inbound_tx.clone(),
-                );
-                shared
-            }
-        };
+        let shared = ConnShared::new(gen);
+        conn::spawn_connection_tasks(
+            conn.clone(),
+            shared.clone(),
+            self.serials.clone(),
+            self.inbound_tx.clone(),
+        );
         tokio::spawn(conn::read_loop(
             recv,
             gen,
@@ -195,19 +177,6 @@ impl Wire {
     pub(crate) fn perform(&mut self, t: Transmit) {
         match t {
             Transmit::Dial { gen, endpoint } => self.dial(gen, endpoint),
-            Transmit::Reopen { gen } => {
-                let Some(link) = self.link.take() else { return };
-                link.control.abandon();
-                for w in link.streams.values() {
-                    w.abandon();
-                }
-                self.reopen_cell = Some(link.shared.clone());
-                tokio::spawn(conn::reopen(
-                    link.conn.clone(),
-                    gen,
-                    self.inbound_tx.clone(),
-                ));
-            }
             Transmit::RefreshToken => self.refresh_token(),
             Transmit::Close { reason } => {
                 if let Some(link) = self.link.take() {

@@ -1,12 +1,11 @@
 //! The scenarios, one file each. Every one is bounded in time (its duration plus fixed waits), records
 //! into [`Results`](crate::report::Results), and reports a failing system as an error in the results instead of ending the run.
-//!
-//! Failover (kill -9 a node, time until all its clients are caught up) needs cluster mode, which does
-//! not exist yet. It will be `scenarios/failover.rs`, run by `all` after `lossy`, starting several
-//! `ferry-server` processes through [`crate::peers::ferry::FerryServer`].
+//! `failover` (kill -9 of a cluster node, time until every client is caught up) runs by `all` after
+//! `lossy`.
 
 pub mod catchup;
 pub mod connections;
+pub mod failover;
 pub mod fanout;
 pub mod fsync;
 pub mod latency;

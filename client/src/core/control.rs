@@ -92,6 +92,14 @@ impl Core {
                     return;
                 }
                 match code {
+                    // The server answered, only its store is away (e.g. Redis restarting): it is alive,
+                    // so the Heartbeat counts as answered and the client stays instead of failing over.
+                    code if code.is_retryable() => {
+                        if let Some(h) = self.session(gen).and_then(|s| s.heartbeat.as_mut()) {
+                            h.on_ack();
+                        }
+                        tracing::debug!(?code, message = %e.message, "retryable error on the control stream")
+                    }
                     ErrorCode::UNAUTHENTICATED => self.auth_failed(e.message),
                     ErrorCode::SESSION_REPLACED => self.fatal(ConnectionState::Replaced),
                     ErrorCode::UNSUPPORTED_VERSION => self.fatal(ConnectionState::Disconnected {

@@ -69,9 +69,6 @@ pub(crate) enum Transmit {
     /// Resolve `endpoint`, report `Connecting`, dial it (0-RTT if possible) and open the control stream;
     /// answer with [`Core::handle_established`].
     Dial { gen: u64, endpoint: String },
-    /// 0-RTT was rejected: abandon every stream of the current connection (never finish them), keep the
-    /// connection and open a new control stream on it for session `gen`.
-    Reopen { gen: u64 },
     /// Run the token refresher (bounded in time); answer with [`Core::handle_token_refreshed`].
     RefreshToken,
     /// Close the current connection with code 0 and forget it.
@@ -220,6 +217,9 @@ pub(crate) struct Core {
     next_endpoint: usize,
     /// Endpoints from the last GoAway, tried before the rotation.
     preferred: VecDeque<String>,
+    /// The address of the session that just ended: the next dial skips it once if the rotation points
+    /// at it (a killed node would cost a whole connect timeout).
+    avoid: Option<SocketAddr>,
     refreshed_token: bool,
     /// Own messages already in a commit (at their SendAck) but not yet ready in the receive window: they
     /// are not inserted again when they become ready.
@@ -281,6 +281,7 @@ impl Core {
             rng,
             next_endpoint: 0,
             preferred: VecDeque::new(),
+            avoid: None,
             refreshed_token: false,
             own_stored: HashSet::new(),
             effects: Effects::default(),

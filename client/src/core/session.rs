@@ -13,6 +13,9 @@ use crate::error::ClientError;
 use crate::event::{ConnectionState, Event};
 use crate::heartbeat::{HeartbeatAction, HeartbeatTimer};
 
+/// Most endpoints the rotation holds (configured plus learnt from GoAway).
+const MAX_ENDPOINTS: usize = 64;
+
 /// Why a connection ended, as the driver saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LostReason {
@@ -102,15 +105,29 @@ impl Core {
             return;
         }
         // Everything sent in early data is lost, and the streams opened then are unusable: start the
-        // session over on the same connection (new control stream, Hello, Sync, resend).
-        tracing::debug!("0-RTT rejected; replaying over 1-RTT");
+        // session over (Hello, Sync, resend) on a *new* connection to the same server. Not on the same
+        // one: on rejection quinn numbers outgoing streams from 0 again, so a conversation stream the
+        // driver opens before it hears the verdict takes stream 0, where the server expects Hello
+        // (PROTOCOL_ERROR, and the Send on it rejected). This happens on every failover to another
+        // node, whose ticket keys differ; a fresh connection has no such window.
+        tracing::debug!("0-RTT rejected; replaying over a new connection");
+        let remote = self.live_remote();
         self.outbox.on_connection_lost();
         let lost = self.inbox.on_connection_lost();
         self.fail_history(lost);
+        self.transmits.push_back(Transmit::Close {
+            reason: "0-RTT rejected",
+        });
         self.gen += 1;
         let gen = self.gen;
         self.phase = Phase::Connecting { gen };
-        self.transmits.push_back(Transmit::Reopen { gen });
+        match remote {
+            Some(remote) => self.transmits.push_back(Transmit::Dial {
+                gen,
+                endpoint: remote.to_string(),
+            }),
+            None => self.start_connecting(),
+        }
     }
 
     /// The connection of session `gen` ended.
@@ -196,16 +213,40 @@ impl Core {
         self.gen += 1;
         let gen = self.gen;
         let endpoint = match self.preferred.pop_front() {
-            Some(e) => e,
-            None => {
-                let endpoints = &self.settings.endpoints;
-                let e = endpoints[self.next_endpoint % endpoints.len()].clone();
-                self.next_endpoint += 1;
+            Some(e) => {
+                self.learn_endpoint(&e);
                 e
             }
+            None => self.rotate(),
         };
         self.phase = Phase::Connecting { gen };
         self.transmits.push_back(Transmit::Dial { gen, endpoint });
+    }
+
+    /// An endpoint named by GoAway joins the rotation: a client configured with the draining node only
+    /// must still find the cluster when the node it moved to fails later. Bounded: GoAway names the
+    /// cluster's nodes, and past [`MAX_ENDPOINTS`] nothing more is learnt.
+    fn learn_endpoint(&mut self, endpoint: &str) {
+        let endpoints = &mut self.settings.endpoints;
+        if endpoints.len() < MAX_ENDPOINTS && !endpoints.iter().any(|e| e == endpoint) {
+            endpoints.push(endpoint.to_owned());
+        }
+    }
+
+    /// The next endpoint of the configured rotation. The address of the session that just ended is
+    /// skipped once (when another endpoint exists): after a `kill -9` the rotation may point right back
+    /// at the dead node (e.g. after a GoAway moved the client), and a dial to it only fails after the
+    /// connect timeout. Skipping only once keeps a restarted node reachable on the next round.
+    fn rotate(&mut self) -> String {
+        let endpoints = &self.settings.endpoints;
+        let avoid = self.avoid.take();
+        let mut e = endpoints[self.next_endpoint % endpoints.len()].clone();
+        self.next_endpoint += 1;
+        if endpoints.len() > 1 && avoid.is_some() && e.parse::<SocketAddr>().ok() == avoid {
+            e = endpoints[self.next_endpoint % endpoints.len()].clone();
+            self.next_endpoint += 1;
+        }
+        e
     }
 
     /// Answers history requests whose Pull lost its stream.
@@ -220,7 +261,8 @@ impl Core {
     /// The session ended (or an attempt failed): forget streams, requeue in-flight work, schedule the
     /// next attempt (at once, or with backoff).
     pub(super) fn disconnected(&mut self, reason: String, immediate: bool, now: Instant) {
-        if matches!(self.phase, Phase::Live(_)) {
+        if let Phase::Live(s) = &self.phase {
+            self.avoid = Some(s.remote);
             self.transmits.push_back(Transmit::Close {
                 reason: "reconnecting",
             });
@@ -306,13 +348,14 @@ impl Core {
             .settings
             .heartbeat
             .unwrap_or(Duration::from_millis(u64::from(announced)));
+        let timeout = self.settings.heartbeat_timeout.unwrap_or(2 * interval);
         self.backoff.reset();
         self.refreshed_token = false;
         let Some(session) = self.session(gen) else {
             return;
         };
         session.welcomed = true;
-        session.heartbeat = Some(HeartbeatTimer::new(interval, now));
+        session.heartbeat = Some(HeartbeatTimer::with_timeout(interval, timeout, now));
         if session.sync_request.is_none() {
             self.start_sync();
         }

@@ -2,6 +2,7 @@
 //! server's part with frames and checks what the core asks the driver to do. This file is the harness
 //! (a fake driver); `rules.rs` has one test per rule.
 
+mod failover;
 mod history;
 mod rules;
 
@@ -41,6 +42,7 @@ fn settings(endpoints: &[&str]) -> Settings {
         ack_mode: AckMode::Auto,
         backoff: crate::backoff::BackoffConfig::default(),
         heartbeat: None,
+        heartbeat_timeout: None,
         outbox: OutboxConfig::default(),
         connect_timeout: Duration::from_secs(5),
     }

@@ -1,0 +1,343 @@
+//! `ferry-bench failover`: `kill -9` of one cluster node under traffic, and the time from the kill to
+//! the last client caught up.
+//!
+//! Set-up: `--nodes` ferry-server *processes* in cluster mode on one redis-server (AOF always), and
+//! `--clients` real `ferry-client` libraries: pairs of users in direct conversations, each user with a
+//! phone and a laptop, homed round-robin on the nodes and knowing every node (home first), tuned to
+//! notice a silent node within ~650 ms (Heartbeat every 250 ms, dead after 400 ms unanswered: after a
+//! kill -9 no CONNECTION_CLOSE ever arrives).
+//!
+//! One run: every phone sends one message and the run waits for all of them to be acked and delivered
+//! (steady state); then one node is killed and, at once, every phone sends one more message. The run
+//! ends when every device reported every acked message of its conversation (but its own): that
+//! instant minus the kill is the failover time. The killed node is restarted with its id before the
+//! next run (its id is free at once: the start-up probe finds it dead). After each run the invariant
+//! is checked over everything so far: every acked message reached every member device exactly once,
+//! in seq order. `--kills` runs in a row; p50/p99 over them. Goal: p99 ≤ 1 s.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, ensure, Context};
+use clap::Args;
+use ferry_client::{BackoffConfig, Client, ClientBuilder, Event, Receipt};
+use ferry_protocol::ids;
+use ferry_server::auth::TokenSecret;
+
+use crate::peers::process::{free_port, Process};
+use crate::peers::redis::Redis;
+use crate::report::{FailoverRow, Results};
+
+/// Arguments of `ferry-bench failover`.
+#[derive(Args, Clone)]
+pub struct FailoverArgs {
+    /// Cluster nodes (ferry-server processes).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Client devices (two per user, two users per conversation).
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// Kills in a row (one measured run each; at least 5 for a p99 worth the name).
+    #[arg(long, default_value_t = 5)]
+    kills: usize,
+}
+
+impl FailoverArgs {
+    /// What `ferry-bench all` runs: full size, or 40 clients and 5 kills with `--quick`.
+    pub fn for_all(quick: bool) -> FailoverArgs {
+        FailoverArgs {
+            nodes: 3,
+            clients: if quick { 40 } else { 200 },
+            kills: 5,
+        }
+    }
+}
+
+/// Bound for every wait (start-up, acks, catch-up).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One ferry-server node: its data dir survives a kill so the node restarts with the same identity.
+struct Node {
+    id: String,
+    dir: PathBuf,
+    quic: SocketAddr,
+    process: Option<Process>,
+}
+
+impl Node {
+    async fn start(&mut self, binary: &Path, redis: &str) -> anyhow::Result<()> {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let mut command = Command::new(binary);
+        command
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args([
+                "--listen",
+                &self.quic.to_string(),
+                "--http",
+                &http.to_string(),
+            ])
+            .args(["--node-id", &self.id, "--redis", redis])
+            .env("RUST_LOG", "warn")
+            .env("FERRY_LIMITS_SEND_RATE_PER_SEC", (u32::MAX / 2).to_string())
+            .env("FERRY_LIMITS_SEND_BURST", (u32::MAX / 2).to_string());
+        let mut process = Process::spawn("ferry-server", command, &self.dir)?;
+        process.wait_tcp(http).await?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    fn kill9(&mut self) {
+        // Dropping the process SIGKILLs it and reaps it.
+        self.process = None;
+    }
+}
+
+/// What one device reported: (conversation, seq) in report order, with when.
+type Seen = Arc<Mutex<Vec<(String, u64, Instant)>>>;
+
+struct Device {
+    user: usize,
+    phone: bool,
+    client: Client,
+    seen: Seen,
+}
+
+fn conversation(user: usize) -> anyhow::Result<String> {
+    let pair = user - user % 2;
+    ids::direct_conversation_id(&format!("u{pair}"), &format!("u{}", pair + 1))
+        .context("direct conversation id")
+}
+
+/// Acked messages per conversation: seq → sending device index.
+type Acked = BTreeMap<String, BTreeMap<u64, usize>>;
+
+/// Runs the scenario and records its row (or the error).
+pub async fn run(binary: &Path, args: FailoverArgs, results: &mut Results) {
+    match measure(binary, &args).await {
+        Ok(row) => results.failover.push(row),
+        Err(e) => results.errors.push(format!("failover: {e:#}")),
+    }
+}
+
+/// Starts the cluster and the clients, kills `args.kills` times, returns the figures.
+pub async fn measure(binary: &Path, args: &FailoverArgs) -> anyhow::Result<FailoverRow> {
+    ensure!(args.nodes >= 2, "failover needs at least 2 nodes");
+    ensure!(
+        args.clients >= 4 && args.clients % 4 == 0,
+        "--clients must be a multiple of 4"
+    );
+    let redis = Redis::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 1..=args.nodes {
+        let node_dir = dir.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&node_dir)?;
+        if let Some(first) = nodes.first() {
+            copy_identity(&first.dir, &node_dir)?;
+        }
+        let mut node = Node {
+            id: format!("n{i}"),
+            dir: node_dir,
+            quic: format!("127.0.0.1:{}", free_port()?).parse()?,
+            process: None,
+        };
+        node.start(binary, redis.url()).await?;
+        nodes.push(node);
+    }
+    let secret = TokenSecret::load(&nodes[0].dir.join(ferry_server::server::SECRET_FILE))?;
+    let ca = nodes[0].dir.join("cert.pem");
+    let mut devices = Vec::new();
+    for i in 0..args.clients {
+        let (user, phone) = (i / 2, i % 2 == 0);
+        let home = i % nodes.len();
+        let endpoints = (0..nodes.len()).map(|k| nodes[(home + k) % nodes.len()].quic.to_string());
+        let device_id = if phone { "phone" } else { "laptop" };
+        let token = secret.mint(
+            &format!("u{user}"),
+            device_id,
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        );
+        let (client, mut events) = ClientBuilder::new()
+            .endpoints(endpoints)
+            .ca_file(&ca)
+            .token(token)
+            .device_id(device_id)
+            .heartbeat_interval(Duration::from_millis(250))
+            .heartbeat_timeout(Duration::from_millis(400))
+            .connect_timeout(Duration::from_secs(1))
+            .backoff(BackoffConfig {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(500),
+            })
+            .store_path(dir.path().join(format!("client-{i}.sqlite3")))
+            .build()
+            .await?;
+        let seen: Seen = Arc::default();
+        let sink = seen.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let Event::Message(m) = event {
+                    let mut sink = sink.lock().expect("seen lock");
+                    sink.push((m.conversation, m.seq, Instant::now()));
+                }
+            }
+        });
+        devices.push(Device {
+            user,
+            phone,
+            client,
+            seen,
+        });
+    }
+    let connected = wait_for(|| devices.iter().all(|d| d.client.stats().connected)).await;
+    ensure!(connected, "not every client connected within {WAIT:?}");
+
+    let mut acked = Acked::new();
+    let mut times = Vec::new();
+    for run in 0..args.kills {
+        // Steady state: one message per phone, all delivered.
+        let receipts = send_round(&devices, run, "before").await?;
+        collect_acks(receipts, &mut acked).await?;
+        caught_up(&devices, &acked, None).await?;
+        let victim = run % nodes.len();
+        let on_victim = devices
+            .iter()
+            .filter(|d| d.client.stats().endpoint == Some(nodes[victim].quic))
+            .count();
+        nodes[victim].kill9();
+        let killed = Instant::now();
+        let receipts = send_round(&devices, run, "after").await?;
+        collect_acks(receipts, &mut acked).await?;
+        let last = caught_up(&devices, &acked, Some(killed)).await?;
+        let took = last.saturating_duration_since(killed);
+        println!(
+            "failover run {}: killed {} ({on_victim} clients on it), last client caught up after {:.0} ms",
+            run + 1,
+            nodes[victim].id,
+            took.as_secs_f64() * 1e3
+        );
+        times.push(took);
+        nodes[victim].start(binary, redis.url()).await?;
+    }
+    for d in &devices {
+        d.client.shutdown().await;
+    }
+    times.sort();
+    let pct = |p: f64| {
+        let i = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1;
+        times[i].as_secs_f64() * 1e3
+    };
+    let row = FailoverRow {
+        nodes: args.nodes,
+        clients: args.clients,
+        kills: args.kills,
+        recovered: times.len(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+    };
+    println!(
+        "failover: {} nodes, {} clients, {} kills, all recovered with nothing lost: p50 {:.0} ms, p99 {:.0} ms",
+        row.nodes, row.clients, row.kills, row.p50_ms, row.p99_ms
+    );
+    Ok(row)
+}
+
+/// The files that make nodes one cluster to clients (as in the README's cluster section).
+fn copy_identity(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for name in ["cert.pem", "key.pem", ferry_server::server::SECRET_FILE] {
+        std::fs::copy(from.join(name), to.join(name)).with_context(|| format!("copying {name}"))?;
+    }
+    Ok(())
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    done()
+}
+
+/// Every phone queues one message; the receipts with the sending device's index.
+async fn send_round(
+    devices: &[Device],
+    run: usize,
+    phase: &str,
+) -> anyhow::Result<Vec<(usize, Receipt)>> {
+    let mut receipts = Vec::new();
+    for (i, d) in devices.iter().enumerate().filter(|(_, d)| d.phone) {
+        let body = format!("u{}/{run}/{phase}", d.user);
+        receipts.push((i, d.client.send(conversation(d.user)?, body).await?));
+    }
+    Ok(receipts)
+}
+
+async fn collect_acks(receipts: Vec<(usize, Receipt)>, acked: &mut Acked) -> anyhow::Result<()> {
+    for (i, r) in receipts {
+        let stored = tokio::time::timeout(WAIT, r)
+            .await
+            .context("no ack in time")??;
+        let seqs = acked.entry(stored.conversation).or_default();
+        if seqs.insert(stored.seq, i).is_some() {
+            bail!("seq {} acked twice", stored.seq);
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every device reported every acked message of its conversation (but its own), checks
+/// exactly once and in order, and returns when the last one arrived (reports after `since` only).
+async fn caught_up(
+    devices: &[Device],
+    acked: &Acked,
+    since: Option<Instant>,
+) -> anyhow::Result<Instant> {
+    let mut last = since.unwrap_or_else(Instant::now);
+    for (i, d) in devices.iter().enumerate() {
+        let conv = conversation(d.user)?;
+        let want: Vec<u64> = acked
+            .get(&conv)
+            .map(|seqs| {
+                seqs.iter()
+                    .filter(|(_, s)| **s != i)
+                    .map(|(q, _)| *q)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let got = || -> Vec<(u64, Instant)> {
+            let seen = d.seen.lock().expect("seen lock");
+            seen.iter()
+                .filter(|(c, _, _)| *c == conv)
+                .map(|(_, q, t)| (*q, *t))
+                .collect()
+        };
+        if !wait_for(|| got().len() >= want.len()).await {
+            bail!(
+                "device {i}: {} of {} messages after {WAIT:?}",
+                got().len(),
+                want.len()
+            );
+        }
+        let got = got();
+        let seqs: Vec<u64> = got.iter().map(|(q, _)| *q).collect();
+        ensure!(
+            seqs == want,
+            "device {i}: not exactly once in order: {seqs:?} vs {want:?}"
+        );
+        if let Some(&(_, at)) = got.last() {
+            last = last.max(at);
+        }
+    }
+    Ok(last)
+}

@@ -1,0 +1,165 @@
+//! Failover rules: a node killed with `kill -9` sends no CONNECTION_CLOSE, so the client must notice
+//! the silence itself (heartbeat timeout), leave for another endpoint at once (not back to the dead
+//! one) and catch up there with Sync + Pull.
+
+use super::*;
+
+const OTHER: &str = "127.0.0.1:7701";
+const THIRD: &str = "127.0.0.1:7702";
+const MS: Duration = Duration::from_millis(1);
+
+fn heartbeats(out: &[Transmit]) -> usize {
+    picked(out, |k| matches!(k, Kind::Heartbeat(_)).then_some(())).len()
+}
+
+/// A harness whose client beats every 250 ms and gives a Heartbeat 400 ms.
+fn fast(endpoints: &[&str]) -> Harness {
+    let mut s = settings(endpoints);
+    s.heartbeat = Some(250 * MS);
+    s.heartbeat_timeout = Some(400 * MS);
+    Harness::new(s)
+}
+
+/// Dials the next endpoint and establishes the session on the address dialled (1-RTT).
+fn establish_dialled(h: &mut Harness) -> (u64, String) {
+    let (gen, endpoint) = h.next_dial();
+    let addr: SocketAddr = endpoint.parse().expect("address");
+    assert!(h.core.handle_established(gen, Ok((addr, false)), h.now));
+    h.step();
+    (gen, endpoint)
+}
+
+#[test]
+fn a_silent_node_is_left_after_the_heartbeat_timeout_not_the_idle_timeout() {
+    let mut h = fast(&[SERVER, OTHER]);
+    let gen = h.connect();
+    h.advance(250 * MS);
+    assert_eq!(heartbeats(&h.step()), 1);
+    // kill -9: nothing answers and nothing closes. The verdict must come from the 400 ms timeout.
+    h.advance(250 * MS);
+    assert_eq!(heartbeats(&h.step()), 1, "the next beat still goes out");
+    h.advance(149 * MS);
+    assert!(!h.step().iter().any(|t| matches!(t, Transmit::Close { .. })));
+    h.advance(MS);
+    let out = h.step();
+    assert!(out.iter().any(|t| matches!(t, Transmit::Close { .. })));
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::Connection(ConnectionState::Disconnected { reason })) if reason.contains("heartbeats")
+    ));
+    assert_eq!(
+        h.core.poll_timeout(),
+        Some(h.now),
+        "reconnects without backoff"
+    );
+    let (next, endpoint) = h.next_dial();
+    assert!(next > gen);
+    assert_eq!(endpoint, OTHER, "the other node, not the dead one");
+}
+
+#[test]
+fn the_dead_address_is_skipped_once_even_when_the_rotation_points_at_it() {
+    // GoAway moved the client to THIRD (the rotation still points at the second entry, THIRD), and
+    // THIRD is then killed: the next dial must not go straight back to it.
+    let mut h = fast(&[SERVER, THIRD, OTHER]);
+    let gen = h.connect();
+    let goaway = f(Kind::GoAway(frame::GoAway {
+        code: ErrorCode::SHUTTING_DOWN.0,
+        reason: "drain".into(),
+        endpoints: vec![THIRD.into()],
+    }));
+    h.core.handle_frame(gen, control(), goaway, h.now);
+    h.step();
+    let (gen, endpoint) = establish_dialled(&mut h);
+    assert_eq!(endpoint, THIRD);
+    h.welcome(gen);
+    h.lose(gen);
+    assert_eq!(h.next_dial().1, OTHER, "THIRD just died");
+    // Only once: the next round may try THIRD again (it could have been restarted).
+    h.core
+        .handle_established(h.core.gen, Err("refused".into()), h.now);
+    assert_eq!(h.next_dial().1, SERVER);
+    h.core
+        .handle_established(h.core.gen, Err("refused".into()), h.now);
+    assert_eq!(h.next_dial().1, THIRD);
+}
+
+#[test]
+fn a_single_endpoint_is_dialled_again() {
+    let mut h = fast(&[SERVER]);
+    let gen = h.connect();
+    h.lose(gen);
+    assert_eq!(h.next_dial().1, SERVER);
+}
+
+#[test]
+fn after_failover_the_client_resends_unacked_sends_and_catches_up_with_sync_and_pull() {
+    let mut h = fast(&[SERVER, OTHER]);
+    let gen = h.synced(vec![]);
+    let _receipt = h.send("m1");
+    assert_eq!(sends(&h.step()), ["m1"]);
+    // The node dies with m1 unanswered.
+    h.advance(250 * MS);
+    h.step();
+    h.advance(400 * MS);
+    h.step();
+    let (gen2, endpoint) = establish_dialled(&mut h);
+    assert!(gen2 > gen);
+    assert_eq!(endpoint, OTHER);
+    let out = h.welcome(gen2);
+    let sync = sync_id(&out).expect("Sync on the new node");
+    assert_eq!(
+        sends(&out),
+        ["m1"],
+        "the unanswered send goes again, same id"
+    );
+    // Messages stored while the client moved: the new node's Sync reveals them and they are pulled.
+    h.sync_result(gen2, sync, vec![state(5)], false);
+    assert_eq!(pulls(&h.step()), [0], "a Pull for the missing messages");
+}
+
+#[test]
+fn endpoints_named_by_goaway_join_the_rotation() {
+    // Configured with one node only; GoAway names another. When that one fails later, the client must
+    // still know it (the configured node is the one that drained away).
+    let mut h = fast(&[SERVER]);
+    let gen = h.connect();
+    let goaway = f(Kind::GoAway(frame::GoAway {
+        code: ErrorCode::SHUTTING_DOWN.0,
+        reason: "drain".into(),
+        endpoints: vec![OTHER.into()],
+    }));
+    h.core.handle_frame(gen, control(), goaway, h.now);
+    h.step();
+    let (gen, endpoint) = establish_dialled(&mut h);
+    assert_eq!(endpoint, OTHER);
+    h.welcome(gen);
+    h.lose(gen);
+    // OTHER just died: skipped once, so SERVER; then OTHER is in the rotation.
+    assert_eq!(h.next_dial().1, SERVER);
+    h.core
+        .handle_established(h.core.gen, Err("refused".into()), h.now);
+    assert_eq!(h.next_dial().1, OTHER, "learnt from GoAway");
+}
+
+#[test]
+fn a_retryable_error_answers_a_heartbeat_so_a_store_outage_is_no_failover() {
+    let mut h = fast(&[SERVER, OTHER]);
+    let gen = h.connect();
+    for _ in 0..4 {
+        h.advance(250 * MS);
+        assert_eq!(heartbeats(&h.step()), 1);
+        // The node is alive but its store (Redis) is away: it answers with a retryable error.
+        let error = f(Kind::Error(frame::Error {
+            code: ErrorCode::INTERNAL.0,
+            message: "store unavailable".into(),
+            ..Default::default()
+        }));
+        h.core.handle_frame(gen, control(), error, h.now);
+        assert!(!h.step().iter().any(|t| matches!(t, Transmit::Close { .. })));
+    }
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Connection(ConnectionState::Disconnected { .. }))));
+}
