@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use ferry_interop::report::Outcome;
-use ferry_interop::server_mode::{self, ServerConfig};
+use ferry_interop::server_mode::{self, ServerConfig, TokenSource};
 use ferry_tests::cluster::{Backend, TestCluster};
 
-/// Cases that may legitimately be Unsupported (as for the embedded store: see interop's server_suite).
+/// Cases that may legitimately be Unsupported (as for the embedded store: see conformance_server.rs).
 const ALLOWED_UNSUPPORTED: &[&str] = &["TOO_MANY_INFLIGHT", "send_burst"];
 
 async fn suite_passes_on(backend: Backend) {
@@ -24,10 +24,12 @@ async fn suite_passes_on(backend: Backend) {
             .join(ferry_server::server::SECRET_FILE),
     )
     .unwrap();
+    let tokens =
+        TokenSource::minted_by(move |user, device, ttl, at| secret.mint(user, device, ttl, at));
     let config = ServerConfig::for_test_server(
         node.local_addr(),
         node.ca_path().to_path_buf(),
-        secret,
+        tokens,
         Duration::from_millis(1000),
     );
     let report = server_mode::run(config, |case| {
