@@ -1,5 +1,5 @@
 //! The client cases against the reference server: send, receive, reconnect, lossy, goaway, untrusted,
-//! replaced. Each runs the client through a fault proxy and judges with [`super::judge`].
+//! replaced. Each runs the client through a fault proxy and judges with `judge.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,8 +9,8 @@
 
 //!
 //! Layout: this file is the endpoint and the reader tasks that turn a connection into [`Event`]s;
-//! [`conn`] is one connection as a case drives it; [`model`] is the in-memory server state the
-//! default answers come from; [`tls`](super::tls) makes its certificate.
+//! [`Conn`] (`conn.rs`) is one connection as a case drives it; [`Model`] (`model.rs`) is the
+//! in-memory server state the default answers come from; [`tls`](super::tls) makes its certificate.
 
 mod conn;
 mod model;
