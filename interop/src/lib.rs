@@ -14,7 +14,7 @@
 //!   streams, framing, datagrams, limits, network);
 //! - [`client_mode`]: the reference server, the scripted server, the client cases and the env/output
 //!   contract, one file per concern (see its own map);
-//! - [`reference`]: the reference server as a program — finding the `ferry-server` binary, running
+//! - [`reference`](mod@reference): the reference server as a program — finding the `ferry-server` binary, running
 //!   `ferry-server run` as a child process; the runner links no server code;
 //! - [`tokens`]: where tokens come from (`ferry-server token`, `--token-cmd`, or a test's function);
 //! - [`report`]: pass / fail / unsupported, the terminal table, JSON and JUnit XML;
