@@ -81,3 +81,14 @@ pub fn init_logging() {
             .try_init();
     }
 }
+
+/// The conformance runner's tokens for an in-process server whose data dir the test holds: minted
+/// with the server's own secret, so the expired-token cases need no waiting.
+pub fn conformance_tokens(data_dir: &Path) -> ferry_interop::tokens::TokenSource {
+    let path = data_dir.join(ferry_server::server::SECRET_FILE);
+    let secret = ferry_server::auth::TokenSecret::load(&path)
+        .unwrap_or_else(|e| panic!("token secret {}: {e}", path.display()));
+    ferry_interop::tokens::TokenSource::minted_by(move |user, device, ttl, at| {
+        secret.mint(user, device, ttl, at)
+    })
+}

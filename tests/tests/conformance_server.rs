@@ -8,6 +8,7 @@ use std::time::Duration;
 use ferry_interop::report::Outcome;
 use ferry_interop::server_mode::{self, ServerConfig, TokenSource};
 use ferry_server::Settings;
+use ferry_tests::conformance_tokens;
 use ferry_tests::process::{workspace_binary, ServerProcess};
 
 /// Cases that may legitimately be Unsupported against our server, and why.
@@ -37,15 +38,10 @@ async fn ferry_server_passes_the_server_suite() {
         ..Settings::default()
     };
     let handle = ferry_server::start(settings).await.unwrap();
-    let secret =
-        ferry_server::auth::TokenSecret::load(&dir.path().join(ferry_server::server::SECRET_FILE))
-            .unwrap();
-    let tokens =
-        TokenSource::minted_by(move |user, device, ttl, at| secret.mint(user, device, ttl, at));
     let config = ServerConfig::for_test_server(
         handle.local_addr(),
         handle.ca_path().to_path_buf(),
-        tokens,
+        conformance_tokens(dir.path()),
         Duration::from_millis(1000),
     );
     let report = server_mode::run(config, |case| {
