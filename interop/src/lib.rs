@@ -13,7 +13,10 @@
 //! - [`server_mode`]: the server cases, one file per area (handshake, auth, messaging, sync, groups,
 //!   streams, framing, datagrams, limits, network);
 //! - [`client_mode`]: the reference server, the scripted server, the client cases and the env/output
-//!   contract;
+//!   contract, one file per concern (see its own map);
+//! - [`reference`](mod@reference): the reference server as a program — finding the `ferry-server` binary, running
+//!   `ferry-server run` as a child process; the runner links no server code;
+//! - [`tokens`]: where tokens come from (`ferry-server token`, `--token-cmd`, or a test's function);
 //! - [`report`]: pass / fail / unsupported, the terminal table, JSON and JUnit XML;
 //! - [`coverage`]: parsing requirements out of the spec and joining them with the cases.
 #![warn(missing_docs)]
@@ -21,9 +24,11 @@
 pub mod client_mode;
 pub mod coverage;
 pub mod driver;
+pub mod reference;
 pub mod report;
 pub mod runner;
 pub mod server_mode;
+pub mod tokens;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

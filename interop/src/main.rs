@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ferry_interop::client_mode::{self, ClientConfig};
+use ferry_interop::reference::{find_binary, SERVER_BINARY};
 use ferry_interop::report::{CaseReport, RunReport};
 use ferry_interop::server_mode::{self, ServerConfig, TokenSource};
 
@@ -38,7 +39,8 @@ enum Command {
 #[derive(Args)]
 #[group(id = "tokens", required = true, multiple = false)]
 struct TokenArgs {
-    /// The server's data dir: tokens are minted with its token.secret (ferry-server only).
+    /// The server's data dir: tokens are minted by `ferry-server token --data-dir DIR` (ferry-server
+    /// only; the binary is --server-bin).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// A command run as `sh -c "CMD USER DEVICE"` that prints a valid token on stdout.
@@ -75,6 +77,9 @@ struct ServerArgs {
     ca: PathBuf,
     #[command(flatten)]
     tokens: TokenArgs,
+    /// The `ferry-server` binary for --data-dir tokens (default: next to this runner, else on PATH).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
     /// Also run the cases that need the fault proxy in front of the server.
     #[arg(long)]
     proxy: bool,
@@ -96,6 +101,10 @@ struct ClientArgs {
     /// Messages per case (FERRY_COUNT).
     #[arg(long, default_value_t = 20)]
     count: usize,
+    /// The `ferry-server` binary run as the reference server (default: next to this runner, else on
+    /// PATH).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
     #[command(flatten)]
     output: Output,
 }
@@ -137,10 +146,10 @@ async fn run(command: Command) -> anyhow::Result<bool> {
     match command {
         Command::Server(args) => {
             let tokens = match (args.tokens.data_dir, args.tokens.token_cmd) {
-                (Some(dir), _) => {
-                    let path = dir.join(ferry_server::server::SECRET_FILE);
-                    TokenSource::Secret(ferry_server::auth::TokenSecret::load(&path)?)
-                }
+                (Some(data_dir), _) => TokenSource::ServerToken {
+                    bin: find_binary(args.server_bin.as_deref(), SERVER_BINARY)?,
+                    data_dir,
+                },
                 (None, Some(cmd)) => TokenSource::Command(cmd),
                 (None, None) => anyhow::bail!("--data-dir or --token-cmd is required"),
             };
@@ -163,6 +172,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 filter: args.output.filter.clone(),
                 case_timeout: Duration::from_secs(args.output.case_timeout),
                 count: args.count.max(2),
+                server_bin: args.server_bin,
             };
             let report = client_mode::run(config, print_progress).await?;
             finish(&report, &args.output)

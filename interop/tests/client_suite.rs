@@ -13,6 +13,7 @@ async fn run(cmd: &str, filter: Option<&str>) -> RunReport {
         filter: filter.map(str::to_owned),
         case_timeout: Duration::from_secs(40),
         count: 10,
+        server_bin: None,
     };
     let report = client_mode::run(config, |c| {
         eprintln!("{:<11} {}", c.outcome.label(), c.name)

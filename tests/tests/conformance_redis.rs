@@ -6,8 +6,9 @@ use std::time::Duration;
 use ferry_interop::report::Outcome;
 use ferry_interop::server_mode::{self, ServerConfig};
 use ferry_tests::cluster::{Backend, TestCluster};
+use ferry_tests::conformance_tokens;
 
-/// Cases that may legitimately be Unsupported (as for the embedded store: see interop's server_suite).
+/// Cases that may legitimately be Unsupported (as for the embedded store: see conformance_server.rs).
 const ALLOWED_UNSUPPORTED: &[&str] = &["TOO_MANY_INFLIGHT", "send_burst"];
 
 async fn suite_passes_on(backend: Backend) {
@@ -18,16 +19,11 @@ async fn suite_passes_on(backend: Backend) {
     })
     .await;
     let node = &cluster.nodes[0].handle;
-    let secret = ferry_server::auth::TokenSecret::load(
-        &cluster.settings[0]
-            .data_dir
-            .join(ferry_server::server::SECRET_FILE),
-    )
-    .unwrap();
+    let tokens = conformance_tokens(&cluster.settings[0].data_dir);
     let config = ServerConfig::for_test_server(
         node.local_addr(),
         node.ca_path().to_path_buf(),
-        secret,
+        tokens,
         Duration::from_millis(1000),
     );
     let report = server_mode::run(config, |case| {

@@ -8,7 +8,7 @@ use ferry_protocol::codec::{self, frame};
 use ferry_protocol::frame::{frame::Kind, Hello, Open, Send};
 use ferry_protocol::{ids, ErrorCode, Frame};
 use ferry_tests::driver::{hello, ConvStream, DriverError, Session};
-use ferry_tests::TestServer;
+use ferry_tests::{wait_until, TestServer};
 
 fn direct(a: &str, b: &str) -> String {
     ids::direct_conversation_id(a, b).unwrap()
@@ -385,12 +385,7 @@ async fn no_error_close_by_the_client_ends_the_session_cleanly() {
     let metrics = server.handle.metrics().clone();
     assert_eq!(metrics.connections_active(), 1);
     session.close(); // NO_ERROR
-    for _ in 0..100 {
-        if metrics.connections_active() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(Duration::from_secs(2), || metrics.connections_active() == 0).await;
     assert_eq!(metrics.connections_active(), 0);
     let counted: u64 = ErrorCode::TABLE
         .iter()

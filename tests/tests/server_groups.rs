@@ -5,12 +5,8 @@ use std::time::Duration;
 use ferry_protocol::codec::{self, frame};
 use ferry_protocol::frame::{frame::Kind, MarkRead, MembershipAction, Typing};
 use ferry_protocol::{ids, ErrorCode, Frame};
-use ferry_tests::driver::Session;
+use ferry_tests::groups::sync_all;
 use ferry_tests::TestServer;
-
-async fn sync_all(session: &mut Session) -> Vec<ferry_protocol::frame::ConversationState> {
-    session.sync(0, 0).await.unwrap().conversations
-}
 
 #[tokio::test]
 async fn membership_rules_and_visibility() {

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use ferry_protocol::codec::frame;
 use ferry_protocol::frame::{frame::Kind, Heartbeat, Message, Sync};
 use ferry_protocol::ids;
-use ferry_tests::driver::{ConvStream, Session};
+use ferry_tests::driver::ConvStream;
+use ferry_tests::groups::create_group;
 use ferry_tests::TestServer;
 
 fn direct(a: &str, b: &str) -> String {
@@ -15,12 +16,6 @@ fn direct(a: &str, b: &str) -> String {
 /// Reads until `count` Delivers arrived on the stream in total; returns them in arrival order.
 async fn read_delivers(stream: &mut ConvStream, count: usize) -> Vec<Message> {
     stream.wait_delivered(count).await.unwrap().to_vec()
-}
-
-async fn create_group(session: &mut Session, name: &str, members: &[&str]) -> String {
-    let (conversation, seq) = session.create_group(name, members).await.unwrap().unwrap();
-    assert_eq!(seq, 1);
-    conversation
 }
 
 #[tokio::test]

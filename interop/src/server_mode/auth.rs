@@ -62,7 +62,7 @@ async fn forged(ctx: Arc<ServerCtx>) -> CaseResult {
 }
 
 async fn expired(ctx: Arc<ServerCtx>) -> CaseResult {
-    let token = ctx.expired_token(&ctx.user("alice"), "phone")?;
+    let token = ctx.expired_token(&ctx.user("alice"), "phone").await?;
     expect_refused_session(
         ctx.target.session(&token, "phone").await,
         ErrorCode::UNAUTHENTICATED,
@@ -109,7 +109,7 @@ async fn opaque_refusals(ctx: Arc<ServerCtx>) -> CaseResult {
     let last = forged.pop().unwrap_or('A');
     forged.push(if last == 'A' { 'B' } else { 'A' });
     let mut attempts = vec![("forged", forged), ("for another device", good.clone())];
-    if let Ok(expired) = ctx.expired_token(&user, "laptop") {
+    if let Ok(expired) = ctx.expired_token(&user, "laptop").await {
         attempts.push(("expired", expired));
     }
     let mut seen: Vec<(&str, Vec<String>)> = Vec::new();

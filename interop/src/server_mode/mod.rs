@@ -20,20 +20,13 @@ use std::time::Duration;
 
 use ferry_protocol::frame::{frame::Kind, Limits, Message};
 use ferry_protocol::{ids, ErrorCode, Frame};
-use ferry_server::auth::TokenSecret;
 
 use crate::driver::{ConvStream, DriverError, Session, Target};
 use crate::report::RunReport;
 use crate::runner::{run_cases, Case, CaseResult, Verdict};
 use crate::{ensure, ensure_eq, fail};
 
-/// How the runner gets tokens for the users it invents.
-pub enum TokenSource {
-    /// ferry-server's format, minted with the server's secret (`--data-dir`).
-    Secret(TokenSecret),
-    /// `sh -c "<cmd> USER DEVICE"` prints a token on stdout (`--token-cmd`), for other servers.
-    Command(String),
-}
+pub use crate::tokens::TokenSource;
 
 /// Settings of a server-mode run.
 pub struct ServerConfig {
@@ -56,19 +49,20 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// The configuration of an in-process test run against a server whose token secret the test holds
-    /// and whose conversation streams idle out after `stream_idle_timeout`: every case (the proxy cases
-    /// too), with generous bounds for a loaded machine; `FERRY_INTEROP_FILTER` picks cases.
+    /// The configuration of a test run against a server whose tokens the test can mint (its secret, or
+    /// its data dir and binary) and whose conversation streams idle out after `stream_idle_timeout`:
+    /// every case (the proxy cases too), with generous bounds for a loaded machine;
+    /// `FERRY_INTEROP_FILTER` picks cases.
     pub fn for_test_server(
         addr: std::net::SocketAddr,
         ca: PathBuf,
-        secret: TokenSecret,
+        tokens: TokenSource,
         stream_idle_timeout: Duration,
     ) -> ServerConfig {
         ServerConfig {
             addr,
             ca,
-            tokens: TokenSource::Secret(secret),
+            tokens,
             filter: std::env::var("FERRY_INTEROP_FILTER").ok(),
             case_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(15),
@@ -113,20 +107,12 @@ impl ServerCtx {
 
     /// A token for `user` on `device`.
     pub async fn token(&self, user: &str, device: &str) -> Result<String, Verdict> {
-        token(&self.tokens, user, device).await
+        self.tokens.token(user, device).await
     }
 
-    /// A token that expired an hour ago (only with the server's secret).
-    pub fn expired_token(&self, user: &str, device: &str) -> Result<String, Verdict> {
-        match &*self.tokens {
-            TokenSource::Secret(secret) => {
-                let past = std::time::SystemTime::now() - Duration::from_secs(7200);
-                Ok(secret.mint(user, device, Duration::from_secs(3600), past))
-            }
-            TokenSource::Command(_) => Err(Verdict::Unsupported(
-                "needs --data-dir to mint an expired token".into(),
-            )),
-        }
+    /// A token that has expired (Unsupported with `--token-cmd`).
+    pub async fn expired_token(&self, user: &str, device: &str) -> Result<String, Verdict> {
+        self.tokens.expired_token(user, device).await
     }
 
     /// A Ready session of `user` on `device`.
@@ -151,35 +137,6 @@ impl ServerCtx {
     /// A client endpoint of its own (for cases that rebind it or need a fresh TLS session cache).
     pub fn fresh_target(&self) -> Result<Target, Verdict> {
         Ok(Target::new(self.addr, &self.ca)?)
-    }
-}
-
-async fn token(tokens: &TokenSource, user: &str, device: &str) -> Result<String, Verdict> {
-    match tokens {
-        TokenSource::Secret(secret) => Ok(secret.mint(
-            user,
-            device,
-            Duration::from_secs(3600),
-            std::time::SystemTime::now(),
-        )),
-        TokenSource::Command(cmd) => {
-            // User and device ids are [A-Za-z0-9._@-] only, so they need no shell quoting.
-            let run = tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("{cmd} {user} {device}"))
-                .kill_on_drop(true)
-                .output();
-            let output = tokio::time::timeout(Duration::from_secs(10), run)
-                .await
-                .map_err(|_| Verdict::Fail("--token-cmd took more than 10 s".into()))?
-                .map_err(|e| Verdict::Fail(format!("--token-cmd: {e}")))?;
-            if !output.status.success() {
-                fail!("--token-cmd exited with {}", output.status);
-            }
-            let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-            ensure!(!token.is_empty(), "--token-cmd printed no token");
-            Ok(token)
-        }
     }
 }
 
@@ -222,7 +179,8 @@ pub async fn run(
     let run_id = format!("i{:08x}", rand::random::<u32>());
     // The probe session learns the limits every case works with.
     let probe_user = format!("{run_id}-probe");
-    let probe_token = token(&tokens, &probe_user, "probe")
+    let probe_token = tokens
+        .token(&probe_user, "probe")
         .await
         .map_err(|v| anyhow::anyhow!("minting a token: {v:?}"))?;
     let probe = target

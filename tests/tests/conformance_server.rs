@@ -1,11 +1,15 @@
 //! CI's conformance run: the full server-mode suite against our own server, started in process with
-//! short timers so that the timer cases (Hello timeout, idle timeouts) run instead of being skipped.
+//! short timers so that the timer cases (Hello timeout, idle timeouts) run instead of being skipped;
+//! and the token cases against a `ferry-server` process, with tokens minted the way the runner's
+//! `--data-dir` does it (`ferry-server token`).
 
 use std::time::Duration;
 
 use ferry_interop::report::Outcome;
-use ferry_interop::server_mode::{self, ServerConfig};
+use ferry_interop::server_mode::{self, ServerConfig, TokenSource};
 use ferry_server::Settings;
+use ferry_tests::conformance_tokens;
+use ferry_tests::process::{workspace_binary, ServerProcess};
 
 /// Cases that may legitimately be Unsupported against our server, and why.
 const ALLOWED_UNSUPPORTED: &[(&str, &str)] = &[
@@ -34,13 +38,10 @@ async fn ferry_server_passes_the_server_suite() {
         ..Settings::default()
     };
     let handle = ferry_server::start(settings).await.unwrap();
-    let secret =
-        ferry_server::auth::TokenSecret::load(&dir.path().join(ferry_server::server::SECRET_FILE))
-            .unwrap();
     let config = ServerConfig::for_test_server(
         handle.local_addr(),
         handle.ca_path().to_path_buf(),
-        secret,
+        conformance_tokens(dir.path()),
         Duration::from_millis(1000),
     );
     let report = server_mode::run(config, |case| {
@@ -87,4 +88,45 @@ async fn ferry_server_passes_the_server_suite() {
         }
     }
     handle.shutdown().await;
+}
+
+/// The runner as a user runs it against a ferry-server process: tokens from `ferry-server token`, the
+/// expired one too (a 1 s token used after its second), for the cases about refused tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_cases_pass_with_tokens_from_the_server_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let tokens = TokenSource::ServerToken {
+        bin: workspace_binary("ferry-server"),
+        data_dir: dir.path().to_path_buf(),
+    };
+    let mut config = ServerConfig::for_test_server(
+        server.addr,
+        server.ca.clone(),
+        tokens,
+        Duration::from_secs(60),
+    );
+    config.filter = Some("UNAUTHENTICATED".into());
+    config.proxy = false;
+    let report = server_mode::run(config, |case| {
+        eprintln!("{:<11} {}", case.outcome.label(), case.name)
+    })
+    .await
+    .unwrap();
+    for case in &report.cases {
+        assert!(
+            !matches!(case.outcome, Outcome::Fail(_)),
+            "{}: {:?}",
+            case.name,
+            case.outcome
+        );
+    }
+    for must_pass in ["an expired token", "nor echo the token"] {
+        let case = report
+            .cases
+            .iter()
+            .find(|c| c.name.contains(must_pass))
+            .unwrap_or_else(|| panic!("no case {must_pass:?} in {:?}", report.cases));
+        assert_eq!(case.outcome, Outcome::Pass, "{}", case.name);
+    }
 }
