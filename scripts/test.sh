@@ -38,6 +38,7 @@ cargo build --workspace --bins
 
 log "tests"
 cargo nextest run --workspace --no-fail-fast --failure-output final
+scripts/bindings.sh --test  # issue 19: bindings drift check, Kotlin JVM tests and pytest against a real server
 log "doc tests"
 cargo test --workspace --doc
 
