@@ -63,6 +63,11 @@ impl Redis {
         })
     }
 
+    /// Its `redis://` URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()

@@ -6,11 +6,13 @@
 //! `ferry-server` processes through [`crate::peers::ferry::FerryServer`].
 
 pub mod catchup;
+pub mod cluster_latency;
 pub mod connections;
 pub mod fanout;
 pub mod fsync;
 pub mod latency;
 pub mod lossy;
+pub mod memory;
 pub mod throughput;
 
 use std::path::PathBuf;
