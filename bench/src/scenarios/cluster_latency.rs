@@ -28,8 +28,10 @@ use crate::report::{self, Results};
 
 /// Sender/receiver pairs.
 const PAIRS: usize = 10;
-/// Messages per second over all senders (well below either node's peak: a latency, not a load test).
-const RATE: f64 = 1_000.0;
+/// Messages per second over all senders: well below what Redis with `appendfsync always` takes on a
+/// small shared machine (~1.3k script calls/s measured under load), so the figure is a latency, not a
+/// queue.
+const RATE: f64 = 200.0;
 /// Body size.
 const BODY: usize = 256;
 /// Files that make two nodes one cluster to clients.
