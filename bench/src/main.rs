@@ -2,7 +2,8 @@
 //! Redis (`appendfsync always`) — in the same run, on the same machine, with the same payloads.
 //!
 //! `ferry-bench all [--quick]` runs every scenario; each scenario is also a subcommand (`throughput`,
-//! alias `send`; `latency`, `fanout`, `connections`, `catchup`, `lossy`, `fsync-check`). Every system
+//! alias `send`; `latency`, `fanout`, `connections`, `catchup`, `lossy`, `fsync-check`, `memory`,
+//! `cluster-latency`). Every system
 //! runs as its own process on free loopback ports in a temp dir, started and stopped by the bench
 //! (Ferry: the `ferry-server` binary next to this one). Results go to `--out DIR` (default
 //! `bench-results/<timestamp>`): `results.json`, `report.md` and SVG plots; the table is printed.
@@ -96,6 +97,10 @@ enum Command {
     Failover(scenarios::failover::FailoverArgs),
     /// strace each system's fsync calls during a short run.
     FsyncCheck,
+    /// Redis memory per stored message and per idle session (cluster mode).
+    Memory,
+    /// Cross-node send→deliver: two nodes on one Redis, sender on A, receiver on B.
+    ClusterLatency,
     /// Everything above.
     All,
 }
@@ -159,6 +164,8 @@ async fn main() -> anyhow::Result<()> {
             scenarios::failover::run(&config.ferry_binary, args, &mut results).await
         }
         Command::FsyncCheck => scenarios::fsync::run(&config, &mut results).await,
+        Command::Memory => scenarios::memory::run(&config, &mut results).await,
+        Command::ClusterLatency => scenarios::cluster_latency::run(&config, &mut results).await,
         Command::All => {
             scenarios::throughput::run(&config, &mut results).await;
             scenarios::latency::run(&config, &mut results).await;
@@ -172,6 +179,8 @@ async fn main() -> anyhow::Result<()> {
             let failover = scenarios::failover::FailoverArgs::for_all(config.quick);
             scenarios::failover::run(&config.ferry_binary, failover, &mut results).await;
             scenarios::fsync::run(&config, &mut results).await;
+            scenarios::memory::run(&config, &mut results).await;
+            scenarios::cluster_latency::run(&config, &mut results).await;
         }
     }
     results.write(&out)?;

@@ -9,6 +9,8 @@ use serde::Serialize;
 
 use crate::machine::Machine;
 use crate::peers::System;
+use crate::scenarios::cluster_latency::ClusterLatencyRow;
+use crate::scenarios::memory::MemoryRow;
 
 /// Everything one run measured.
 #[derive(Serialize, Default)]
@@ -35,6 +37,10 @@ pub struct Results {
     pub lossy: Option<LossyRow>,
     /// fsync/fdatasync calls each system made per acked message (strace).
     pub fsync_check: Vec<FsyncRow>,
+    /// Redis memory per stored message and per idle session (cluster mode).
+    pub memory: Option<MemoryRow>,
+    /// Cross-node send→deliver in cluster mode.
+    pub cluster_latency: Option<ClusterLatencyRow>,
     /// Scenarios or peers that failed (the run goes on without them).
     pub errors: Vec<String>,
 }
@@ -431,6 +437,38 @@ impl Results {
             ]);
         }
         tables.push(t);
+        if let Some(m) = &self.memory {
+            tables.push(Table {
+                title: "Redis memory (cluster mode; INFO used_memory delta per item)".into(),
+                header: vec![
+                    "messages",
+                    "body B",
+                    "B per message",
+                    "sessions",
+                    "B per idle session",
+                ],
+                rows: vec![vec![
+                    m.messages.to_string(),
+                    m.body.to_string(),
+                    format!("{:.0}", m.bytes_per_message),
+                    m.sessions.to_string(),
+                    format!("{:.0}", m.bytes_per_session),
+                ]],
+            });
+        }
+        if let Some(c) = &self.cluster_latency {
+            tables.push(Table {
+                title: "Cluster mode: send on node A → deliver on node B (one Redis)".into(),
+                header: vec!["rate/s", "delivered", "p50 ms", "p99 ms", "p99.9 ms"],
+                rows: vec![vec![
+                    format!("{:.0}", c.rate),
+                    format!("{}/{}", c.delivered, c.sent),
+                    ms(c.p50_us),
+                    ms(c.p99_us),
+                    ms(c.p999_us),
+                ]],
+            });
+        }
         tables.retain(|t| !t.rows.is_empty());
         tables
     }

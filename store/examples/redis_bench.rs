@@ -140,7 +140,7 @@ async fn raw_evalsha(server: &RedisServer, prefix: &str, messages: usize, round:
                         .arg(encoded)
                         .arg(time)
                         .arg(WINDOW_MS)
-                        .arg(0)
+                        .arg("0:0:0") // retention: unlimited (keep:max_age_ms:now_ms)
                         .invoke_async(&mut conn)
                         .await
                         .expect("evalsha");

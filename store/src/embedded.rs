@@ -7,7 +7,9 @@
 //! indexed — the tail — is served from memory, so every read sees every acked write at once.
 //!
 //! Layout:
-//! - this file: [`EmbeddedStore`] (open, reads, the [`Store`] impl), its options and commit statistics;
+//! - this file: [`EmbeddedStore`] (open, close, the write queue) and the state its threads share;
+//! - `options`: [`EmbeddedStoreOptions`] and the commit statistics;
+//! - `api`: the [`Store`](crate::Store) impl (writes through the writer, reads from cache, tail, index);
 //! - `segment`: the log files, their frame format (length, CRC32, group number) and rolling;
 //! - `record`: what one group changes, as one log record of absolute rows (replay is idempotent);
 //! - `batch`: what each write request does, applied to an overlay of the in-memory state;
@@ -25,9 +27,11 @@
 //! it. After a crash, the replay rebuilds the cache and the tail from the log (a torn last frame was
 //! never acked and is cut off), and the indexer catches up in the background.
 
+mod api;
 mod batch;
 mod cache;
 mod indexer;
+mod options;
 mod record;
 mod recovery;
 mod segment;
@@ -36,15 +40,11 @@ mod tail;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use async_trait::async_trait;
-use ferry_protocol::frame::{ConversationKind, ConversationState, Message};
-use prost::Message as _;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use self::cache::Cache;
@@ -53,109 +53,10 @@ use self::tables::*;
 use self::tail::Tail;
 use self::writer::{Request, Writer};
 
+use self::options::StatCounters;
+pub use self::options::{CommitStats, EmbeddedStoreOptions, DB_FILE};
 pub use self::segment::LogFault;
-use crate::{
-    Appended, ConversationInfo, Membership, MembershipOp, NewMessage, PendingAppend, Store,
-    StoreError, SyncPage, WriteStats,
-};
-
-/// File name of the database inside the data directory.
-pub const DB_FILE: &str = "ferry.redb";
-
-/// Tuning of an [`EmbeddedStore`].
-#[derive(Debug, Clone)]
-pub struct EmbeddedStoreOptions {
-    /// How long a (conversation, sender, client_msg_id) is remembered for dedupe. Default 7 days.
-    pub dedupe_window: Duration,
-    /// Most write requests applied in one transaction. Default 1024.
-    pub max_batch: usize,
-    /// Capacity of the bounded queue in front of the writer; callers wait when it is full. Default 8192.
-    pub queue_capacity: usize,
-    /// A log segment is closed and a new one started once it holds this many bytes. Default 64 MiB.
-    pub segment_bytes: u64,
-    /// Bound of the durable but unindexed tail (log payload bytes held in memory); new groups wait
-    /// while it is exceeded. Default 64 MiB.
-    pub max_unindexed_bytes: usize,
-    /// Test hook: `false` starts no indexer, so everything stays in the log tail (crash and recovery
-    /// tests). Default `true`.
-    #[doc(hidden)]
-    pub run_indexer: bool,
-    /// Test hook: a switch that makes log writes fail as if the disk were full.
-    #[doc(hidden)]
-    pub log_fault: Option<LogFault>,
-}
-
-impl Default for EmbeddedStoreOptions {
-    fn default() -> Self {
-        EmbeddedStoreOptions {
-            dedupe_window: Duration::from_secs(7 * 24 * 3600),
-            max_batch: 1024,
-            queue_capacity: 8192,
-            segment_bytes: 64 << 20,
-            max_unindexed_bytes: 64 << 20,
-            run_indexer: true,
-            log_fault: None,
-        }
-    }
-}
-
-/// Counters of the writer since open, for metrics. Mean batch size = `requests / commits`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CommitStats {
-    /// Log appends attempted (one frame and one fsync per group that changed something).
-    pub commits: u64,
-    /// Groups that failed (their callers got [`StoreError::Backend`] or [`StoreError::Unavailable`]).
-    pub failed_commits: u64,
-    /// Write requests of every kind taken into batches.
-    pub requests: u64,
-    /// New messages stored by `append` (not counting duplicates and system messages).
-    pub appended: u64,
-    /// Appends answered as duplicates.
-    pub duplicates: u64,
-    /// Largest batch so far.
-    pub max_batch: u64,
-    /// Total time spent building and committing successful groups (including fsync), µs.
-    pub commit_micros: u64,
-    /// Groups written into the redb index.
-    pub indexed_groups: u64,
-    /// Index transactions committed.
-    pub index_commits: u64,
-    /// Log payload bytes durable but not yet indexed, now.
-    pub unindexed_bytes: u64,
-    /// Highest value of `unindexed_bytes` since open.
-    pub peak_unindexed_bytes: u64,
-    /// Groups that had to wait for the indexer to make room (backpressure).
-    pub backpressure_waits: u64,
-    /// Total time those groups waited, µs.
-    pub backpressure_micros: u64,
-}
-
-impl CommitStats {
-    /// Mean requests per commit (0 before the first commit).
-    pub fn mean_batch(&self) -> f64 {
-        if self.commits == 0 {
-            0.0
-        } else {
-            self.requests as f64 / self.commits as f64
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct StatCounters {
-    commits: AtomicU64,
-    failed_commits: AtomicU64,
-    requests: AtomicU64,
-    appended: AtomicU64,
-    duplicates: AtomicU64,
-    max_batch: AtomicU64,
-    commit_micros: AtomicU64,
-    indexed_groups: AtomicU64,
-    index_commits: AtomicU64,
-    peak_unindexed_bytes: AtomicU64,
-    backpressure_waits: AtomicU64,
-    backpressure_micros: AtomicU64,
-}
+use crate::StoreError;
 
 /// State shared by the store handle, its writer and its indexer.
 struct Shared {
@@ -399,264 +300,4 @@ fn init_meta(db: &Database) -> Result<(u64, u64, u64), redb::Error> {
     };
     txn.commit()?;
     Ok(result)
-}
-
-fn kind_of(record: &ConvRecord) -> ConversationKind {
-    ConversationKind::try_from(record.kind).unwrap_or(ConversationKind::Unspecified)
-}
-
-#[async_trait]
-impl Store for EmbeddedStore {
-    fn store_epoch(&self) -> u64 {
-        self.shared.epoch
-    }
-
-    async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
-        self.call(|reply| Request::Append(message, reply)).await
-    }
-
-    async fn queue_append(&self, message: NewMessage) -> Result<PendingAppend, StoreError> {
-        let committed = self.queue(|reply| Request::Append(message, reply)).await?;
-        Ok(Box::pin(async move {
-            committed.await.map_err(|_| writer_stopped())?
-        }))
-    }
-
-    fn write_stats(&self) -> WriteStats {
-        let stats = self.commit_stats();
-        WriteStats {
-            commits: stats.commits,
-            requests: stats.requests,
-            commit_micros: stats.commit_micros,
-        }
-    }
-
-    async fn change_membership(
-        &self,
-        conversation: &str,
-        op: MembershipOp,
-        server_time_ms: u64,
-    ) -> Result<Appended, StoreError> {
-        self.call(|reply| Request::Membership {
-            conversation: conversation.to_owned(),
-            op,
-            server_time_ms,
-            reply,
-        })
-        .await
-    }
-
-    async fn ensure_direct(&self, conversation: &str, a: &str, b: &str) -> Result<(), StoreError> {
-        // The common case (it exists) needs no trip through the writer and no transaction.
-        if self.cache().convs.contains_key(conversation) {
-            return Ok(());
-        }
-        self.call(|reply| Request::EnsureDirect {
-            conversation: conversation.to_owned(),
-            a: a.to_owned(),
-            b: b.to_owned(),
-            reply,
-        })
-        .await
-    }
-
-    async fn conversation(
-        &self,
-        conversation: &str,
-    ) -> Result<Option<ConversationInfo>, StoreError> {
-        Ok(self
-            .cache()
-            .convs
-            .get(conversation)
-            .map(|record| ConversationInfo {
-                kind: kind_of(record),
-                name: record.name.clone(),
-                owner: record.owner.clone(),
-                head_seq: record.head,
-                epoch: self.shared.epoch,
-            }))
-    }
-
-    async fn membership(
-        &self,
-        conversation: &str,
-        user: &str,
-    ) -> Result<Option<Membership>, StoreError> {
-        Ok(self
-            .cache()
-            .member(conversation, user)
-            .map(MemberRec::membership))
-    }
-
-    async fn members(&self, conversation: &str) -> Result<Vec<String>, StoreError> {
-        let cache = self.cache();
-        let Some(members) = cache.members.get(conversation) else {
-            return Ok(Vec::new());
-        };
-        Ok(members
-            .iter()
-            .filter(|(_, rec)| rec.left_seq.is_none())
-            .map(|(user, _)| user.clone())
-            .collect())
-    }
-
-    async fn read(
-        &self,
-        conversation: &str,
-        after_seq: u64,
-        up_to_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<Message>, StoreError> {
-        // The cached head is published only after its fsync, so it is never above durable data.
-        let head = match self.cache().convs.get(conversation) {
-            Some(record) => record.head,
-            None => return Ok(Vec::new()),
-        };
-        let last = up_to_seq.min(head);
-        if after_seq >= last || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let limit = limit as usize;
-        // The tail first, then an index snapshot: a message the indexer moves out of the tail in
-        // between is committed before it leaves, so the snapshot holds it (see `tail`).
-        let unindexed = self
-            .shared
-            .lock_tail()
-            .messages(conversation, after_seq, last, limit);
-        // Indexed messages are all below the unindexed ones of the same conversation.
-        let indexed_last = unindexed.first().map_or(last, |(seq, _)| seq - 1);
-        let mut messages = Vec::with_capacity(limit.min(1024));
-        if after_seq < indexed_last {
-            let txn = self.shared.db.begin_read().map_err(backend)?;
-            let table = txn.open_table(MESSAGES).map_err(backend)?;
-            let range = table
-                .range((conversation, after_seq + 1)..=(conversation, indexed_last))
-                .map_err(backend)?;
-            for row in range.take(limit) {
-                let (_, value) = row.map_err(backend)?;
-                messages.push(Message::decode(value.value()).map_err(backend)?);
-            }
-        }
-        for (_, bytes) in unindexed {
-            if messages.len() >= limit {
-                break;
-            }
-            messages.push(Message::decode(bytes).map_err(backend)?);
-        }
-        Ok(messages)
-    }
-
-    async fn set_delivered(
-        &self,
-        conversation: &str,
-        user: &str,
-        device: &str,
-        seq: u64,
-    ) -> Result<(), StoreError> {
-        self.call(|reply| Request::SetDelivered {
-            conversation: conversation.to_owned(),
-            user: user.to_owned(),
-            device: device.to_owned(),
-            seq,
-            reply,
-        })
-        .await
-    }
-
-    async fn set_read(&self, conversation: &str, user: &str, seq: u64) -> Result<u64, StoreError> {
-        self.call(|reply| Request::SetRead {
-            conversation: conversation.to_owned(),
-            user: user.to_owned(),
-            seq,
-            reply,
-        })
-        .await
-    }
-
-    async fn changed_since(
-        &self,
-        user: &str,
-        device: &str,
-        since_token: u64,
-        limit: u32,
-    ) -> Result<SyncPage, StoreError> {
-        let limit = limit.max(1) as usize;
-        // A token above any issued one (e.g. from before a store reset) cannot be interpreted: it means
-        // "everything" (FERRY-SYNC-4). The counter only grows, so reading it first is safe.
-        let since_token = if since_token > self.cache().change {
-            0
-        } else {
-            since_token
-        };
-        // Collect the page from one consistent view of the cache: batches are published whole, and
-        // change values are assigned in commit order, so no later commit can add a value ≤ next_token.
-        let mut changed = {
-            let cache = self.cache();
-            let Some(convs) = cache.user_convs.get(user) else {
-                return Ok(SyncPage {
-                    next_token: since_token,
-                    ..SyncPage::default()
-                });
-            };
-            let mut changed = Vec::new();
-            for conv in convs {
-                let (Some(record), Some(rec)) = (cache.convs.get(conv), cache.member(conv, user))
-                else {
-                    continue;
-                };
-                // After removal, later appends are invisible to the user: only the removal counts.
-                let change = if rec.left_seq.is_none() {
-                    record.last_change.max(rec.change_token)
-                } else {
-                    rec.change_token
-                };
-                if change > since_token {
-                    changed.push((change, conv.clone(), record.clone(), rec));
-                }
-            }
-            changed
-        };
-        changed.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let has_more = changed.len() > limit;
-        changed.truncate(limit);
-        let next_token = changed.last().map_or(since_token, |c| c.0);
-
-        // Cursors not yet indexed first, then the index (see `read`); the higher one counts.
-        let unindexed: Vec<Option<u64>> = {
-            let tail = self.shared.lock_tail();
-            changed
-                .iter()
-                .map(|(_, conv, _, _)| tail.cursor(conv, user, device))
-                .collect()
-        };
-        let txn = self.shared.db.begin_read().map_err(backend)?;
-        let cursors = txn.open_table(CURSORS).map_err(backend)?;
-        let mut conversations = Vec::with_capacity(changed.len());
-        for ((_, conv, record, rec), unindexed) in changed.into_iter().zip(unindexed) {
-            let acked_seq = cursors
-                .get((conv.as_str(), user, device))
-                .map_err(backend)?
-                .map_or(0, |guard| guard.value())
-                .max(unindexed.unwrap_or(0));
-            let head_seq = rec.membership().visible_head(record.head);
-            let read_seq = rec.read_seq.min(head_seq);
-            conversations.push(ConversationState {
-                conversation_id: conv,
-                kind: kind_of(&record) as i32,
-                head_seq,
-                epoch: self.shared.epoch,
-                acked_seq,
-                read_seq,
-                unread_count: head_seq.saturating_sub(read_seq),
-                member: rec.left_seq.is_none(),
-                first_seq: rec.first_seq,
-                name: record.name,
-            });
-        }
-        Ok(SyncPage {
-            conversations,
-            next_token,
-            has_more,
-        })
-    }
 }

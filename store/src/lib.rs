@@ -13,7 +13,8 @@
 //!   keys hash-tagged per conversation, pipelined appends, epochs that change when Redis lost data).
 //!
 //! The guarantees every implementation gives (spec section "Message model"):
-//! - **atomic append**: dedupe lookup, seq assignment, message append and dedupe record are one step;
+//! - **atomic append**: membership check, dedupe lookup, seq assignment, message append and dedupe
+//!   record are one step;
 //! - **durable before return**: `append` and `change_membership` return only after the data is durable;
 //! - **gap-free, ordered visibility**: a seq is readable only when every lower seq is;
 //! - **seq never goes backwards**: the head is durable; when history may have been lost the epoch changes.
@@ -35,7 +36,7 @@ pub use redis::{Durability, RedisStore, RedisStoreOptions};
 /// A user message to append.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
-    /// Conversation id (already validated, sender already checked as a member).
+    /// Conversation id (already validated; membership is checked by the append itself).
     pub conversation: String,
     /// Sending user.
     pub sender: String,
@@ -187,8 +188,12 @@ pub trait Store: Send + Sync + 'static {
         WriteStats::default()
     }
 
-    /// Appends a user message with dedupe, atomically and durably (see the crate docs). The sender must be a
-    /// current member; the server checks that before calling.
+    /// Appends a user message with dedupe, atomically and durably (see the crate docs).
+    ///
+    /// The membership check is part of the same atomic step: a sender who is not a current member is
+    /// refused with [`StoreError::Forbidden`] (a missing conversation with [`StoreError::NotFound`]),
+    /// nothing stored. Callers need no membership read of their own before a Send — on the Redis store
+    /// that read would be a second round trip per send (the check lives in `lua/append.lua`).
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
 
     /// Queues an append and returns as soon as it is queued: appends queued one after another (by one

@@ -93,6 +93,94 @@ async fn retention_trims_history_and_raises_first_seq() {
     assert_eq!((state.first_seq, state.head_seq), (8, 10));
 }
 
+/// Retention by age with the clock injected through each message's server time: an append trims what
+/// is older than the age, the trim is announced through `first_seq`, group system messages count too.
+#[tokio::test]
+async fn retention_by_age_trims_old_history_and_raises_first_seq() {
+    const MINUTE: u64 = 60_000;
+    let server = server_with(&[]).await;
+    let options = RedisStoreOptions {
+        retention_max_age: Some(std::time::Duration::from_millis(10 * MINUTE)),
+        ..RedisStoreOptions::new([server.url()])
+    };
+    let store = RedisStore::open(options).await.unwrap();
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    let at = |cmid: &str, minute: u64| NewMessage {
+        server_time_ms: 1_000_000_000 + minute * MINUTE,
+        ..msg(cmid)
+    };
+    // Seqs 1..=5 at minutes 0..=4.
+    for minute in 0..5 {
+        store
+            .append(at(&format!("m{minute}"), minute))
+            .await
+            .unwrap();
+    }
+    // Minute 12: minutes 0 and 1 are older than 10 minutes (minute 2 is exactly 10 old: kept).
+    store.append(at("late", 12)).await.unwrap();
+    let seqs = |messages: Vec<ferry_protocol::frame::Message>| -> Vec<u64> {
+        messages.iter().map(|m| m.seq).collect()
+    };
+    assert_eq!(
+        seqs(store.read(DIRECT, 0, u64::MAX, 100).await.unwrap()),
+        [3, 4, 5, 6]
+    );
+    let bob = store.membership(DIRECT, "bob").await.unwrap().unwrap();
+    assert_eq!(
+        bob.first_seq, 3,
+        "the trimmed history is announced, not a silent gap"
+    );
+    let page = store.changed_since("bob", "tab", 0, 10).await.unwrap();
+    assert_eq!(
+        (
+            page.conversations[0].first_seq,
+            page.conversations[0].head_seq
+        ),
+        (3, 6)
+    );
+    // A conversation nobody writes to keeps its history until the next append (lazy trimming).
+    store.append(at("much later", 100)).await.unwrap();
+    assert_eq!(
+        seqs(store.read(DIRECT, 0, u64::MAX, 100).await.unwrap()),
+        [7]
+    );
+    assert_eq!(
+        store
+            .membership(DIRECT, "bob")
+            .await
+            .unwrap()
+            .unwrap()
+            .first_seq,
+        7
+    );
+
+    // Group system messages are aged the same way.
+    let group = "g:retention";
+    let create = ferry_store::MembershipOp::Create {
+        name: "team".into(),
+        owner: "alice".into(),
+        members: vec!["bob".into()],
+    };
+    store
+        .change_membership(group, create, 1_000_000_000)
+        .await
+        .unwrap();
+    let add = ferry_store::MembershipOp::Add {
+        actor: "alice".into(),
+        user: "carol".into(),
+    };
+    store
+        .change_membership(group, add, 1_000_000_000 + 11 * MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(store.read(group, 0, u64::MAX, 100).await.unwrap()),
+        [2]
+    );
+    let bob = store.membership(group, "bob").await.unwrap().unwrap();
+    assert_eq!(bob.first_seq, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_script_cache_is_reloaded_without_losing_order() {
     let server = server_with(&[]).await;

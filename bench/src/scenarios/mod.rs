@@ -4,12 +4,14 @@
 //! `lossy`.
 
 pub mod catchup;
+pub mod cluster_latency;
 pub mod connections;
 pub mod failover;
 pub mod fanout;
 pub mod fsync;
 pub mod latency;
 pub mod lossy;
+pub mod memory;
 pub mod throughput;
 
 use std::path::PathBuf;

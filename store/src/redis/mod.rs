@@ -46,9 +46,13 @@
 //! time between two syncs can delay (not lose) reporting until the conversation's next change.
 //!
 //! # Retention
-//! `retention_max_messages` trims each conversation's stream to its newest N messages as part of the
-//! append; the trim point is kept in the meta hash and raises every membership's `first_seq`, which is
-//! how clients learn that older history is gone (never a silent gap). Retention by age is not done.
+//! `retention_max_messages` trims each conversation's stream to its newest N messages, and
+//! `retention_max_age` drops the messages older than that age, both as part of the append (each stream
+//! entry keeps its server time for the age rule; the append's server time is "now", so the rule
+//! follows the servers' clock and tests inject it). The trim point is kept in the meta hash and raises
+//! every membership's `first_seq`, which is how clients learn that older history is gone (never a
+//! silent gap). Age trimming is lazy — a conversation nobody writes to keeps its (non-growing) history
+//! — and bounded per append (`AGE_TRIM_BATCH`).
 
 mod conn;
 mod durability;
@@ -79,7 +83,9 @@ pub struct RedisStore {
     scripts: Scripts,
     prefix: String,
     dedupe_window_ms: u64,
+    /// Retention: newest messages kept (0 = unlimited) and their maximal age in ms (0 = unlimited).
     keep: u64,
+    max_age_ms: u64,
     store_epoch: AtomicU64,
     durability: Durability,
 }
@@ -141,11 +147,20 @@ impl RedisStore {
                 .try_into()
                 .unwrap_or(u64::MAX),
             keep: options.retention_max_messages.unwrap_or(0),
+            max_age_ms: options
+                .retention_max_age
+                .map_or(0, |age| age.as_millis().try_into().unwrap_or(u64::MAX)),
             store_epoch: AtomicU64::new(0),
             durability,
         };
         store.refresh_store_epoch().await?;
         Ok(store)
+    }
+
+    /// The retention argument of the scripts that append (`lua/common.lua`, `parse_retention`), with
+    /// `now_ms` the server time of the message being appended.
+    fn retention_arg(&self, now_ms: u64) -> String {
+        format!("{}:{}:{now_ms}", self.keep, self.max_age_ms)
     }
 
     /// What the durability check at open found.

@@ -22,6 +22,11 @@ pub struct RedisStoreOptions {
     /// Per-conversation retention: keep at most this many newest messages (`None` = unlimited, the
     /// default). Trimmed history is reported through the membership's `first_seq`.
     pub retention_max_messages: Option<u64>,
+    /// Per-conversation retention by age: messages whose server time is older than this, measured from
+    /// the server time of each new message in the conversation, are trimmed by that append (`None` =
+    /// unlimited, the default). Lazy: a conversation nobody writes to keeps its history, which costs
+    /// no growth. Trimmed history is reported through `first_seq` like the count rule's.
+    pub retention_max_age: Option<Duration>,
     /// Most appends sent to Redis in one pipeline. Default 256.
     pub max_pipeline: usize,
 }
@@ -34,6 +39,7 @@ impl Default for RedisStoreOptions {
             require_durable: false,
             key_prefix: "ferry:".to_owned(),
             retention_max_messages: None,
+            retention_max_age: None,
             max_pipeline: 256,
         }
     }
@@ -76,6 +82,14 @@ pub(crate) fn topology(options: &RedisStoreOptions) -> Result<Topology, StoreErr
     if options.retention_max_messages == Some(0) {
         return Err(StoreError::Invalid(
             "retention_max_messages must be at least 1 (None = unlimited)".into(),
+        ));
+    }
+    if options
+        .retention_max_age
+        .is_some_and(|age| age.as_millis() == 0)
+    {
+        return Err(StoreError::Invalid(
+            "retention_max_age must be at least 1 ms (None = unlimited)".into(),
         ));
     }
     let mut cluster = options.urls.len() > 1;
@@ -148,6 +162,13 @@ mod tests {
         };
         assert!(
             matches!(topology(&options), Err(StoreError::Invalid(m)) if m.contains("retention"))
+        );
+        let options = RedisStoreOptions {
+            retention_max_age: Some(Duration::from_micros(999)),
+            ..RedisStoreOptions::new(["redis://x"])
+        };
+        assert!(
+            matches!(topology(&options), Err(StoreError::Invalid(m)) if m.contains("retention_max_age"))
         );
     }
 }

@@ -260,7 +260,7 @@ impl Store for RedisStore {
                 &encoded,
                 new.server_time_ms.to_string().as_bytes(),
                 self.dedupe_window_ms.to_string().as_bytes(),
-                self.keep.to_string().as_bytes(),
+                self.retention_arg(new.server_time_ms).as_bytes(),
             ],
         );
         let reply = self
@@ -330,13 +330,13 @@ impl Store for RedisStore {
         };
         let conv = ConvKeys::new(&self.prefix, conversation);
         let encoded = message.encode_to_vec();
-        let keep = self.keep.to_string();
+        let retention = self.retention_arg(server_time_ms);
         let epoch = random_epoch().to_string();
         let mut argv: Vec<&[u8]> = vec![
             op_name.as_bytes(),
             actor.as_bytes(),
             &encoded,
-            keep.as_bytes(),
+            retention.as_bytes(),
             epoch.as_bytes(),
         ];
         argv.extend(args.iter().map(String::as_bytes));

@@ -622,6 +622,11 @@ pub async fn removed_member_sees_the_removal_but_not_later_messages<F: Fixture>(
         (state.member, state.head_seq, state.unread_count),
         (false, 2, 2)
     );
+    // The append itself refuses a removed sender (servers rely on it instead of reading first).
+    assert!(matches!(
+        store.append(msg(GROUP, "bob", "after removal", 3)).await,
+        Err(StoreError::Forbidden(_))
+    ));
     store.append(msg(GROUP, "alice", "later", 3)).await.unwrap();
     let after = store
         .changed_since("bob", "phone", page.next_token, 10)

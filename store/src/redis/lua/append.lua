@@ -1,11 +1,13 @@
 -- One user message: dedupe lookup, seq increment, append, dedupe record, head/stamp update — atomic.
 -- KEYS: meta, msgs, members, dedupe
--- ARGV: sender, encoded message (seq 0), server_time_ms, dedupe_window_ms, keep (0 = unlimited)
+-- ARGV: sender, encoded message (seq 0), server_time_ms, dedupe_window_ms, retention
+--       ('keep:max_age_ms:now_ms', see parse_retention)
 -- Returns {0, seq, time, epoch} (new), {1, seq, time, epoch} (duplicate), {-1} (no such conversation),
 -- {-2, reason} (not allowed).
 local meta, msgs, members, dedupe = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sender, body = ARGV[1], ARGV[2]
-local time, window, keep = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local time, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local retention = parse_retention(ARGV[5])
 
 local epoch = redis.call('HGET', meta, 'epoch')
 local previous = redis.call('GET', dedupe)
@@ -20,7 +22,7 @@ if not epoch then return { -1 } end
 local member = parse_member(redis.call('HGET', members, sender))
 if not member or member.left ~= 0 then return { -2, 'sender is not a member' } end
 
-local seq = push_message(meta, msgs, body, keep)
+local seq = push_message(meta, msgs, body, retention)
 -- Sending marks read; Sync sees it through the conversation's change stamp.
 if seq > member.read then
   member.read = seq

@@ -25,17 +25,57 @@ local function next_stamp(meta)
   return now
 end
 
--- Appends an encoded message (its seq is the stream id) as the next seq; returns seq and stamp.
--- keep > 0 trims the stream to the newest `keep` messages and records the trim point, which readers
--- report as the first readable seq (never a silent gap).
-local function push_message(meta, msgs, body, keep)
+-- Retention, passed as one argument "keep:max_age_ms:now_ms" (0 = unlimited). `now` is the caller's
+-- clock (the message's server time), so the age rule follows the server, not Redis, and tests can
+-- inject it.
+local function parse_retention(raw)
+  local keep, age, now = string.match(raw, '^(%d+):(%d+):(%d+)$')
+  return { keep = tonumber(keep), age = tonumber(age), now = tonumber(now) }
+end
+
+-- Most expired messages one append examines: bounds the script's work. A backlog (retention just
+-- switched on) is worked off over the following appends, each step announced by the trim point.
+local AGE_TRIM_BATCH = 64
+
+-- The newest seq whose message is older than `cutoff`, at or above `trim` (entries are in seq order and
+-- so, nearly, in time order; the first young one stops the scan, so nothing younger is ever dropped).
+-- Entries stored without a time (before retention by age existed) stop the scan too: they are aged
+-- out only by the count rule.
+local function expired_through(msgs, trim, cutoff)
+  local entries = redis.call('XRANGE', msgs, '-', '+', 'COUNT', AGE_TRIM_BATCH)
+  for _, entry in ipairs(entries) do
+    local fields, time = entry[2], nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' then time = tonumber(fields[i + 1]) end
+    end
+    if not time or time >= cutoff then break end
+    trim = math.max(trim, tonumber(string.match(entry[1], '^(%d+)-')))
+  end
+  return trim
+end
+
+-- Appends an encoded message (its seq is the stream id, its server time the field `t`) as the next
+-- seq; returns seq and stamp. Retention (see `parse_retention`) then trims the oldest messages —
+-- beyond the newest `keep`, or older than `age` ms — and records the trim point in the meta hash,
+-- which readers report as the first readable seq (never a silent gap). The new message itself is
+-- never trimmed (keep >= 1, age > 0).
+local function push_message(meta, msgs, body, retention)
   local seq = redis.call('HINCRBY', meta, 'head', 1)
   local stamp = next_stamp(meta)
   redis.call('HSET', meta, 'chg', string.format('%.0f', stamp))
-  redis.call('XADD', msgs, seq .. '-0', 'm', body)
-  if keep > 0 and seq > keep then
-    redis.call('XTRIM', msgs, 'MINID', (seq - keep + 1) .. '-0')
-    redis.call('HSET', meta, 'trim', seq - keep)
+  redis.call('XADD', msgs, seq .. '-0', 'm', body, 't', string.format('%.0f', retention.now))
+  if retention.keep == 0 and retention.age == 0 then return seq, stamp end
+  local trim = tonumber(redis.call('HGET', meta, 'trim') or '0')
+  local new_trim = trim
+  if retention.keep > 0 and seq > retention.keep then
+    new_trim = math.max(new_trim, seq - retention.keep)
+  end
+  if retention.age > 0 then
+    new_trim = expired_through(msgs, new_trim, retention.now - retention.age)
+  end
+  if new_trim > trim then
+    redis.call('XTRIM', msgs, 'MINID', string.format('%.0f-0', new_trim + 1))
+    redis.call('HSET', meta, 'trim', string.format('%.0f', new_trim))
   end
   return seq, stamp
 end
