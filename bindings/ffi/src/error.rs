@@ -115,6 +115,16 @@ pub enum SendFailure {
         /// The message, handed back.
         outgoing: OutgoingMessage,
     },
+    /// The body is larger than the server's announced `max_body_size`; nothing was queued.
+    #[error("body of {size} bytes exceeds the announced limit of {limit} bytes")]
+    TooLarge {
+        /// The body's size in bytes.
+        size: u64,
+        /// The announced limit in bytes.
+        limit: u64,
+        /// The message, handed back.
+        outgoing: OutgoingMessage,
+    },
     /// Writing the outbox entry failed; nothing was queued.
     #[error("store failed: {reason}")]
     Store {
@@ -153,6 +163,15 @@ impl From<SendError> for SendFailure {
             },
             SendError::Invalid { reason, message } => SendFailure::Invalid {
                 reason,
+                outgoing: message.into(),
+            },
+            SendError::TooLarge {
+                size,
+                limit,
+                message,
+            } => SendFailure::TooLarge {
+                size: size as u64,
+                limit: limit as u64,
                 outgoing: message.into(),
             },
             SendError::Store { source, message } => SendFailure::Store {
