@@ -3002,6 +3002,24 @@ class SendFailure:  # type: ignore
         def __repr__(self):
             return "SendFailure.Invalid({})".format(str(self))
     _UniffiTempSendFailure.Invalid = Invalid # type: ignore
+    class TooLarge(_UniffiTempSendFailure):
+        """
+        The body is larger than the server's announced `max_body_size`; nothing was queued.
+        """
+
+        def __init__(self, size, limit, outgoing):
+            super().__init__(", ".join([
+                "size={!r}".format(size),
+                "limit={!r}".format(limit),
+                "outgoing={!r}".format(outgoing),
+            ]))
+            self.size = size
+            self.limit = limit
+            self.outgoing = outgoing
+
+        def __repr__(self):
+            return "SendFailure.TooLarge({})".format(str(self))
+    _UniffiTempSendFailure.TooLarge = TooLarge # type: ignore
     class Store(_UniffiTempSendFailure):
         """
         Writing the outbox entry failed; nothing was queued.
@@ -3063,11 +3081,17 @@ class _UniffiConverterTypeSendFailure(_UniffiConverterRustBuffer):
                 _UniffiConverterTypeOutgoingMessage.read(buf),
             )
         if variant == 5:
+            return SendFailure.TooLarge(
+                _UniffiConverterUInt64.read(buf),
+                _UniffiConverterUInt64.read(buf),
+                _UniffiConverterTypeOutgoingMessage.read(buf),
+            )
+        if variant == 6:
             return SendFailure.Store(
                 _UniffiConverterString.read(buf),
                 _UniffiConverterTypeOutgoingMessage.read(buf),
             )
-        if variant == 6:
+        if variant == 7:
             return SendFailure.Internal(
                 _UniffiConverterString.read(buf),
             )
@@ -3089,6 +3113,11 @@ class _UniffiConverterTypeSendFailure(_UniffiConverterRustBuffer):
             return
         if isinstance(value, SendFailure.Invalid):
             _UniffiConverterString.check_lower(value.reason)
+            _UniffiConverterTypeOutgoingMessage.check_lower(value.outgoing)
+            return
+        if isinstance(value, SendFailure.TooLarge):
+            _UniffiConverterUInt64.check_lower(value.size)
+            _UniffiConverterUInt64.check_lower(value.limit)
             _UniffiConverterTypeOutgoingMessage.check_lower(value.outgoing)
             return
         if isinstance(value, SendFailure.Store):
@@ -3117,12 +3146,17 @@ class _UniffiConverterTypeSendFailure(_UniffiConverterRustBuffer):
             buf.write_i32(4)
             _UniffiConverterString.write(value.reason, buf)
             _UniffiConverterTypeOutgoingMessage.write(value.outgoing, buf)
-        if isinstance(value, SendFailure.Store):
+        if isinstance(value, SendFailure.TooLarge):
             buf.write_i32(5)
+            _UniffiConverterUInt64.write(value.size, buf)
+            _UniffiConverterUInt64.write(value.limit, buf)
+            _UniffiConverterTypeOutgoingMessage.write(value.outgoing, buf)
+        if isinstance(value, SendFailure.Store):
+            buf.write_i32(6)
             _UniffiConverterString.write(value.reason, buf)
             _UniffiConverterTypeOutgoingMessage.write(value.outgoing, buf)
         if isinstance(value, SendFailure.Internal):
-            buf.write_i32(6)
+            buf.write_i32(7)
             _UniffiConverterString.write(value.reason, buf)
 
 

@@ -3217,6 +3217,20 @@ public enum SendFailure: Swift.Error {
          */outgoing: OutgoingMessage
     )
     /**
+     * The body is larger than the server's announced `max_body_size`; nothing was queued.
+     */
+    case TooLarge(
+        /**
+         * The body's size in bytes.
+         */size: UInt64, 
+        /**
+         * The announced limit in bytes.
+         */limit: UInt64, 
+        /**
+         * The message, handed back.
+         */outgoing: OutgoingMessage
+    )
+    /**
      * Writing the outbox entry failed; nothing was queued.
      */
     case Store(
@@ -3268,11 +3282,16 @@ public struct FfiConverterTypeSendFailure: FfiConverterRustBuffer {
             reason: try FfiConverterString.read(from: &buf), 
             outgoing: try FfiConverterTypeOutgoingMessage.read(from: &buf)
             )
-        case 5: return .Store(
+        case 5: return .TooLarge(
+            size: try FfiConverterUInt64.read(from: &buf), 
+            limit: try FfiConverterUInt64.read(from: &buf), 
+            outgoing: try FfiConverterTypeOutgoingMessage.read(from: &buf)
+            )
+        case 6: return .Store(
             reason: try FfiConverterString.read(from: &buf), 
             outgoing: try FfiConverterTypeOutgoingMessage.read(from: &buf)
             )
-        case 6: return .Internal(
+        case 7: return .Internal(
             reason: try FfiConverterString.read(from: &buf)
             )
 
@@ -3311,14 +3330,21 @@ public struct FfiConverterTypeSendFailure: FfiConverterRustBuffer {
             FfiConverterTypeOutgoingMessage.write(outgoing, into: &buf)
             
         
-        case let .Store(reason,outgoing):
+        case let .TooLarge(size,limit,outgoing):
             writeInt(&buf, Int32(5))
+            FfiConverterUInt64.write(size, into: &buf)
+            FfiConverterUInt64.write(limit, into: &buf)
+            FfiConverterTypeOutgoingMessage.write(outgoing, into: &buf)
+            
+        
+        case let .Store(reason,outgoing):
+            writeInt(&buf, Int32(6))
             FfiConverterString.write(reason, into: &buf)
             FfiConverterTypeOutgoingMessage.write(outgoing, into: &buf)
             
         
         case let .Internal(reason):
-            writeInt(&buf, Int32(6))
+            writeInt(&buf, Int32(7))
             FfiConverterString.write(reason, into: &buf)
             
         }

@@ -4551,6 +4551,30 @@ sealed class SendFailure: kotlin.Exception() {
     }
     
     /**
+     * The body is larger than the server's announced `max_body_size`; nothing was queued.
+     */
+    class TooLarge(
+        
+        /**
+         * The body's size in bytes.
+         */
+        val `size`: kotlin.ULong, 
+        
+        /**
+         * The announced limit in bytes.
+         */
+        val `limit`: kotlin.ULong, 
+        
+        /**
+         * The message, handed back.
+         */
+        val `outgoing`: OutgoingMessage
+        ) : SendFailure() {
+        override val message
+            get() = "size=${ `size` }, limit=${ `limit` }, outgoing=${ `outgoing` }"
+    }
+    
+    /**
      * Writing the outbox entry failed; nothing was queued.
      */
     class Store(
@@ -4616,11 +4640,16 @@ public object FfiConverterTypeSendFailure : FfiConverterRustBuffer<SendFailure> 
                 FfiConverterString.read(buf),
                 FfiConverterTypeOutgoingMessage.read(buf),
                 )
-            5 -> SendFailure.Store(
+            5 -> SendFailure.TooLarge(
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterTypeOutgoingMessage.read(buf),
+                )
+            6 -> SendFailure.Store(
                 FfiConverterString.read(buf),
                 FfiConverterTypeOutgoingMessage.read(buf),
                 )
-            6 -> SendFailure.Internal(
+            7 -> SendFailure.Internal(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
@@ -4651,6 +4680,13 @@ public object FfiConverterTypeSendFailure : FfiConverterRustBuffer<SendFailure> 
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
                 + FfiConverterString.allocationSize(value.`reason`)
+                + FfiConverterTypeOutgoingMessage.allocationSize(value.`outgoing`)
+            )
+            is SendFailure.TooLarge -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterULong.allocationSize(value.`size`)
+                + FfiConverterULong.allocationSize(value.`limit`)
                 + FfiConverterTypeOutgoingMessage.allocationSize(value.`outgoing`)
             )
             is SendFailure.Store -> (
@@ -4693,14 +4729,21 @@ public object FfiConverterTypeSendFailure : FfiConverterRustBuffer<SendFailure> 
                 FfiConverterTypeOutgoingMessage.write(value.`outgoing`, buf)
                 Unit
             }
-            is SendFailure.Store -> {
+            is SendFailure.TooLarge -> {
                 buf.putInt(5)
+                FfiConverterULong.write(value.`size`, buf)
+                FfiConverterULong.write(value.`limit`, buf)
+                FfiConverterTypeOutgoingMessage.write(value.`outgoing`, buf)
+                Unit
+            }
+            is SendFailure.Store -> {
+                buf.putInt(6)
                 FfiConverterString.write(value.`reason`, buf)
                 FfiConverterTypeOutgoingMessage.write(value.`outgoing`, buf)
                 Unit
             }
             is SendFailure.Internal -> {
-                buf.putInt(6)
+                buf.putInt(7)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
