@@ -65,6 +65,14 @@ impl<'c> Batch<'c> {
             .cloned()
     }
 
+    /// The head of `conv` as this batch sees it, without cloning the whole record.
+    fn head(&self, conv: &str) -> Option<u64> {
+        self.convs
+            .get(conv)
+            .or_else(|| self.cache.convs.get(conv))
+            .map(|record| record.head)
+    }
+
     fn member(&self, conv: &str, user: &str) -> Option<MemberRec> {
         self.members
             .get(&(conv.to_owned(), user.to_owned()))
@@ -337,6 +345,11 @@ impl<'c> Batch<'c> {
         key: (String, String, String),
         seq: u64,
     ) -> Result<(), redb::Error> {
+        // Clamped here rather than by the caller, so an Ack costs one trip to the writer and no
+        // separate head lookup; a cursor of an unknown conversation is not stored at all.
+        let Some(seq) = self.head(&key.0).map(|head| seq.min(head)) else {
+            return Ok(());
+        };
         let old = match self.cursors.get(&key) {
             Some(&old) => old,
             None => lookup.cursor((key.0.as_str(), key.1.as_str(), key.2.as_str()))?,
