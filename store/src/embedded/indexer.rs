@@ -29,13 +29,6 @@ const MAX_GROUPS_PER_TXN: usize = 512;
 const PURGE_PER_TXN: usize = 1000;
 /// Longest time index commits stay non-durable (see `index`).
 const DURABLE_EVERY: Duration = Duration::from_millis(500);
-/// How long the indexer lets groups gather before it writes them, unless the tail passes a quarter of
-/// its bound first. Each transaction copies every B-tree page it touches, and the fsync-paced writer
-/// makes groups every few milliseconds: indexing each one alone made the indexer the largest CPU user
-/// of a loaded server (37 % of its samples in a profile of `ferry-bench send`), taking the cores the
-/// send path needs. Reads do not wait for it (the tail serves them), and the backpressure bound is
-/// unchanged.
-const INDEX_COALESCE: Duration = Duration::from_millis(25);
 /// Pause before retrying a failed index transaction.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -47,27 +40,18 @@ pub(crate) fn run(shared: Arc<Shared>) {
     // The last group known to be in a durable (fsynced) index commit, and when that commit was.
     let mut durable = indexed;
     let mut durable_at = Instant::now();
-    let mut indexed_at = Instant::now();
     loop {
         let (groups, closing) = {
             let mut tail = shared.lock_tail();
-            // Each pass waits at most DURABLE_EVERY, so pending non-durable commits get flushed, and
-            // groups wait at most INDEX_COALESCE (see there).
+            // Each pass waits at most DURABLE_EVERY, so pending non-durable commits get flushed.
             loop {
                 let flush_due = indexed > durable && durable_at.elapsed() >= DURABLE_EVERY;
-                let gathered = indexed_at.elapsed() >= INDEX_COALESCE
-                    || tail.bytes() >= shared.max_unindexed_bytes / 4;
-                if (tail.has_unindexed() && gathered) || tail.closing || flush_due {
+                if tail.has_unindexed() || tail.closing || flush_due {
                     break;
                 }
-                let wait = if tail.has_unindexed() {
-                    INDEX_COALESCE.saturating_sub(indexed_at.elapsed())
-                } else {
-                    DURABLE_EVERY
-                };
                 tail = shared
                     .tail_changed
-                    .wait_timeout(tail, wait)
+                    .wait_timeout(tail, DURABLE_EVERY)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
@@ -85,9 +69,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             }
             continue;
         }
-        let result = index(&shared, &groups, make_durable);
-        indexed_at = Instant::now();
-        match result {
+        match index(&shared, &groups, make_durable) {
             Ok(()) => {
                 failures = 0;
                 indexed = last;
