@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use ferry_protocol::frame::Message;
 use ferry_protocol::{frames, ErrorCode};
 use ferry_quic::{codes, FrameWriter};
 use tokio::sync::mpsc;
@@ -25,10 +24,8 @@ pub(crate) enum Outbound {
     Deliver {
         /// Conversation id.
         conversation: Arc<str>,
-        /// The message.
-        message: Arc<Message>,
-        /// Conversation epoch.
-        epoch: u64,
+        /// The whole encoded Deliver frame, shared by every recipient of the message.
+        frame: Bytes,
     },
     /// An encoded datagram (typing, presence) to relay.
     Datagram(Bytes),

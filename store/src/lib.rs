@@ -246,8 +246,10 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Message>, StoreError>;
 
-    /// Records a device's cumulative delivery cursor (max with the stored one). May be made durable
-    /// lazily: losing a cursor only causes redelivery, which clients drop as duplicates.
+    /// Records a device's cumulative delivery cursor (max with the stored one), clamped to the
+    /// conversation's head: a device cannot acknowledge what was never stored. Nothing is recorded for a
+    /// conversation that does not exist. May be made durable lazily: losing a cursor only causes
+    /// redelivery, which clients drop as duplicates.
     async fn set_delivered(
         &self,
         conversation: &str,

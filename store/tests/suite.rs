@@ -39,6 +39,7 @@ macro_rules! suite {
             case!(ensure_direct_is_idempotent_and_silent_when_it_exists);
             case!(read_respects_bounds_and_limit);
             case!(set_read_clamps_and_never_goes_back);
+            case!(set_delivered_clamps_to_the_head_and_never_goes_back);
             case!(changed_since_pages_and_tokens);
             case!(removed_member_sees_the_removal_but_not_later_messages);
         }

@@ -12,7 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::codec::frame;
+use bytes::Bytes;
+use ferry_protocol::codec::{self, frame};
 use ferry_protocol::frame::{frame::Kind, Deliver, Message, Open};
 use ferry_quic::{FrameReader, FrameWriter};
 use tokio::sync::{mpsc, watch};
@@ -49,14 +50,15 @@ pub(crate) async fn deliver(
             return;
         }
     };
-    let conversation: Arc<str> = conversation.into();
-    let message = Arc::new(message);
     let recipients: Vec<&str> = members.iter().map(String::as_str).chain(also).collect();
-    for user in &recipients {
-        deliver_local(shared, user, &conversation, &message, epoch, exclude);
-    }
     if let Some(cluster) = &shared.cluster {
-        cluster.publish_deliver(&recipients, &conversation, &message, epoch);
+        cluster.publish_deliver(&recipients, conversation, &message, epoch);
+    }
+    // Encoded once here; every recipient's queue holds a reference to the same bytes.
+    let encoded = encode_deliver(message, epoch);
+    let conversation: Arc<str> = conversation.into();
+    for user in &recipients {
+        queue_encoded(shared, user, &conversation, &encoded, exclude);
     }
 }
 
@@ -69,14 +71,33 @@ pub(crate) fn deliver_local(
     epoch: u64,
     exclude: Option<u64>,
 ) {
+    let encoded = encode_deliver(Message::clone(message), epoch);
+    queue_encoded(shared, user, conversation, &encoded, exclude);
+}
+
+/// The whole encoded Deliver frame of `message`, ready to be written to any stream of its conversation.
+fn encode_deliver(message: Message, epoch: u64) -> Bytes {
+    codec::encode(&frame(Kind::Deliver(Deliver {
+        message: Some(message),
+        epoch,
+    })))
+}
+
+/// Queues the encoded Deliver `encoded` for every session of `user` on this node except `exclude`.
+fn queue_encoded(
+    shared: &Shared,
+    user: &str,
+    conversation: &Arc<str>,
+    encoded: &Bytes,
+    exclude: Option<u64>,
+) {
     shared.sessions.for_each_of(user, |session| {
         if Some(session.id) == exclude {
             return;
         }
         let item = Outbound::Deliver {
             conversation: conversation.clone(),
-            message: message.clone(),
-            epoch,
+            frame: encoded.clone(),
         };
         if session.outbound.try_send(item).is_ok() {
             shared.metrics.delivery_queued();
@@ -97,18 +118,13 @@ pub(crate) async fn outbound_loop(conn: Arc<Conn>, mut outbound: mpsc::Receiver<
             }
             Outbound::Deliver {
                 conversation,
-                message,
-                epoch,
+                frame,
             } => {
                 let Some(writer) = delivery_stream(&conn, &conversation).await else {
                     conn.shared.metrics.delivery_dropped();
                     continue;
                 };
-                let deliver = frame(Kind::Deliver(Deliver {
-                    message: Some(Arc::unwrap_or_clone(message)),
-                    epoch,
-                }));
-                match writer.try_send(deliver) {
+                match writer.try_send_encoded(frame) {
                     Ok(()) => conn.shared.metrics.delivery(),
                     Err(_) => conn.shared.metrics.delivery_dropped(),
                 }
@@ -152,14 +168,12 @@ pub(super) async fn record_acks(
 ) {
     while acks.changed().await.is_ok() {
         let seq = *acks.borrow_and_update();
-        let store = &conn.shared.store;
-        let head = match store.conversation(&conversation).await {
-            Ok(Some(info)) => info.head_seq,
-            _ => continue,
-        };
         let (user, device) = (&conn.session.user, &conn.session.device);
-        if let Err(e) = store
-            .set_delivered(&conversation, user, device, seq.min(head))
+        // The store clamps the cursor to the head itself (one lookup less per Ack).
+        if let Err(e) = conn
+            .shared
+            .store
+            .set_delivered(&conversation, user, device, seq)
             .await
         {
             debug!(error = %e, "delivery cursor not recorded");

@@ -8,7 +8,7 @@ use redb::ReadableDatabase;
 
 use super::tables::{ConvRecord, MemberRec, CURSORS, MESSAGES};
 use super::writer::Request;
-use super::{backend, writer_stopped, EmbeddedStore};
+use super::{backend, writer_stopped, EmbeddedStore, Shared};
 use crate::{
     Appended, ConversationInfo, Membership, MembershipOp, NewMessage, PendingAppend, Store,
     StoreError, SyncPage, WriteStats,
@@ -138,25 +138,25 @@ impl Store for EmbeddedStore {
             .messages(conversation, after_seq, last, limit);
         // Indexed messages are all below the unindexed ones of the same conversation.
         let indexed_last = unindexed.first().map_or(last, |(seq, _)| seq - 1);
-        let mut messages = Vec::with_capacity(limit.min(1024));
-        if after_seq < indexed_last {
-            let txn = self.shared.db.begin_read().map_err(backend)?;
-            let table = txn.open_table(MESSAGES).map_err(backend)?;
-            let range = table
-                .range((conversation, after_seq + 1)..=(conversation, indexed_last))
-                .map_err(backend)?;
-            for row in range.take(limit) {
-                let (_, value) = row.map_err(backend)?;
-                messages.push(Message::decode(value.value()).map_err(backend)?);
-            }
+        if after_seq >= indexed_last {
+            // Everything asked for is in memory: no disk, nothing that could block.
+            return read_pages(&self.shared, conversation, after_seq, 0, unindexed, limit);
         }
-        for (_, bytes) in unindexed {
-            if messages.len() >= limit {
-                break;
-            }
-            messages.push(Message::decode(bytes).map_err(backend)?);
-        }
-        Ok(messages)
+        // The index lookup reads pages from disk: off the async threads, so a Pull of cold history
+        // never stalls the streams that share the worker.
+        let (shared, conversation) = (self.shared.clone(), conversation.to_owned());
+        tokio::task::spawn_blocking(move || {
+            read_pages(
+                &shared,
+                &conversation,
+                after_seq,
+                indexed_last,
+                unindexed,
+                limit,
+            )
+        })
+        .await
+        .map_err(backend)?
     }
 
     async fn set_delivered(
@@ -242,34 +242,87 @@ impl Store for EmbeddedStore {
                 .map(|(_, conv, _, _)| tail.cursor(conv, user, device))
                 .collect()
         };
-        let txn = self.shared.db.begin_read().map_err(backend)?;
-        let cursors = txn.open_table(CURSORS).map_err(backend)?;
-        let mut conversations = Vec::with_capacity(changed.len());
-        for ((_, conv, record, rec), unindexed) in changed.into_iter().zip(unindexed) {
-            let acked_seq = cursors
-                .get((conv.as_str(), user, device))
-                .map_err(backend)?
-                .map_or(0, |guard| guard.value())
-                .max(unindexed.unwrap_or(0));
-            let head_seq = rec.membership().visible_head(record.head);
-            let read_seq = rec.read_seq.min(head_seq);
-            conversations.push(ConversationState {
-                conversation_id: conv,
-                kind: kind_of(&record) as i32,
-                head_seq,
-                epoch: self.shared.epoch,
-                acked_seq,
-                read_seq,
-                unread_count: head_seq.saturating_sub(read_seq),
-                member: rec.left_seq.is_none(),
-                first_seq: rec.first_seq,
-                name: record.name,
-            });
-        }
-        Ok(SyncPage {
-            conversations,
-            next_token,
-            has_more,
+        // The indexed cursors are read from disk: off the async threads (see `read`).
+        let (shared, user, device) = (self.shared.clone(), user.to_owned(), device.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let conversations = sync_states(&shared, &user, &device, changed, unindexed)?;
+            Ok(SyncPage {
+                conversations,
+                next_token,
+                has_more,
+            })
         })
+        .await
+        .map_err(backend)?
     }
+}
+/// Messages of `conversation` with `after < seq <= indexed_last` from the index, then the unindexed
+/// ones (already taken from the tail, which must happen before this opens its snapshot), at most
+/// `limit` in all. Blocking when `indexed_last > after`.
+fn read_pages(
+    shared: &Shared,
+    conversation: &str,
+    after: u64,
+    indexed_last: u64,
+    unindexed: Vec<(u64, bytes::Bytes)>,
+    limit: usize,
+) -> Result<Vec<Message>, StoreError> {
+    let mut messages = Vec::with_capacity(limit.min(1024));
+    if after < indexed_last {
+        let txn = shared.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(MESSAGES).map_err(backend)?;
+        let range = table
+            .range((conversation, after + 1)..=(conversation, indexed_last))
+            .map_err(backend)?;
+        for row in range.take(limit) {
+            let (_, value) = row.map_err(backend)?;
+            messages.push(Message::decode(value.value()).map_err(backend)?);
+        }
+    }
+    for (_, bytes) in unindexed {
+        if messages.len() >= limit {
+            break;
+        }
+        messages.push(Message::decode(bytes).map_err(backend)?);
+    }
+    Ok(messages)
+}
+
+/// A changed conversation as `changed_since` collected it: change value, id, record, membership.
+type Changed = (u64, String, ConvRecord, MemberRec);
+
+/// The states of a Sync page: the cached facts plus each device's delivery cursor, the unindexed one
+/// (taken from the tail before this opens its snapshot) or the indexed one. Blocking.
+fn sync_states(
+    shared: &Shared,
+    user: &str,
+    device: &str,
+    changed: Vec<Changed>,
+    unindexed: Vec<Option<u64>>,
+) -> Result<Vec<ConversationState>, StoreError> {
+    let txn = shared.db.begin_read().map_err(backend)?;
+    let cursors = txn.open_table(CURSORS).map_err(backend)?;
+    let mut conversations = Vec::with_capacity(changed.len());
+    for ((_, conv, record, rec), unindexed) in changed.into_iter().zip(unindexed) {
+        let acked_seq = cursors
+            .get((conv.as_str(), user, device))
+            .map_err(backend)?
+            .map_or(0, |guard| guard.value())
+            .max(unindexed.unwrap_or(0));
+        let head_seq = rec.membership().visible_head(record.head);
+        let read_seq = rec.read_seq.min(head_seq);
+        conversations.push(ConversationState {
+            conversation_id: conv,
+            kind: kind_of(&record) as i32,
+            head_seq,
+            epoch: shared.epoch,
+            acked_seq,
+            read_seq,
+            unread_count: head_seq.saturating_sub(read_seq),
+            member: rec.left_seq.is_none(),
+            first_seq: rec.first_seq,
+            name: record.name,
+        });
+    }
+    Ok(conversations)
 }

@@ -492,7 +492,7 @@ impl Store for RedisStore {
         self.run(
             "delivery cursor",
             &self.scripts.set_delivered,
-            &[conv.cursors()],
+            &[conv.meta(), conv.cursors()],
             &[field.as_bytes(), seq.to_string().as_bytes()],
         )
         .await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_protocol::frame::{ConversationKind, MembershipAction, MessageKind};
-use ferry_store::{MembershipOp, NewMessage, Store, StoreError};
+use ferry_store::{MembershipOp, NewMessage, Store, StoreError, SyncPage};
 
 use super::fixtures::Fixture;
 
@@ -510,6 +510,33 @@ pub async fn set_read_clamps_and_never_goes_back<F: Fixture>(f: F) {
             .await,
         Err(StoreError::NotFound)
     ));
+}
+
+pub async fn set_delivered_clamps_to_the_head_and_never_goes_back<F: Fixture>(f: F) {
+    let store = f.open().await;
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    store.append(msg(DIRECT, "alice", "m1", 1)).await.unwrap();
+    store.append(msg(DIRECT, "alice", "m2", 1)).await.unwrap();
+    let acked = |page: SyncPage| page.conversations[0].acked_seq;
+    // An Ack past the head records the head, not the claimed seq.
+    store.set_delivered(DIRECT, "bob", "tab", 99).await.unwrap();
+    let page = store.changed_since("bob", "tab", 0, 10).await.unwrap();
+    assert_eq!(acked(page), 2);
+    // A lower Ack does not move it back.
+    store.set_delivered(DIRECT, "bob", "tab", 1).await.unwrap();
+    let page = store.changed_since("bob", "tab", 0, 10).await.unwrap();
+    assert_eq!(acked(page), 2);
+    // The clamp follows the head as it grows.
+    store.append(msg(DIRECT, "alice", "m3", 1)).await.unwrap();
+    store.set_delivered(DIRECT, "bob", "tab", 99).await.unwrap();
+    let page = store.changed_since("bob", "tab", 0, 10).await.unwrap();
+    assert_eq!(acked(page), 3);
+    // An unknown conversation is not an error and stores nothing.
+    store
+        .set_delivered("d:nobody:none", "bob", "tab", 5)
+        .await
+        .unwrap();
+    assert!(store.conversation("d:nobody:none").await.unwrap().is_none());
 }
 
 pub async fn changed_since_pages_and_tokens<F: Fixture>(f: F) {
