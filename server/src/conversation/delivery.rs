@@ -108,7 +108,8 @@ pub(crate) async fn outbound_loop(conn: Arc<Conn>, mut outbound: mpsc::Receiver<
                     message: Some(Arc::unwrap_or_clone(message)),
                     epoch,
                 }));
-                match writer.try_send(deliver) {
+                // A recipient that does not read is reset, not waited for (FERRY-HARDEN-4).
+                match writer.try_send_or_reset(deliver) {
                     Ok(()) => conn.shared.metrics.delivery(),
                     Err(_) => conn.shared.metrics.delivery_dropped(),
                 }
