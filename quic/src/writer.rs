@@ -11,6 +11,13 @@
 //!   it arrives before the close, FERRY-AUTH-8);
 //! - [`FrameWriter::abandon`]: the stream died with a rejected 0-RTT and is never finished (see there).
 //!
+//! Slow readers (FERRY-HARDEN-4): a producer that must not wait on its peer uses
+//! [`FrameWriter::try_send_or_reset`]; when it finds the queue full, the peer has not read a whole queue
+//! plus QUIC's send window, so the task resets the stream with STREAM_CLOSED at once (even while blocked
+//! in a write) and the queued frames are freed.
+//! What one stream can pin is therefore bounded by its queue capacity plus the send window, and the
+//! producer (e.g. the fan-out of one message to many users) never waits on one slow peer.
+//!
 //! A writer can exist before its stream ([`FrameWriter::pending`]): frames queue up while the stream is
 //! being opened and are written once [`PendingStream::attach`] hands it over.
 
@@ -20,7 +27,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_protocol::{codec, ErrorCode, Frame};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::codes;
 
@@ -77,6 +84,7 @@ impl<T> From<mpsc::error::TrySendError<T>> for TrySendError {
 pub struct FrameWriter {
     tx: mpsc::Sender<Command>,
     abandoned: Arc<AtomicBool>,
+    overflow: Arc<Notify>,
 }
 
 /// The task side of a writer whose stream is still being opened.
@@ -84,12 +92,13 @@ pub struct FrameWriter {
 pub struct PendingStream {
     rx: mpsc::Receiver<Command>,
     abandoned: Arc<AtomicBool>,
+    overflow: Arc<Notify>,
 }
 
 impl PendingStream {
     /// The stream is open: spawns the writer task, which first writes what was queued meanwhile.
     pub fn attach(self, send: quinn::SendStream) {
-        tokio::spawn(write_loop(send, self.rx, self.abandoned));
+        tokio::spawn(write_loop(send, self.rx, self.abandoned, self.overflow));
     }
 }
 
@@ -121,11 +130,18 @@ impl FrameWriter {
     pub fn pending(capacity: usize) -> (FrameWriter, PendingStream) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let abandoned = Arc::new(AtomicBool::new(false));
+        let overflow = Arc::new(Notify::new());
         let writer = FrameWriter {
             tx,
             abandoned: abandoned.clone(),
+            overflow: overflow.clone(),
         };
-        (writer, PendingStream { rx, abandoned })
+        let pending = PendingStream {
+            rx,
+            abandoned,
+            overflow,
+        };
+        (writer, pending)
     }
 
     /// Queues a frame, waiting while the queue is full.
@@ -141,6 +157,17 @@ impl FrameWriter {
         Ok(self.tx.try_send(Command::Frame(frame))?)
     }
 
+    /// Queues a frame if there is room now; a full queue means the peer is a slow reader, and the
+    /// stream is reset with STREAM_CLOSED at once (see the module docs).
+    pub fn try_send_or_reset(&self, frame: Frame) -> Result<(), TrySendError> {
+        let result = self.try_send(frame);
+        if result == Err(TrySendError::Full) {
+            // notify_one keeps a permit when the task is not waiting yet, so it cannot be missed.
+            self.overflow.notify_one();
+        }
+        result
+    }
+
     /// Queues whole encoded frames (e.g. a Deliver encoded once and shared by every recipient), waiting
     /// while the queue is full. The bytes must be complete `varint(L) || B` frames: the writer does not
     /// look inside, and half a frame would corrupt the stream for the peer.
@@ -154,6 +181,16 @@ impl FrameWriter {
     /// Queues whole encoded frames if there is room now (see [`FrameWriter::send_encoded`]).
     pub fn try_send_encoded(&self, bytes: Bytes) -> Result<(), TrySendError> {
         Ok(self.tx.try_send(Command::Encoded(bytes))?)
+    }
+
+    /// [`Self::try_send_encoded`], and on a full queue the stream is reset as by
+    /// [`Self::try_send_or_reset`]: a peer that never reads pins a bounded amount of memory.
+    pub fn try_send_encoded_or_reset(&self, bytes: Bytes) -> Result<(), TrySendError> {
+        let result = self.try_send_encoded(bytes);
+        if result == Err(TrySendError::Full) {
+            self.overflow.notify_one();
+        }
+        result
     }
 
     /// Reserves a slot in the queue, for callers that must know there is room before they give up a
@@ -256,16 +293,32 @@ async fn write_loop(
     mut send: quinn::SendStream,
     mut rx: mpsc::Receiver<Command>,
     abandoned: Arc<AtomicBool>,
+    overflow: Arc<Notify>,
 ) {
     // The buffer starts empty and grows to what the stream's batches need: an idle connection's control
     // stream then holds a few hundred bytes instead of a preallocated 16 KiB (the largest item of an idle
     // connection's memory, measured with heaptrack).
     let mut buf = BytesMut::new();
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = overflow.notified() => break reset_slow_reader(&mut send),
+            first = rx.recv() => match first {
+                Some(first) => first,
+                None => break finish_unless_abandoned(&mut send, &abandoned),
+            },
+        };
         let then = gather(first, &mut rx, &mut buf);
         // One write per batch: quinn copies the bytes into its send buffer, so ours is reused at once.
-        if !buf.is_empty() && send.write_all(&buf).await.is_err() {
-            return; // the peer stopped the stream, or the connection is gone: the reader reports it
+        if !buf.is_empty() {
+            let written = tokio::select! {
+                biased;
+                _ = overflow.notified() => break reset_slow_reader(&mut send),
+                written = send.write_all(&buf) => written,
+            };
+            if written.is_err() {
+                return; // the peer stopped the stream, or the connection is gone: the reader reports it
+            }
         }
         buf.clear();
         if buf.capacity() > 4 * MAX_WRITE_BYTES {
@@ -293,6 +346,15 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// The queue overflowed: reset at once; returning drops the queue and the frames in it.
+fn reset_slow_reader(send: &mut quinn::SendStream) {
+    let _ = send.reset(codes::to_varint(ErrorCode::STREAM_CLOSED));
+}
+
+/// Every handle is gone: finish the stream (unless a rejected 0-RTT lost it, see `abandon`).
+fn finish_unless_abandoned(send: &mut quinn::SendStream, abandoned: &AtomicBool) {
     if !abandoned.load(Ordering::Relaxed) {
         let _ = send.finish();
     }

@@ -246,3 +246,70 @@ async fn closing_the_connection_delivers_the_last_frame_first() {
         Some(ErrorCode::SESSION_REPLACED)
     );
 }
+
+#[tokio::test]
+async fn a_reader_that_never_reads_is_reset_past_the_queue_bound() {
+    let mut server = Server::start();
+    let (_client, connection) = server.connect().await;
+    let (send, _recv) = connection.open_bi().await.unwrap();
+    let writer = FrameWriter::spawn(send, 4);
+    writer.send(ack(0)).await.unwrap();
+    let (_, _, recv) = server.accepted().await;
+    // The peer never reads: QUIC flow control stalls the writer task, then the queue fills. Bounded:
+    // 64 KiB frames exhaust any send window in far fewer than 10k tries.
+    let mut full = false;
+    for _ in 0..10_000 {
+        match writer.try_send_or_reset(send_frame(64 * 1024)) {
+            Ok(()) => tokio::task::yield_now().await,
+            Err(ferry_quic::TrySendError::Full) => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(full, "the queue never filled");
+    // The task resets the stream at once, although it was blocked in a write; its queue is freed.
+    tokio::time::timeout(WAIT, async {
+        while !writer.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the writer task ended");
+    let mut reader = FrameReader::new(recv, codec::DEFAULT_MAX_FRAME_SIZE);
+    let code = tokio::time::timeout(WAIT, async {
+        // Bounded: the peer holds at most one send window of frames before the reset.
+        for _ in 0..10_000 {
+            if let Err(e) = reader.next().await {
+                return e.peer_code();
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(ErrorCode::STREAM_CLOSED));
+}
+
+#[tokio::test]
+async fn a_full_queue_without_reset_keeps_the_stream() {
+    let mut server = Server::start();
+    let (_client, connection) = server.connect().await;
+    let (send, _recv) = connection.open_bi().await.unwrap();
+    let writer = FrameWriter::spawn(send, 4);
+    writer.send(ack(0)).await.unwrap();
+    let (_, _, _recv) = server.accepted().await;
+    let mut full = false;
+    for _ in 0..10_000 {
+        if writer.try_send(send_frame(64 * 1024)) == Err(ferry_quic::TrySendError::Full) {
+            full = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(full, "the queue never filled");
+    // Plain try_send leaves the decision to the caller (the client keeps its batch and retries).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!writer.is_closed(), "a plain full queue reset the stream");
+}

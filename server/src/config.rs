@@ -199,6 +199,47 @@ impl ClusterSettings {
     }
 }
 
+/// Admission hardening (issue 21, spec "Admission under load"): address validation under load and
+/// per-source limits. A source is an IPv4 address or an IPv6 /64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HardeningSettings {
+    /// QUIC handshakes in flight above which a new Initial from an unvalidated address is answered
+    /// with a Retry (one extra round trip, only under load). 0: always Retry.
+    pub retry_threshold: u32,
+    /// Connections per source.
+    pub max_connections_per_source: u32,
+    /// New handshakes per second per source.
+    pub handshakes_per_sec_per_source: u32,
+    /// Sources the per-source limiter tracks at once (bounds its memory).
+    pub max_tracked_sources: u32,
+}
+
+impl Default for HardeningSettings {
+    fn default() -> Self {
+        HardeningSettings {
+            retry_threshold: 256,
+            max_connections_per_source: 1_024,
+            handshakes_per_sec_per_source: 200,
+            max_tracked_sources: 100_000,
+        }
+    }
+}
+
+impl HardeningSettings {
+    /// What is wrong with these settings, if anything.
+    fn problem(&self) -> Option<String> {
+        let limits = [
+            self.max_connections_per_source,
+            self.handshakes_per_sec_per_source,
+            self.max_tracked_sources,
+        ];
+        limits.contains(&0).then(|| {
+            "hardening.max_connections_per_source, handshakes_per_sec_per_source and max_tracked_sources must be positive".into()
+        })
+    }
+}
+
 /// Everything the server can be configured with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -233,6 +274,8 @@ pub struct Settings {
     pub drain_grace_ms: u32,
     /// Cluster mode.
     pub cluster: ClusterSettings,
+    /// Admission hardening.
+    pub hardening: HardeningSettings,
 }
 
 impl Default for Settings {
@@ -253,6 +296,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             drain_grace_ms: 10_000,
             cluster: ClusterSettings::default(),
+            hardening: HardeningSettings::default(),
         }
     }
 }
@@ -409,6 +453,8 @@ impl Settings {
                 self.node_id
             )
         } else if let Some(problem) = self.cluster.problem() {
+            problem
+        } else if let Some(problem) = self.hardening.problem() {
             problem
         } else if self.cert.is_some() != self.key.is_some() {
             "cert and key must be given together".into()

@@ -14,6 +14,7 @@ use ferry_quic::{codes, FrameReader, FrameWriter};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info};
 
+use crate::admission::Ticket;
 use crate::control;
 use crate::conversation;
 use crate::datagrams;
@@ -63,7 +64,9 @@ enum HandshakeError {
 }
 
 /// Serves one incoming connection until it ends.
-pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
+/// `ticket` holds the source's connection slot until this returns; the handshake stops counting as
+/// in flight once the session is established or refused.
+pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ticket: Ticket) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
@@ -87,7 +90,9 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     };
     shared.metrics.connection_opened();
     let handshake = handshake(&connection, handshake_done, &shared);
-    let (conn, control_reader, outbound) = match handshake.await {
+    let outcome = handshake.await;
+    ticket.handshake_over();
+    let (conn, control_reader, outbound) = match outcome {
         Ok(parts) => parts,
         Err(HandshakeError::Refused(code, reason)) => {
             info!(%remote, code = %code.name(), %reason, "connection refused");

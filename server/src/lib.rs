@@ -33,6 +33,7 @@ use std::sync::Arc;
 use ferry_protocol::frame::Limits;
 use ferry_store::Store;
 
+mod admission;
 pub mod auth;
 mod cluster;
 pub mod config;
@@ -44,6 +45,7 @@ mod errors;
 #[cfg(feature = "test-hooks")]
 mod hooks;
 mod http;
+mod limits;
 mod metrics;
 mod rate;
 pub mod server;

@@ -43,10 +43,18 @@ pub(crate) enum Counter {
     CommitBatches,
     /// Sends covered by those commits (mirrored from the store's statistics).
     CommitRequests,
+    /// Initials answered with a QUIC Retry (address validation under load).
+    RetriesSent,
+    /// Handshakes refused: the source already holds its maximum of connections.
+    RefusedSourceConnections,
+    /// Handshakes refused: the source exceeded its handshakes per second.
+    RefusedSourceHandshakes,
+    /// Handshakes refused: the per-source table was full of active sources.
+    RefusedSourceTable,
 }
 
 /// Name and help text of each [`Counter`], in declaration order.
-pub(crate) const COUNTERS: [(&str, &str); 14] = [
+pub(crate) const COUNTERS: [(&str, &str); 18] = [
     (
         "ferry_connections_opened_total",
         "QUIC connections accepted.",
@@ -90,6 +98,22 @@ pub(crate) const COUNTERS: [(&str, &str); 14] = [
     (
         "ferry_store_commit_requests_total",
         "Sends made durable by those group commits.",
+    ),
+    (
+        "ferry_retries_sent_total",
+        "Initials answered with a QUIC Retry (address validation under load).",
+    ),
+    (
+        "ferry_refused_source_connections_total",
+        "Handshakes refused: too many connections from the source.",
+    ),
+    (
+        "ferry_refused_source_handshakes_total",
+        "Handshakes refused: too many handshakes per second from the source.",
+    ),
+    (
+        "ferry_refused_source_table_total",
+        "Handshakes refused: too many distinct active sources tracked.",
     ),
 ];
 
@@ -143,6 +167,39 @@ impl Metrics {
     /// How many times `code` was sent as an Error, stream reset or connection close.
     pub fn errors(&self, code: ErrorCode) -> u64 {
         self.errors[error_slot(code)].load(Relaxed)
+    }
+
+    /// Initials answered with a QUIC Retry so far.
+    pub fn retries_sent(&self) -> u64 {
+        self.counters[Counter::RetriesSent as usize].load(Relaxed)
+    }
+
+    /// Handshakes refused by the per-source limits so far (all reasons).
+    pub fn source_refusals(&self) -> u64 {
+        [
+            Counter::RefusedSourceConnections,
+            Counter::RefusedSourceHandshakes,
+            Counter::RefusedSourceTable,
+        ]
+        .iter()
+        .map(|c| self.counters[*c as usize].load(Relaxed))
+        .sum()
+    }
+
+    /// An Initial was answered with a Retry.
+    pub(crate) fn retry_sent(&self) {
+        self.add(Counter::RetriesSent, 1);
+    }
+
+    /// A handshake was refused by the per-source limits.
+    pub(crate) fn source_refused(&self, why: crate::limits::Refusal) {
+        use crate::limits::Refusal;
+        let counter = match why {
+            Refusal::Connections => Counter::RefusedSourceConnections,
+            Refusal::HandshakeRate => Counter::RefusedSourceHandshakes,
+            Refusal::SourceTable => Counter::RefusedSourceTable,
+        };
+        self.add(counter, 1);
     }
 
     /// A connection was accepted.

@@ -17,6 +17,7 @@ use ferry_store::{EmbeddedStore, EmbeddedStoreOptions, RedisStore, RedisStoreOpt
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
+use crate::admission::Admission;
 use crate::auth::TokenSecret;
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -267,6 +268,7 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new(&shared.settings.hardening);
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -275,9 +277,13 @@ async fn accept_loop(
                     incoming.refuse();
                     continue;
                 };
+                // Retry under load and per-source limits, before any TLS work (FERRY-HARDEN-1, -2).
+                let Some((incoming, ticket)) = admission.admit(incoming, &shared.metrics) else {
+                    continue;
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    connection::serve(incoming, shared).await;
+                    connection::serve(incoming, shared, ticket).await;
                     drop(slot);
                 });
             }

@@ -124,7 +124,8 @@ pub(crate) async fn outbound_loop(conn: Arc<Conn>, mut outbound: mpsc::Receiver<
                     conn.shared.metrics.delivery_dropped();
                     continue;
                 };
-                match writer.try_send_encoded(frame) {
+                // A recipient that does not read is reset, not waited for (FERRY-HARDEN-4).
+                match writer.try_send_encoded_or_reset(frame) {
                     Ok(()) => conn.shared.metrics.delivery(),
                     Err(_) => conn.shared.metrics.delivery_dropped(),
                 }
