@@ -29,6 +29,7 @@ pub const DEFAULTS: Limits = Limits {
     recent_window: 50,
     typing_rate_per_sec: 5,
     max_sync_page: 100,
+    stream_idle_timeout_ms: 60_000,
 };
 
 /// Announced limits with every zero field (or all of them, when `Welcome.limits` is absent) replaced by
@@ -51,6 +52,7 @@ pub fn effective(announced: Option<&Limits>) -> Limits {
         recent_window: or(a.recent_window, d.recent_window),
         typing_rate_per_sec: or(a.typing_rate_per_sec, d.typing_rate_per_sec),
         max_sync_page: or(a.max_sync_page, d.max_sync_page),
+        stream_idle_timeout_ms: or(a.stream_idle_timeout_ms, d.stream_idle_timeout_ms),
     }
 }
 

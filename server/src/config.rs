@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ferry_protocol::frame::Limits;
+
+/// Room for everything of a `Deliver` or one-message `PullResult` besides the body (ids of at most 256
+/// bytes each, seq, time, tags and length prefixes): FERRY-LIMIT-3's `max_body_size` + 1024.
+const ENVELOPE_ROOM: u64 = 1024;
 use serde::{Deserialize, Serialize};
 
 /// Why settings could not be loaded.
@@ -458,8 +462,16 @@ impl Settings {
             problem
         } else if self.cert.is_some() != self.key.is_some() {
             "cert and key must be given together".into()
-        } else if limits.max_body_size >= limits.max_frame_size {
-            "limits.max_body_size must be smaller than limits.max_frame_size".into()
+        } else if u64::from(limits.max_frame_size) < u64::from(limits.max_body_size) + ENVELOPE_ROOM
+        {
+            // A Deliver or PullResult of a maximum-size body must fit the announced frame size, or a
+            // conforming client could never receive that message (FERRY-LIMIT-3).
+            format!(
+                "limits.max_frame_size ({}) must be at least limits.max_body_size ({}) + {ENVELOPE_ROOM} (FERRY-LIMIT-3)",
+                limits.max_frame_size, limits.max_body_size
+            )
+        } else if self.stream_idle_timeout_ms < 1000 {
+            "stream_idle_timeout_ms must be at least 1000 (FERRY-LIMIT-3)".into()
         } else if self.heartbeat_interval_ms == 0
             || self.idle_timeout_ms <= self.heartbeat_interval_ms
         {
@@ -495,6 +507,7 @@ impl Settings {
             recent_window: l.recent_window,
             typing_rate_per_sec: l.typing_rate_per_sec,
             max_sync_page: l.max_sync_page,
+            stream_idle_timeout_ms: self.stream_idle_timeout_ms,
         }
     }
 }

@@ -36,8 +36,9 @@ pub(crate) struct Conn {
     pub(crate) session: SessionHandle,
     /// The QUIC connection.
     pub(crate) connection: quinn::Connection,
-    /// Conversation → writer of the stream the server delivers that conversation on.
-    pub(crate) streams: Mutex<HashMap<Arc<str>, FrameWriter>>,
+    /// Conversation → writers of its open streams, oldest first; the server delivers on the newest
+    /// open one (FERRY-STREAM-6). Bounded by max_open_streams plus the one stream the server opens.
+    pub(crate) streams: Mutex<HashMap<Arc<str>, Vec<FrameWriter>>>,
     /// Client-opened conversation streams currently open (FERRY-STREAM-7 counts only those).
     pub(crate) open_streams: AtomicUsize,
     /// A cluster directory refresh of this session is in flight (at most one at a time).

@@ -176,14 +176,39 @@ async fn sync_page(conn: &Conn, request_id: u64, since: u64, limit: u32) -> Resu
 }
 
 async fn mark_read(conn: &Conn, conversation: &str, seq: u64) -> Result<(), Refusal> {
-    if ids::parse_conversation_id(conversation).is_none() {
-        return Err(Refusal::new(
-            ErrorCode::INVALID_ARGUMENT,
-            "malformed conversation id",
-        ));
-    }
     let store = &conn.shared.store;
-    match store.membership(conversation, &conn.session.user).await {
+    let user: &str = &conn.session.user;
+    // FERRY-READ-1 orders the checks as FERRY-STREAM-5 does for Open, so that one id gets the same
+    // answer on both paths.
+    let exists = store
+        .conversation(conversation)
+        .await
+        .map_err(from_store)?
+        .is_some();
+    match ids::parse_conversation_id(conversation) {
+        None => {
+            return Err(Refusal::new(
+                ErrorCode::INVALID_ARGUMENT,
+                "malformed conversation id",
+            ))
+        }
+        Some(ConversationRef::Direct(a, b)) => {
+            if user != a && user != b {
+                return Err(Refusal::new(ErrorCode::FORBIDDEN, "not a member"));
+            }
+            // A direct conversation not created yet has head 0: the cursor stays 0, nothing to do,
+            // and MarkRead does not create the conversation.
+            if !exists {
+                return Ok(());
+            }
+        }
+        Some(ConversationRef::Group) => {
+            if !exists {
+                return Err(Refusal::new(ErrorCode::NOT_FOUND, "no such conversation"));
+            }
+        }
+    }
+    match store.membership(conversation, user).await {
         Ok(Some(_)) => {}
         Ok(None) => return Err(Refusal::new(ErrorCode::FORBIDDEN, "not a member")),
         Err(e) => return Err(from_store(e)),

@@ -30,6 +30,10 @@ const MAX_CONNECTIONS: usize = 100_000;
 /// File name of the token-signing secret inside the data dir.
 pub const SECRET_FILE: &str = "token.secret";
 
+/// The QUIC `max_idle_timeout` the server advertises (FERRY-TRANSPORT-9): it detects a dead path and is
+/// independent of the ferry idle timeout (`Limits.idle_timeout_ms`), which detects a silent peer.
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A running server.
 pub struct ServerHandle {
     shared: Arc<Shared>,
@@ -118,7 +122,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         certs,
         key,
         ferry_protocol::ALPN,
-        Duration::from_millis(u64::from(settings.idle_timeout_ms)),
+        QUIC_IDLE_TIMEOUT,
         settings.limits.max_open_streams + 8,
     )
     .context("building QUIC config")?;
@@ -295,8 +299,10 @@ async fn accept_loop(
 
 /// Graceful shutdown: GoAway to everyone, a grace period for in-flight sends, then close.
 async fn drain(endpoint: &quinn::Endpoint, shared: &Shared) {
-    endpoint.set_server_config(None);
     let _ = shared.draining.send(true);
+    // Refusing at the QUIC level answers a connection attempt at once; ignoring it would leave the
+    // client to time out in the handshake, unable to tell draining from dead (FERRY-GOAWAY-1).
+    let refuser = tokio::spawn(refuse_while_draining(endpoint.clone()));
     let sessions = shared.sessions.all();
     info!(sessions = sessions.len(), "draining");
     // In a cluster, GoAway names the other live nodes so clients move there before this one stops.
@@ -316,6 +322,7 @@ async fn drain(endpoint: &quinn::Endpoint, shared: &Shared) {
     while !shared.sessions.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    refuser.abort();
     endpoint.close(
         codes::to_varint(ErrorCode::SHUTTING_DOWN),
         b"server shutting down",
@@ -330,4 +337,12 @@ async fn drain(endpoint: &quinn::Endpoint, shared: &Shared) {
         cluster.leave().await;
     }
     info!("stopped");
+}
+
+/// Answers every connection attempt with CONNECTION_REFUSED until aborted (at the end of the drain
+/// grace period) or the endpoint closes.
+async fn refuse_while_draining(endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        incoming.refuse();
+    }
 }

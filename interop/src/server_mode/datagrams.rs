@@ -30,6 +30,11 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
             typing_relay
         ),
         case!(
+            ["FERRY-DGRAM-6"],
+            "Typing reaches the sender's own other device, never the sending session",
+            own_devices
+        ),
+        case!(
             ["FERRY-DGRAM-6", "FERRY-AUTH-5"],
             "datagrams from a non-member are not relayed",
             non_member_dropped
@@ -187,5 +192,30 @@ async fn garbage(ctx: Arc<ServerCtx>) -> CaseResult {
     a.heartbeat(0).await.map_err(|e| {
         crate::runner::Verdict::Fail(format!("connection unusable after bad datagrams: {e}"))
     })?;
+    Ok(())
+}
+
+async fn own_devices(ctx: Arc<ServerCtx>) -> CaseResult {
+    let (alice, bob) = (ctx.user("alice"), ctx.user("bob"));
+    let conv = ctx.direct(&alice, &bob);
+    let phone = ctx.session(&alice, "phone").await?;
+    let laptop = ctx.session(&alice, "laptop").await?;
+    phone.open(&conv).await?.pull(0, 0).await?;
+    let Some(got) = relay(&phone, &laptop, &typing(&conv, &bob)).await? else {
+        fail!("no Typing relayed to the sender's other device in 20 attempts over 5 s");
+    };
+    match got.kind {
+        Some(Kind::Typing(t)) => {
+            ensure_eq!(t.user_id, alice, "Typing.user_id (server-set)");
+            ensure_eq!(t.device_id, "phone", "Typing.device_id (server-set)");
+        }
+        other => fail!("expected Typing, got {other:?}"),
+    }
+    // The sending session itself gets nothing back.
+    if let Ok(Ok(bytes)) =
+        tokio::time::timeout(Duration::from_millis(500), phone.connection.read_datagram()).await
+    {
+        fail!("the sending session got its own datagram back: {bytes:?}");
+    }
     Ok(())
 }

@@ -22,7 +22,8 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
         case!(["FERRY-FRAME-7"], "a zero-length frame is UNKNOWN_FRAME", zero_length),
         case!(["FERRY-FRAME-2", "FERRY-FRAME-10"], "an 11-byte varint prefix resets the stream with PROTOCOL_ERROR", bad_varint),
         case!(["FERRY-FRAME-6", "FERRY-FRAME-10", "FERRY-FRAME-5"], "malformed protobuf resets the stream with PROTOCOL_ERROR", malformed),
-        case!(["FERRY-FRAME-9"], "a stream ending inside a frame is PROTOCOL_ERROR", truncated),
+        case!(["FERRY-FRAME-9", "FERRY-FRAME-10", "FERRY-FRAME-13"], "a stream ending inside a frame is reset with PROTOCOL_ERROR (RESET_STREAM only: the peer already finished)", truncated),
+        case!(["FERRY-FRAME-6", "FERRY-FRAME-10"], "a known field with a valid but wrong wire type is malformed (PROTOCOL_ERROR), not unknown", wrong_wire_type),
         case!(["FERRY-FRAME-3", "FERRY-FRAME-1"], "a frame split into one-byte writes is decoded", split_frame),
         case!(["FERRY-FRAME-2"], "a non-minimal length prefix is accepted", non_minimal_varint),
         case!(["FERRY-FRAME-8"], "with two kind fields the last one wins", two_kinds),
@@ -207,4 +208,11 @@ async fn two_kinds(ctx: Arc<ServerCtx>) -> CaseResult {
         Some(Kind::PullResult(_)) => Ok(()),
         other => fail!("expected PullResult (the last kind), got {other:?}"),
     }
+}
+
+async fn wrong_wire_type(ctx: Arc<ServerCtx>) -> CaseResult {
+    // The vector malformed_wrong_wire_type_nested: Send (field 17) whose client_msg_id (field 1, a
+    // string) is a varint. A decoder that skipped it as unknown would answer the Send instead.
+    let bytes = [0x05, 0x8a, 0x01, 0x02, 0x08, 0x05];
+    stream_refuses(&ctx, &bytes, ErrorCode::PROTOCOL_ERROR, false).await
 }

@@ -41,6 +41,11 @@ async fn create(ctx: Arc<ServerCtx>) -> CaseResult {
     ensure_eq!(created.seq, 1, "seq of CREATED");
     ensure_eq!(created.kind(), MessageKind::System, "Message.kind");
     ensure_eq!(created.sender, owner, "Message.sender of CREATED");
+    ensure_eq!(
+        created.sender_device,
+        "",
+        "Message.sender_device of a system message (FERRY-MSG-13)"
+    );
     ensure!(
         created.client_msg_id.is_empty() && created.body.is_empty(),
         "system message with client_msg_id or body"

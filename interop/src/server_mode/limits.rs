@@ -17,6 +17,8 @@ use crate::{case, ensure, ensure_eq, fail, unsupported};
 pub fn cases() -> Vec<Case<ServerCtx>> {
     vec![
         case!(["FERRY-LIMIT-3", "FERRY-LIMIT-1", "FERRY-HB-4"], "announced limits are consistent", consistent),
+        case!(["FERRY-LIMIT-3", "FERRY-FRAME-4", "FERRY-PULL-3"], "a maximum-size message with maximum-length ids fits the announced max_frame_size as Deliver and as PullResult", largest_message_fits),
+        case!(["FERRY-STREAM-8", "FERRY-LIMIT-3"], "the stream idle timeout is announced in Limits.stream_idle_timeout_ms", stream_idle_announced),
         case!(["FERRY-SEND-4", "FERRY-LIMIT-2", "FERRY-SEND-7"], "more pipelined Sends than max_inflight_sends get TOO_MANY_INFLIGHT, every Send answered once", too_many_inflight),
         case!(["FERRY-SEND-4", "FERRY-LIMIT-2"], "Sends beyond send_burst get RATE_LIMITED with retry_after_ms", rate_limited),
         case!(["FERRY-HB-4", "FERRY-CONN-6"], "a silent control stream is closed with IDLE_TIMEOUT after idle_timeout_ms", idle_timeout),
@@ -41,6 +43,70 @@ async fn consistent(ctx: Arc<ServerCtx>) -> CaseResult {
         l.idle_timeout_ms > heartbeat,
         "idle_timeout_ms {} <= heartbeat_interval_ms {heartbeat}",
         l.idle_timeout_ms
+    );
+    ensure!(
+        l.stream_idle_timeout_ms >= 1000,
+        "stream_idle_timeout_ms {} < 1000",
+        l.stream_idle_timeout_ms
+    );
+    Ok(())
+}
+
+async fn stream_idle_announced(ctx: Arc<ServerCtx>) -> CaseResult {
+    ensure!(
+        ctx.announced_stream_idle_timeout_ms != 0,
+        "Welcome.limits.stream_idle_timeout_ms is not announced (0)"
+    );
+    Ok(())
+}
+
+/// A user id of exactly 64 bytes (the longest valid id) unique to the case.
+fn longest_user(ctx: &ServerCtx, tag: char) -> String {
+    let base = ctx.user("");
+    format!("{base}{}", tag.to_string().repeat(64 - base.len().min(63)))
+}
+
+async fn largest_message_fits(ctx: Arc<ServerCtx>) -> CaseResult {
+    let limit = ctx.limits.max_frame_size as usize;
+    let body = ctx.limits.max_body_size as usize;
+    if body > 4 << 20 {
+        unsupported!("max_body_size {body} is too large to send cheaply");
+    }
+    let (alice, bob) = (longest_user(&ctx, 'a'), longest_user(&ctx, 'b'));
+    let conv = ctx.direct(&alice, &bob);
+    let sender = ctx.session(&alice, &"d".repeat(64)).await?;
+    let receiver = ctx.session(&bob, "phone").await?;
+    let mut inbox = receiver.open(&conv).await?;
+    inbox.pull(0, 0).await?;
+    let mut out = sender.open(&conv).await?;
+    let id = "m".repeat(64);
+    out.send_and_ack(&id, &vec![b'x'; body]).await?;
+    // The driver's reader accepts up to 1 MiB; measure each frame against the announced limit.
+    let delivered = inbox.next("Deliver").await?;
+    ensure!(
+        matches!(delivered.kind, Some(Kind::Deliver(_))),
+        "expected Deliver, got another frame"
+    );
+    let deliver_len = prost::Message::encoded_len(&delivered);
+    ensure!(
+        deliver_len <= limit,
+        "Deliver of a {body}-byte body is {deliver_len} bytes, above max_frame_size {limit}"
+    );
+    inbox
+        .send_frame(frame(Kind::Pull(ferry_protocol::frame::Pull {
+            after_seq: 0,
+            limit: 1,
+        })))
+        .await?;
+    let page = inbox.next_non_deliver("PullResult").await?;
+    let page_len = prost::Message::encoded_len(&page);
+    match page.kind {
+        Some(Kind::PullResult(r)) => ensure_eq!(r.messages.len(), 1, "messages in the PullResult"),
+        other => fail!("expected PullResult, got {other:?}"),
+    }
+    ensure!(
+        page_len <= limit,
+        "PullResult of a {body}-byte body is {page_len} bytes, above max_frame_size {limit}"
     );
     Ok(())
 }
@@ -141,21 +207,26 @@ async fn rate_limited(ctx: Arc<ServerCtx>) -> CaseResult {
     let connections = total.div_ceil(per_connection);
     let (alice, bob) = (ctx.user("alice"), ctx.user("bob"));
     let conv = ctx.direct(&alice, &bob);
-    let mut streams = Vec::new();
     let mut sessions = Vec::new();
     for i in 0..connections {
-        let session = ctx.session(&alice, &format!("dev{i}")).await?;
-        streams.push(session.open(&conv).await?);
-        sessions.push(session);
+        sessions.push(ctx.session(&alice, &format!("dev{i}")).await?);
+    }
+    // Each stream is opened right before its batch is written: a stream opened early could reach the
+    // stream idle timeout (FERRY-STREAM-8) while the other sessions start on a loaded machine, and the
+    // server may close an idle stream that owes nothing. Once written, the stream owes answers and
+    // stays open.
+    let started = tokio::time::Instant::now();
+    let mut streams = Vec::new();
+    for (i, session) in sessions.iter().enumerate() {
+        let mut stream = session.open(&conv).await?;
+        stream
+            .send_raw(&batch(&format!("c{i}-"), per_connection))
+            .await?;
+        streams.push(stream);
     }
     // Answering thousands of Sends can take longer than the idle timeout on a slow machine: heartbeat
     // every session meanwhile, as a client would.
     let keep_alive = tokio::spawn(super::heartbeat_forever(sessions, ctx.heartbeat_every()));
-    let started = tokio::time::Instant::now();
-    for (i, s) in streams.iter_mut().enumerate() {
-        s.send_raw(&batch(&format!("c{i}-"), per_connection))
-            .await?;
-    }
     let mut limited = Vec::new();
     for s in &mut streams {
         let (_, errors) = answers(s, per_connection).await?;

@@ -184,8 +184,16 @@ async fn pipelined(ctx: Arc<ServerCtx>) -> CaseResult {
     let (alice, bob) = (ctx.user("alice"), ctx.user("bob"));
     let session = ctx.session(&alice, "phone").await?;
     let mut stream = session.open(&ctx.direct(&alice, &bob)).await?;
-    let seqs = send_many(&ctx, &mut stream, "p", 300).await?;
-    ensure_gap_free(&seqs, 300, "seqs of 300 pipelined Sends in send order")
+    // 300 Sends can take longer than idle_timeout_ms on a loaded store (a Redis Cluster): a silent
+    // control stream would then be closed with IDLE_TIMEOUT (FERRY-HB-4) mid-case, so heartbeat as a
+    // client would.
+    let keep_alive = tokio::spawn(super::heartbeat_forever(
+        vec![session],
+        ctx.heartbeat_every(),
+    ));
+    let seqs = send_many(&ctx, &mut stream, "p", 300).await;
+    keep_alive.abort();
+    ensure_gap_free(&seqs?, 300, "seqs of 300 pipelined Sends in send order")
 }
 
 async fn invalid_sends(ctx: Arc<ServerCtx>) -> CaseResult {

@@ -84,6 +84,8 @@ pub struct ServerCtx {
     pub limits: Limits,
     /// The probe session's heartbeat interval.
     pub heartbeat_interval_ms: u32,
+    /// `Limits.stream_idle_timeout_ms` as announced (0 from a server that does not announce it).
+    pub announced_stream_idle_timeout_ms: u32,
     /// See [`ServerConfig::max_wait`].
     pub max_wait: Duration,
     /// See [`ServerConfig::stream_idle_timeout`].
@@ -189,6 +191,16 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("probe session against {}: {e}", config.addr))?;
     let limits = ferry_protocol::limits::effective(probe.welcome.limits.as_ref());
     let heartbeat_interval_ms = probe.welcome.heartbeat_interval_ms;
+    let announced_stream_idle_timeout_ms = probe
+        .welcome
+        .limits
+        .as_ref()
+        .map_or(0, |l| l.stream_idle_timeout_ms);
+    // An announced stream idle timeout is authoritative; the setting covers servers that predate it.
+    let stream_idle_timeout = match announced_stream_idle_timeout_ms {
+        0 => config.stream_idle_timeout,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
     probe.close();
 
     let cases = cases();
@@ -203,8 +215,9 @@ pub async fn run(
                 target: target.clone(),
                 limits,
                 heartbeat_interval_ms,
+                announced_stream_idle_timeout_ms,
                 max_wait: config.max_wait,
-                stream_idle_timeout: config.stream_idle_timeout,
+                stream_idle_timeout,
                 proxy: config.proxy,
                 tokens: tokens.clone(),
                 prefix: format!("{run_id}-{index}"),

@@ -23,6 +23,8 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
         case!(["FERRY-STREAM-9", "FERRY-SEND-7"], "a sender's stream reset mid-way loses nothing: resending on a new stream and Pull recover everything once", sender_reset),
         case!(["FERRY-STREAM-9", "FERRY-DELIVER-4"], "a receiver's stream reset mid-way loses nothing: Pull recovers everything", receiver_reset),
         case!(["FERRY-STREAM-6"], "the newest stream of a conversation carries Deliver; the older one stays valid", newest_stream),
+        case!(["FERRY-STREAM-3", "FERRY-STREAM-6"], "when the newest stream closes, Deliver moves to the older open stream; the server opens none", fallback_stream),
+        case!(["FERRY-FRAME-13", "FERRY-ERR-9", "FERRY-STREAM-4"], "a rejected Open with a Pull pipelined behind it: the reset code decides, any Error carries the Open's code", pipelined_rejected_open),
         case!(["FERRY-STREAM-10"], "after the client finishes a stream the server answers what it owes, then finishes", finish),
         case!(["FERRY-STREAM-7", "FERRY-TRANSPORT-7", "FERRY-LIMIT-2"], "one stream more than max_open_streams is reset with TOO_MANY_STREAMS", too_many_streams),
         case!(["FERRY-STREAM-8"], "an idle conversation stream is finished with STOP_SENDING(STREAM_CLOSED)", idle_stream),
@@ -304,4 +306,46 @@ async fn idle_stream(ctx: Arc<ServerCtx>) -> CaseResult {
         "a new stream continues the conversation"
     );
     Ok(())
+}
+
+async fn fallback_stream(ctx: Arc<ServerCtx>) -> CaseResult {
+    let (alice, bob) = (ctx.user("alice"), ctx.user("bob"));
+    let conv = ctx.direct(&alice, &bob);
+    let sender = ctx.session(&alice, "phone").await?;
+    let receiver = ctx.session(&bob, "phone").await?;
+    let mut old = receiver.open(&conv).await?;
+    old.pull(0, 0).await?;
+    let mut new = receiver.open(&conv).await?;
+    new.pull(0, 0).await?;
+    // Close the newest stream in both directions and wait until the server has finished it too.
+    new.finish();
+    match new.next("end of the closed stream").await {
+        Err(DriverError::Ended(_)) => {}
+        other => fail!("expected the server to finish the closed stream, got {other:?}"),
+    }
+    let mut out = sender.open(&conv).await?;
+    let seqs = send_many(&ctx, &mut out, "fb", 1).await?;
+    let got: Vec<u64> = old.wait_delivered(1).await?.iter().map(|m| m.seq).collect();
+    ensure_eq!(got, seqs, "seq delivered on the older stream still open");
+    match tokio::time::timeout(Duration::from_secs(1), receiver.connection.accept_bi()).await {
+        Err(_) => Ok(()),
+        Ok(Ok(_)) => {
+            fail!("the server opened a stream although an older stream of {conv} was open")
+        }
+        Ok(Err(e)) => fail!("connection failed: {e}"),
+    }
+}
+
+async fn pipelined_rejected_open(ctx: Arc<ServerCtx>) -> CaseResult {
+    let (alice, carol, dave) = (ctx.user("alice"), ctx.user("carol"), ctx.user("dave"));
+    let session = ctx.session(&alice, "phone").await?;
+    let mut s = session.open(&ctx.direct(&carol, &dave)).await?;
+    s.send_frame(frame(Kind::Pull(Pull {
+        after_seq: 0,
+        limit: 1,
+    })))
+    .await?;
+    // expect_refused accepts only Errors with the Open's code and ends on the reset's code: an Error
+    // that attributed the refusal to the Pull with another code, or a PullResult, fails here.
+    expect_refused(&mut s, ErrorCode::FORBIDDEN).await
 }

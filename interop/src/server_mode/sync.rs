@@ -2,11 +2,12 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_protocol::codec::frame;
-use ferry_protocol::frame::{frame::Kind, ConversationKind, ConversationState, MarkRead};
-use ferry_protocol::ErrorCode;
+use ferry_protocol::frame::{
+    frame::Kind, ConversationKind, ConversationState, Heartbeat, MarkRead,
+};
+use ferry_protocol::{ErrorCode, Frame};
 
 use super::{expect_error, send_many, ServerCtx};
 use crate::runner::{Case, CaseResult, Verdict};
@@ -45,8 +46,8 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
             own_send_is_read
         ),
         case!(
-            ["FERRY-READ-1", "FERRY-AUTH-5"],
-            "MarkRead on a foreign or malformed conversation is an Error that closes nothing",
+            ["FERRY-READ-1", "FERRY-AUTH-5", "FERRY-ERR-9", "FERRY-ERR-1"],
+            "MarkRead errors in FERRY-STREAM-5's order (NOT_FOUND for a missing group, nothing for an own direct id not created yet), each attributable by a Heartbeat barrier",
             mark_read_errors
         ),
     ]
@@ -222,11 +223,24 @@ async fn own_send_is_read(ctx: Arc<ServerCtx>) -> CaseResult {
 }
 
 async fn mark_read_errors(ctx: Arc<ServerCtx>) -> CaseResult {
-    let (alice, carol, dave) = (ctx.user("alice"), ctx.user("carol"), ctx.user("dave"));
+    let (alice, bob, carol, dave) = (
+        ctx.user("alice"),
+        ctx.user("bob"),
+        ctx.user("carol"),
+        ctx.user("dave"),
+    );
     let mut session = ctx.session(&alice, "phone").await?;
+    let no_group = format!("g:{:032x}", rand::random::<u128>());
+    // None: a success, which is never answered. A Heartbeat after each MarkRead is the barrier of
+    // FERRY-ERR-9: an Error before its HeartbeatAck answers that MarkRead, so the answers attribute.
     for (conversation_id, code) in [
-        (ctx.direct(&carol, &dave), ErrorCode::FORBIDDEN),
-        ("no-such-kind:1".to_owned(), ErrorCode::INVALID_ARGUMENT),
+        (ctx.direct(&carol, &dave), Some(ErrorCode::FORBIDDEN)),
+        (
+            "no-such-kind:1".to_owned(),
+            Some(ErrorCode::INVALID_ARGUMENT),
+        ),
+        (no_group, Some(ErrorCode::NOT_FOUND)),
+        (ctx.direct(&alice, &bob), None),
     ] {
         session
             .send_control(frame(Kind::MarkRead(MarkRead {
@@ -234,17 +248,33 @@ async fn mark_read_errors(ctx: Arc<ServerCtx>) -> CaseResult {
                 seq: 1,
             })))
             .await?;
-        let reply =
-            tokio::time::timeout(Duration::from_secs(5), session.next_control("Error")).await;
-        match reply {
-            Ok(Ok(frame)) => {
-                let e = expect_error(frame, code)?;
+        session
+            .send_control(frame(Kind::Heartbeat(Heartbeat { sync_token: 0 })))
+            .await?;
+        let first = session.next_control("Error or HeartbeatAck").await?;
+        match (code, first.kind) {
+            (None, Some(Kind::HeartbeatAck(_))) => continue,
+            (None, other) => {
+                fail!("MarkRead on {conversation_id} (own, not created yet): expected no answer, got {other:?}")
+            }
+            (Some(code), kind) => {
+                let e = expect_error(Frame { kind }, code)
+                    .map_err(|v| Verdict::Fail(format!("MarkRead on {conversation_id}: {v:?}")))?;
                 ensure_eq!(e.request_id, 0, "Error.request_id for MarkRead");
             }
-            Ok(Err(e)) => fail!("MarkRead on {conversation_id}: expected Error {code:?}, got {e}"),
-            Err(_) => fail!("MarkRead on {conversation_id}: no Error within 5 s"),
+        }
+        match session.next_control("HeartbeatAck").await?.kind {
+            Some(Kind::HeartbeatAck(_)) => {}
+            other => {
+                fail!("after the Error for {conversation_id}: expected HeartbeatAck, got {other:?}")
+            }
         }
     }
-    session.heartbeat(0).await?;
+    // MarkRead did not create the direct conversation (FERRY-READ-1).
+    let listed = session.sync(0, 0).await?;
+    ensure!(
+        !ids(&listed.conversations).contains(&ctx.direct(&alice, &bob)),
+        "MarkRead created the direct conversation"
+    );
     Ok(())
 }

@@ -30,7 +30,7 @@ fn num() -> impl Strategy<Value = u64> {
 }
 
 fn limits() -> impl Strategy<Value = Limits> {
-    (any::<[u32; 11]>()).prop_map(|l| Limits {
+    (any::<[u32; 12]>()).prop_map(|l| Limits {
         max_frame_size: l[0],
         max_inflight_sends: l[1],
         max_open_streams: l[2],
@@ -42,6 +42,7 @@ fn limits() -> impl Strategy<Value = Limits> {
         recent_window: l[8],
         typing_rate_per_sec: l[9],
         max_sync_page: l[10],
+        stream_idle_timeout_ms: l[11],
     })
 }
 

@@ -120,6 +120,7 @@ fn limits_to_json(l: &Limits) -> Value {
         recent_window,
         typing_rate_per_sec,
         max_sync_page,
+        stream_idle_timeout_ms,
     } = l;
     Obj::default()
         .num("max_frame_size", *max_frame_size)
@@ -133,6 +134,7 @@ fn limits_to_json(l: &Limits) -> Value {
         .num("recent_window", *recent_window)
         .num("typing_rate_per_sec", *typing_rate_per_sec)
         .num("max_sync_page", *max_sync_page)
+        .num("stream_idle_timeout_ms", *stream_idle_timeout_ms)
         .done()
 }
 
@@ -627,6 +629,7 @@ fn limits_from_json(context: &str, v: &Value) -> Limits {
         recent_window: f.u32("recent_window"),
         typing_rate_per_sec: f.u32("typing_rate_per_sec"),
         max_sync_page: f.u32("max_sync_page"),
+        stream_idle_timeout_ms: f.u32("stream_idle_timeout_ms"),
     };
     f.done();
     limits

@@ -138,10 +138,10 @@ pub(crate) async fn outbound_loop(conn: Arc<Conn>, mut outbound: mpsc::Receiver<
 async fn delivery_stream(conn: &Arc<Conn>, conversation: &Arc<str>) -> Option<FrameWriter> {
     {
         let streams = conn.streams.lock().expect("streams lock");
-        if let Some(writer) = streams.get(conversation) {
-            if !writer.is_closed() {
-                return Some(writer.clone());
-            }
+        // The newest stream still open (FERRY-STREAM-6); a new one only if none is (FERRY-STREAM-3).
+        let open = streams.get(conversation).into_iter().flatten();
+        if let Some(writer) = open.rev().find(|w| !w.is_closed()) {
+            return Some(writer.clone());
         }
     }
     let opened = tokio::time::timeout(OPEN_STREAM_TIMEOUT, conn.connection.open_bi()).await;

@@ -119,20 +119,24 @@ async fn authorize_open(conn: &Conn, conversation: &str) -> Result<Membership, R
         .ok_or_else(|| Refusal::new(ErrorCode::FORBIDDEN, "not a member"))
 }
 
-/// Makes `writer` the stream the server delivers `conversation` on (the newest stream wins).
+/// Adds `writer` as the newest open stream of `conversation`: it carries Deliver from now on
+/// (FERRY-STREAM-6).
 pub(super) fn register(conn: &Conn, conversation: &Arc<str>, writer: &FrameWriter) {
     let mut streams = conn.streams.lock().expect("streams lock");
-    streams.insert(conversation.clone(), writer.clone());
+    let open = streams.entry(conversation.clone()).or_default();
+    open.retain(|w| !w.is_closed());
+    open.push(writer.clone());
 }
 
-/// Forgets `writer` as the delivery stream of `conversation`, unless a newer stream replaced it.
+/// Forgets `writer` when its stream ends; Deliver then falls back to the newest stream of the
+/// conversation still open, so the server opens a stream only if none is (FERRY-STREAM-3).
 fn unregister(conn: &Conn, conversation: &str, writer: &FrameWriter) {
     let mut streams = conn.streams.lock().expect("streams lock");
-    if streams
-        .get(conversation)
-        .is_some_and(|current| current.same_stream(writer))
-    {
-        streams.remove(conversation);
+    if let Some(open) = streams.get_mut(conversation) {
+        open.retain(|w| !w.same_stream(writer) && !w.is_closed());
+        if open.is_empty() {
+            streams.remove(conversation);
+        }
     }
 }
 
