@@ -16,7 +16,15 @@ impl Core {
     pub(super) fn on_control(&mut self, gen: u64, f: Frame, now: Instant) {
         let Some(kind) = f.kind else { return };
         match kind {
-            Kind::Welcome(w) => self.on_welcome(gen, w, now),
+            Kind::Welcome(w) => {
+                // The stream limit belongs to the session's streams (`streams.rs`); the other limits
+                // are adopted by `on_welcome`.
+                let limits = ferry_protocol::limits::effective(w.limits.as_ref());
+                if let Some(s) = self.session(gen) {
+                    s.streams.set_max_open(limits.max_open_streams);
+                }
+                self.on_welcome(gen, w, now)
+            }
             Kind::HeartbeatAck(ack) => {
                 if let Some(h) = self.session(gen).and_then(|s| s.heartbeat.as_mut()) {
                     h.on_ack();

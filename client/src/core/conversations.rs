@@ -1,6 +1,7 @@
 //! Conversation streams: SendAck, Deliver, PullResult and errors; streams the server opens or ends;
 //! relayed datagrams; and the transmit pass (Acks, Pulls, Sends) that runs once per wake-up.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -73,13 +74,14 @@ impl Core {
     /// write on it (this session has no stream of its own for the conversation yet).
     pub(crate) fn handle_accepted(&mut self, gen: u64, serial: u64, conversation: String) -> bool {
         self.pass_due = true;
+        let now = self.last_now;
         let Some(session) = self.session(gen) else {
             return false;
         };
-        if session.streams.contains_key(&conversation) {
+        if session.streams.has(&conversation) {
             return false;
         }
-        session.streams.insert(conversation, serial);
+        session.streams.accepted(conversation, serial, now);
         true
     }
 
@@ -114,11 +116,12 @@ impl Core {
                 serial,
                 conversation,
             } => {
-                if session.streams.get(&conversation) != Some(&serial) {
-                    return; // a stream we only read from (server-opened duplicate) or already replaced
+                if !session.streams.ended(&conversation, serial) {
+                    // A stream we only read from (server-opened duplicate), or one already replaced or
+                    // finished by us (its slot is free now).
+                    return;
                 }
                 tracing::debug!(%conversation, %reason, "conversation stream ended");
-                session.streams.remove(&conversation);
                 self.transmits.push_back(Transmit::Forget {
                     gen,
                     conversation: conversation.clone(),
@@ -276,7 +279,7 @@ impl Core {
                 .collect();
             self.refuse_history(conversation, code, &e.message);
             if let Some(s) = self.session(gen) {
-                if let Some(serial) = s.streams.remove(conversation) {
+                if let Some(serial) = s.streams.forget(conversation) {
                     self.transmits.push_back(Transmit::Forget {
                         gen,
                         conversation: conversation.to_owned(),
@@ -326,15 +329,38 @@ impl Core {
             }));
             self.stream(&conversation, pull);
         }
+        self.admit_streams();
         if may_send {
-            for record in self.outbox.poll_transmit(now, |_| true) {
+            // A conversation without a stream and without a free slot keeps its Sends queued and asks
+            // for a slot instead (FERRY-STREAM-7).
+            let Phase::Live(s) = &self.phase else { return };
+            let streams = &s.streams;
+            let (mut planned, mut wanted) = (HashSet::new(), Vec::new());
+            let open = |c: &str| {
+                let usable =
+                    streams.has(c) || planned.contains(c) || streams.can_open_more(planned.len());
+                if !usable && !wanted.iter().any(|w| w == c) {
+                    wanted.push(c.to_owned());
+                } else if !streams.has(c) {
+                    planned.insert(c.to_owned());
+                }
+                usable
+            };
+            for record in self.outbox.poll_transmit(now, open) {
                 let send = frame(Kind::Send(frame::Send {
                     client_msg_id: record.client_msg_id,
                     body: Bytes::clone(&record.body),
                 }));
                 self.stream(&record.conversation, send);
             }
+            // Asked for after the Sends above took their streams, so none of those is held back.
+            if let Phase::Live(s) = &mut self.phase {
+                for c in wanted {
+                    s.streams.want(&c);
+                }
+            }
         }
+        self.admit_streams();
     }
 }
 

@@ -63,6 +63,11 @@ impl Inbox {
         self.pulls.values().map(VecDeque::len).sum()
     }
 
+    /// Whether a Pull of the conversation is unanswered (its stream is not idle).
+    pub fn has_pulls(&self, conversation: &str) -> bool {
+        self.pulls.get(conversation).is_some_and(|q| !q.is_empty())
+    }
+
     /// Most window pulls in flight for one conversation: every page that overtakes the first must fit
     /// in the window's out-of-order buffer.
     fn depth(&self) -> usize {

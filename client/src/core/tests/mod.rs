@@ -4,6 +4,7 @@
 
 mod history;
 mod rules;
+mod streams;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
