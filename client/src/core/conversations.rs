@@ -54,6 +54,10 @@ pub(super) fn datagram_event(
     }
 }
 
+/// A client tracking at most this many conversations pulls each of them in a session's first flight
+/// (see `Inbox::probe_pulls`); 16 covers a phone's active chats without opening a stream per archived one.
+const PROBE_MAX_CONVERSATIONS: usize = 16;
+
 impl Core {
     /// A frame arrived on one of session `gen`'s streams. Frames of older sessions are ignored.
     pub(crate) fn handle_frame(&mut self, gen: u64, stream: StreamRef, f: Frame, now: Instant) {
@@ -310,19 +314,25 @@ impl Core {
         }
     }
 
-    /// Queues what is due: Acks (never in early data), Pulls, Sends (not while draining).
+    /// Queues what is due: Acks (never in early data), Pulls (from the first flight on: they may precede
+    /// Welcome, FERRY-HELLO-5), Sends (once Welcomed or in early data; not while draining).
     pub(super) fn transmit_pass(&mut self, now: Instant) {
         let Phase::Live(s) = &self.phase else { return };
         let (ready, welcomed, may_send) = (s.welcomed || s.early, s.welcomed, !s.draining);
-        if !ready {
-            return;
-        }
+        let gen = s.gen;
         if welcomed {
             for (conversation, seq) in self.inbox.poll_acks() {
                 self.stream(&conversation, frame(Kind::Ack(frame::Ack { seq })));
             }
         }
-        for (conversation, pull) in self.inbox.poll_pulls(now) {
+        let mut pulls = Vec::new();
+        if self.probed_gen != Some(gen) {
+            // The session's first flight: probe every tracked conversation alongside Hello and Sync.
+            self.probed_gen = Some(gen);
+            pulls = self.inbox.probe_pulls(PROBE_MAX_CONVERSATIONS, now);
+        }
+        pulls.extend(self.inbox.poll_pulls(now));
+        for (conversation, pull) in pulls {
             let pull = frame(Kind::Pull(frame::Pull {
                 after_seq: pull.after_seq,
                 limit: pull.limit,
@@ -330,7 +340,7 @@ impl Core {
             self.stream(&conversation, pull);
         }
         self.admit_streams();
-        if may_send {
+        if may_send && ready {
             // A conversation without a stream and without a free slot keeps its Sends queued and asks
             // for a slot instead (FERRY-STREAM-7).
             let Phase::Live(s) = &self.phase else { return };

@@ -234,6 +234,8 @@ pub(crate) struct Core {
     pass_due: bool,
     stats: ClientStats,
     stop: Option<Stop>,
+    /// The session whose first flight carried the probe Pulls (`Inbox::probe_pulls`).
+    probed_gen: Option<u64>,
     /// The latest `now` an input carried (for inputs without a clock of their own, e.g. store answers).
     last_now: Instant,
 }
@@ -290,6 +292,7 @@ impl Core {
             transmits: VecDeque::new(),
             pass_due: true,
             stop: None,
+            probed_gen: None,
             last_now: now,
         }
     }

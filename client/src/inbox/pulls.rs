@@ -216,6 +216,40 @@ impl Inbox {
         out
     }
 
+    /// The first flight of a session: before Sync says which conversations changed, the next page of
+    /// every tracked conversation is asked at once (after its contiguous position), so a client back
+    /// after a while has its first pages one round trip earlier and the following ones pipelined as
+    /// soon as the heads are known. Only a client with at most `max` conversations probes (each probe
+    /// costs a stream and mostly answers "nothing new"; with more, Sync picks the changed ones).
+    /// Recorded as window pulls sent at `now`.
+    pub fn probe_pulls(&mut self, max: usize, now: Instant) -> Vec<(String, PullRequest)> {
+        if self.convs.len() > max {
+            return Vec::new();
+        }
+        let mut ids: Vec<String> = self
+            .convs
+            .keys()
+            .filter(|id| !self.pulls.contains_key(*id))
+            .cloned()
+            .collect();
+        ids.sort();
+        ids.truncate(self.max_pulls.saturating_sub(self.pulls_in_flight()));
+        let page = self.page;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let after_seq = self.convs[&id].window.contiguous();
+            self.pull_sent(&id, after_seq, page, PullTag::Window, now);
+            out.push((
+                id,
+                PullRequest {
+                    after_seq,
+                    limit: page,
+                },
+            ));
+        }
+        out
+    }
+
     /// When a pull grace period or pull timeout ends. While window pulls of a conversation are in
     /// flight, only their timeout counts (the window's own timers are not consulted then; reporting them
     /// would wake the driver for nothing, again and again).

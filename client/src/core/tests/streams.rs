@@ -78,8 +78,8 @@ fn welcome_with_stream_limit(h: &mut Harness, gen: u64, max_open_streams: u32) -
 fn catch_up_of_more_conversations_than_streams_stays_within_the_limit() {
     let mut h = Harness::new(settings(&[SERVER]));
     let (gen, _) = h.establish(false);
-    let out = welcome_with_stream_limit(&mut h, gen, LIMIT as u32);
-    let sync = sync_id(&out).expect("Sync after Welcome");
+    welcome_with_stream_limit(&mut h, gen, LIMIT as u32);
+    let sync = h.last_sync.expect("Sync with Hello");
     let states = CONVS
         .iter()
         .map(|c| ConversationState {
@@ -145,8 +145,8 @@ fn catch_up_of_more_conversations_than_streams_stays_within_the_limit() {
 fn sends_beyond_the_limit_wait_in_the_outbox_for_a_free_stream() {
     let mut h = Harness::new(settings(&[SERVER]));
     let (gen, _) = h.establish(false);
-    let out = welcome_with_stream_limit(&mut h, gen, 1);
-    let sync = sync_id(&out).expect("Sync after Welcome");
+    welcome_with_stream_limit(&mut h, gen, 1);
+    let sync = h.last_sync.expect("Sync with Hello");
     h.sync_result(gen, sync, vec![], false);
     h.step();
     // Two conversations, one slot: the first gets the stream, the second's Send stays queued.
