@@ -17,12 +17,15 @@ impl Core {
         let Some(kind) = f.kind else { return };
         match kind {
             Kind::Welcome(w) => {
-                // The stream limit belongs to the session's streams (`streams.rs`); the other limits
-                // are adopted by `on_welcome`.
+                // The stream limit belongs to the session's streams (`streams.rs`) and the frame
+                // size also sizes Pull pages; the other limits are adopted by `on_welcome`.
                 let limits = ferry_protocol::limits::effective(w.limits.as_ref());
                 if let Some(s) = self.session(gen) {
                     s.streams.set_max_open(limits.max_open_streams);
                 }
+                // Pull pages are sized to fit a frame (`Inbox::page`).
+                self.inbox
+                    .set_max_frame_size(limits.max_frame_size as usize);
                 self.on_welcome(gen, w, now)
             }
             Kind::HeartbeatAck(ack) => {
