@@ -108,6 +108,13 @@ impl Outbox {
         self.in_flight
     }
 
+    /// Whether a Send of the conversation is in flight (its stream is not idle).
+    pub fn in_flight_on(&self, conversation: &str) -> bool {
+        self.entries.values().any(|e| {
+            matches!(e.state, State::InFlight { .. }) && e.record.conversation == conversation
+        })
+    }
+
     /// Whether an entry with this client_msg_id is pending.
     pub fn contains(&self, client_msg_id: &str) -> bool {
         self.ids.contains_key(client_msg_id)

@@ -101,23 +101,25 @@ fn insert_message(tx: &rusqlite::Transaction<'_>, m: &ReceivedMessage) -> Result
         MessageKind::System => 1,
     };
     let membership = m.membership.as_ref().map(|c| c.to_wire().encode_to_vec());
-    tx.execute(
+    // Cached: a catch-up commits hundreds of messages per transaction; the statement is parsed once
+    // per connection instead of once per message.
+    let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO messages (conversation, epoch, seq, sender, sender_device, client_msg_id,
              body, server_time_ms, kind, membership)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            m.conversation,
-            to_sql(m.epoch),
-            to_sql(m.seq),
-            m.sender,
-            m.sender_device,
-            m.client_msg_id,
-            &m.body[..],
-            to_sql(m.server_time_ms),
-            kind,
-            membership,
-        ],
     )?;
+    insert.execute(params![
+        m.conversation,
+        to_sql(m.epoch),
+        to_sql(m.seq),
+        m.sender,
+        m.sender_device,
+        m.client_msg_id,
+        &m.body[..],
+        to_sql(m.server_time_ms),
+        kind,
+        membership,
+    ])?;
     Ok(())
 }
 
@@ -181,21 +183,22 @@ impl ClientStore for SqliteStore {
             insert_message(&tx, m)?;
         }
         for row in &c.conversations {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR REPLACE INTO conversations
                      (conversation, epoch, contiguous_seq, app_acked_seq, head_seq)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    row.conversation,
-                    to_sql(row.epoch),
-                    to_sql(row.contiguous_seq),
-                    to_sql(row.app_acked_seq),
-                    to_sql(row.head_seq),
-                ],
-            )?;
+            )?
+            .execute(params![
+                row.conversation,
+                to_sql(row.epoch),
+                to_sql(row.contiguous_seq),
+                to_sql(row.app_acked_seq),
+                to_sql(row.head_seq),
+            ])?;
         }
         for id in &c.outbox_done {
-            tx.execute("DELETE FROM outbox WHERE client_msg_id = ?1", params![id])?;
+            tx.prepare_cached("DELETE FROM outbox WHERE client_msg_id = ?1")?
+                .execute(params![id])?;
         }
         if let Some(token) = c.sync_token {
             tx.execute(

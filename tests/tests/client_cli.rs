@@ -1,5 +1,6 @@
-//! The `ferry` binary end to end against the real server: send/listen/history/groups, exit codes, and
-//! the durable outbox surviving a SIGKILL of the client process.
+//! The `ferry` binary end to end against the real server: send/listen/history/groups, exit codes, the
+//! durable outbox surviving a SIGKILL of the client process, `listen` following until Ctrl-C with system
+//! messages in words, no progress bar into a pipe, and `status`/`whoami`.
 
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -373,4 +374,135 @@ async fn sigkill_mid_send_loses_and_duplicates_nothing() {
             "{body} was in the outbox but never stored"
         );
     }
+}
+
+/// Reads the next line of a running `ferry`'s stdout, bounded in time.
+async fn next_line(out: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
+    tokio::time::timeout(RUN, out.next_line())
+        .await
+        .expect("a line in time")
+        .unwrap()
+        .expect("stdout still open")
+}
+
+/// `ferry listen` without `--count` follows until Ctrl-C, then exits 0 and closes its connection; by
+/// default a group creation reads as words and user messages as `conv #seq user/device: text`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_follows_until_ctrl_c_and_prints_system_messages_as_words() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = server.handle.metrics().clone();
+    let mut listen = ferry(&server, "bob", "phone", &dir.path().join("b.sqlite3"));
+    listen.arg("listen");
+    let mut listener = listen.spawn().unwrap();
+    let mut heard = BufReader::new(listener.stdout.take().unwrap()).lines();
+
+    let a_store = dir.path().join("a.sqlite3");
+    let mut create = ferry(&server, "alice", "phone", &a_store);
+    create.args(["group", "create", "crew", "--members", "bob,carol"]);
+    let out = run(create, "").await;
+    check_ok(&out, "group create");
+    let group = stdout(&out).trim().to_owned();
+    assert_eq!(
+        next_line(&mut heard).await,
+        format!(r#"{group} #1 alice created the group "crew" with bob, carol"#)
+    );
+    // It keeps following: messages sent by later runs arrive on the same listener.
+    for text in ["one", "two"] {
+        let mut send = ferry(&server, "alice", "phone", &a_store);
+        send.args(["send", "--conversation", &group, text]);
+        check_ok(&run(send, "").await, "send");
+    }
+    assert_eq!(
+        next_line(&mut heard).await,
+        format!("{group} #2 alice/phone: one")
+    );
+    assert_eq!(
+        next_line(&mut heard).await,
+        format!("{group} #3 alice/phone: two")
+    );
+    assert!(
+        listener.try_wait().unwrap().is_none(),
+        "still following without --count"
+    );
+
+    let pid = listener.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(RUN, listener.wait())
+        .await
+        .expect("listen ended after Ctrl-C")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "Ctrl-C is the normal end of listen");
+    assert!(
+        ferry_tests::wait_until(Duration::from_secs(2), || metrics.connections_active() == 0).await,
+        "listen left {} connections open",
+        metrics.connections_active()
+    );
+}
+
+/// Piped, `ferry send --stdin` prints one receipt per line and nothing else (no progress bar).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_into_a_pipe_prints_receipts_and_no_progress_bar() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut send = ferry(&server, "alice", "phone", &dir.path().join("a.sqlite3"));
+    send.args(["send", "--to", "bob", "--stdin"]);
+    let out = run(send, &(lines(50).join("\n") + "\n")).await;
+    check_ok(&out, "send");
+    assert_eq!(stdout(&out).lines().count(), 50);
+    assert!(stdout(&out).lines().all(|l| l.starts_with("sent seq=")));
+    assert!(
+        out.stderr.is_empty(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ferry status` / `ferry whoami` print server, user, device, connection state and outbox size;
+/// without a server they still print (not connected, what waits in the outbox) and exit 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_whoami_report_the_client() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("a.sqlite3");
+    let mut status = ferry(&server, "alice", "phone", &store);
+    status.arg("status");
+    let out = run(status, "").await;
+    check_ok(&out, "status");
+    let text = stdout(&out);
+    let addr = server.handle.local_addr().to_string();
+    for expected in [
+        format!("server:     {addr}"),
+        "user:       alice".to_owned(),
+        "device:     phone".to_owned(),
+        format!("connection: connected to {addr}"),
+        "outbox:     0 message(s) waiting".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "{expected:?} in {text}");
+    }
+
+    // A send that times out against nobody leaves its message in the outbox; whoami says so.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut send = ferry(&server, "alice", "phone", &store);
+    send.env("FERRY_SERVER", dead.to_string());
+    send.args(["send", "--to", "bob", "--timeout", "1", "later"]);
+    assert_eq!(code(&run(send, "").await), 4);
+    let mut whoami = ferry(&server, "alice", "phone", &store);
+    whoami.env("FERRY_SERVER", dead.to_string());
+    whoami.args(["--json", "whoami", "--timeout", "1"]);
+    let out = run(whoami, "").await;
+    assert_eq!(code(&out), 4, "no connection");
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["user"], "alice");
+    assert_eq!(v["device"], "phone");
+    assert_eq!(v["connection"], "not connected");
+    assert_eq!(v["outbox"], 1);
+    assert_eq!(v["servers"][0], dead.to_string());
 }

@@ -2,6 +2,8 @@
 //! - a body above the announced `max_body_size` is refused locally with a typed error, nothing queued;
 //! - stream frames are decoded against the announced `max_frame_size` (a server announcing a small one
 //!   still serves history pages that fit it);
+//! - a server announcing a small `max_open_streams` never has to refuse a stream (TOO_MANY_STREAMS):
+//!   sends to more conversations than that all arrive, the client finishing idle streams to make room;
 //! - a client that shuts down — even while its first connection is still being dialled — closes every
 //!   connection (the server's `ferry_connections_active` returns to 0 at once, not after the idle
 //!   timeout), and so does every `ferry typing` run.
@@ -11,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ferry_client::{ClientBuilder, SendError};
-use ferry_protocol::ids;
+use ferry_protocol::{ids, ErrorCode};
 use ferry_tests::process::workspace_binary;
 use ferry_tests::{wait_until, TestServer};
 use tokio::process::Command;
@@ -76,6 +78,39 @@ async fn small_announced_limits_are_respected() {
         .unwrap();
     assert_eq!(page.len(), 60);
     bob.shutdown().await;
+    alice.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_conversations_than_open_streams_never_provoke_too_many_streams() {
+    const STREAMS: u32 = 2;
+    let server = TestServer::start_with(|s| s.limits.max_open_streams = STREAMS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = server.handle.metrics().clone();
+    let (alice, _events) = builder(&server, "alice", "phone", &dir.path().join("alice"))
+        .build()
+        .await
+        .unwrap();
+    assert!(alice.connected(WAIT).await);
+    // Six direct conversations, three Sends each, queued at once: three times the stream limit.
+    let peers = ["bob", "carol", "dave", "erin", "frank", "grace"];
+    let mut receipts = Vec::new();
+    for round in 0..3 {
+        for peer in peers {
+            let conv = ids::direct_conversation_id("alice", peer).unwrap();
+            let text = format!("{round} to {peer}");
+            receipts.push(alice.send(conv.as_str(), text).await.unwrap());
+        }
+    }
+    for r in receipts {
+        let stored = tokio::time::timeout(WAIT, r).await.unwrap().unwrap();
+        assert!(stored.seq >= 1 && stored.seq <= 3, "{stored:?}");
+    }
+    assert_eq!(
+        metrics.errors(ErrorCode::TOO_MANY_STREAMS),
+        0,
+        "the server had to refuse streams"
+    );
     alice.shutdown().await;
 }
 

@@ -14,9 +14,53 @@ Exit codes:
   4  server unreachable, or --timeout expired (unacknowledged messages stay in the outbox)
   5  rejected by the server (FORBIDDEN, INVALID_ARGUMENT, NOT_FOUND, ...)";
 
+/// Examples of `ferry` as a whole, shown in `ferry --help` before the exit codes.
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  export FERRY_SERVER=127.0.0.1:7700 FERRY_CA=ca.pem FERRY_TOKEN=v1.<payload>.<mac>
+  ferry send --to bob 'hello bob'
+  ferry listen                      # follow until Ctrl-C
+  ferry history d:alice:bob --limit 500
+  ferry status";
+
+const SEND_HELP: &str = "\
+Examples:
+  ferry send --to bob 'hello bob'
+  ferry send --conversation g:0123456789abcdef0123456789abcdef 'hello all'
+  seq 1 1000 | ferry send --to bob --stdin --json   # a progress bar on stderr if it is a terminal";
+
+const LISTEN_HELP: &str = "\
+Examples:
+  ferry listen                                  # every conversation, until Ctrl-C
+  ferry listen --conversation d:alice:bob --json
+  ferry listen --count 1 --timeout 30           # wait for one message: exit 0, or 4 after 30 s";
+
+const HISTORY_HELP: &str = "\
+Examples:
+  ferry history d:alice:bob                     # the first 100 messages
+  ferry history d:alice:bob --after 1200 --limit 5000 --json";
+
+const GROUP_HELP: &str = "\
+Examples:
+  ferry group create crew --members bob,carol   # prints the group's conversation id
+  ferry group add g:0123456789abcdef0123456789abcdef dave
+  ferry group remove g:0123456789abcdef0123456789abcdef alice   # leave";
+
+const TYPING_HELP: &str = "\
+Examples:
+  ferry typing --conversation d:alice:bob
+  ferry typing --conversation d:alice:bob --stop";
+
+const STATUS_HELP: &str = "\
+Examples:
+  ferry status           # server, user, device, connection state, outbox size
+  ferry whoami --json
+
+Exit code 4 if no connection was made within --timeout (the rest is printed anyway).";
+
 /// Ferry command-line client: send, listen, read history, manage groups, signal typing.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, after_help = EXIT_CODES)]
+#[command(name = "ferry", version, after_help = format!("{MAIN_EXAMPLES}\n\n{EXIT_CODES}"))]
 pub struct Cli {
     /// Server endpoint(s) as host:port; repeat or separate with commas for failover.
     #[arg(
@@ -53,16 +97,31 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Send messages; prints one receipt per message once the server stored it.
+    #[command(after_help = SEND_HELP)]
     Send(SendArgs),
-    /// Print delivered messages as they arrive.
+    /// Print delivered messages as they arrive, until Ctrl-C (or --count / --timeout).
+    #[command(after_help = LISTEN_HELP)]
     Listen(ListenArgs),
     /// Print stored messages of a conversation (pulling what is not local).
+    #[command(after_help = HISTORY_HELP)]
     History(HistoryArgs),
     /// Group administration.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = GROUP_HELP)]
     Group(GroupCommand),
     /// Tell the other members you are typing (or stopped): one unreliable signal, once connected.
+    #[command(after_help = TYPING_HELP)]
     Typing(TypingArgs),
+    /// Print server, user, device, connection state and outbox size.
+    #[command(visible_alias = "whoami", after_help = STATUS_HELP)]
+    Status(StatusArgs),
+}
+
+/// `ferry status` (or `ferry whoami`).
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Wait this many seconds for a connection before reporting it as missing (exit 4).
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
 }
 
 /// A well-formed conversation id (`d:<user>:<user>` or `g:<32 hex>`), checked before connecting.
@@ -105,7 +164,7 @@ pub struct ListenArgs {
     /// Only print messages of this conversation.
     #[arg(long)]
     pub conversation: Option<String>,
-    /// Exit 0 after this many messages.
+    /// Exit 0 after this many messages (without it: follow until Ctrl-C, then exit 0).
     #[arg(long)]
     pub count: Option<u64>,
     /// Stop after this many seconds: exit 4 if --count was not reached, else 0.
@@ -147,6 +206,7 @@ pub struct TypingArgs {
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
     /// Create a group; prints its conversation id.
+    #[command(after_help = GROUP_HELP)]
     Create {
         /// Group name.
         name: String,
@@ -155,6 +215,7 @@ pub enum GroupCommand {
         members: Vec<String>,
     },
     /// Add a user to a group (owner only).
+    #[command(after_help = GROUP_HELP)]
     Add {
         /// Conversation id of the group.
         conversation: String,
@@ -162,6 +223,7 @@ pub enum GroupCommand {
         user: String,
     },
     /// Remove a user from a group (owner, or yourself to leave).
+    #[command(after_help = GROUP_HELP)]
     Remove {
         /// Conversation id of the group.
         conversation: String,
@@ -286,5 +348,46 @@ mod tests {
         );
         let help = parse(&["--help"]).unwrap_err().to_string();
         assert!(help.contains("3  authentication failed"), "{help}");
+    }
+
+    /// Every command's `--help` shows at least one example that uses the command itself.
+    #[test]
+    fn every_command_help_has_an_example() {
+        let mut commands: Vec<Vec<&str>> = vec![vec![]];
+        for sub in [
+            "send", "listen", "history", "typing", "status", "whoami", "group",
+        ] {
+            commands.push(vec![sub]);
+        }
+        for sub in ["create", "add", "remove"] {
+            commands.push(vec!["group", sub]);
+        }
+        for command in commands {
+            let mut args = command.clone();
+            args.push("--help");
+            let help = parse(&args).unwrap_err();
+            assert_eq!(help.kind(), ErrorKind::DisplayHelp, "{command:?}");
+            let help = help.to_string();
+            let example = format!("ferry {}", command.first().map_or("", |c| *c));
+            let example = match command.first() {
+                Some(&"whoami") => "ferry whoami".to_owned(),
+                _ => example,
+            };
+            assert!(
+                help.contains("Examples:") && help.contains(example.trim_end()),
+                "{command:?}: {help}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_and_its_whoami_alias_parse() {
+        for name in ["status", "whoami"] {
+            let cli = parse(&[name]).unwrap();
+            assert!(matches!(
+                cli.command,
+                Command::Status(StatusArgs { timeout: 5 })
+            ));
+        }
     }
 }

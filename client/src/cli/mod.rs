@@ -1,8 +1,11 @@
-//! The `ferry` command-line tool: argument parsing (`args`) and the commands (`run`). Exit codes are
-//! listed in `args::EXIT_CODES` and in `--help`.
+//! The `ferry` command-line tool: argument parsing (`args`), the commands (`run`, and `status` for
+//! `ferry status`/`whoami`) and what they print (`format`). Exit codes are listed in `args::EXIT_CODES`
+//! and in `--help`.
 
 pub mod args;
+pub mod format;
 pub mod run;
+pub mod status;
 
 use crate::error::{ClientError, SendError};
 

@@ -2,18 +2,19 @@
 //! events (an auth failure or a replaced session ends the run with the right exit code), and shuts the
 //! client down gracefully.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::args::{Cli, Command, GroupCommand, HistoryArgs, ListenArgs, SendArgs, TypingArgs};
+use super::format::{message_line, receipt_line, typing_line};
+use super::status::{status, Status};
 use super::{CliError, EXIT_AUTH, EXIT_OTHER, EXIT_UNREACHABLE, EXIT_USAGE};
-use crate::{
-    token, Client, ClientBuilder, ConnectionState, Event, Events, ReceivedMessage, SendReceipt,
-};
+use crate::{token, Client, ClientBuilder, ConnectionState, Event, Events};
 
 /// How long commands that need the server (group, history) wait for a connection.
 const CONNECT_WAIT: Duration = Duration::from_secs(30);
@@ -45,8 +46,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         .server_name(cli.server_name.clone())
         .ca_file(&cli.ca)
         .token(cli.token.clone())
-        .device_id(device)
-        .store_path(store)
+        .device_id(device.clone())
+        .store_path(store.clone())
         .build()
         .await?;
     let (fatal_tx, fatal_rx) = watch::channel(None);
@@ -73,6 +74,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Typing(args) => {
             let watcher = tokio::spawn(watch_events(events, fatal_tx, None));
             let r = typing(&client, args, fatal_rx).await;
+            watcher.abort();
+            r
+        }
+        Command::Status(args) => {
+            let watcher = tokio::spawn(watch_events(events, fatal_tx, None));
+            let describe =
+                |stats: &_| Status::new(&cli.servers, user.as_deref(), &device, &store, stats);
+            let r = status(&client, args, describe, cli.json, fatal_rx).await;
             watcher.abort();
             r
         }
@@ -132,7 +141,8 @@ async fn watch_events(
     }
 }
 
-async fn wait_fatal(mut rx: watch::Receiver<Option<ConnectionState>>) -> CliError {
+/// Resolves with the error of the first fatal connection state (never, while there is none).
+pub(super) async fn wait_fatal(mut rx: watch::Receiver<Option<ConnectionState>>) -> CliError {
     match rx.wait_for(|s| s.is_some()).await {
         Ok(state) => fatal_error(state.as_ref().expect("some")).expect("fatal"),
         Err(_) => CliError::new(EXIT_OTHER, "client stopped"),
@@ -152,81 +162,27 @@ async fn stopped_error(
     }
 }
 
-fn receipt_line(r: &SendReceipt, json: bool) -> String {
-    if json {
-        serde_json::json!({
-            "conversation": r.conversation,
-            "seq": r.seq,
-            "client_msg_id": r.client_msg_id,
-            "duplicate": r.duplicate,
-        })
-        .to_string()
-    } else {
-        format!(
-            "sent seq={} conversation={} client_msg_id={}{}",
-            r.seq,
-            r.conversation,
-            r.client_msg_id,
-            if r.duplicate { " duplicate" } else { "" }
-        )
-    }
-}
-
-/// One line for a received message.
-pub fn message_line(m: &ReceivedMessage, json: bool) -> String {
-    if json {
-        serde_json::json!({
-            "conversation": m.conversation,
-            "seq": m.seq,
-            "from": m.sender,
-            "device": m.sender_device,
-            "body": m.text(),
-            "server_time": m.server_time_ms,
-        })
-        .to_string()
-    } else {
-        format!(
-            "{} #{} {}/{}: {}",
-            m.conversation,
-            m.seq,
-            m.sender,
-            m.sender_device,
-            m.text()
-        )
-    }
-}
-
-/// One line for a received typing signal. The JSON keys keep this order (not sorted like the other
-/// lines), as documented.
-pub fn typing_line(
-    conversation: &str,
-    from: &str,
-    device: &str,
-    active: bool,
-    json: bool,
-) -> String {
-    if json {
-        let s = |v: &str| serde_json::Value::from(v).to_string();
-        format!(
-            r#"{{"conversation":{},"typing":{active},"from":{},"device":{}}}"#,
-            s(conversation),
-            s(from),
-            s(device)
-        )
-    } else {
-        let what = if active {
-            "is typing"
-        } else {
-            "stopped typing"
-        };
-        format!("{conversation} {from}/{device} {what}")
-    }
-}
-
-fn print(line: &str) {
+/// Prints one line on stdout and flushes it (a pipe reader sees each line at once).
+pub(super) fn print(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Sends of at least this many messages show a progress bar (fewer finish before it would be read).
+const PROGRESS_FROM: usize = 10;
+
+/// A progress bar on stderr for `total` receipts, only on a terminal: a pipe or a file gets nothing
+/// (stdout keeps one receipt per line either way).
+fn progress_bar(total: usize, terminal: bool) -> Option<ProgressBar> {
+    if !terminal || total < PROGRESS_FROM {
+        return None;
+    }
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{bar:40} {pos}/{len} stored ({per_sec}, {eta} left)")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
 }
 
 async fn send(
@@ -264,6 +220,7 @@ async fn send(
     } else {
         args.text.into_iter().collect()
     };
+    let progress = progress_bar(texts.len(), std::io::stderr().is_terminal());
     // Queue everything first (pipelined), then wait for the receipts in order.
     let mut receipts = Vec::with_capacity(texts.len());
     for text in texts {
@@ -279,7 +236,13 @@ async fn send(
     for (done, receipt) in receipts.into_iter().enumerate() {
         tokio::select! {
             r = receipt => match r {
-                Ok(r) => print(&receipt_line(&r, json)),
+                Ok(r) => match &progress {
+                    Some(bar) => {
+                        bar.suspend(|| print(&receipt_line(&r, json)));
+                        bar.inc(1);
+                    }
+                    None => print(&receipt_line(&r, json)),
+                },
                 Err(e @ crate::SendError::Interrupted { .. }) => {
                     return Err(stopped_error(fatal.clone(), e.into()).await)
                 }
@@ -293,6 +256,9 @@ async fn send(
                 ))
             }
         }
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
     }
     // Messages left over from earlier runs are flushed too before exiting.
     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -323,6 +289,9 @@ async fn listen(
         .timeout
         .map(|t| Instant::now() + Duration::from_secs(t));
     let mut seen = 0u64;
+    // Installed once, before the first message: a Ctrl-C at any point afterwards ends the run cleanly.
+    let stop = interrupted();
+    tokio::pin!(stop);
     let result = loop {
         if args.count.is_some_and(|n| seen >= n) {
             break Ok(());
@@ -352,6 +321,9 @@ async fn listen(
                 }
             }
             e = wait_fatal(fatal_rx.clone()) => break Err(e),
+            // Following until interrupted is the normal end of `ferry listen` (exit 0); the client
+            // still shuts down gracefully, so the server sees the connection close.
+            _ = &mut stop => break Ok(()),
             _ = sleep => {
                 break match args.count {
                     Some(n) => Err(CliError::new(
@@ -366,6 +338,31 @@ async fn listen(
     watcher.abort();
     let _ = client;
     result
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. If the handlers cannot be installed it never resolves (the
+/// signal then ends the process the default way, as before).
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Messages asked of the library per call: each call pulls its pages pipelined; printing between calls
@@ -475,65 +472,15 @@ async fn group(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::MessageKind;
-
     #[test]
-    fn json_lines_have_the_documented_fields() {
-        let m = ReceivedMessage {
-            conversation: "d:a:b".into(),
-            seq: 3,
-            epoch: 1,
-            sender: "a".into(),
-            sender_device: "phone".into(),
-            client_msg_id: "x".into(),
-            body: bytes::Bytes::from_static(b"hi \xff"),
-            server_time_ms: 99,
-            kind: MessageKind::User,
-            membership: None,
-        };
-        let v: serde_json::Value = serde_json::from_str(&message_line(&m, true)).unwrap();
-        assert_eq!(v["from"], "a");
-        assert_eq!(v["device"], "phone");
-        assert_eq!(v["body"], "hi \u{fffd}");
-        assert_eq!(v["server_time"], 99);
-        let r = SendReceipt {
-            conversation: "d:a:b".into(),
-            seq: 4,
-            client_msg_id: "id".into(),
-            duplicate: false,
-            server_time_ms: 1,
-        };
-        assert_eq!(
-            receipt_line(&r, false),
-            "sent seq=4 conversation=d:a:b client_msg_id=id"
+    fn a_progress_bar_only_on_a_terminal_and_for_many_lines() {
+        assert!(progress_bar(1000, false).is_none(), "piped: nothing");
+        assert!(
+            progress_bar(PROGRESS_FROM - 1, true).is_none(),
+            "a few lines"
         );
-        let v: serde_json::Value = serde_json::from_str(&receipt_line(&r, true)).unwrap();
-        assert_eq!(
-            (v["seq"].as_u64(), v["duplicate"].as_bool()),
-            (Some(4), Some(false))
-        );
-    }
-
-    #[test]
-    fn typing_lines_have_the_documented_format() {
-        assert_eq!(
-            typing_line("d:a:b", "a", "phone", true, true),
-            r#"{"conversation":"d:a:b","typing":true,"from":"a","device":"phone"}"#
-        );
-        let v: serde_json::Value =
-            serde_json::from_str(&typing_line("g:1", "x\"y", "d", false, true)).unwrap();
-        assert_eq!(
-            (v["typing"].as_bool(), v["from"].as_str()),
-            (Some(false), Some("x\"y"))
-        );
-        assert_eq!(
-            typing_line("d:a:b", "a", "phone", true, false),
-            "d:a:b a/phone is typing"
-        );
-        assert_eq!(
-            typing_line("d:a:b", "a", "phone", false, false),
-            "d:a:b a/phone stopped typing"
-        );
+        let bar = progress_bar(1000, true).expect("a terminal and many lines");
+        assert_eq!(bar.length(), Some(1000));
     }
 
     #[test]

@@ -16,7 +16,18 @@ impl Core {
     pub(super) fn on_control(&mut self, gen: u64, f: Frame, now: Instant) {
         let Some(kind) = f.kind else { return };
         match kind {
-            Kind::Welcome(w) => self.on_welcome(gen, w, now),
+            Kind::Welcome(w) => {
+                // The stream limit belongs to the session's streams (`streams.rs`) and the frame
+                // size also sizes Pull pages; the other limits are adopted by `on_welcome`.
+                let limits = ferry_protocol::limits::effective(w.limits.as_ref());
+                if let Some(s) = self.session(gen) {
+                    s.streams.set_max_open(limits.max_open_streams);
+                }
+                // Pull pages are sized to fit a frame (`Inbox::page`).
+                self.inbox
+                    .set_max_frame_size(limits.max_frame_size as usize);
+                self.on_welcome(gen, w, now)
+            }
             Kind::HeartbeatAck(ack) => {
                 if let Some(h) = self.session(gen).and_then(|s| s.heartbeat.as_mut()) {
                     h.on_ack();

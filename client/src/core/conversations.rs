@@ -1,6 +1,7 @@
 //! Conversation streams: SendAck, Deliver, PullResult and errors; streams the server opens or ends;
 //! relayed datagrams; and the transmit pass (Acks, Pulls, Sends) that runs once per wake-up.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,6 +54,10 @@ pub(super) fn datagram_event(
     }
 }
 
+/// A client tracking at most this many conversations pulls each of them in a session's first flight
+/// (see `Inbox::probe_pulls`); 16 covers a phone's active chats without opening a stream per archived one.
+const PROBE_MAX_CONVERSATIONS: usize = 16;
+
 impl Core {
     /// A frame arrived on one of session `gen`'s streams. Frames of older sessions are ignored.
     pub(crate) fn handle_frame(&mut self, gen: u64, stream: StreamRef, f: Frame, now: Instant) {
@@ -73,13 +78,14 @@ impl Core {
     /// write on it (this session has no stream of its own for the conversation yet).
     pub(crate) fn handle_accepted(&mut self, gen: u64, serial: u64, conversation: String) -> bool {
         self.pass_due = true;
+        let now = self.last_now;
         let Some(session) = self.session(gen) else {
             return false;
         };
-        if session.streams.contains_key(&conversation) {
+        if session.streams.has(&conversation) {
             return false;
         }
-        session.streams.insert(conversation, serial);
+        session.streams.accepted(conversation, serial, now);
         true
     }
 
@@ -114,11 +120,12 @@ impl Core {
                 serial,
                 conversation,
             } => {
-                if session.streams.get(&conversation) != Some(&serial) {
-                    return; // a stream we only read from (server-opened duplicate) or already replaced
+                if !session.streams.ended(&conversation, serial) {
+                    // A stream we only read from (server-opened duplicate), or one already replaced or
+                    // finished by us (its slot is free now).
+                    return;
                 }
                 tracing::debug!(%conversation, %reason, "conversation stream ended");
-                session.streams.remove(&conversation);
                 self.transmits.push_back(Transmit::Forget {
                     gen,
                     conversation: conversation.clone(),
@@ -276,7 +283,7 @@ impl Core {
                 .collect();
             self.refuse_history(conversation, code, &e.message);
             if let Some(s) = self.session(gen) {
-                if let Some(serial) = s.streams.remove(conversation) {
+                if let Some(serial) = s.streams.forget(conversation) {
                     self.transmits.push_back(Transmit::Forget {
                         gen,
                         conversation: conversation.to_owned(),
@@ -307,34 +314,63 @@ impl Core {
         }
     }
 
-    /// Queues what is due: Acks (never in early data), Pulls, Sends (not while draining).
+    /// Queues what is due: Acks (never in early data), Pulls (from the first flight on: they may precede
+    /// Welcome, FERRY-HELLO-5), Sends (once Welcomed or in early data; not while draining).
     pub(super) fn transmit_pass(&mut self, now: Instant) {
         let Phase::Live(s) = &self.phase else { return };
         let (ready, welcomed, may_send) = (s.welcomed || s.early, s.welcomed, !s.draining);
-        if !ready {
-            return;
-        }
+        let gen = s.gen;
         if welcomed {
             for (conversation, seq) in self.inbox.poll_acks() {
                 self.stream(&conversation, frame(Kind::Ack(frame::Ack { seq })));
             }
         }
-        for (conversation, pull) in self.inbox.poll_pulls(now) {
+        let mut pulls = Vec::new();
+        if self.probed_gen != Some(gen) {
+            // The session's first flight: probe every tracked conversation alongside Hello and Sync.
+            self.probed_gen = Some(gen);
+            pulls = self.inbox.probe_pulls(PROBE_MAX_CONVERSATIONS, now);
+        }
+        pulls.extend(self.inbox.poll_pulls(now));
+        for (conversation, pull) in pulls {
             let pull = frame(Kind::Pull(frame::Pull {
                 after_seq: pull.after_seq,
                 limit: pull.limit,
             }));
             self.stream(&conversation, pull);
         }
-        if may_send {
-            for record in self.outbox.poll_transmit(now, |_| true) {
+        self.admit_streams();
+        if may_send && ready {
+            // A conversation without a stream and without a free slot keeps its Sends queued and asks
+            // for a slot instead (FERRY-STREAM-7).
+            let Phase::Live(s) = &self.phase else { return };
+            let streams = &s.streams;
+            let (mut planned, mut wanted) = (HashSet::new(), Vec::new());
+            let open = |c: &str| {
+                let usable =
+                    streams.has(c) || planned.contains(c) || streams.can_open_more(planned.len());
+                if !usable && !wanted.iter().any(|w| w == c) {
+                    wanted.push(c.to_owned());
+                } else if !streams.has(c) {
+                    planned.insert(c.to_owned());
+                }
+                usable
+            };
+            for record in self.outbox.poll_transmit(now, open) {
                 let send = frame(Kind::Send(frame::Send {
                     client_msg_id: record.client_msg_id,
                     body: Bytes::clone(&record.body),
                 }));
                 self.stream(&record.conversation, send);
             }
+            // Asked for after the Sends above took their streams, so none of those is held back.
+            if let Phase::Live(s) = &mut self.phase {
+                for c in wanted {
+                    s.streams.want(&c);
+                }
+            }
         }
+        self.admit_streams();
     }
 }
 

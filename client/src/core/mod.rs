@@ -25,6 +25,7 @@ mod conversations;
 mod history;
 mod requests;
 mod session;
+mod streams;
 #[cfg(test)]
 mod tests;
 
@@ -149,8 +150,8 @@ struct HistoryRequest {
 struct Session {
     gen: u64,
     remote: SocketAddr,
-    /// Conversation streams this session writes on, by conversation: the serial of each.
-    streams: HashMap<String, u64>,
+    /// Conversation streams this session writes on, within `max_open_streams`.
+    streams: streams::Streams,
     /// Early data (0-RTT) is in use on this connection.
     early: bool,
     /// The server's verdict on the early data; `None` while unknown.
@@ -233,6 +234,8 @@ pub(crate) struct Core {
     pass_due: bool,
     stats: ClientStats,
     stop: Option<Stop>,
+    /// The session whose first flight carried the probe Pulls (`Inbox::probe_pulls`).
+    probed_gen: Option<u64>,
     /// The latest `now` an input carried (for inputs without a clock of their own, e.g. store answers).
     last_now: Instant,
 }
@@ -290,6 +293,7 @@ impl Core {
             transmits: VecDeque::new(),
             pass_due: true,
             stop: None,
+            probed_gen: None,
             last_now: now,
         }
     }
@@ -472,37 +476,87 @@ impl Core {
         }
     }
 
-    /// Writes a frame on the conversation's stream, opening it first if needed. Only when live.
+    /// Writes a frame on the conversation's stream, opening it first if needed and allowed by
+    /// `max_open_streams`; otherwise the frame is held until the conversation gets a stream (see
+    /// `streams.rs`). Only when live.
     fn stream(&mut self, conversation: &str, frame: Frame) {
+        let now = self.last_now;
         let Phase::Live(session) = &mut self.phase else {
             return;
         };
         let gen = session.gen;
-        if !session.streams.contains_key(conversation) {
-            let serial = self
-                .serials
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            session.streams.insert(conversation.to_owned(), serial);
-            self.transmits.push_back(Transmit::Open {
-                gen,
-                conversation: conversation.to_owned(),
-                serial,
-            });
-            let open = self::frame(ferry_protocol::frame::frame::Kind::Open(
-                ferry_protocol::frame::Open {
-                    conversation_id: conversation.to_owned(),
-                },
-            ));
-            self.transmits.push_back(Transmit::Frame {
-                gen,
-                target: Target::Conv(conversation.to_owned()),
-                frame: open,
-            });
+        if !session.streams.has(conversation) {
+            if !session.streams.can_open() {
+                session.streams.hold(conversation, frame);
+                return;
+            }
+            self.open_stream(conversation);
+        }
+        if let Phase::Live(session) = &mut self.phase {
+            session.streams.touch(conversation, now);
         }
         self.transmits.push_back(Transmit::Frame {
             gen,
             target: Target::Conv(conversation.to_owned()),
             frame,
         });
+    }
+
+    /// Opens a stream for the conversation on the live session (the caller checked the limit) and writes
+    /// its Open frame.
+    fn open_stream(&mut self, conversation: &str) {
+        let now = self.last_now;
+        let Phase::Live(session) = &mut self.phase else {
+            return;
+        };
+        let gen = session.gen;
+        let serial = self
+            .serials
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        session.streams.opened(conversation, serial, now);
+        self.transmits.push_back(Transmit::Open {
+            gen,
+            conversation: conversation.to_owned(),
+            serial,
+        });
+        let open = self::frame(ferry_protocol::frame::frame::Kind::Open(
+            ferry_protocol::frame::Open {
+                conversation_id: conversation.to_owned(),
+            },
+        ));
+        self.transmits.push_back(Transmit::Frame {
+            gen,
+            target: Target::Conv(conversation.to_owned()),
+            frame: open,
+        });
+    }
+
+    /// Opens streams for conversations waiting for a slot (writing what was held for them) and finishes
+    /// idle streams to make room for the others.
+    fn admit_streams(&mut self) {
+        let Phase::Live(session) = &mut self.phase else {
+            return;
+        };
+        let gen = session.gen;
+        let (inbox, outbox) = (&self.inbox, &self.outbox);
+        let admitted = session
+            .streams
+            .admit(|c| inbox.has_pulls(c) || outbox.in_flight_on(c));
+        for (conversation, serial) in admitted.finish {
+            tracing::debug!(%conversation, "finishing an idle stream to stay within max_open_streams");
+            self.transmits.push_back(Transmit::Forget {
+                gen,
+                conversation,
+                serial,
+            });
+        }
+        for (conversation, frames) in admitted.open {
+            if self.live().is_some_and(|s| !s.streams.has(&conversation)) {
+                self.open_stream(&conversation);
+            }
+            for frame in frames {
+                self.stream(&conversation, frame);
+            }
+        }
     }
 }

@@ -73,10 +73,10 @@ impl Core {
             started: now,
         }));
         self.control(hello);
-        if early {
-            // Sync is idempotent and may ride in early data (the Sends follow in the transmit pass).
-            self.start_sync();
-        }
+        // Sync may precede Welcome (FERRY-HELLO-5) and ride in early data: sent with Hello, it saves the
+        // round trip of waiting for Welcome on every reconnect (Pulls and, in early data, Sends follow in
+        // the transmit pass).
+        self.start_sync();
     }
 
     /// Sends a Sync from the current token on the live session.

@@ -54,8 +54,12 @@ pub struct Inbox {
     /// Pulls sent and not yet answered, per conversation stream in request order (answers come back in
     /// that order). Kept apart from the windows: history pages are pulled for conversations without one.
     pulls: HashMap<String, VecDeque<Outstanding>>,
-    /// Page size of every Pull (the announced `max_pull_page`).
+    /// The largest Pull page the server serves (the announced `max_pull_page`).
     page: u32,
+    /// The announced `max_frame_size`: a page should fit one PullResult frame (see `Inbox::page`).
+    max_frame_size: usize,
+    /// Bytes per message on the wire, estimated from the pages received so far.
+    typical_size: usize,
     /// Most Pulls in flight over all conversations (the announced in-flight limit).
     max_pulls: usize,
 }
@@ -81,6 +85,8 @@ impl Inbox {
             learned: HashSet::new(),
             pulls: HashMap::new(),
             page: window.pull_limit.max(1),
+            max_frame_size: ferry_protocol::limits::DEFAULTS.max_frame_size as usize,
+            typical_size: pulls::INITIAL_TYPICAL_SIZE,
             max_pulls: crate::core::DEFAULT_MAX_INFLIGHT,
         }
     }

@@ -16,6 +16,14 @@ use ferry_protocol::{Arrival, PullRequest};
 use super::{initial_position, Arrived, Inbox};
 use crate::message::ReceivedMessage;
 
+/// The size assumed per message before any page was seen (the design's typical message, 256 bytes).
+pub(super) const INITIAL_TYPICAL_SIZE: usize = 256;
+
+/// A message's size in a PullResult: its strings and body plus the fixed fields and their tags.
+fn wire_size(m: &ReceivedMessage) -> usize {
+    m.body.len() + m.sender.len() + m.sender_device.len() + m.client_msg_id.len() + 32
+}
+
 /// Why a Pull was sent, to route its PullResult (results come back in request order on a stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullTag {
@@ -53,9 +61,31 @@ impl Inbox {
         }
     }
 
-    /// The Pull page size in use.
+    /// Applies the announced `max_frame_size` (0 = keep).
+    pub fn set_max_frame_size(&mut self, size: usize) {
+        if size > 0 {
+            self.max_frame_size = size;
+        }
+    }
+
+    /// The Pull page size in use: as many messages of the typical size seen so far as fill three
+    /// quarters of a frame, at most the announced `max_pull_page`. A page the server must cut at the
+    /// frame size (FERRY-PULL-3) answers fewer messages than asked, and the pipelined Pulls behind it then
+    /// leave a gap to pull again: a round trip lost.
     pub fn page(&self) -> u32 {
-        self.page
+        let fits = (self.max_frame_size / 4 * 3) / self.typical_size.max(1);
+        (fits.max(1) as u32).min(self.page)
+    }
+
+    /// Learns the typical message size from a page (a moving average, so one large message does not
+    /// shrink every following page).
+    fn observe_sizes(&mut self, page: &[ReceivedMessage]) {
+        if page.is_empty() {
+            return;
+        }
+        let total: usize = page.iter().map(wire_size).sum();
+        let average = total / page.len();
+        self.typical_size = (self.typical_size * 3 + average) / 4;
     }
 
     /// Pulls sent and not yet answered, over all conversations.
@@ -63,10 +93,15 @@ impl Inbox {
         self.pulls.values().map(VecDeque::len).sum()
     }
 
+    /// Whether a Pull of the conversation is unanswered (its stream is not idle).
+    pub fn has_pulls(&self, conversation: &str) -> bool {
+        self.pulls.get(conversation).is_some_and(|q| !q.is_empty())
+    }
+
     /// Most window pulls in flight for one conversation: every page that overtakes the first must fit
     /// in the window's out-of-order buffer.
     fn depth(&self) -> usize {
-        (self.window.max_buffered / self.page.max(1) as usize).max(1)
+        (self.window.max_buffered / self.page() as usize).max(1)
     }
 
     /// Records a Pull sent on the conversation's stream (the conversation need not have a window:
@@ -113,6 +148,7 @@ impl Inbox {
             .into_iter()
             .map(|m| ReceivedMessage::from_wire(conversation, epoch, m))
             .collect();
+        self.observe_sizes(&page);
         let mut arrived = Arrived::default();
         let Some(conv) = self.convs.get_mut(conversation) else {
             // A history page of a conversation without a window: only its requester wants it.
@@ -147,7 +183,7 @@ impl Inbox {
     /// The Pulls to send now, by conversation, already recorded as sent at `now`. A conversation behind
     /// its head gets the window's Pull and then the following pages up to the head, several in flight.
     pub fn poll_pulls(&mut self, now: Instant) -> Vec<(String, PullRequest)> {
-        let (page, depth, timeout) = (self.page, self.depth(), self.window.pull_timeout);
+        let (page, depth, timeout) = (self.page(), self.depth(), self.window.pull_timeout);
         let mut budget = self.max_pulls.saturating_sub(self.pulls_in_flight());
         let mut out = Vec::new();
         let mut ids: Vec<String> = self.convs.keys().cloned().collect();
@@ -207,6 +243,40 @@ impl Inbox {
                 self.pull_sent(&id, req.after_seq, req.limit, PullTag::Window, now);
                 out.push((id.clone(), req));
             }
+        }
+        out
+    }
+
+    /// The first flight of a session: before Sync says which conversations changed, the next page of
+    /// every tracked conversation is asked at once (after its contiguous position), so a client back
+    /// after a while has its first pages one round trip earlier and the following ones pipelined as
+    /// soon as the heads are known. Only a client with at most `max` conversations probes (each probe
+    /// costs a stream and mostly answers "nothing new"; with more, Sync picks the changed ones).
+    /// Recorded as window pulls sent at `now`.
+    pub fn probe_pulls(&mut self, max: usize, now: Instant) -> Vec<(String, PullRequest)> {
+        if self.convs.len() > max {
+            return Vec::new();
+        }
+        let mut ids: Vec<String> = self
+            .convs
+            .keys()
+            .filter(|id| !self.pulls.contains_key(*id))
+            .cloned()
+            .collect();
+        ids.sort();
+        ids.truncate(self.max_pulls.saturating_sub(self.pulls_in_flight()));
+        let page = self.page();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let after_seq = self.convs[&id].window.contiguous();
+            self.pull_sent(&id, after_seq, page, PullTag::Window, now);
+            out.push((
+                id,
+                PullRequest {
+                    after_seq,
+                    limit: page,
+                },
+            ));
         }
         out
     }

@@ -300,3 +300,35 @@ fn pipelining_respects_the_page_and_the_in_flight_limit() {
     assert_eq!(ib.on_connection_lost(), Vec::<u64>::new());
     assert_eq!(ib.poll_pulls(later)[0].1.after_seq, 960);
 }
+
+/// Pages fit the announced frame size: with 4 KiB frames and ~300-byte messages a page holds about ten,
+/// whatever larger `max_pull_page` the server allows; with the default frame size the page limit rules.
+#[test]
+fn pull_pages_are_sized_to_the_frame_size() {
+    let mut inbox = Inbox::new(WindowConfig::default(), 50, true);
+    inbox.set_pull_limits(100, 0);
+    assert_eq!(inbox.page(), 100, "1 MiB frames: the page limit rules");
+    inbox.set_max_frame_size(4096);
+    // Before any page: the assumed 256-byte messages.
+    assert_eq!(inbox.page(), (4096 / 4 * 3 / 256) as u32);
+    let now = Instant::now();
+    for round in 0..20u64 {
+        inbox.pull_sent(C, round * 10, 10, PullTag::History(1), now);
+        let messages = (1..=10)
+            .map(|i| Message {
+                body: Bytes::from(vec![b'x'; 300]),
+                ..wire(round * 10 + i)
+            })
+            .collect();
+        let result = PullResult {
+            messages,
+            head_seq: 1000,
+            has_more: true,
+            epoch: 1,
+        };
+        inbox.on_pull_result(C, result);
+    }
+    // 300-byte bodies plus ~45 bytes of names, id and fields: 3072 / ~345 = 8 or 9 per page.
+    let page = inbox.page();
+    assert!((8..=9).contains(&page), "page {page}");
+}

@@ -2,9 +2,11 @@
 //! server's part with frames and checks what the core asks the driver to do. This file is the harness
 //! (a fake driver); `rules.rs` has one test per rule.
 
+mod catchup;
 mod failover;
 mod history;
 mod rules;
+mod streams;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -93,6 +95,8 @@ struct Harness {
     commits: Vec<Commit>,
     events: Vec<Event>,
     next_id: i64,
+    /// The request id of the last Sync the core wrote (it rides with Hello).
+    last_sync: Option<u64>,
 }
 
 impl Harness {
@@ -110,6 +114,7 @@ impl Harness {
             commits: Vec::new(),
             events: Vec::new(),
             next_id: 1,
+            last_sync: None,
         }
     }
 
@@ -146,6 +151,9 @@ impl Harness {
                 Some(t) => out.push(t),
                 None => break,
             }
+        }
+        if let Some(sync) = sync_id(&out) {
+            self.last_sync = Some(sync);
         }
         out
     }
@@ -195,8 +203,8 @@ impl Harness {
     /// A Welcomed session whose first Sync answered with `states`; the wake-up after it is taken.
     fn synced(&mut self, states: Vec<ConversationState>) -> u64 {
         let (gen, _) = self.establish(false);
-        let out = self.welcome(gen);
-        let sync = sync_id(&out).expect("Sync after Welcome");
+        self.welcome(gen);
+        let sync = self.last_sync.expect("Sync with Hello");
         self.sync_result(gen, sync, states, false);
         self.step();
         gen

@@ -17,13 +17,14 @@ fn sends_are_resent_with_the_same_id_after_a_reconnect() {
         Some(Event::Connection(ConnectionState::Disconnected { .. }))
     ));
     assert!(receipt.try_recv().is_err(), "the send is still pending");
-    // The next attempt waits for the backoff; nothing is sent before Welcome (no early data here)...
+    // The next attempt waits for the backoff; Hello and Sync go at once, no Send before Welcome (no
+    // early data here)...
     let (gen, out) = h.establish(false);
     assert!(has_hello(&out));
-    assert!(sends(&out).is_empty());
-    // ...then Sync and the same client_msg_id again.
-    let out = h.welcome(gen);
     assert!(sync_id(&out).is_some());
+    assert!(sends(&out).is_empty());
+    // ...then the same client_msg_id again.
+    let out = h.welcome(gen);
     assert_eq!(sends(&out), ["m1"], "resent with the same id");
     // The SendAck deletes the outbox entry and stores the message in one commit; then the receipt.
     h.commits.clear();
@@ -97,9 +98,9 @@ fn rejected_early_data_is_replayed_over_1rtt() {
     assert!(h.core.handle_established(reopen, Ok((addr, false)), h.now));
     let out = h.step();
     assert!(has_hello(&out));
-    assert!(sends(&out).is_empty(), "1-RTT: nothing before Welcome");
+    assert!(sync_id(&out).is_some(), "Sync again, with Hello");
+    assert!(sends(&out).is_empty(), "1-RTT: no Send before Welcome");
     let out = h.welcome(reopen);
-    assert!(sync_id(&out).is_some(), "Sync again");
     assert_eq!(sends(&out), ["m1"], "the Send again, same id");
     assert!(h.events.iter().any(|e| matches!(
         e,
@@ -176,8 +177,8 @@ fn session_replaced_never_reconnects() {
 fn gaps_and_heads_from_heartbeat_ack_and_sync_pull() {
     let mut h = Harness::new(settings(&[SERVER]));
     let (gen, _) = h.establish(false);
-    let out = h.welcome(gen);
-    let sync = sync_id(&out).expect("Sync");
+    h.welcome(gen);
+    let sync = h.last_sync.expect("Sync with Hello");
     // Sync says the conversation has 2 messages: the tail is pulled.
     h.sync_result(gen, sync, vec![state(2)], false);
     assert_eq!(pulls(&h.step()), [0]);
@@ -230,8 +231,8 @@ fn gaps_and_heads_from_heartbeat_ack_and_sync_pull() {
 fn history_waits_for_the_sync_then_pulls_what_the_store_lacks() {
     let mut h = Harness::new(settings(&[SERVER]));
     let (gen, _) = h.establish(false);
-    let out = h.welcome(gen);
-    let sync = sync_id(&out).expect("Sync");
+    h.welcome(gen);
+    let sync = h.last_sync.expect("Sync with Hello");
     let (reply, mut rx) = oneshot::channel();
     h.core.handle_request(
         Request::History {
