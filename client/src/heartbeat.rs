@@ -3,8 +3,8 @@
 //!
 //! QUIC's own keep-alives keep NAT bindings open, but only an answered Heartbeat proves the *server*
 //! (not just its UDP socket) is alive and brings the heads that reveal a lost last message. A Heartbeat
-//! unanswered for the timeout (two intervals unless set) means the session is dead: the client
-//! reconnects instead of waiting for QUIC's 60 s idle timeout. After a `kill -9` of the server no
+//! unanswered for the timeout (two intervals unless set), with no other frame of the session heard
+//! meanwhile, means the session is dead: the client reconnects instead of waiting for QUIC's 60 s idle timeout. After a `kill -9` of the server no
 //! CONNECTION_CLOSE ever arrives, so this timeout *is* the failover detection time: a client of a
 //! cluster sets a short interval and timeout (e.g. 250 ms + 400 ms) to be on another node within a
 //! second.
@@ -84,6 +84,16 @@ impl HeartbeatTimer {
         self.oldest_unanswered = None;
     }
 
+    /// Some other frame of this session arrived (a delivery, an ack, a page of history): the server is
+    /// alive, only busy. Its HeartbeatAck may be queued behind that traffic on a loaded machine, so the
+    /// timeout restarts from what was last heard instead of failing over a live node: silence for the
+    /// whole timeout, not a slow HeartbeatAck, is what means dead.
+    pub fn on_heard(&mut self, now: Instant) {
+        if let Some(since) = &mut self.oldest_unanswered {
+            *since = (*since).max(now);
+        }
+    }
+
     /// When [`HeartbeatTimer::poll`] must be called next.
     pub fn next_deadline(&self) -> Instant {
         match self.oldest_unanswered {
@@ -138,6 +148,35 @@ mod tests {
         assert_eq!(h.next_deadline(), t0 + ms(900));
         assert_eq!(h.poll(t0 + ms(899)), HeartbeatAction::Wait);
         assert_eq!(h.poll(t0 + ms(900)), HeartbeatAction::Dead);
+    }
+
+    #[test]
+    fn any_frame_heard_postpones_the_verdict() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut h = HeartbeatTimer::with_timeout(ms(250), ms(400), t0);
+        assert_eq!(h.poll(t0 + ms(250)), HeartbeatAction::Send);
+        // No HeartbeatAck yet, but deliveries keep arriving: the node is busy, not dead.
+        h.on_heard(t0 + ms(600));
+        // 400 ms after the unanswered Heartbeat, but only 50 ms after the last frame: not dead.
+        assert_eq!(h.poll(t0 + ms(650)), HeartbeatAction::Send);
+        assert_eq!(h.next_deadline(), t0 + ms(900));
+        assert_eq!(h.poll(t0 + ms(900)), HeartbeatAction::Send);
+        assert_eq!(h.poll(t0 + ms(999)), HeartbeatAction::Wait);
+        // Then silence for the whole timeout since the last frame heard.
+        assert_eq!(h.poll(t0 + ms(1000)), HeartbeatAction::Dead);
+    }
+
+    #[test]
+    fn a_frame_heard_without_a_heartbeat_out_changes_nothing() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut h = HeartbeatTimer::with_timeout(ms(250), ms(400), t0);
+        h.on_heard(t0 + ms(100));
+        assert_eq!(h.next_deadline(), t0 + ms(250));
+        assert_eq!(h.poll(t0 + ms(250)), HeartbeatAction::Send);
+        assert_eq!(h.poll(t0 + ms(649)), HeartbeatAction::Send);
+        assert_eq!(h.poll(t0 + ms(650)), HeartbeatAction::Dead);
     }
 
     #[test]

@@ -170,11 +170,12 @@ struct Device {
 }
 
 /// A client of `user`/`device` homed on node `home`, knowing every node (its home first), tuned to
-/// notice a killed node within ~650 ms (no CONNECTION_CLOSE comes after `kill -9`).
+/// notice a killed node within about a second (no CONNECTION_CLOSE comes after `kill -9`): 800 ms of
+/// silence, so that a node stalled for a few hundred ms on the loaded test machine is not left.
 async fn device(nodes: &[NodeProcess], home: usize, user: &str, device: &'static str) -> Device {
     let fast = ClientBuilder::new()
         .heartbeat_interval(Duration::from_millis(250))
-        .heartbeat_timeout(Duration::from_millis(400));
+        .heartbeat_timeout(Duration::from_millis(800));
     device_with(fast, nodes, home, user, device).await
 }
 
@@ -309,7 +310,6 @@ async fn assert_all_delivered(devices: &[Device], acked: &BTreeMap<String, BTree
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 15: exceeds the 120 s nextest limit on the shared 2-core machine (20 clients fail over spuriously at a 400 ms heartbeat timeout under load); its delivery invariant held when it finished"]
 async fn kill9_of_a_node_moves_its_clients_elsewhere_and_loses_nothing() {
     let redis = RedisServer::start();
     let mut nodes = start_nodes(3, &[redis.url()], &prefix("kill9"));
@@ -328,8 +328,8 @@ async fn kill9_of_a_node_moves_its_clients_elsewhere_and_loses_nothing() {
     let acked = acked(receipts).await;
     assert_all_delivered(&devices, &acked).await;
     for &i in &on_killed {
-        // A loaded machine may make any client fail over spuriously at any moment (400 ms without an
-        // answer): what counts is that it ends up on a live node.
+        // A loaded machine may make any client fail over spuriously at any moment (800 ms without a
+        // frame): what counts is that it ends up on a live node.
         let client = &devices[i].client;
         let moved = wait_until(WAIT, || {
             let stats = client.stats();
@@ -374,7 +374,6 @@ async fn a_killed_node_id_is_free_at_once_and_a_live_one_is_refused_with_exit_3(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 15: after SIGTERM some Sends of clients that knew only the drained node stay unacked for 60 s; cause not found yet"]
 async fn sigterm_drain_moves_clients_to_the_named_nodes_without_loss() {
     let redis = RedisServer::start();
     let mut nodes = start_nodes(2, &[redis.url()], &prefix("drain"));
@@ -451,7 +450,6 @@ async fn redis_sigkill_and_restart_keeps_connections_and_loses_no_acked_message(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 15: re-registration works (1.1 s), but a client then stops (its Send ends Interrupted) after FLUSHALL; cause not found yet"]
 async fn flushall_reregisters_sessions_and_resets_epochs_never_seq_backwards() {
     let redis = RedisServer::start();
     let prefix = prefix("flushall");
@@ -526,7 +524,6 @@ async fn flushall_reregisters_sessions_and_resets_epochs_never_seq_backwards() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 15: exceeds the 120 s nextest limit on the shared machine; not yet seen passing"]
 async fn redis_cluster_master_kill_resumes_by_itself_without_a_silent_gap() {
     // 3 masters with a replica each and a 1 s cluster-node-timeout: Redis promotes the replica of a
     // killed master within seconds, and Ferry must follow the new slot map by itself.

@@ -63,7 +63,7 @@ impl Core {
     pub(crate) fn handle_frame(&mut self, gen: u64, stream: StreamRef, f: Frame, now: Instant) {
         self.pass_due = true;
         self.last_now = now;
-        if self.session(gen).is_none() {
+        if !self.heard_from(gen, now) {
             return;
         }
         match stream {

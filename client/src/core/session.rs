@@ -169,6 +169,18 @@ impl Core {
         }
     }
 
+    /// A frame of session `gen` arrived at `now`: any frame proves the node alive, so it postpones the
+    /// heartbeat verdict (see [`HeartbeatTimer::on_heard`]). False if `gen` is not the live session.
+    pub(super) fn heard_from(&mut self, gen: u64, now: Instant) -> bool {
+        let Some(session) = self.session(gen) else {
+            return false;
+        };
+        if let Some(h) = session.heartbeat.as_mut() {
+            h.on_heard(now);
+        }
+        true
+    }
+
     /// Time passed: reconnect, give up a session without Welcome, heartbeats, send timeouts, the end of
     /// a GoAway drain.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {

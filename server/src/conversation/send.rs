@@ -177,6 +177,22 @@ async fn check(
         .await
     {
         Ok(Some(m)) if m.is_member() => {}
+        // A direct conversation exists implicitly for its two users. If the store lost it after this
+        // stream was opened (Redis FLUSHALL, a restart without data), it is created again, in a new
+        // epoch the members are told of, instead of refusing one of its own parties for good.
+        Ok(None)
+            if matches!(
+                ids::parse_conversation_id(conversation),
+                Some(ids::ConversationRef::Direct(..))
+            ) =>
+        {
+            if !super::stream::authorize_open(conn, conversation)
+                .await?
+                .is_member()
+            {
+                return Err(Refusal::new(ErrorCode::FORBIDDEN, "not a member"));
+            }
+        }
         Ok(_) => return Err(Refusal::new(ErrorCode::FORBIDDEN, "not a member")),
         Err(e) => return Err(from_store(e)),
     }

@@ -80,8 +80,9 @@ async fn reject(conn: &Conn, writer: &FrameWriter, reader: &mut FrameReader, ref
     reader.stop(code);
 }
 
-/// Checks that the user may open `conversation`; creates a direct conversation on first use.
-async fn authorize_open(conn: &Conn, conversation: &str) -> Result<Membership, Refusal> {
+/// Checks that the user may open `conversation`; creates a direct conversation on first use (and again
+/// if the store lost it).
+pub(super) async fn authorize_open(conn: &Conn, conversation: &str) -> Result<Membership, Refusal> {
     let store = &conn.shared.store;
     let user: &str = &conn.session.user;
     let exists = || async {
