@@ -314,8 +314,7 @@ impl Core {
         }
     }
 
-    /// Queues what is due: Acks (never in early data), Pulls (from the first flight on: they may precede
-    /// Welcome, FERRY-HELLO-5), Sends (once Welcomed or in early data; not while draining).
+    /// Queues what is due: Acks and Pulls (once Welcomed), Sends (once Welcomed or in early data; not while draining).
     pub(super) fn transmit_pass(&mut self, now: Instant) {
         let Phase::Live(s) = &self.phase else { return };
         let (ready, welcomed, may_send) = (s.welcomed || s.early, s.welcomed, !s.draining);
@@ -325,13 +324,18 @@ impl Core {
                 self.stream(&conversation, frame(Kind::Ack(frame::Ack { seq })));
             }
         }
+        // Pulls wait for Welcome: a conversation stream opened alongside Hello can reach the server
+        // before the control stream's Hello does (streams are not ordered against each other), and the
+        // first frame a server sees must be Hello (FERRY-CONN-1).
         let mut pulls = Vec::new();
-        if self.probed_gen != Some(gen) {
-            // The session's first flight: probe every tracked conversation alongside Hello and Sync.
-            self.probed_gen = Some(gen);
-            pulls = self.inbox.probe_pulls(PROBE_MAX_CONVERSATIONS, now);
+        if welcomed {
+            if self.probed_gen != Some(gen) {
+                // The session's first pass after Welcome: probe every tracked conversation at once.
+                self.probed_gen = Some(gen);
+                pulls = self.inbox.probe_pulls(PROBE_MAX_CONVERSATIONS, now);
+            }
+            pulls.extend(self.inbox.poll_pulls(now));
         }
-        pulls.extend(self.inbox.poll_pulls(now));
         for (conversation, pull) in pulls {
             let pull = frame(Kind::Pull(frame::Pull {
                 after_seq: pull.after_seq,
