@@ -95,7 +95,7 @@ impl Shared {
     }
 }
 
-/// The default durable [`Store`]: a log-first commit point with group commit, a redb index built
+/// The default durable [`Store`](crate::Store): a log-first commit point with group commit, a redb index built
 /// behind the acks, hot state and the unindexed tail in memory.
 ///
 /// Dropping it stops the writer after the queued requests are done, lets the indexer index the rest

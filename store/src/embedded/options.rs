@@ -8,7 +8,7 @@ use super::LogFault;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "ferry.redb";
 
-/// Tuning of an [`EmbeddedStore`].
+/// Tuning of an [`EmbeddedStore`](super::EmbeddedStore).
 #[derive(Debug, Clone)]
 pub struct EmbeddedStoreOptions {
     /// How long a (conversation, sender, client_msg_id) is remembered for dedupe. Default 7 days.
@@ -50,7 +50,7 @@ impl Default for EmbeddedStoreOptions {
 pub struct CommitStats {
     /// Log appends attempted (one frame and one fsync per group that changed something).
     pub commits: u64,
-    /// Groups that failed (their callers got [`StoreError::Backend`] or [`StoreError::Unavailable`]).
+    /// Groups that failed (their callers got [`StoreError::Backend`](crate::StoreError::Backend) or [`StoreError::Unavailable`](crate::StoreError::Unavailable)).
     pub failed_commits: u64,
     /// Write requests of every kind taken into batches.
     pub requests: u64,
