@@ -12,7 +12,7 @@
 //! - [`FrameWriter::abandon`]: the stream died with a rejected 0-RTT and is never finished (see there).
 //!
 //! Slow readers (FERRY-HARDEN-4): a producer that must not wait on its peer uses
-//! [`FrameWriter::try_send_or_reset`]; when it finds the queue full, the peer has not read a whole queue
+//! [`FrameWriter::try_send_encoded_or_reset`]; when it finds the queue full, the peer has not read a whole queue
 //! plus QUIC's send window, so the task resets the stream with STREAM_CLOSED at once (even while blocked
 //! in a write) and the queued frames are freed.
 //! What one stream can pin is therefore bounded by its queue capacity plus the send window, and the
@@ -157,17 +157,6 @@ impl FrameWriter {
         Ok(self.tx.try_send(Command::Frame(frame))?)
     }
 
-    /// Queues a frame if there is room now; a full queue means the peer is a slow reader, and the
-    /// stream is reset with STREAM_CLOSED at once (see the module docs).
-    pub fn try_send_or_reset(&self, frame: Frame) -> Result<(), TrySendError> {
-        let result = self.try_send(frame);
-        if result == Err(TrySendError::Full) {
-            // notify_one keeps a permit when the task is not waiting yet, so it cannot be missed.
-            self.overflow.notify_one();
-        }
-        result
-    }
-
     /// Queues whole encoded frames (e.g. a Deliver encoded once and shared by every recipient), waiting
     /// while the queue is full. The bytes must be complete `varint(L) || B` frames: the writer does not
     /// look inside, and half a frame would corrupt the stream for the peer.
@@ -183,11 +172,13 @@ impl FrameWriter {
         Ok(self.tx.try_send(Command::Encoded(bytes))?)
     }
 
-    /// [`Self::try_send_encoded`], and on a full queue the stream is reset as by
-    /// [`Self::try_send_or_reset`]: a peer that never reads pins a bounded amount of memory.
+    /// Queues whole encoded frames if there is room now; a full queue means the peer is a slow reader,
+    /// and the stream is reset with STREAM_CLOSED at once (see the module docs), so a peer that never
+    /// reads pins a bounded amount of memory.
     pub fn try_send_encoded_or_reset(&self, bytes: Bytes) -> Result<(), TrySendError> {
         let result = self.try_send_encoded(bytes);
         if result == Err(TrySendError::Full) {
+            // notify_one keeps a permit when the task is not waiting yet, so it cannot be missed.
             self.overflow.notify_one();
         }
         result

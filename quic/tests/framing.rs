@@ -259,7 +259,7 @@ async fn a_reader_that_never_reads_is_reset_past_the_queue_bound() {
     // 64 KiB frames exhaust any send window in far fewer than 10k tries.
     let mut full = false;
     for _ in 0..10_000 {
-        match writer.try_send_or_reset(send_frame(64 * 1024)) {
+        match writer.try_send_encoded_or_reset(codec::encode(&send_frame(64 * 1024))) {
             Ok(()) => tokio::task::yield_now().await,
             Err(ferry_quic::TrySendError::Full) => {
                 full = true;
