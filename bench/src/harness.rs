@@ -123,11 +123,14 @@ pub async fn join_counted(
     Ok(total)
 }
 
+/// A receiving task: how many messages it got and their latency.
+pub type ReceiverTask = tokio::task::JoinHandle<anyhow::Result<(u64, Histogram<u64>)>>;
+
 /// Awaits the senders (messages each sent) and then the receiver (deliveries and their latency); the
 /// latency scenarios' result, timed from `started`.
 pub async fn join_delivered(
     senders: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
-    receiver: tokio::task::JoinHandle<anyhow::Result<(u64, Histogram<u64>)>>,
+    receiver: ReceiverTask,
     started: Instant,
 ) -> anyhow::Result<Delivered> {
     let mut sent = 0;
@@ -135,6 +138,27 @@ pub async fn join_delivered(
         sent += s.await.context("sender task panicked")??;
     }
     let (delivered, latency) = receiver.await.context("receiver task panicked")??;
+    Ok(Delivered {
+        sent,
+        delivered,
+        latency,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Awaits the fan-out receivers (deliveries and their latency each) after `sent` messages were acked;
+/// the fan-out scenarios' result, timed from `started`.
+pub async fn join_receivers(
+    sent: u64,
+    receivers: Vec<ReceiverTask>,
+    started: Instant,
+) -> anyhow::Result<Delivered> {
+    let (mut delivered, mut latency) = (0, histogram());
+    for r in receivers {
+        let (got, hist) = r.await.context("receiver task panicked")??;
+        delivered += got;
+        latency.add(hist)?;
+    }
     Ok(Delivered {
         sent,
         delivered,

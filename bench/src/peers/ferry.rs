@@ -175,19 +175,7 @@ impl FerryServer {
         for task in send_tasks {
             sent += task.await??;
         }
-        let mut out = Delivered {
-            sent,
-            delivered: 0,
-            latency: harness::histogram(),
-            elapsed: Duration::ZERO,
-        };
-        for task in receive_tasks {
-            let (got, hist) = task.await??;
-            out.delivered += got;
-            out.latency.add(hist)?;
-        }
-        out.elapsed = started.elapsed();
-        Ok(out)
+        harness::join_receivers(sent, receive_tasks, started).await
     }
 }
 

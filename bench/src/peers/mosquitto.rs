@@ -123,19 +123,7 @@ impl Mosquitto {
         let started = Instant::now();
         let (client, events) = self.client("fan0", p.window);
         let counted = publish_closed_loop_n(client, events, "bench/fan", p, count).await?;
-        let mut out = Delivered {
-            sent: counted.acked,
-            delivered: 0,
-            latency: harness::histogram(),
-            elapsed: Duration::ZERO,
-        };
-        for r in receivers {
-            let (got, hist) = r.await??;
-            out.delivered += got;
-            out.latency.add(hist)?;
-        }
-        out.elapsed = started.elapsed();
-        Ok(out)
+        harness::join_receivers(counted.acked, receivers, started).await
     }
 
     /// A subscriber task counting up to `count` messages on `filter` (subscribed before it returns).

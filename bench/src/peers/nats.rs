@@ -169,19 +169,7 @@ impl Nats {
         for a in acks {
             a.await??;
         }
-        let mut out = Delivered {
-            sent: count,
-            delivered: 0,
-            latency: harness::histogram(),
-            elapsed: Duration::ZERO,
-        };
-        for r in receivers {
-            let (got, hist) = r.await??;
-            out.delivered += got;
-            out.latency.add(hist)?;
-        }
-        out.elapsed = started.elapsed();
-        Ok(out)
+        harness::join_receivers(count, receivers, started).await
     }
 }
 
