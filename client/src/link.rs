@@ -236,6 +236,7 @@ impl Wire {
     }
 
     fn dial(&self, gen: u64, endpoint: String) {
+        tracing::debug!(gen, %endpoint, "dialling");
         let quic = self.endpoint.clone();
         let name = self.server_name.clone();
         let timeout = self.connect_timeout;

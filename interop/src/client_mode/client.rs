@@ -121,7 +121,7 @@ impl ClientRun {
                 status.map_err(|e| Verdict::Fail(format!("waiting for the client: {e}")))?
             }
             Err(_) => {
-                let _ = self.child.kill().await;
+                self.kill_group().await;
                 fail!(
                     "client did not exit within {} s; stderr: {}",
                     within.as_secs(),
@@ -158,13 +158,20 @@ impl ClientRun {
 
     /// Kills the client (cases where it is expected to run on).
     pub async fn kill(mut self) -> Vec<String> {
-        let _ = self.child.kill().await;
+        self.kill_group().await;
         while let Ok(Some(line)) =
             tokio::time::timeout(Duration::from_millis(200), self.lines.recv()).await
         {
             self.stdout.push(line);
         }
-        self.stdout
+        std::mem::take(&mut self.stdout)
+    }
+
+    /// SIGKILLs the client's whole process group (spawned with its own, see `Scene::spawn`) and reaps
+    /// `sh`: killing only `sh` would leave the client running.
+    async fn kill_group(&mut self) {
+        kill_group(&self.child);
+        let _ = self.child.kill().await;
     }
 
     pub(super) fn stderr_tail(&self) -> String {
@@ -182,6 +189,20 @@ impl ClientRun {
         } else {
             tail.trim().to_owned()
         }
+    }
+}
+
+/// SIGKILL to the process group led by `child`, if it still runs.
+fn kill_group(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: killpg has no memory-safety preconditions; the group is the child's own (process_group(0)).
+        unsafe { libc::killpg(pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+impl Drop for ClientRun {
+    fn drop(&mut self) {
+        kill_group(&self.child);
     }
 }
 

@@ -103,6 +103,9 @@ impl ClientCtx {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // Its own process group, so that a kill reaches the client itself and not only `sh`: an
+            // orphaned client would reconnect and take the connection meant for its restarted self.
+            .process_group(0)
             .spawn()
             .map_err(|e| Verdict::Fail(format!("starting the client command: {e}")))?;
         // Bounded: a client that floods stdout is slowed down (pipe backpressure), not buffered forever.
