@@ -130,7 +130,14 @@ pub(crate) async fn start(
         inbound_rx,
         replay: if auto { Vec::new() } else { rows },
     };
-    tokio::spawn(driver.run());
+    // One span per client, so the logs of several clients in one process can be told apart.
+    static CLIENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let span = tracing::info_span!(
+        "client",
+        n = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        device = %client.device_id
+    );
+    tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
     Ok((client, Events { rx: ev_rx }))
 }
 

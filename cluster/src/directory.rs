@@ -62,6 +62,9 @@ pub struct SessionRef<'a> {
     pub class: &'a str,
     /// Session id (unique per node instance).
     pub session: &'a str,
+    /// When the node accepted the login (Unix ms). A register or refresh never displaces a session
+    /// that logged in later, so a login that Redis applies late cannot evict its successor.
+    pub login_ms: u64,
 }
 
 /// The cluster-wide session directory.
@@ -116,17 +119,22 @@ impl SessionDirectory {
             .arg(s.session)
             .arg(self.ttl.as_millis() as u64)
             .arg(self.policy.name())
+            .arg(s.login_ms)
             .invoke_async(&mut redis)
             .await?)
     }
 
     /// Registers a new session; returns the sessions it replaces under the login policy (on any node —
-    /// the caller tells their nodes to close them with SESSION_REPLACED).
+    /// the caller tells their nodes to close them with SESSION_REPLACED), or
+    /// [`ClusterError::Superseded`] if a session that logged in later holds the place already.
     pub async fn register(&self, s: SessionRef<'_>) -> Result<Vec<SessionEntry>, ClusterError> {
         let mut redis = self.redis.clone();
         // The node's user set first: should the script's write then be lost, releasing finds nothing.
         let _: () = redis.sadd(self.keys.node_users(&self.node), s.user).await?;
         let flat: Vec<String> = self.invoke(&self.scripts.register, s).await?;
+        if flat.len() == 1 && flat[0] == "superseded" {
+            return Err(ClusterError::Superseded);
+        }
         Ok(flat
             .chunks_exact(2)
             .filter_map(|pair| SessionEntry::parse(pair[0].clone(), &pair[1]))

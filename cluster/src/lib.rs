@@ -54,6 +54,10 @@ pub enum ClusterError {
     /// Bad configuration (e.g. a malformed Redis URL).
     #[error("cluster configuration: {0}")]
     Config(String),
+    /// A session of the same device (or one the login policy lets win) logged in later than the one
+    /// being registered: the older login must close (SESSION_REPLACED), not evict the newer one.
+    #[error("a later login of this device holds its place")]
+    Superseded,
     /// Redis answered something the scripts never return.
     #[error("unexpected answer: {0}")]
     Protocol(String),

@@ -41,6 +41,7 @@ both_topologies!(
     refresh,
     refresh_restores_lost_entries_and_reports_replacement
 );
+both_topologies!(late, a_late_register_of_an_older_login_is_superseded);
 both_topologies!(release, release_node_frees_only_that_nodes_sessions);
 both_topologies!(
     registry,
@@ -63,12 +64,15 @@ async fn directory(
     SessionDirectory::new(redis, keys.clone(), node, TTL, policy)
 }
 
+/// A session ref whose login is later than every one made before (logins in call order).
 fn session<'a>(user: &'a str, device: &'a str, class: &'a str, id: &'a str) -> SessionRef<'a> {
+    static LOGINS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     SessionRef {
         user,
         device,
         class,
         session: id,
+        login_ms: LOGINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     }
 }
 
@@ -154,6 +158,28 @@ async fn refresh_restores_lost_entries_and_reports_replacement(target: RedisTarg
     assert!(!a.unregister("bob", "laptop", "a1").await.unwrap());
     assert!(b.unregister("bob", "laptop", "b1").await.unwrap());
     assert!(b.sessions("bob").await.unwrap().is_empty());
+}
+
+/// While Redis is slow a node's register of a login can land after the client gave up on that node and
+/// logged in elsewhere: the late, older login must not evict the newer session (which would then be
+/// told SESSION_REPLACED and stop for good).
+async fn a_late_register_of_an_older_login_is_superseded(target: RedisTarget) {
+    let keys = keys();
+    let a = directory(&target, &keys, "node-a", LoginPolicy::All).await;
+    let b = directory(&target, &keys, "node-b", LoginPolicy::All).await;
+    let older = session("erin", "phone", "mobile", "a1");
+    let newer = session("erin", "phone", "mobile", "b1");
+    assert!(b.register(newer).await.unwrap().is_empty());
+    match a.register(older).await {
+        Err(ClusterError::Superseded) => {}
+        other => panic!("expected Superseded, got {other:?}"),
+    }
+    let entries = a.sessions("erin").await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].session, "b1");
+    assert_eq!(b.refresh(newer).await.unwrap(), Refresh::Refreshed);
+    // The older session's own heartbeat learns it lost.
+    assert_eq!(a.refresh(older).await.unwrap(), Refresh::Replaced);
 }
 
 async fn release_node_frees_only_that_nodes_sessions(target: RedisTarget) {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_cluster::bus::{BusEvent, Datagram, Deliver, Kick};
 use ferry_cluster::{
-    Bus, Envelope, HealthConfig, Keys, NodeInfo, NodeRegistry, PeerHealth, Prober, Redis,
-    RedisTarget, Refresh, Renewal, SessionDirectory, SessionRef, Verdict,
+    Bus, ClusterError, Envelope, HealthConfig, Keys, NodeInfo, NodeRegistry, PeerHealth, Prober,
+    Redis, RedisTarget, Refresh, Renewal, SessionDirectory, SessionRef, Verdict,
 };
 use ferry_protocol::frame::Message;
 use prost::Message as _;
@@ -135,6 +135,7 @@ impl ClusterNode {
             device: &session.device,
             class: &session.device_class,
             session: key,
+            login_ms: session.login_ms,
         }
     }
 
@@ -152,11 +153,30 @@ impl ClusterNode {
             .await
         {
             Ok(replaced) => replaced,
+            Err(ClusterError::Superseded) => {
+                info!(user = %session.user, device = %session.device, "a later login of this device holds the directory; closing this one");
+                session.close_replaced();
+                return;
+            }
             Err(e) => {
                 warn!(user = %session.user, error = %e, "session not recorded in the directory");
                 return;
             }
         };
+        // While Redis is slow the register can outlive the connection: the client gave up on this node
+        // and logged in elsewhere meanwhile. A dead login must not kick that newer session (nor hold
+        // the directory entry that makes its next refresh report it replaced).
+        if session.connection.close_reason().is_some() {
+            info!(user = %session.user, device = %session.device, "connection closed during login; not replacing other sessions");
+            if let Err(e) = self
+                .directory
+                .unregister(&session.user, &session.device, &key)
+                .await
+            {
+                warn!(user = %session.user, error = %e, "session not removed from the directory; it expires");
+            }
+            return;
+        }
         for old in replaced.into_iter().filter(|e| e.node != self.node_id()) {
             info!(user = %session.user, device = %old.device, node = %old.node, "replacing a session on another node");
             let kick = BusEvent::Kick(Kick {
@@ -193,7 +213,10 @@ impl ClusterNode {
             .refresh(self.session_ref(session, &key))
             .await
         {
-            Ok(Refresh::Replaced) => session.close_replaced(),
+            Ok(Refresh::Replaced) => {
+                info!(user = %session.user, device = %session.device, "session replaced in the directory");
+                session.close_replaced()
+            }
             Ok(Refresh::Refreshed | Refresh::Restored) => {}
             Err(e) => warn!(user = %session.user, error = %e, "session refresh failed"),
         }

@@ -182,6 +182,7 @@ async fn handshake(
         outbound: outbound_tx,
         control: control.clone(),
         connection: connection.clone(),
+        login_ms: unix_millis(SystemTime::now()),
     };
     let welcome = Welcome {
         user_id: user,

@@ -48,6 +48,8 @@ pub(crate) struct SessionHandle {
     pub(crate) control: FrameWriter,
     /// The QUIC connection, to close a replaced session.
     pub(crate) connection: quinn::Connection,
+    /// When this node accepted the login (Unix ms): orders logins of one device across nodes.
+    pub(crate) login_ms: u64,
 }
 
 impl SessionHandle {

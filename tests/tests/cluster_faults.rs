@@ -24,12 +24,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Exit code of a node refused for a live-id conflict (documented in `ferry-server run --help`).
 const EXIT_NODE_CONFLICT: i32 = 3;
 
-/// A free loopback port (UDP and TCP are probed together so QUIC and HTTP may share the number).
-fn free_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a free port");
-    socket.local_addr().expect("local address").port()
-}
-
 /// One `ferry-server run` process in cluster mode.
 struct NodeProcess {
     child: Child,
@@ -39,14 +33,15 @@ struct NodeProcess {
 
 /// How to start a node: its id, the Redis, the key prefix of the test, whose identity to copy.
 fn node_command(id: &str, redis: &[String], prefix: &str, dir: &Path) -> Command {
-    let (quic, http) = (free_port(), free_port());
     let mut command = Command::new(workspace_binary("ferry-server"));
     command
         .arg("run")
         .arg("--data-dir")
         .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{quic}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
+        // Port 0: the node binds free ports and reports (and advertises) what it bound; probing for a
+        // free port first races with every other test binding ports meanwhile.
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0"])
         .args(["--node-id", id])
         .args(redis.iter().flat_map(|url| ["--redis", url.as_str()]))
         .env("FERRY_CLUSTER_KEY_PREFIX", prefix)
@@ -527,6 +522,7 @@ async fn flushall_reregisters_sessions_and_resets_epochs_never_seq_backwards() {
 async fn redis_cluster_master_kill_resumes_by_itself_without_a_silent_gap() {
     // 3 masters with a replica each and a 1 s cluster-node-timeout: Redis promotes the replica of a
     // killed master within seconds, and Ferry must follow the new slot map by itself.
+    ferry_test_support::init_logging();
     let mut redis = RedisCluster::start(3, 1);
     let nodes = start_nodes(2, &redis.urls(), &prefix("rc-master"));
     let devices = devices(&nodes, 3).await;

@@ -122,6 +122,7 @@ async fn measure(items: u64, body: usize) -> anyhow::Result<MemoryRow> {
                 device: "phone-0123456789",
                 class: "phone",
                 session: &session,
+                login_ms: i,
             })
             .await
             .with_context(|| format!("registering session {i}"))?;

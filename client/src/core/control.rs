@@ -83,6 +83,7 @@ impl Core {
             }
             Kind::GoAway(g) => {
                 if ErrorCode(g.code) == ErrorCode::SESSION_REPLACED {
+                    tracing::info!(reason = %g.reason, "replaced by another session of this device; stopping");
                     return self.fatal(ConnectionState::Replaced);
                 }
                 tracing::info!(reason = %g.reason, endpoints = ?g.endpoints, "server asked to go away");
