@@ -107,8 +107,10 @@ struct Index {
     sender: HashMap<MsgKey, DeviceKey>,
     /// Seq from the receipt, when acked.
     acked_seq: HashMap<MsgKey, (u64, u64)>,
-    /// Seq devices saw it at (the first delivery), its epoch, and whether it is a system message.
-    seen: HashMap<MsgKey, (u64, u64, bool)>,
+    /// Seq devices saw it at (the first delivery), its epoch, and the sender it claims.
+    seen: HashMap<MsgKey, (u64, u64, DeviceKey)>,
+    /// (conversation, body, device) of every send a device was about to queue.
+    intents: HashSet<(String, String, DeviceKey)>,
     /// Per device: how often each message reached it.
     counts: HashMap<DeviceKey, HashMap<MsgKey, u32>>,
     /// Per device: seqs of messages it sent itself (known from receipts or other devices' logs).
@@ -147,7 +149,12 @@ impl Index {
                 .or_default()
                 .insert((a.conversation.clone(), a.seq));
         }
-        let mut seen: HashMap<MsgKey, (u64, u64, bool)> = HashMap::new();
+        let intents = obs
+            .intents
+            .iter()
+            .map(|i| (i.conversation.clone(), i.token.clone(), i.device.clone()))
+            .collect();
+        let mut seen: HashMap<MsgKey, (u64, u64, DeviceKey)> = HashMap::new();
         let mut by_seq: HashMap<(String, u64, u64), String> = HashMap::new();
         let mut counts: HashMap<DeviceKey, HashMap<MsgKey, u32>> = HashMap::new();
         for (device, log) in &obs.delivered {
@@ -176,7 +183,8 @@ impl Index {
                         by_seq.insert(slot, d.id.clone());
                     }
                 }
-                seen.entry(key).or_insert((d.seq, d.epoch, d.system));
+                seen.entry(key)
+                    .or_insert_with(|| (d.seq, d.epoch, d.sender.clone()));
             }
         }
         for (key, &(seq, at_ms)) in &acked_seq {
@@ -199,6 +207,7 @@ impl Index {
             sender,
             acked_seq,
             seen,
+            intents,
             counts,
             own_seqs,
         }
@@ -245,12 +254,19 @@ fn check_device_log(
             Some(_) => {}
         }
         let key = (d.conversation.clone(), d.id.clone());
-        if !d.system && !index.sender.contains_key(&key) {
+        // Sent, or at least about to be (a sender killed right after its outbox write never printed
+        // the client_msg_id, but its restarted outbox still sends the message).
+        let intended = || {
+            index
+                .intents
+                .contains(&(d.conversation.clone(), d.token.clone(), d.sender.clone()))
+        };
+        if !d.system && !index.sender.contains_key(&key) && !intended() {
             out.push(v(
                 ViolationKind::NeverSent,
                 format!(
-                    "no scenario device sent {} (claims sender {})",
-                    d.id, d.sender
+                    "no scenario device sent {} (body {:?}, claims sender {})",
+                    d.id, d.token, d.sender
                 ),
             ));
         }
@@ -312,12 +328,14 @@ fn check_reach(obs: &Observations, index: &Index, out: &mut Vec<Violation>) {
     for key in messages {
         let acked = index.acked_seq.get(key).map(|&(seq, _)| seq);
         let seen = index.seen.get(key);
-        let Some(seq) = acked.or(seen.map(|&(seq, _, _)| seq)) else {
+        let Some(seq) = acked.or(seen.map(|(seq, _, _)| *seq)) else {
             continue;
         };
+        // Devices do not see their own messages: the sender per its receipts, or per the message.
         let sender = index.sender.get(key);
+        let claimed = seen.map(|(_, _, sender)| sender);
         for (device, user) in &obs.devices {
-            if Some(device) == sender {
+            if Some(device) == sender || Some(device) == claimed {
                 continue;
             }
             if !obs
@@ -343,7 +361,7 @@ fn check_reach(obs: &Observations, index: &Index, out: &mut Vec<Violation>) {
                     conversation: key.0.clone(),
                     device: device.clone(),
                     seq: Some(seq),
-                    epoch: seen.map(|&(_, epoch, _)| epoch),
+                    epoch: seen.map(|(_, epoch, _)| *epoch),
                     id: Some(key.1.clone()),
                     detail: format!("{why} at seq {seq}, never delivered to {device}"),
                     at_ms: index.acked_seq.get(key).map(|&(_, at)| at),

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::device::Line;
-use crate::observe::{device_key, Acked, Delivered, DeviceKey, Observations, Sent};
+use crate::device::{committed_entry, Line};
+use crate::observe::{device_key, Acked, Delivered, DeviceKey, Intent, Observations, Sent};
 
 /// One device of the scenario.
 #[derive(Debug, Clone)]
@@ -68,12 +68,25 @@ impl Recorder {
         let at_ms = self.now_ms();
         match line {
             Line::Ready => {}
-            Line::Sent { conversation, id } => {
+            Line::Sending {
+                conversation,
+                token,
+            } => self.obs.intents.push(Intent {
+                device: device.clone(),
+                conversation,
+                token,
+            }),
+            Line::Sent {
+                conversation,
+                id,
+                token,
+            } => {
                 *self.in_flight.entry(device.clone()).or_default() += 1;
                 self.obs.sent.push(Sent {
                     device: device.clone(),
                     conversation,
                     id,
+                    token,
                     at_ms,
                 });
             }
@@ -99,6 +112,7 @@ impl Recorder {
                 sender_user,
                 sender_device,
                 system,
+                token,
             } => {
                 self.obs
                     .delivered
@@ -111,6 +125,7 @@ impl Recorder {
                         id,
                         sender: device_key(&sender_user, &sender_device),
                         system,
+                        token,
                         at_ms,
                     });
             }
@@ -140,10 +155,17 @@ pub struct Fleet {
     specs: Vec<DeviceSpec>,
     running: Vec<Option<Running>>,
     incarnations: Vec<u32>,
+    exits: Vec<u32>,
     recorder: Arc<Mutex<Recorder>>,
     stopped: bool,
 }
 
+/// Exits a device may make on its own (crashes) before the run gives up instead of respawning it.
+const MAX_OWN_EXITS: u32 = 5;
+/// Sends asked for right before a device is killed.
+const KILL_BURST: u32 = 30;
+/// Time between asking for the burst and the SIGKILL: enough for some outbox writes, not for acks.
+const KILL_AFTER_BURST: Duration = Duration::from_millis(40);
 /// How long a device gets to exit after its stdin closed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -167,6 +189,7 @@ impl Fleet {
             specs,
             running: (0..n).map(|_| None).collect(),
             incarnations: vec![0; n],
+            exits: vec![0; n],
             recorder,
             stopped: false,
         }
@@ -179,10 +202,15 @@ impl Fleet {
 
     /// Starts device `i` (again, on the same store).
     pub async fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let spec = &self.specs[i];
         self.incarnations[i] += 1;
-        let mut child = Command::new(&self.exe)
-            .arg("device")
+        let committed = self.committed(i);
+        let mut command = Command::new(&self.exe);
+        command.arg("device");
+        if !committed.is_empty() {
+            command.args(["--committed", &committed.join(",")]);
+        }
+        let spec = &self.specs[i];
+        let mut child = command
             .args(["--endpoint", &self.endpoint.to_string()])
             .arg("--ca")
             .arg(&self.ca)
@@ -236,9 +264,36 @@ impl Fleet {
         Ok(())
     }
 
-    /// SIGKILL of device `i`; returns how many of its sends were in flight (queued, not acked).
+    /// What device `i`'s application printed so far: per conversation the last (epoch, seq), as
+    /// `--committed` entries for its next life.
+    fn committed(&self, i: usize) -> Vec<String> {
+        let rec = self.recorder.lock().expect("recorder lock");
+        let mut last: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for d in rec
+            .obs
+            .delivered
+            .get(&self.specs[i].key)
+            .into_iter()
+            .flatten()
+        {
+            last.insert(&d.conversation, (d.epoch, d.seq));
+        }
+        last.into_iter()
+            .map(|(conversation, (epoch, seq))| committed_entry(conversation, epoch, seq))
+            .collect()
+    }
+
+    /// SIGKILL of device `i` right after asking it for a burst of sends, so the kill finds a pending
+    /// outbox; returns how many of its sends were in flight (queued, not acked).
     pub async fn kill(&mut self, i: usize) -> i64 {
         if let Some(mut running) = self.running[i].take() {
+            if let Some(stdin) = running.stdin.as_mut() {
+                let _ = stdin
+                    .write_all(format!("burst {KILL_BURST}\n").as_bytes())
+                    .await;
+                let _ = stdin.flush().await;
+                tokio::time::sleep(KILL_AFTER_BURST).await;
+            }
             let _ = running.child.start_kill();
             let _ = running.child.wait().await;
             // Everything printed before the kill is still in the pipe: read it all.
@@ -283,6 +338,13 @@ impl Fleet {
                 if let Some(running) = self.running[i].take() {
                     let _ = running.reader.await;
                 }
+                self.exits[i] += 1;
+                anyhow::ensure!(
+                    self.exits[i] <= MAX_OWN_EXITS,
+                    "device {} exited on its own {} times (last: {status}); giving up",
+                    self.specs[i].key,
+                    self.exits[i]
+                );
                 exited.push((self.specs[i].key.clone(), status.to_string()));
                 self.spawn(i).await?;
             }

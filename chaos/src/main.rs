@@ -98,14 +98,21 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         "ferry-chaos: profile {} seed {seed} (replay with --seed {seed})",
         profile.name
     );
-    let report = run::run(RunConfig {
+    let run = run::run(RunConfig {
         profile,
         seed,
         server_binary,
         self_binary,
         work_dir: args.work_dir,
-    })
-    .await?;
+    });
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // On Ctrl-C or SIGTERM the run is dropped: the server is killed and its tmpfs unmounted, the
+    // devices are killed (kill_on_drop).
+    let report = tokio::select! {
+        report = run => report?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted (seed {seed})"),
+        _ = terminate.recv() => anyhow::bail!("terminated (seed {seed})"),
+    };
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.report {
         std::fs::write(path, &json)?;

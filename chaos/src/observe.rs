@@ -60,6 +60,18 @@ impl Membership {
     }
 }
 
+/// A sender was about to queue a message with body `token` (printed before the outbox write, so a
+/// sender killed right after the write still leaves this trace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// The sending device.
+    pub device: DeviceKey,
+    /// Conversation id.
+    pub conversation: String,
+    /// The body, unique per message.
+    pub token: String,
+}
+
 /// A sender queued a message (its outbox write succeeded): it may or may not be acked later.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sent {
@@ -69,6 +81,8 @@ pub struct Sent {
     pub conversation: String,
     /// The client_msg_id the sender chose.
     pub id: String,
+    /// The body.
+    pub token: String,
     /// Milliseconds since the run started, as seen by the run.
     pub at_ms: u64,
 }
@@ -103,6 +117,8 @@ pub struct Delivered {
     pub sender: DeviceKey,
     /// A system (membership) message rather than one a scenario device sent.
     pub system: bool,
+    /// The body as text.
+    pub token: String,
     /// Milliseconds since the run started.
     pub at_ms: u64,
 }
@@ -114,6 +130,8 @@ pub struct Observations {
     pub membership: Membership,
     /// Every device of the scenario → its user.
     pub devices: BTreeMap<DeviceKey, String>,
+    /// Every send about to be queued, in any order.
+    pub intents: Vec<Intent>,
     /// Every queued send, in any order.
     pub sent: Vec<Sent>,
     /// Every receipt, in any order.

@@ -39,14 +39,14 @@ pub enum ProfileError {
 }
 
 impl Profile {
-    /// The CI profile: 3 users × 2 devices, 100 s of faults; about 3 minutes of wall time.
+    /// The CI profile: 3 users × 2 devices, 150 s of faults; about 3 minutes of wall time.
     pub fn short() -> Profile {
         Profile {
             name: "short",
             users: 3,
             devices_per_user: 2,
             rate: 4.0,
-            faults_for: Duration::from_secs(100),
+            faults_for: Duration::from_secs(150),
             settle_timeout: Duration::from_secs(60),
             server_gap_ms: (5_000, 10_000),
             client_gap_ms: (3_000, 7_000),

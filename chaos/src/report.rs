@@ -107,6 +107,8 @@ pub struct Report {
     pub messages: Messages,
     /// Faults applied, by kind.
     pub faults: BTreeMap<String, u64>,
+    /// Client kills that found sends in flight (queued, not acked): the outbox had to carry them.
+    pub client_kills_with_pending: u64,
     /// Every fault applied, in order.
     pub fault_log: Vec<FaultRecord>,
     /// Violations by kind.

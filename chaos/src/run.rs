@@ -91,9 +91,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         started,
         log: Vec::new(),
         unexpected: Vec::new(),
+        kills_with_pending: 0,
     };
     chaos.apply(&plan).await?;
     chaos.calm().await?;
+    let kills_with_pending = chaos.kills_with_pending;
     let (fault_log, mut unexpected) = (chaos.log, chaos.unexpected);
 
     // Settle: no faults, no new sends; wait until nothing is owed and every receipt came back.
@@ -128,6 +130,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
 
     let rec = recorder.lock().expect("recorder lock");
     let violations = checker::check(&rec.obs);
+    if let Some(dir) = &config.work_dir {
+        // Everything the checker saw, for looking into a failure with other tools.
+        std::fs::write(dir.join("observations.json"), serde_json::to_vec(&rec.obs)?)?;
+    }
     Ok(Report {
         seed: config.seed,
         profile: profile.name.to_owned(),
@@ -139,6 +145,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         settle_ms,
         messages: Messages::count(&rec.obs),
         faults: schedule::count_kinds(fault_log.iter().map(|f| &f.fault)),
+        client_kills_with_pending: kills_with_pending,
         violations_by_kind: report::by_kind(&violations),
         violations: report::evidence(&violations, &fault_log),
         fault_log,
@@ -155,6 +162,7 @@ struct Chaos<'a> {
     started: Instant,
     log: Vec<FaultRecord>,
     unexpected: Vec<String>,
+    kills_with_pending: u64,
 }
 
 /// A fault starting or ending.
@@ -254,6 +262,7 @@ impl Chaos<'_> {
             (Fault::DiskFull, false) => self.target.free_disk()?,
             (Fault::ClientKill { device }, true) => {
                 let in_flight = self.fleet.kill(*device).await;
+                self.kills_with_pending += u64::from(in_flight > 0);
                 detail = format!(
                     "{}: {in_flight} send(s) in flight",
                     self.fleet.specs()[*device].key

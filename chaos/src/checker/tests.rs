@@ -22,6 +22,7 @@ fn send(obs: &mut Observations, device: &str, id: &str, acked_seq: Option<u64>) 
         device: device.into(),
         conversation: CONV.into(),
         id: id.into(),
+        token: format!("body of {id}"),
         at_ms: 0,
     });
     if let Some(seq) = acked_seq {
@@ -46,6 +47,7 @@ fn deliver(obs: &mut Observations, to: &str, from: &str, id: &str, seq: u64) {
             id: id.into(),
             sender: from.into(),
             system: false,
+            token: format!("body of {id}"),
             at_ms: 2,
         });
 }
@@ -176,6 +178,24 @@ fn something_nobody_sent() {
     deliver(&mut obs, "alice/laptop", "bob/phone", "ghost", 4);
     let found = kinds(&obs);
     assert!(found.contains(&ViolationKind::NeverSent), "{found:?}");
+}
+
+#[test]
+fn a_message_whose_sender_was_killed_before_printing_its_id_was_still_sent() {
+    // bob/phone printed its intent, was killed after the outbox write, and its restarted outbox sent
+    // the message: no Sent record, but not "never sent" either, and bob/phone is not owed it.
+    let mut obs = clean();
+    obs.intents.push(crate::observe::Intent {
+        device: "bob/phone".into(),
+        conversation: CONV.into(),
+        token: "body of m4".into(),
+    });
+    deliver(&mut obs, "alice/phone", "bob/phone", "m4", 4);
+    deliver(&mut obs, "alice/laptop", "bob/phone", "m4", 4);
+    assert_eq!(check(&obs), vec![]);
+    // The same body claimed by another device is not covered by bob's intent.
+    deliver(&mut obs, "bob/phone", "alice/phone", "m5", 5);
+    assert!(kinds(&obs).contains(&ViolationKind::NeverSent));
 }
 
 #[test]
