@@ -244,7 +244,7 @@ fn check_device_log(
                 ViolationKind::NonMember,
                 format!("{user} is not a member of {}", d.conversation),
             )),
-            Some(span) if !span.covers(d.seq) => out.push(v(
+            Some(span) if !span.allows(d.seq) => out.push(v(
                 ViolationKind::AfterRemoval,
                 format!(
                     "{user}'s membership covers seqs {span:?}, got seq {}",
@@ -341,7 +341,7 @@ fn check_reach(obs: &Observations, index: &Index, out: &mut Vec<Violation>) {
             if !obs
                 .membership
                 .span(&key.0, user)
-                .is_some_and(|s| s.covers(seq))
+                .is_some_and(|s| s.requires(seq))
             {
                 continue;
             }

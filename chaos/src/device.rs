@@ -77,7 +77,13 @@ pub enum Line {
         /// The body as text (a [`Line::Sending`] token for scenario messages).
         token: String,
     },
-    /// A send failed for good (the message was handed back), or the client reported trouble.
+    /// A queued send's receipt failed: the server refused it for good, or the client stopped. The
+    /// message is no longer in flight for this life of the device.
+    Refused {
+        /// What happened.
+        reason: String,
+    },
+    /// A send could not even be queued, or a line could not be understood.
     Failed {
         /// What happened.
         reason: String,
@@ -348,7 +354,7 @@ async fn send_steadily(
                     id: r.client_msg_id,
                     seq: r.seq,
                 },
-                Err(e) => Line::Failed {
+                Err(e) => Line::Refused {
                     reason: format!("send {id}: {e}"),
                 },
             };

@@ -114,6 +114,12 @@ impl Recorder {
                 system,
                 token,
             } => {
+                // System messages carry no client_msg_id: name them by their place instead.
+                let id = if id.is_empty() {
+                    format!("system:{epoch}:{seq}")
+                } else {
+                    id
+                };
                 self.obs
                     .delivered
                     .entry(device.clone())
@@ -129,12 +135,18 @@ impl Recorder {
                         at_ms,
                     });
             }
-            Line::Failed { reason } => {
-                let kept = self.failures.entry(device.clone()).or_default();
-                if kept.len() < MAX_FAILURES_KEPT {
-                    kept.push(format!("{at_ms} ms: {reason}"));
-                }
+            Line::Refused { reason } => {
+                *self.in_flight.entry(device.clone()).or_default() -= 1;
+                self.note_failure(device, at_ms, reason);
             }
+            Line::Failed { reason } => self.note_failure(device, at_ms, reason),
+        }
+    }
+
+    fn note_failure(&mut self, device: &DeviceKey, at_ms: u64, reason: String) {
+        let kept = self.failures.entry(device.clone()).or_default();
+        if kept.len() < MAX_FAILURES_KEPT {
+            kept.push(format!("{at_ms} ms: {reason}"));
         }
     }
 }
@@ -369,5 +381,52 @@ impl Fleet {
                 let _ = running.reader.await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn system(seq: u64) -> Line {
+        Line::Delivered {
+            conversation: "g:01".into(),
+            seq,
+            epoch: 9,
+            id: String::new(),
+            sender_user: "u0".into(),
+            sender_device: "setup".into(),
+            system: true,
+            token: String::new(),
+        }
+    }
+
+    #[test]
+    fn system_messages_get_distinct_ids_and_refusals_end_in_flight_sends() {
+        let mut rec = Recorder::new(Instant::now(), Observations::default());
+        let device: DeviceKey = "u1/d0".into();
+        rec.record(&device, system(1));
+        rec.record(&device, system(2));
+        let ids: Vec<_> = rec.obs.delivered[&device]
+            .iter()
+            .map(|d| d.id.clone())
+            .collect();
+        assert_eq!(ids, ["system:9:1", "system:9:2"]);
+
+        let sent = Line::Sent {
+            conversation: "g:01".into(),
+            id: "m1".into(),
+            token: "u1/d0#1:0".into(),
+        };
+        rec.record(&device, sent);
+        assert_eq!(rec.in_flight[&device], 1);
+        rec.record(
+            &device,
+            Line::Refused {
+                reason: "not a member".into(),
+            },
+        );
+        assert_eq!(rec.in_flight[&device], 0);
+        assert_eq!(rec.failures[&device].len(), 1);
     }
 }

@@ -21,7 +21,8 @@ pub fn device_key(user: &str, device: &str) -> DeviceKey {
 pub struct Span {
     /// The user sees messages with seq > `joined_after` (0: from the start).
     pub joined_after: u64,
-    /// The user sees nothing past this seq (it was removed by the message at `removed_at`).
+    /// The user was removed by the system message at this seq: it sees nothing past it, and that
+    /// message itself may or may not reach it.
     pub removed_at: Option<u64>,
 }
 
@@ -32,9 +33,14 @@ impl Span {
         removed_at: None,
     };
 
-    /// Whether a message at `seq` is meant for this member.
-    pub fn covers(&self, seq: u64) -> bool {
+    /// Whether a message at `seq` may reach this member.
+    pub fn allows(&self, seq: u64) -> bool {
         seq > self.joined_after && self.removed_at.is_none_or(|r| seq <= r)
+    }
+
+    /// Whether a message at `seq` must reach this member.
+    pub fn requires(&self, seq: u64) -> bool {
+        seq > self.joined_after && self.removed_at.is_none_or(|r| seq < r)
     }
 }
 

@@ -117,7 +117,9 @@ pub struct Report {
     pub violations: Vec<Evidence>,
     /// Processes that exited although the run did not kill them (crashes).
     pub unexpected_exits: Vec<String>,
-    /// Sends that failed for good, per device (first few).
+    /// Membership changes made during the run (the checker knows their seqs).
+    pub membership_changes: Vec<String>,
+    /// Sends that failed for good, per device (first few; sends of a removed member are refused).
     pub send_failures: BTreeMap<String, Vec<String>>,
 }
 

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_proxy::{DirectionFaults, Faults, Proxy, ProxyConfig};
+use ferry_proxy::{Faults, Proxy, ProxyConfig};
 
 use crate::checker;
 use crate::fleet::{Fleet, Recorder};
+use crate::observe::Span;
 use crate::profile::Profile;
 use crate::report::{self, FaultRecord, Messages, Report};
 use crate::scenario;
@@ -30,6 +31,8 @@ pub struct RunConfig {
     pub work_dir: Option<PathBuf>,
 }
 
+/// Longest wait for the admin's removal (it waits for a connection across server kills).
+const GROUP_OP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the run looks for crashed processes and, while settling, for owed deliveries.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -70,6 +73,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     scenario_counts.insert("direct_conversations".to_owned(), scenario.directs as u64);
     scenario_counts.insert("group_conversations".to_owned(), scenario.groups as u64);
 
+    let (admin, removal) = (scenario.admin, scenario.removal);
     let recorder = Arc::new(Mutex::new(Recorder::new(started, scenario.obs)));
     let mut fleet = Fleet::new(
         config.self_binary.clone(),
@@ -83,6 +87,19 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         fleet.spawn(i).await?;
     }
 
+    // Halfway through the faults the admin removes a member from the shrinking group.
+    let removal_task = {
+        let (admin, removal, half) = (admin.clone(), removal.clone(), profile.faults_for / 2);
+        tokio::spawn(async move {
+            tokio::time::sleep(half).await;
+            let call = admin.remove_member(&removal.conversation, &removal.user);
+            match tokio::time::timeout(GROUP_OP_TIMEOUT, call).await {
+                Ok(Ok(change)) => Ok(change.seq),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer in {GROUP_OP_TIMEOUT:?}")),
+            }
+        })
+    };
     let plan = schedule::plan(config.seed, &profile.schedule(disk_full));
     let mut chaos = Chaos {
         target: target.as_mut(),
@@ -98,6 +115,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     let kills_with_pending = chaos.kills_with_pending;
     let (fault_log, mut unexpected) = (chaos.log, chaos.unexpected);
 
+    let membership_change = record_removal(removal_task.await, &removal, &recorder);
     // Settle: no faults, no new sends; wait until nothing is owed and every receipt came back.
     fleet.stop_sending().await;
     let calm_at = Instant::now();
@@ -124,7 +142,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     }
     let settle_ms = calm_at.elapsed().as_millis() as u64;
     fleet.shutdown().await;
-    let _ = proxy.stats();
+    admin.shutdown().await;
     proxy.shutdown().await;
     tokio::task::block_in_place(|| target.shutdown());
 
@@ -150,8 +168,48 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         violations: report::evidence(&violations, &fault_log),
         fault_log,
         unexpected_exits: unexpected,
+        membership_changes: vec![membership_change],
         send_failures: rec.failures.clone(),
     })
+}
+
+/// Puts the removal's seq into the checker's membership and describes it for the report. The seq comes
+/// from the admin's answer or, if that was lost (a server kill at the wrong moment), from the removal's
+/// system message as devices saw it: the only system message of the group after its creation.
+fn record_removal(
+    outcome: Result<Result<u64, String>, tokio::task::JoinError>,
+    removal: &scenario::Removal,
+    recorder: &Mutex<Recorder>,
+) -> String {
+    let outcome = outcome.unwrap_or_else(|e| Err(e.to_string()));
+    let mut rec = recorder.lock().expect("recorder lock");
+    let seen = rec
+        .obs
+        .delivered
+        .values()
+        .flatten()
+        .filter(|d| d.system && d.conversation == removal.conversation && d.seq > 1)
+        .map(|d| d.seq)
+        .min();
+    let (user, conversation) = (&removal.user, &removal.conversation);
+    let seq = match (outcome.as_ref().ok().copied(), seen) {
+        (Some(seq), _) | (None, Some(seq)) => seq,
+        (None, None) => {
+            let e = outcome.err().unwrap_or_default();
+            return format!(
+                "removing {user} from {conversation} failed ({e}); membership unchanged"
+            );
+        }
+    };
+    let span = Span {
+        joined_after: 0,
+        removed_at: Some(seq),
+    };
+    rec.obs.membership.add(conversation, user, span);
+    match outcome {
+        Ok(_) => format!("{user} removed from {conversation} by seq {seq}"),
+        Err(e) => format!("{user} removed from {conversation} by seq {seq} (seen by devices; the answer was lost: {e})"),
+    }
 }
 
 /// Applies a schedule to the target, proxy and devices.
@@ -233,23 +291,10 @@ impl Chaos<'_> {
         let planned = step.planned;
         let mut detail = String::new();
         match (&planned.fault, step.start) {
-            (
-                Fault::Weather {
-                    loss_pct,
-                    delay_ms,
-                    jitter_ms,
-                    reorder_pct,
-                    duplicate_pct,
-                },
-                true,
-            ) => self.proxy.set_faults(Faults::symmetric(DirectionFaults {
-                loss: f64::from(*loss_pct) / 100.0,
-                delay: Duration::from_millis(*delay_ms),
-                jitter: Duration::from_millis(*jitter_ms),
-                reorder: f64::from(*reorder_pct) / 100.0,
-                duplicate: f64::from(*duplicate_pct) / 100.0,
-            }))?,
-            (Fault::Weather { .. }, false) => self.proxy.set_faults(Faults::none())?,
+            (Fault::Weather(weather), true) => {
+                self.proxy.set_faults(Faults::symmetric(weather.faults()))?
+            }
+            (Fault::Weather(_), false) => self.proxy.set_faults(Faults::none())?,
             (Fault::Blackhole, true) => self
                 .proxy
                 .blackhole(Duration::from_millis(planned.duration_ms)),

@@ -1,13 +1,15 @@
 //! The scenario: users `u0..`, devices `d0..` per user, a direct conversation for every pair of users
-//! and two groups (everyone; everyone but the last user, so that a non-member exists). The groups are
-//! created through the real client library by a setup device of `u0` that talks to the server directly.
+//! and three groups: everyone; everyone but the last user (so that a non-member exists); and a
+//! shrinking one that starts with everyone and loses its last user in the middle of the run. The
+//! groups are created (and shrunk) through the real client library by an admin device of `u0` that
+//! talks to the server directly.
 //!
 //! The scenario's membership is written into the checker's [`Observations`] here, as ground truth.
 
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_client::ClientBuilder;
+use ferry_client::{Client, ClientBuilder};
 use ferry_protocol::ids::direct_conversation_id;
 
 use crate::fleet::DeviceSpec;
@@ -19,8 +21,21 @@ const SETUP_DEVICE: &str = "setup";
 /// Longest wait for the setup device's group operations.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A member to remove from a group while the run goes on.
+#[derive(Debug, Clone)]
+pub struct Removal {
+    /// The group.
+    pub conversation: String,
+    /// The user to remove.
+    pub user: String,
+}
+
 /// The scenario's devices and the observations with its membership filled in.
 pub struct Scenario {
+    /// The admin client (`u0`'s setup device) that created the groups; it performs the removal.
+    pub admin: Client,
+    /// The removal to perform mid-run (the user's span is updated once its seq is known).
+    pub removal: Removal,
     /// Every device with its conversations and token.
     pub devices: Vec<DeviceSpec>,
     /// Membership and device list, ready for recording.
@@ -63,10 +78,12 @@ pub async fn build(
         }
     }
 
-    let groups: [(&str, Vec<usize>); 2] = [
+    let groups: [(&str, Vec<usize>); 3] = [
         ("everyone", (0..users).collect()),
         ("all-but-last", (0..users - 1).collect()),
+        ("shrinking", (0..users).collect()),
     ];
+    let mut created = Vec::new();
     let token = target.token(&user(0), SETUP_DEVICE)?;
     let (setup, _events) = ClientBuilder::new()
         .endpoint(target.endpoint().to_string())
@@ -85,8 +102,12 @@ pub async fn build(
             obs.membership.add(&conv, &user(i), Span::ALWAYS);
             user_convs[i].push(conv.clone());
         }
+        created.push(conv);
     }
-    setup.shutdown().await;
+    let removal = Removal {
+        conversation: created.pop().expect("three groups"),
+        user: user(users - 1),
+    };
 
     let mut devices = Vec::new();
     for (u, convs) in user_convs.into_iter().enumerate() {
@@ -104,6 +125,8 @@ pub async fn build(
         }
     }
     Ok(Scenario {
+        admin: setup,
+        removal,
         devices,
         obs,
         directs,

@@ -15,27 +15,58 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ferry_proxy::DirectionFaults;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+
+/// Bad network for a while: every field applies in both directions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Weather {
+    /// Loss probability in percent (0–30).
+    pub loss_pct: u32,
+    /// Fixed delay in milliseconds.
+    pub delay_ms: u64,
+    /// Random extra delay in milliseconds (reorders on its own).
+    pub jitter_ms: u64,
+    /// Probability in percent that a datagram is held back behind later ones.
+    pub reorder_pct: u32,
+    /// Probability in percent that a datagram is sent twice.
+    pub duplicate_pct: u32,
+}
+
+impl Weather {
+    /// The report names of the active components.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        [
+            (self.loss_pct > 0, "loss"),
+            (self.delay_ms > 0 || self.jitter_ms > 0, "delay_jitter"),
+            (self.reorder_pct > 0, "reorder"),
+            (self.duplicate_pct > 0, "duplicate"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+
+    /// The proxy's settings for one direction.
+    pub fn faults(&self) -> DirectionFaults {
+        DirectionFaults {
+            loss: f64::from(self.loss_pct) / 100.0,
+            delay: Duration::from_millis(self.delay_ms),
+            jitter: Duration::from_millis(self.jitter_ms),
+            reorder: f64::from(self.reorder_pct) / 100.0,
+            duplicate: f64::from(self.duplicate_pct) / 100.0,
+        }
+    }
+}
 
 /// One fault.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
-    /// Bad network for a while: every field applies in both directions.
-    Weather {
-        /// Loss probability in percent (0–30).
-        loss_pct: u32,
-        /// Fixed delay in milliseconds.
-        delay_ms: u64,
-        /// Random extra delay in milliseconds (reorders on its own).
-        jitter_ms: u64,
-        /// Probability in percent that a datagram is held back behind later ones.
-        reorder_pct: u32,
-        /// Probability in percent that a datagram is sent twice.
-        duplicate_pct: u32,
-    },
+    /// Bad network for a while.
+    Weather(Weather),
     /// Nothing passes in either direction.
     Blackhole,
     /// Every client flow gets a new source port (NAT rebinding / network switch).
@@ -62,21 +93,7 @@ impl Fault {
     /// The names this fault is counted under in the report (weather counts each active component).
     pub fn kinds(&self) -> Vec<&'static str> {
         match self {
-            Fault::Weather {
-                loss_pct,
-                delay_ms,
-                jitter_ms,
-                reorder_pct,
-                duplicate_pct,
-            } => [
-                (*loss_pct > 0, "loss"),
-                (*delay_ms > 0 || *jitter_ms > 0, "delay_jitter"),
-                (*reorder_pct > 0, "reorder"),
-                (*duplicate_pct > 0, "duplicate"),
-            ]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect(),
+            Fault::Weather(weather) => weather.kinds(),
             Fault::Blackhole => vec!["blackhole"],
             Fault::Rebind => vec!["rebind"],
             Fault::ServerKill => vec!["server_kill"],
@@ -169,13 +186,13 @@ fn draw(lane: Lane, rng: &mut StdRng, config: &ScheduleConfig) -> Option<(Fault,
     Some(match lane {
         Lane::Network => match rng.random_range(0..10) {
             0..=5 => (
-                Fault::Weather {
+                Fault::Weather(Weather {
                     loss_pct: rng.random_range(0..=30),
                     delay_ms: rng.random_range(0..=40),
                     jitter_ms: rng.random_range(0..=30),
                     reorder_pct: rng.random_range(0..=10),
                     duplicate_pct: rng.random_range(0..=10),
-                },
+                }),
                 rng.random_range(2_000..=8_000),
             ),
             6..=7 => (Fault::Blackhole, rng.random_range(1_000..=4_000)),
@@ -274,13 +291,13 @@ mod tests {
 
     #[test]
     fn weather_counts_each_active_component() {
-        let weather = Fault::Weather {
+        let weather = Fault::Weather(Weather {
             loss_pct: 10,
             delay_ms: 0,
             jitter_ms: 5,
             reorder_pct: 0,
             duplicate_pct: 3,
-        };
+        });
         let counts = count_kinds([&weather, &Fault::Rebind, &Fault::Rebind]);
         assert_eq!(counts.get("loss"), Some(&1));
         assert_eq!(counts.get("delay_jitter"), Some(&1));

@@ -224,6 +224,22 @@ fn delivered_after_removal() {
 }
 
 #[test]
+fn a_removed_member_need_not_see_its_removal_or_later_messages() {
+    let mut obs = clean();
+    // bob was removed by seq 2; bob/phone saw seq 1 and (its own) seq 2 only.
+    obs.membership.add(
+        CONV,
+        "bob",
+        Span {
+            joined_after: 0,
+            removed_at: Some(2),
+        },
+    );
+    obs.delivered.get_mut("bob/phone").expect("device").pop();
+    assert_eq!(check(&obs), vec![]);
+}
+
+#[test]
 fn receipt_and_delivery_disagree_on_the_seq() {
     let mut obs = clean();
     obs.acked[0].seq = 7;
