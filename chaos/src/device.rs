@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use ferry_client::{AckMode, BackoffConfig, Client, ClientBuilder, Event, MessageKind};
+use ferry_client::{AckMode, BackoffConfig, Client, ClientBuilder, Event, MessageKind, SendError};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -212,7 +212,14 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    send_steadily(&args, &client, &out, stop_rx, burst_rx).await;
+    if let Err(why) = send_steadily(&args, &client, &out, stop_rx, burst_rx).await {
+        // The client stopped on its own (its store failed): exit, after the lines already queued,
+        // so that the run sees a crash and starts this device again on the same store.
+        events_task.abort();
+        drop(out);
+        let _ = writer.await;
+        anyhow::bail!("the client stopped on its own: {why}");
+    }
     // Keep receiving until the run closes stdin.
     let _ = stdin_task.await;
     client.shutdown().await;
@@ -297,7 +304,7 @@ async fn send_steadily(
     out: &mpsc::Sender<Out>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     mut bursts: mpsc::Receiver<u32>,
-) {
+) -> Result<(), String> {
     let receipts = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECEIPTS));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -332,10 +339,16 @@ async fn send_steadily(
         let receipt = match client.send(conversation.clone(), token.clone()).await {
             Ok(receipt) => receipt,
             Err(e) => {
-                let failed = Line::Failed {
-                    reason: format!("send {token}: {e}"),
-                };
-                let _ = out.send(line(failed)).await;
+                let reason = format!("send {token}: {e}");
+                let stopped = matches!(e, SendError::Closed { .. } | SendError::Store { .. });
+                let _ = out
+                    .send(line(Line::Failed {
+                        reason: reason.clone(),
+                    }))
+                    .await;
+                if stopped {
+                    return Err(reason);
+                }
                 continue;
             }
         };
@@ -362,6 +375,7 @@ async fn send_steadily(
             drop(permit);
         });
     }
+    Ok(())
 }
 
 #[cfg(test)]

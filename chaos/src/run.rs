@@ -32,18 +32,24 @@ pub struct RunConfig {
 }
 
 /// Longest wait for the admin's removal (it waits for a connection across server kills).
-const GROUP_OP_TIMEOUT: Duration = Duration::from_secs(60);
+const GROUP_OP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Attempts at the admin's removal.
+const GROUP_OP_ATTEMPTS: u32 = 5;
 /// How often the run looks for crashed processes and, while settling, for owed deliveries.
 const POLL: Duration = Duration::from_millis(500);
 
 /// Runs the scenario and returns the report (violations inside; the caller decides the exit code).
 pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let temp = tempfile::Builder::new().prefix("ferry-chaos-").tempdir()?;
-    let work = config
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| temp.path().into());
+    // Held to the end of the run: dropping it removes the temp dir.
+    let mut temp = None;
+    let work = match &config.work_dir {
+        Some(dir) => dir.clone(),
+        None => temp
+            .insert(tempfile::Builder::new().prefix("ferry-chaos-").tempdir()?)
+            .path()
+            .to_path_buf(),
+    };
     let stores = work.join("stores");
     std::fs::create_dir_all(&stores)?;
     let profile = &config.profile;
@@ -92,12 +98,19 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         let (admin, removal, half) = (admin.clone(), removal.clone(), profile.faults_for / 2);
         tokio::spawn(async move {
             tokio::time::sleep(half).await;
-            let call = admin.remove_member(&removal.conversation, &removal.user);
-            match tokio::time::timeout(GROUP_OP_TIMEOUT, call).await {
-                Ok(Ok(change)) => Ok(change.seq),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer in {GROUP_OP_TIMEOUT:?}")),
+            let mut errors = Vec::new();
+            // A server kill can take the answer with it: try again (a removal that did happen
+            // then fails as "not a member", and its system message tells the seq).
+            for _ in 0..GROUP_OP_ATTEMPTS {
+                let call = admin.remove_member(&removal.conversation, &removal.user);
+                match tokio::time::timeout(GROUP_OP_TIMEOUT, call).await {
+                    Ok(Ok(change)) => return Ok(change.seq),
+                    Ok(Err(e)) => errors.push(e.to_string()),
+                    Err(_) => errors.push(format!("no answer in {GROUP_OP_TIMEOUT:?}")),
+                }
+                tokio::time::sleep(POLL).await;
             }
+            Err(errors.join("; "))
         })
     };
     let plan = schedule::plan(config.seed, &profile.schedule(disk_full));
