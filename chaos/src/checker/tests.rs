@@ -70,6 +70,15 @@ fn clean() -> Observations {
     obs
 }
 
+/// bob was removed from the conversation by the system message at `seq`.
+fn remove_bob_at(obs: &mut Observations, seq: u64) {
+    let span = Span {
+        joined_after: 0,
+        removed_at: Some(seq),
+    };
+    obs.membership.add(CONV, "bob", span);
+}
+
 fn kinds(obs: &Observations) -> Vec<ViolationKind> {
     check(obs).into_iter().map(|v| v.kind).collect()
 }
@@ -209,14 +218,7 @@ fn delivered_to_a_non_member() {
 #[test]
 fn delivered_after_removal() {
     let mut obs = clean();
-    obs.membership.add(
-        CONV,
-        "bob",
-        Span {
-            joined_after: 0,
-            removed_at: Some(2),
-        },
-    );
+    remove_bob_at(&mut obs, 2);
     let found = check(&obs);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].kind, ViolationKind::AfterRemoval);
@@ -227,14 +229,7 @@ fn delivered_after_removal() {
 fn a_removed_member_need_not_see_its_removal_or_later_messages() {
     let mut obs = clean();
     // bob was removed by seq 2; bob/phone saw seq 1 and (its own) seq 2 only.
-    obs.membership.add(
-        CONV,
-        "bob",
-        Span {
-            joined_after: 0,
-            removed_at: Some(2),
-        },
-    );
+    remove_bob_at(&mut obs, 2);
     obs.delivered.get_mut("bob/phone").expect("device").pop();
     assert_eq!(check(&obs), vec![]);
 }
