@@ -193,6 +193,50 @@ async fn a_full_disk_refuses_writes_as_retryable_and_recovers_when_space_returns
         .is_member());
 }
 
+/// Found by ferry-chaos (disk full, then kill -9): a refused append had written part of its frame, the
+/// segment was cut back but the write position was not, so the next append left a hole that the next
+/// start read as a torn frame, cutting off every acked group behind it.
+#[tokio::test]
+async fn appends_after_a_full_disk_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = LogFault::default();
+    let options = EmbeddedStoreOptions {
+        log_fault: Some(fault.clone()),
+        ..log_only()
+    };
+    let store = EmbeddedStore::open(dir.path(), options.clone()).unwrap();
+    store.ensure_direct(DIRECT, "alice", "bob").await.unwrap();
+    for i in 1..=3 {
+        store
+            .append(msg(DIRECT, "alice", &format!("m{i}"), b"before"))
+            .await
+            .unwrap();
+    }
+    fault.set_disk_full(true);
+    let refused = store.append(msg(DIRECT, "alice", "m4", b"no room")).await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    fault.set_disk_full(false);
+    for i in 4..=6 {
+        let acked = store
+            .append(msg(DIRECT, "alice", &format!("m{i}"), b"after"))
+            .await
+            .unwrap();
+        assert_eq!(acked.seq, i);
+    }
+    drop(store);
+
+    // Everything acked is replayed from the log, nothing is cut off as torn.
+    let store = EmbeddedStore::open(dir.path(), options).unwrap();
+    let read = bodies(&store, DIRECT).await;
+    assert_eq!(
+        read.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_lag_is_bounded_by_backpressure_under_sustained_load() {
     const BOUND: usize = 8 << 10;

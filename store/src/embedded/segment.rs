@@ -13,7 +13,7 @@
 //! the scan of that segment.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -86,8 +86,9 @@ pub(crate) fn scan(path: &Path) -> io::Result<Scanned> {
     })
 }
 
-/// A switch that makes the log writer fail with `ENOSPC` (out of space) while it is on: a test hook for
-/// the full-disk path, since a real full disk cannot be arranged on every machine.
+/// A switch that makes the log writer fail with `ENOSPC` (out of space) while it is on, after writing
+/// the first half of the frame as a real full disk does: a test hook for the full-disk path, since a
+/// real full disk cannot be arranged on every machine.
 #[derive(Debug, Clone, Default)]
 pub struct LogFault(Arc<AtomicBool>);
 
@@ -159,9 +160,16 @@ impl SegmentWriter {
         self.frame[4..8].copy_from_slice(&crc.to_le_bytes());
         let written = self.write_frame();
         if written.is_err() {
-            // Shrinking needs no space; if even that fails the torn frame is cut off by its checksum
-            // at the next start, and the next append must not land behind it: start a new segment.
-            if self.file.set_len(self.len).is_err() {
+            // Shrinking needs no space. The write position moved with the part of the frame that was
+            // written, so put it back too: otherwise the next append lands past the new end, the gap
+            // reads as a torn frame at the next start, and every acked frame behind it is cut off.
+            // If either fails, the torn frame is cut off by its checksum at the next start, and the
+            // next append must not land behind it: start a new segment.
+            let cut_back = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.seek(SeekFrom::Start(self.len)));
+            if cut_back.is_err() {
                 self.len = self.roll_at;
             }
             self.frame = Vec::new();
@@ -171,7 +179,11 @@ impl SegmentWriter {
 
     fn write_frame(&mut self) -> io::Result<()> {
         if let Some(fault) = &self.fault {
-            fault.check()?;
+            if let Err(full) = fault.check() {
+                // A real full disk takes part of a write before refusing the rest.
+                self.file.write_all(&self.frame[..self.frame.len() / 2])?;
+                return Err(full);
+            }
         }
         self.file.write_all(&self.frame)?;
         self.file.sync_data()?;
