@@ -50,6 +50,9 @@ pub(crate) enum Inbound {
         gen: u64,
         stream: StreamRef,
         reason: String,
+        /// The code the server reset the stream (or closed the connection) with, if any: authoritative
+        /// even when the `Error` frame before it was discarded (FERRY-FRAME-13).
+        code: Option<ErrorCode>,
     },
     /// The server opened a conversation stream; here is its sending side.
     Accepted {
@@ -234,6 +237,7 @@ pub(crate) fn spawn_open(
                 gen,
                 stream,
                 reason,
+                code: None,
             })
             .await;
     });
@@ -270,6 +274,7 @@ async fn read_frames(
 ) {
     let max_frame_size = || limits.max_frame_size.load(Ordering::Relaxed);
     let mut reader = FrameReader::new(recv, max_frame_size());
+    let mut code = None;
     let reason = loop {
         // The limit announced in Welcome applies from the next frame on (FERRY-HELLO-5): frames read
         // before it arrived were checked against the default.
@@ -285,7 +290,10 @@ async fn read_frames(
                 reader.stop(e.code());
                 break e.to_string();
             }
-            Err(ReadError::Stream(e)) => break e.to_string(),
+            Err(e @ ReadError::Stream(_)) => {
+                code = e.peer_code();
+                break e.to_string();
+            }
         };
         let stream = match source {
             Source::Known(ref stream) => stream.clone(),
@@ -332,6 +340,7 @@ async fn read_frames(
                 gen,
                 stream,
                 reason,
+                code,
             })
             .await;
     }

@@ -246,7 +246,10 @@ impl Driver {
                 gen,
                 stream,
                 reason,
-            } => self.core.handle_stream_ended(gen, stream, reason, now),
+                code,
+            } => self
+                .core
+                .handle_stream_ended(gen, stream, reason, code, now),
             Inbound::Accepted {
                 gen,
                 serial,

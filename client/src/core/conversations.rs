@@ -106,6 +106,7 @@ impl Core {
         gen: u64,
         stream: StreamRef,
         reason: String,
+        code: Option<ErrorCode>,
         now: Instant,
     ) {
         self.pass_due = true;
@@ -125,12 +126,23 @@ impl Core {
                     // finished by us (its slot is free now).
                     return;
                 }
-                tracing::debug!(%conversation, %reason, "conversation stream ended");
+                tracing::debug!(%conversation, %reason, ?code, "conversation stream ended");
                 self.transmits.push_back(Transmit::Forget {
                     gen,
                     conversation: conversation.clone(),
                     serial,
                 });
+                // FERRY-FRAME-13: a reset refusing the conversation counts even if the Error frame
+                // before it was discarded; otherwise its Sends would be resent (and refused) until
+                // they time out.
+                if let Some(code) = code.filter(|c| refuses_conversation(*c)) {
+                    let error = frame::Error {
+                        code: code.0,
+                        message: format!("stream reset: {reason}"),
+                        ..Default::default()
+                    };
+                    self.on_conversation_error(gen, &conversation, error, now);
+                }
                 self.outbox.on_stream_lost(&conversation, now);
                 let lost = self.inbox.on_stream_lost(&conversation);
                 self.fail_history(lost);
@@ -389,4 +401,12 @@ impl Core {
         let reported: Vec<Event> = self.effects.events.drain(before..).collect();
         self.events.extend(reported);
     }
+}
+
+/// Codes with which a server refuses a conversation as a whole (its `Open`): no Send of it can succeed.
+fn refuses_conversation(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::FORBIDDEN | ErrorCode::NOT_FOUND | ErrorCode::INVALID_ARGUMENT
+    )
 }

@@ -316,6 +316,32 @@ fn too_many_inflight_waits_for_an_answer_to_an_earlier_send() {
     assert_eq!(sends(&h.step()), ["m2"]);
 }
 
+/// FERRY-FRAME-13: the server refused the conversation and reset the stream; its `Error` frame was
+/// discarded by the reset. The Send is settled with the reset's code, not resent until it times out.
+#[test]
+fn a_reset_refusing_the_conversation_settles_its_sends_without_the_error_frame() {
+    let mut h = Harness::new(settings(&[SERVER]));
+    let gen = h.connect();
+    let mut receipt = h.send("m1");
+    assert_eq!(sends(&h.step()), ["m1"]);
+    h.core.handle_stream_ended(
+        gen,
+        conv_stream(),
+        "reset by peer".into(),
+        Some(ErrorCode::FORBIDDEN),
+        h.now,
+    );
+    h.step();
+    match receipt.try_recv().expect("settled") {
+        Err(crate::error::SendError::Rejected { code, .. }) => {
+            assert_eq!(code, ErrorCode::FORBIDDEN)
+        }
+        other => panic!("expected Rejected(FORBIDDEN), got {other:?}"),
+    }
+    h.advance(Duration::from_secs(5));
+    assert!(sends(&h.step()).is_empty(), "nothing is resent");
+}
+
 #[test]
 fn no_welcome_in_time_gives_the_session_up() {
     let mut h = Harness::new(settings(&[SERVER]));

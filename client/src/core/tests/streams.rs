@@ -122,7 +122,7 @@ fn catch_up_of_more_conversations_than_streams_stays_within_the_limit() {
                 conversation,
             };
             h.core
-                .handle_stream_ended(gen, stream, "finished".into(), h.now);
+                .handle_stream_ended(gen, stream, "finished".into(), None, h.now);
         }
         out = h.step();
         for e in h.events.drain(..) {
@@ -203,7 +203,7 @@ fn sends_beyond_the_limit_wait_in_the_outbox_for_a_free_stream() {
         conversation: CONV.into(),
     };
     h.core
-        .handle_stream_ended(gen, stream, "finished".into(), h.now);
+        .handle_stream_ended(gen, stream, "finished".into(), None, h.now);
     let mut out = h.step();
     if sends(&out).is_empty() {
         // The stream opens in one pass, the queued Send follows in the next.
