@@ -74,6 +74,10 @@ pub fn kind_name(frame: &Frame) -> &'static str {
         Some(Kind::Typing(_)) => "Typing",
         Some(Kind::Presence(_)) => "Presence",
         Some(Kind::Error(_)) => "Error",
+        Some(Kind::PushRegister(_)) => "PushRegister",
+        Some(Kind::PushUnregister(_)) => "PushUnregister",
+        Some(Kind::PushList(_)) => "PushList",
+        Some(Kind::PushResult(_)) => "PushResult",
         None => "unknown",
     }
 }
