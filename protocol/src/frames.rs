@@ -49,6 +49,10 @@ pub fn go_away(code: ErrorCode, reason: &str) -> Frame {
     }))
 }
 
+/// The `Hello.capabilities` / `Welcome.capabilities` name of the offline-push frames (spec section 18,
+/// FERRY-EXT-3).
+pub const CAPABILITY_PUSH: &str = "push";
+
 /// The name of a frame's kind, for logs and error messages.
 pub fn kind_name(frame: &Frame) -> &'static str {
     match &frame.kind {

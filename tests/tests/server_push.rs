@@ -431,3 +431,91 @@ async fn gateway_mode_posts_to_the_gateway_and_drops_rejected_pushkeys() {
         "a pushkey the gateway rejects is dropped"
     );
 }
+
+/// `ferry push ...` for bob's `device`, with its own store under `dir`.
+fn ferry_push(
+    server: &TestServer,
+    device: &str,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(ferry_tests::process::workspace_binary("ferry"));
+    cmd.env("FERRY_SERVER", server.handle.local_addr().to_string())
+        .env("FERRY_TOKEN", server.token("bob", device))
+        .env("FERRY_CA", server.handle.ca_path())
+        .env("FERRY_STORE", dir.join(device))
+        .env("FERRY_LOG", "warn")
+        .arg("push")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn output(mut cmd: tokio::process::Command) -> (i32, String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("ferry finished in time")
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().expect("exited"),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_registers_lists_and_unregisters_with_clear_errors() {
+    let receiver = Receiver::start().await;
+    let server = server_for(&receiver, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = receiver.url("/cli");
+
+    let args = [
+        "register",
+        "--endpoint",
+        endpoint.as_str(),
+        "--policy",
+        "preview",
+    ];
+    let (code, out, err) = output(ferry_push(&server, "phone", dir.path(), &args)).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("device=phone policy=preview"), "{out}");
+    assert!(out.contains(&endpoint), "{out}");
+
+    let (code, out, err) = output(ferry_push(&server, "tablet", dir.path(), &["list"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("device=phone"), "{out}");
+
+    // Outside the allowlist: refused by the server, exit 5 with its reason.
+    let args = ["register", "--endpoint", "https://10.1.1.1/up"];
+    let (code, _, err) = output(ferry_push(&server, "phone", dir.path(), &args)).await;
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains("FORBIDDEN") && err.contains("push.allow"),
+        "{err}"
+    );
+    // A policy the CLI does not know is a usage error before connecting.
+    let args = [
+        "register",
+        "--endpoint",
+        endpoint.as_str(),
+        "--policy",
+        "everything",
+    ];
+    let (code, _, err) = output(ferry_push(&server, "phone", dir.path(), &args)).await;
+    assert_eq!(code, 2, "{err}");
+
+    let (code, out, _) = output(ferry_push(&server, "phone", dir.path(), &["unregister"])).await;
+    assert_eq!((code, out.trim()), (0, "unregistered"));
+    let (code, out, _) = output(ferry_push(&server, "phone", dir.path(), &["unregister"])).await;
+    assert_eq!((code, out.trim()), (0, "no registration"));
+
+    // A server without push: the client does not send the frames (no capability) and says why.
+    let plain = TestServer::start().await;
+    let (code, _, err) = output(ferry_push(&plain, "phone", dir.path(), &["list"])).await;
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("does not offer push"), "{err}");
+}

@@ -81,6 +81,11 @@ impl Core {
                     }));
                 }
             }
+            Kind::PushResult(r) => {
+                if let Some(reply) = self.push_waiters.remove(&r.request_id) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
             Kind::GoAway(g) => {
                 if ErrorCode(g.code) == ErrorCode::SESSION_REPLACED {
                     return self.fatal(ConnectionState::Replaced);
@@ -94,11 +99,14 @@ impl Core {
             Kind::Error(e) => {
                 let code = ErrorCode(e.code);
                 if e.request_id != 0 {
+                    let error = ClientError::Protocol {
+                        code,
+                        message: e.message,
+                    };
                     if let Some(reply) = self.control_waiters.remove(&e.request_id) {
-                        let _ = reply.send(Err(ClientError::Protocol {
-                            code,
-                            message: e.message,
-                        }));
+                        let _ = reply.send(Err(error));
+                    } else if let Some(reply) = self.push_waiters.remove(&e.request_id) {
+                        let _ = reply.send(Err(error));
                     }
                     return;
                 }

@@ -32,7 +32,7 @@ pub(crate) use notifier::run;
 pub use settings::PushSettings;
 
 /// The `Hello.capabilities` / `Welcome.capabilities` name of the push frames (FERRY-EXT-3).
-pub(crate) const CAPABILITY: &str = "push";
+pub(crate) const CAPABILITY: &str = ferry_protocol::frames::CAPABILITY_PUSH;
 
 /// A message became durable: the notifier's input.
 #[derive(Debug)]
