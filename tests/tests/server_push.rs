@@ -519,3 +519,23 @@ async fn the_cli_registers_lists_and_unregisters_with_clear_errors() {
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("does not offer push"), "{err}");
 }
+
+/// The conformance case of section 18 against a server with push on (the full server suite in
+/// `conformance_server.rs` runs it against one with push off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_conformance_case_passes_with_push_on() {
+    use ferry_interop::report::Outcome;
+    use ferry_interop::server_mode::{self, ServerConfig};
+    let receiver = Receiver::start().await;
+    let server = server_for(&receiver, |s| s.push.allow.push("https://".into())).await;
+    let mut config = ServerConfig::for_test_server(
+        server.handle.local_addr(),
+        server.handle.ca_path().to_path_buf(),
+        ferry_tests::conformance_tokens(&server.dir()),
+        Duration::from_millis(1000),
+    );
+    config.filter = Some("PUSH".into());
+    let report = server_mode::run(config, |_| {}).await.unwrap();
+    assert_eq!(report.cases.len(), 1, "{}", report.table());
+    assert_eq!(report.cases[0].outcome, Outcome::Pass, "{}", report.table());
+}
