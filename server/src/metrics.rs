@@ -464,6 +464,9 @@ mod tests {
                 .unwrap_or(name);
             assert!(typed.iter().any(|t| t == family), "{line}");
         }
-        assert_eq!(typed.len(), COUNTERS.len() + 3);
+        assert_eq!(
+            typed.len(),
+            COUNTERS.len() + 3 + crate::push::PushMetrics::FAMILIES
+        );
     }
 }

@@ -16,6 +16,10 @@ pub(crate) struct PushMetrics {
 }
 
 impl PushMetrics {
+    /// Metric families [`PushMetrics::write_to`] writes.
+    #[cfg(test)]
+    pub(crate) const FAMILIES: usize = 7;
+
     pub(crate) fn queued(&self) {
         self.queued.fetch_add(1, Relaxed);
     }
