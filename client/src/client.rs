@@ -76,6 +76,10 @@ pub(crate) enum Request {
         conversation: String,
         seq: u64,
     },
+    Push {
+        op: crate::push::PushOp,
+        reply: Reply<ferry_protocol::frame::PushResult>,
+    },
     Typing {
         conversation: String,
         active: bool,
@@ -417,7 +421,7 @@ impl Client {
         &self.device_id
     }
 
-    async fn request(&self, request: Request) -> Result<(), ClientError> {
+    pub(crate) async fn request(&self, request: Request) -> Result<(), ClientError> {
         self.requests
             .send(request)
             .await

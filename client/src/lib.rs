@@ -97,6 +97,7 @@ pub mod inbox;
 mod link;
 pub mod message;
 pub mod outbox;
+pub mod push;
 pub mod sqlite;
 pub mod store;
 pub mod tls;
@@ -114,6 +115,7 @@ pub use event::{ConnectionState, Event};
 pub use message::{
     MembershipAction, MembershipChange, MessageKind, OutgoingMessage, ReceivedMessage, SendReceipt,
 };
+pub use push::{PushPolicy, PushRegistration};
 pub use sqlite::SqliteStore;
 pub use store::ClientStore;
 pub use tls::SessionCache;

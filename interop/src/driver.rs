@@ -12,7 +12,7 @@ use bytes::Bytes;
 use ferry_protocol::codec::{self, frame};
 use ferry_protocol::frame::{
     frame::Kind, Ack, AddMember, CreateGroup, Heartbeat, HeartbeatAck, Hello, Message, Open, Pull,
-    PullResult, RemoveMember, Send, SendAck, Sync, SyncResult, Welcome,
+    PullResult, PushResult, RemoveMember, Send, SendAck, Sync, SyncResult, Welcome,
 };
 use ferry_protocol::{ErrorCode, Frame, ALPN, VERSION};
 use ferry_quic::{codes, ClientConfigBuilder, FrameReader, ReadError, TrustRoots};
@@ -303,6 +303,23 @@ impl Session {
                 expected: "GroupResult or Error echoing the request_id",
                 got: Box::new(Frame { kind }),
             }),
+        }
+    }
+
+    /// Sends a push request (PushRegister, PushUnregister or PushList, its `request_id` replaced by a
+    /// fresh one) and returns the PushResult, or the code of the Error that refused it.
+    pub async fn push_request(
+        &mut self,
+        kind: impl FnOnce(u64) -> Kind,
+    ) -> Result<Result<PushResult, ErrorCode>, DriverError> {
+        let request_id = self.request_id();
+        match self.request(frame(kind(request_id))).await?.kind {
+            Some(Kind::PushResult(r)) if r.request_id == request_id => Ok(Ok(r)),
+            Some(Kind::Error(e)) if e.request_id == request_id => Ok(Err(ErrorCode(e.code))),
+            kind => Err(unexpected(
+                "PushResult or Error echoing the request_id",
+                Frame { kind },
+            )),
         }
     }
 

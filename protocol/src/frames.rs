@@ -49,6 +49,10 @@ pub fn go_away(code: ErrorCode, reason: &str) -> Frame {
     }))
 }
 
+/// The `Hello.capabilities` / `Welcome.capabilities` name of the offline-push frames (spec section 18,
+/// FERRY-EXT-3).
+pub const CAPABILITY_PUSH: &str = "push";
+
 /// The name of a frame's kind, for logs and error messages.
 pub fn kind_name(frame: &Frame) -> &'static str {
     match &frame.kind {
@@ -74,6 +78,10 @@ pub fn kind_name(frame: &Frame) -> &'static str {
         Some(Kind::Typing(_)) => "Typing",
         Some(Kind::Presence(_)) => "Presence",
         Some(Kind::Error(_)) => "Error",
+        Some(Kind::PushRegister(_)) => "PushRegister",
+        Some(Kind::PushUnregister(_)) => "PushUnregister",
+        Some(Kind::PushList(_)) => "PushList",
+        Some(Kind::PushResult(_)) => "PushResult",
         None => "unknown",
     }
 }

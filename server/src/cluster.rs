@@ -189,6 +189,15 @@ impl ClusterNode {
         }
     }
 
+    /// Devices of `user` with a live session on any node, from the session directory (offline push).
+    pub(crate) async fn online_devices(
+        &self,
+        user: &str,
+    ) -> Result<Vec<String>, ferry_cluster::ClusterError> {
+        let sessions = self.directory.sessions(user).await?;
+        Ok(sessions.into_iter().map(|entry| entry.device).collect())
+    }
+
     /// A session here ended.
     pub(crate) async fn on_logout(&self, session: &SessionHandle) {
         let key = self.session_key(session);

@@ -4,7 +4,8 @@
 //! an unknown key is an error, because a typo silently ignored is a setting silently not applied.
 //! Environment variables are `FERRY_<FIELD>` for top-level scalars (e.g. `FERRY_LISTEN`,
 //! `FERRY_IDLE_TIMEOUT_MS`) and `FERRY_LIMITS_<FIELD>` for limits (e.g.
-//! `FERRY_LIMITS_MAX_INFLIGHT_SENDS`). Other `FERRY_*` variables are ignored: clients and scripts
+//! `FERRY_LIMITS_MAX_INFLIGHT_SENDS`), `FERRY_PUSH_<FIELD>` for `[push]` (see [`PushSettings`]). Other
+//! `FERRY_*` variables are ignored: clients and scripts
 //! share the prefix.
 //!
 //! clap's `env` feature is not used for these, since the TOML file sits between the environment and
@@ -82,6 +83,8 @@ impl FromStr for LogFormat {
 /// How many sessions a user may have at once: one definition for the local registry and the cluster's
 /// session directory.
 pub use ferry_cluster::LoginPolicy;
+
+pub use crate::push::PushSettings;
 
 /// Limits announced in Welcome and enforced by the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +283,8 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// Admission hardening.
     pub hardening: HardeningSettings,
+    /// Offline push (`[push]`).
+    pub push: PushSettings,
 }
 
 impl Default for Settings {
@@ -301,6 +306,7 @@ impl Default for Settings {
             drain_grace_ms: 10_000,
             cluster: ClusterSettings::default(),
             hardening: HardeningSettings::default(),
+            push: PushSettings::default(),
         }
     }
 }
@@ -330,6 +336,10 @@ pub struct CliOverrides {
     pub advertise: Option<String>,
     /// `--require-durable-redis`.
     pub require_durable_redis: bool,
+    /// `--push-allow` (repeatable); replaces the lower layers' list when given.
+    pub push_allow: Vec<String>,
+    /// `--push-gateway`.
+    pub push_gateway: Option<String>,
 }
 
 impl Settings {
@@ -409,6 +419,15 @@ impl Settings {
             "FERRY_REQUIRE_DURABLE_REDIS" => {
                 self.cluster.require_durable_redis = parse_as(name, value)?
             }
+            _ if name.starts_with("FERRY_PUSH_") => {
+                self.push
+                    .apply_env(name, value)
+                    .map_err(|reason| ConfigError::BadValue {
+                        origin: name.to_owned(),
+                        value: value.to_owned(),
+                        reason,
+                    })?;
+            }
             _ => {}
         }
         Ok(())
@@ -445,6 +464,12 @@ impl Settings {
         if cli.require_durable_redis {
             self.cluster.require_durable_redis = true;
         }
+        if !cli.push_allow.is_empty() {
+            self.push.allow = cli.push_allow.clone();
+        }
+        if let Some(gateway) = &cli.push_gateway {
+            self.push.gateway = Some(gateway.clone());
+        }
         Ok(())
     }
 
@@ -459,6 +484,8 @@ impl Settings {
         } else if let Some(problem) = self.cluster.problem() {
             problem
         } else if let Some(problem) = self.hardening.problem() {
+            problem
+        } else if let Some(problem) = self.push.problem() {
             problem
         } else if self.cert.is_some() != self.key.is_some() {
             "cert and key must be given together".into()

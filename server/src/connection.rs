@@ -192,6 +192,7 @@ async fn handshake(
         limits: Some(shared.limits),
         server_time_ms: unix_millis(SystemTime::now()),
         store_epoch: shared.store.store_epoch(),
+        capabilities: crate::push::welcome_capabilities(shared.push.as_ref(), &hello.capabilities),
     };
     let _ = control.send(frame(Kind::Welcome(welcome))).await;
     // In a cluster, the local registry and the session directory must see this user's logins in the

@@ -1,4 +1,5 @@
-//! The control stream after Welcome: heartbeats, sync, read cursors and group administration.
+//! The control stream after Welcome: heartbeats, sync, read cursors, group administration and push
+//! registrations (handled in `push::control`).
 //!
 //! Requests are handled one at a time in arrival order; answers go through the control stream's writer.
 //! A frame that does not belong on the control stream closes the connection with PROTOCOL_ERROR
@@ -104,6 +105,9 @@ async fn handle(conn: &Conn, frame: Frame) -> Result<(), Refusal> {
             let conv = &remove.conversation_id;
             let result = change_group(conn, conv, &remove.user_id, op, removed).await;
             group_reply(remove.request_id, result)
+        }
+        Some(kind @ (Kind::PushRegister(_) | Kind::PushUnregister(_) | Kind::PushList(_))) => {
+            crate::push::handle(conn, kind).await
         }
         other => {
             let name = frames::kind_name(&Frame { kind: other });

@@ -16,6 +16,8 @@
 //!   `send` (pipelined Send → SendAck), `pull` (Pull paging), `delivery` (fan-out to every online
 //!   device, Deliver → Ack);
 //! - `datagrams`: typing and presence relay;
+//! - `push/`: offline push — registrations on the control stream, the notifier that POSTs to device
+//!   endpoints or a push gateway for devices with no session;
 //! - `sessions`: the online-session registry and login policies;
 //! - `cluster`: cluster mode — sessions, deliveries and datagrams across nodes, node liveness;
 //! - `rate`: token buckets; `errors`: refusals and the mapping of failures onto wire codes;
@@ -47,6 +49,7 @@ mod hooks;
 mod http;
 mod limits;
 mod metrics;
+mod push;
 mod rate;
 pub mod server;
 mod sessions;
@@ -76,6 +79,8 @@ pub(crate) struct Shared {
     pub(crate) send_rate: rate::UserRateLimiter,
     /// This node's part in a cluster (`--redis`); `None` for a single node.
     pub(crate) cluster: Option<Arc<cluster::ClusterNode>>,
+    /// Offline push (`[push]`); `None` when it is off.
+    pub(crate) push: Option<push::Push>,
     /// Set when the server starts draining; `/healthz` then reports unavailable.
     pub(crate) draining: tokio::sync::watch::Sender<bool>,
     /// Test fault hooks.

@@ -64,6 +64,12 @@ struct RunArgs {
     /// Refuse to start unless Redis runs with appendonly yes + appendfsync always.
     #[arg(long)]
     require_durable_redis: bool,
+    /// Offline push: a URL prefix device endpoints may use (repeatable), e.g. https://ntfy.example/.
+    #[arg(long, value_name = "PREFIX")]
+    push_allow: Vec<String>,
+    /// Offline push through a push gateway at this URL instead of to device endpoints.
+    #[arg(long, value_name = "URL")]
+    push_gateway: Option<String>,
 }
 
 #[derive(Args)]
@@ -139,6 +145,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         redis: args.redis,
         advertise: args.advertise,
         require_durable_redis: args.require_durable_redis,
+        push_allow: args.push_allow,
+        push_gateway: args.push_gateway,
     };
     let settings = Settings::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     init_logging(settings.log_format);

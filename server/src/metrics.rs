@@ -134,6 +134,8 @@ pub struct Metrics {
     /// Non-cumulative: `latency[i]` counts samples in (bucket i-1, bucket i]; the last slot is +Inf.
     latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
+    /// The `ferry_push_*` counters.
+    pub(crate) push: crate::push::PushMetrics,
 }
 
 impl Default for Metrics {
@@ -144,6 +146,7 @@ impl Default for Metrics {
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_sum_us: AtomicU64::new(0),
+            push: Default::default(),
         }
     }
 }
@@ -297,6 +300,7 @@ impl Metrics {
             writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter")?;
             writeln!(out, "{name} {}", value.load(Relaxed))?;
         }
+        self.push.write_to(out)?;
 
         let name = "ferry_connections_active";
         writeln!(
@@ -460,6 +464,9 @@ mod tests {
                 .unwrap_or(name);
             assert!(typed.iter().any(|t| t == family), "{line}");
         }
-        assert_eq!(typed.len(), COUNTERS.len() + 3);
+        assert_eq!(
+            typed.len(),
+            COUNTERS.len() + 3 + crate::push::PushMetrics::FAMILIES
+        );
     }
 }

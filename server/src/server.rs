@@ -138,6 +138,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         .with_context(|| format!("binding HTTP endpoint on {}", settings.http))?;
     let http_addr = http_listener.local_addr()?;
     let (cluster, envelopes) = join_cluster(&settings, local_addr, http_addr).await?;
+    let (push, push_events) = crate::push::Push::new(&settings.push)?.unzip();
 
     let shared = Arc::new(Shared {
         limits: settings.limits_frame(),
@@ -148,6 +149,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         settings,
         store,
         cluster,
+        push,
         sessions: Sessions::default(),
         metrics: Arc::new(Metrics::default()),
         secret,
@@ -174,6 +176,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
             shutdown_rx.clone(),
         ));
         tokio::spawn(cluster::run_liveness(shared.clone(), shutdown_rx.clone()));
+    }
+    if let Some(events) = push_events {
+        tokio::spawn(crate::push::run(
+            shared.clone(),
+            events,
+            shutdown_rx.clone(),
+        ));
     }
     let done = tokio::spawn(accept_loop(endpoint, shared.clone(), shutdown_rx));
     info!(%local_addr, %http_addr, ca = %tls_files.cert.display(), "ferry-server listening");

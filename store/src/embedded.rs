@@ -18,7 +18,8 @@
 //! - `indexer`: the indexer thread that writes the tail into redb and deletes indexed segments;
 //! - `recovery`: start-up replay of the log past the index's high-water mark;
 //! - `tables`: the redb tables and the encoding of their records;
-//! - `cache`: the durable hot state kept in memory (conversations, memberships, the change counter).
+//! - `cache`: the durable hot state kept in memory (conversations, memberships, the change counter);
+//! - `push`: push registrations, in their own redb table outside the log.
 //!
 //! Guarantees: an append is acked only after the frame holding it is fsynced; it becomes visible
 //! (cache head, tail) in the same step, before the ack, and seqs are assigned by the one writer in
@@ -32,6 +33,7 @@ mod batch;
 mod cache;
 mod indexer;
 mod options;
+mod push;
 mod record;
 mod recovery;
 mod segment;

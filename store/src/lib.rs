@@ -28,9 +28,11 @@ use bytes::Bytes;
 use ferry_protocol::frame::{ConversationKind, ConversationState, Message};
 
 pub mod embedded;
+mod push;
 pub mod redis;
 
 pub use embedded::{CommitStats, EmbeddedStore, EmbeddedStoreOptions};
+pub use push::{PushRecord, MAX_PUSH_DEVICES_PER_USER};
 pub use redis::{Durability, RedisStore, RedisStoreOptions};
 
 /// A user message to append.
@@ -270,4 +272,20 @@ pub trait Store: Send + Sync + 'static {
         since_token: u64,
         limit: u32,
     ) -> Result<SyncPage, StoreError>;
+
+    /// Stores the push registration of `device` of `user` durably, replacing the device's earlier one.
+    /// A new device beyond [`MAX_PUSH_DEVICES_PER_USER`] is refused with [`StoreError::Invalid`].
+    async fn put_push(
+        &self,
+        user: &str,
+        device: &str,
+        record: PushRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Removes the push registration of `device` of `user` durably; whether there was one.
+    async fn delete_push(&self, user: &str, device: &str) -> Result<bool, StoreError>;
+
+    /// The push registrations of every device of `user`, by device id (sorted).
+    async fn push_registrations(&self, user: &str)
+        -> Result<Vec<(String, PushRecord)>, StoreError>;
 }

@@ -114,6 +114,55 @@ pub enum Command {
     /// Print server, user, device, connection state and outbox size.
     #[command(visible_alias = "whoami", after_help = STATUS_HELP)]
     Status(StatusArgs),
+    /// Offline push: register this device's push endpoint, remove it, or list the user's.
+    #[command(subcommand, after_help = PUSH_HELP)]
+    Push(PushCommand),
+}
+
+const PUSH_HELP: &str = "\
+Examples:
+  ferry push register --endpoint https://ntfy.example/upAbc123   # a UnifiedPush endpoint
+  ferry push register --endpoint https://ntfy.example/upAbc123 --policy preview
+  ferry push register --app-token <FCM token>   # when the server posts to a push gateway
+  ferry push unregister
+  ferry push list
+
+The server must allow the endpoint (push.allow); a refused endpoint exits with status 5.";
+
+/// `ferry push ...`.
+#[derive(Debug, Subcommand)]
+pub enum PushCommand {
+    /// Register (or replace) this device's push endpoint; prints the stored registration.
+    #[command(after_help = PUSH_HELP)]
+    Register {
+        /// The URL the server POSTs to (from the UnifiedPush distributor); may be omitted when the
+        /// server posts to a push gateway.
+        #[arg(long, default_value = "")]
+        endpoint: String,
+        /// What a notification may reveal: none (wake-up only) or preview (sender and group name).
+        #[arg(long, default_value = "none")]
+        policy: crate::push::PushPolicy,
+        /// Opaque token copied into every notification (e.g. a gateway's pushkey).
+        #[arg(long, default_value = "")]
+        app_token: String,
+        /// Give up after this many seconds without a connection (exit 4).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Remove this device's push registration.
+    #[command(after_help = PUSH_HELP)]
+    Unregister {
+        /// Give up after this many seconds without a connection (exit 4).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// List the push registrations of every device of this user.
+    #[command(after_help = PUSH_HELP)]
+    List {
+        /// Give up after this many seconds without a connection (exit 4).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
 
 /// `ferry status` (or `ferry whoami`).

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod format;
+mod push;
 pub mod run;
 pub mod status;
 

@@ -71,6 +71,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             watcher.abort();
             r
         }
+        Command::Push(cmd) => {
+            let watcher = tokio::spawn(watch_events(events, fatal_tx, None));
+            let r = super::push::run(&client, cmd, fatal_rx).await;
+            watcher.abort();
+            r
+        }
         Command::Typing(args) => {
             let watcher = tokio::spawn(watch_events(events, fatal_tx, None));
             let r = typing(&client, args, fatal_rx).await;

@@ -81,6 +81,11 @@ impl Core {
                     }));
                 }
             }
+            Kind::PushResult(r) => {
+                if let Some(reply) = self.push_waiters.remove(&r.request_id) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
             Kind::GoAway(g) => {
                 if ErrorCode(g.code) == ErrorCode::SESSION_REPLACED {
                     tracing::info!(reason = %g.reason, "replaced by another session of this device; stopping");
@@ -95,11 +100,14 @@ impl Core {
             Kind::Error(e) => {
                 let code = ErrorCode(e.code);
                 if e.request_id != 0 {
+                    let error = ClientError::Protocol {
+                        code,
+                        message: e.message,
+                    };
                     if let Some(reply) = self.control_waiters.remove(&e.request_id) {
-                        let _ = reply.send(Err(ClientError::Protocol {
-                            code,
-                            message: e.message,
-                        }));
+                        let _ = reply.send(Err(error));
+                    } else if let Some(reply) = self.push_waiters.remove(&e.request_id) {
+                        let _ = reply.send(Err(error));
                     }
                     return;
                 }

@@ -157,6 +157,8 @@ struct Session {
     /// The server's verdict on the early data; `None` while unknown.
     zero_rtt_verdict: Option<bool>,
     welcomed: bool,
+    /// The server acknowledged the `push` capability in Welcome (FERRY-EXT-3).
+    push: bool,
     /// `Event::Connection(Connected)` was reported (after Welcome and, with early data, the verdict).
     announced: bool,
     heartbeat: Option<crate::heartbeat::HeartbeatTimer>,
@@ -196,6 +198,8 @@ pub(crate) struct Core {
     inbox: Inbox,
     sends: HashMap<String, PendingSend>,
     control_waiters: HashMap<u64, Reply<GroupChange>>,
+    /// Push requests waiting for their PushResult, by request id.
+    push_waiters: HashMap<u64, Reply<ferry_protocol::frame::PushResult>>,
     /// Group requests made without a Welcomed session: sent after the next Welcome.
     queued_control: VecDeque<(u64, Frame)>,
     /// History requests waiting for their PullResult, by request id.
@@ -270,6 +274,7 @@ impl Core {
             inbox,
             sends: HashMap::new(),
             control_waiters: HashMap::new(),
+            push_waiters: HashMap::new(),
             queued_control: VecDeque::new(),
             history_waiters: HashMap::new(),
             history_reads: HashMap::new(),
@@ -434,6 +439,9 @@ impl Core {
         use crate::error::ClientError;
         self.sends.clear();
         for (_, reply) in self.control_waiters.drain() {
+            let _ = reply.send(Err(ClientError::Closed));
+        }
+        for (_, reply) in self.push_waiters.drain() {
             let _ = reply.send(Err(ClientError::Closed));
         }
         for request in self.deferred_history.drain(..) {

@@ -7,8 +7,9 @@ use ferry_protocol::frame::{self, frame::Kind};
 
 use super::conversations::datagrams_allowed;
 use super::{frame, Core, HistoryRequest, PendingSend, Stop, Transmit};
-use crate::client::{GroupOp, Request};
+use crate::client::{GroupOp, Reply, Request};
 use crate::error::ClientError;
+use crate::push::PushOp;
 
 impl Core {
     /// A request of the application. `Rebind` is the driver's (it owns the socket) and is ignored here.
@@ -66,6 +67,7 @@ impl Core {
                     })));
                 }
             }
+            Request::Push { op, reply } => self.push_request(op, reply),
             Request::Typing {
                 conversation,
                 active,
@@ -108,6 +110,43 @@ impl Core {
             }
             Request::Shutdown { reply } => self.stop = Some(Stop::Shutdown(Some(reply))),
         }
+    }
+
+    /// A push request: sent only on a Welcomed session whose server acknowledged `push`
+    /// (FERRY-EXT-3); otherwise refused at once, since a registration is made by a connected app.
+    fn push_request(&mut self, op: PushOp, reply: Reply<frame::PushResult>) {
+        let refusal = match self.live() {
+            Some(s) if s.welcomed && s.push => None,
+            Some(s) if s.welcomed => Some(ClientError::Protocol {
+                code: ferry_protocol::ErrorCode::FORBIDDEN,
+                message: "the server does not offer push (no \"push\" capability in Welcome)"
+                    .into(),
+            }),
+            _ => Some(ClientError::Unreachable(
+                "push requests need a connection".into(),
+            )),
+        };
+        if let Some(error) = refusal {
+            let _ = reply.send(Err(error));
+            return;
+        }
+        let request_id = self.request_id();
+        let kind = match op {
+            PushOp::Register {
+                endpoint,
+                app_token,
+                policy,
+            } => Kind::PushRegister(frame::PushRegister {
+                request_id,
+                endpoint,
+                app_token,
+                policy: policy.wire(),
+            }),
+            PushOp::Unregister => Kind::PushUnregister(frame::PushUnregister { request_id }),
+            PushOp::List => Kind::PushList(frame::PushList { request_id }),
+        };
+        self.push_waiters.insert(request_id, reply);
+        self.control(frame(kind));
     }
 
     /// Every handle of the application is gone: stop.

@@ -56,7 +56,7 @@ impl Core {
             token: self.token.clone(),
             device_id: self.settings.device_id.clone(),
             client_name: self.settings.client_name.clone(),
-            capabilities: Vec::new(),
+            capabilities: vec![ferry_protocol::frames::CAPABILITY_PUSH.to_owned()],
             device_class: self.settings.device_class.clone(),
         }));
         self.phase = Phase::Live(Box::new(Session {
@@ -66,6 +66,7 @@ impl Core {
             early,
             zero_rtt_verdict: None,
             welcomed: false,
+            push: false,
             announced: false,
             heartbeat: None,
             draining: false,
@@ -285,6 +286,9 @@ impl Core {
         for (_, reply) in self.control_waiters.drain() {
             let _ = reply.send(Err(ClientError::Disconnected));
         }
+        for (_, reply) in self.push_waiters.drain() {
+            let _ = reply.send(Err(ClientError::Disconnected));
+        }
         for request in self.deferred_history.drain(..) {
             let _ = request.reply.send(Err(ClientError::Disconnected));
         }
@@ -336,6 +340,13 @@ impl Core {
                 .push_back(super::StoreWork::SetUserId(w.user_id.clone()));
         }
         self.store_epoch = w.store_epoch;
+        let push = w
+            .capabilities
+            .iter()
+            .any(|c| c == ferry_protocol::frames::CAPABILITY_PUSH);
+        if let Some(s) = self.session(gen) {
+            s.push = push;
+        }
         // FERRY-HELLO-5: adopt the announced limits, zero fields meaning the defaults.
         let limits = ferry_protocol::limits::effective(w.limits.as_ref());
         self.transmits.push_back(Transmit::MaxFrameSize {

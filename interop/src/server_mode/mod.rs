@@ -11,6 +11,7 @@ mod handshake;
 mod limits;
 mod messaging;
 mod network;
+mod push;
 mod streams;
 mod sync;
 
@@ -165,6 +166,7 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
         datagrams::cases(),
         limits::cases(),
         network::cases(),
+        push::cases(),
     ]
     .into_iter()
     .flatten()

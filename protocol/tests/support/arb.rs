@@ -5,7 +5,8 @@ use bytes::Bytes;
 use ferry_protocol::frame::{
     frame::Kind, Ack, AddMember, ConversationState, CreateGroup, Deliver, Error, GoAway,
     GroupResult, Heartbeat, HeartbeatAck, Hello, Limits, MarkRead, MembershipChange, Message, Open,
-    Presence, Pull, PullResult, RemoveMember, Send, SendAck, Sync, SyncResult, Typing, Welcome,
+    Presence, Pull, PullResult, PushList, PushRegister, PushRegistration, PushResult,
+    PushUnregister, RemoveMember, Send, SendAck, Sync, SyncResult, Typing, Welcome,
 };
 use ferry_protocol::Frame;
 use proptest::collection::vec;
@@ -133,10 +134,18 @@ pub fn kind() -> impl Strategy<Value = Kind> {
             any::<u32>(),
             option::of(limits()),
             num(),
-            num()
+            num(),
+            texts()
         )
             .prop_map(
-                |([user_id, session_id, node_id], hb, limits, server_time_ms, store_epoch)| {
+                |(
+                    [user_id, session_id, node_id],
+                    hb,
+                    limits,
+                    server_time_ms,
+                    store_epoch,
+                    capabilities,
+                )| {
                     Kind::Welcome(Welcome {
                         user_id,
                         session_id,
@@ -145,6 +154,7 @@ pub fn kind() -> impl Strategy<Value = Kind> {
                         limits,
                         server_time_ms,
                         store_epoch,
+                        capabilities,
                     })
                 }
             ),
@@ -271,6 +281,40 @@ pub fn kind() -> impl Strategy<Value = Kind> {
                     retry_after_ms,
                 })
             }
+        ),
+        push_kind(),
+    ]
+}
+
+/// The offline-push frames (spec section 18), including policy values this version does not name.
+fn push_kind() -> impl Strategy<Value = Kind> {
+    let policy = || prop_oneof![0..2i32, any::<i32>()];
+    let registration = (text(), text(), policy(), num(), any::<bool>()).prop_map(
+        |(device_id, endpoint, policy, registered_ms, has_app_token)| PushRegistration {
+            device_id,
+            endpoint,
+            policy,
+            registered_ms,
+            has_app_token,
+        },
+    );
+    prop_oneof![
+        (num(), text(), text(), policy()).prop_map(|(request_id, endpoint, app_token, policy)| {
+            Kind::PushRegister(PushRegister {
+                request_id,
+                endpoint,
+                app_token,
+                policy,
+            })
+        }),
+        num().prop_map(|request_id| Kind::PushUnregister(PushUnregister { request_id })),
+        num().prop_map(|request_id| Kind::PushList(PushList { request_id })),
+        (num(), vec(registration, 0..3), any::<bool>()).prop_map(
+            |(request_id, registrations, removed)| Kind::PushResult(PushResult {
+                request_id,
+                registrations,
+                removed,
+            })
         ),
     ]
 }

@@ -21,6 +21,10 @@ use ferry_protocol::frame::{
 use ferry_protocol::Frame;
 use serde_json::{json, Map, Value};
 
+// The offline-push frames live in their own file; as a child module it shares `Obj` and `Fields`.
+#[path = "push_json.rs"]
+mod push_json;
+
 // ---------------------------------------------------------------------------------------------------
 // Frame -> JSON
 
@@ -232,6 +236,7 @@ fn kind_to_json(kind: &Kind) -> (&'static str, Value) {
             limits,
             server_time_ms,
             store_epoch,
+            capabilities,
         }) => (
             "welcome",
             Obj::default()
@@ -242,6 +247,7 @@ fn kind_to_json(kind: &Kind) -> (&'static str, Value) {
                 .msg("limits", limits.as_ref().map(limits_to_json))
                 .num("server_time_ms", *server_time_ms)
                 .num("store_epoch", *store_epoch)
+                .strs("capabilities", capabilities)
                 .done(),
         ),
         Kind::Heartbeat(Heartbeat { sync_token }) => (
@@ -462,6 +468,10 @@ fn kind_to_json(kind: &Kind) -> (&'static str, Value) {
                 .num("retry_after_ms", *retry_after_ms)
                 .done(),
         ),
+        Kind::PushRegister(_)
+        | Kind::PushUnregister(_)
+        | Kind::PushList(_)
+        | Kind::PushResult(_) => push_json::to_json(kind),
     }
 }
 
@@ -699,6 +709,7 @@ fn kind_from_json(kind: &str, f: &mut Fields) -> Kind {
             limits: f.msg("limits", limits_from_json),
             server_time_ms: f.u64("server_time_ms"),
             store_epoch: f.u64("store_epoch"),
+            capabilities: f.strs("capabilities"),
         }),
         "heartbeat" => Kind::Heartbeat(Heartbeat {
             sync_token: f.u64("sync_token"),
@@ -795,6 +806,9 @@ fn kind_from_json(kind: &str, f: &mut Fields) -> Kind {
             client_msg_id: f.str("client_msg_id"),
             retry_after_ms: f.u64("retry_after_ms"),
         }),
+        "push_register" | "push_unregister" | "push_list" | "push_result" => {
+            push_json::from_json(kind, f)
+        }
         other => panic!("{}: unknown frame kind {other:?}", f.context),
     }
 }

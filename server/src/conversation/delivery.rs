@@ -38,6 +38,10 @@ pub(crate) async fn deliver(
     exclude: Option<u64>,
     also: Option<&str>,
 ) {
+    if let Some(push) = &shared.push {
+        let metrics = &shared.metrics.push;
+        push.committed(conversation, message.seq, epoch, &message.sender, metrics);
+    }
     #[cfg(feature = "test-hooks")]
     if shared.hooks.drops_delivery(conversation, &message) {
         return;

@@ -10,8 +10,8 @@ use super::tables::{ConvRecord, MemberRec, CURSORS, MESSAGES};
 use super::writer::Request;
 use super::{backend, writer_stopped, EmbeddedStore, Shared};
 use crate::{
-    Appended, ConversationInfo, Membership, MembershipOp, NewMessage, PendingAppend, Store,
-    StoreError, SyncPage, WriteStats,
+    Appended, ConversationInfo, Membership, MembershipOp, NewMessage, PendingAppend, PushRecord,
+    Store, StoreError, SyncPage, WriteStats,
 };
 
 fn kind_of(record: &ConvRecord) -> ConversationKind {
@@ -254,6 +254,36 @@ impl Store for EmbeddedStore {
         })
         .await
         .map_err(backend)?
+    }
+
+    async fn put_push(
+        &self,
+        user: &str,
+        device: &str,
+        record: PushRecord,
+    ) -> Result<(), StoreError> {
+        let (shared, user, device) = (self.shared.clone(), user.to_owned(), device.to_owned());
+        // A redb write transaction fsyncs: off the async threads.
+        tokio::task::spawn_blocking(move || super::push::put(&shared, &user, &device, &record))
+            .await
+            .map_err(backend)?
+    }
+
+    async fn delete_push(&self, user: &str, device: &str) -> Result<bool, StoreError> {
+        let (shared, user, device) = (self.shared.clone(), user.to_owned(), device.to_owned());
+        tokio::task::spawn_blocking(move || super::push::delete(&shared, &user, &device))
+            .await
+            .map_err(backend)?
+    }
+
+    async fn push_registrations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<(String, PushRecord)>, StoreError> {
+        let (shared, user) = (self.shared.clone(), user.to_owned());
+        tokio::task::spawn_blocking(move || super::push::list(&shared, &user))
+            .await
+            .map_err(backend)?
     }
 }
 /// Messages of `conversation` with `after < seq <= indexed_last` from the index, then the unindexed

@@ -9,7 +9,8 @@
 //! - `pipeline`: the append lanes (pipelined, ordered per conversation);
 //! - `durability`: the `appendonly`/`appendfsync` check at open;
 //! - `store`: the [`Store`](crate::Store) impl;
-//! - `sync`: `changed_since`, derived from per-conversation stamps.
+//! - `sync`: `changed_since`, derived from per-conversation stamps;
+//! - `push`: push registrations, one hash per user.
 //!
 //! # Keys and atomicity
 //! Every key of a conversation is tagged `{c:<id>}` (meta hash, message stream, members hash, delivery
@@ -59,6 +60,7 @@ mod durability;
 mod keys;
 mod options;
 mod pipeline;
+mod push;
 mod scripts;
 mod store;
 mod sync;

@@ -14,8 +14,8 @@ use redis::{AsyncCommands, FromRedisValue, Script, Value};
 use super::keys::{self, ConvKeys};
 use super::{backend, random_epoch, scripts, RedisStore};
 use crate::{
-    Appended, ConversationInfo, Membership, MembershipOp, NewMessage, PendingAppend, Store,
-    StoreError, SyncPage, WriteStats,
+    Appended, ConversationInfo, Membership, MembershipOp, NewMessage, PendingAppend, PushRecord,
+    Store, StoreError, SyncPage, WriteStats,
 };
 
 /// A member record as `lua/common.lua` writes it: `first|left|read|chg`.
@@ -525,5 +525,25 @@ impl Store for RedisStore {
         limit: u32,
     ) -> Result<SyncPage, StoreError> {
         self.sync_page(user, device, since_token, limit).await
+    }
+
+    async fn put_push(
+        &self,
+        user: &str,
+        device: &str,
+        record: PushRecord,
+    ) -> Result<(), StoreError> {
+        self.put_push_record(user, device, &record).await
+    }
+
+    async fn delete_push(&self, user: &str, device: &str) -> Result<bool, StoreError> {
+        self.delete_push_record(user, device).await
+    }
+
+    async fn push_registrations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<(String, PushRecord)>, StoreError> {
+        self.push_records(user).await
     }
 }

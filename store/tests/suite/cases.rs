@@ -697,3 +697,67 @@ pub async fn queued_appends_keep_their_order_while_in_flight<F: Fixture>(f: F) {
         "queued appends did not share round trips: {stats:?}"
     );
 }
+
+pub async fn push_registrations_replace_list_delete_and_survive_reopen<F: Fixture>(f: F) {
+    use ferry_store::{PushRecord, MAX_PUSH_DEVICES_PER_USER};
+    let record = |endpoint: &str, policy: i32| PushRecord {
+        endpoint: endpoint.into(),
+        app_token: "tok".into(),
+        policy,
+        registered_ms: 5,
+    };
+    let store = f.open().await;
+    assert!(store.push_registrations("alice").await.unwrap().is_empty());
+    store
+        .put_push("alice", "phone", record("https://a/1", 0))
+        .await
+        .unwrap();
+    store
+        .put_push("alice", "tablet", record("https://a/2", 1))
+        .await
+        .unwrap();
+    // Registering again replaces the device's registration; another user's is separate.
+    store
+        .put_push("alice", "phone", record("https://a/3", 1))
+        .await
+        .unwrap();
+    store
+        .put_push("alicea", "phone", record("https://b/1", 0))
+        .await
+        .unwrap();
+    let listed = store.push_registrations("alice").await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            ("phone".to_string(), record("https://a/3", 1)),
+            ("tablet".to_string(), record("https://a/2", 1)),
+        ]
+    );
+    drop(store);
+    let store = f.open().await;
+    assert_eq!(store.push_registrations("alice").await.unwrap(), listed);
+    assert!(store.delete_push("alice", "phone").await.unwrap());
+    assert!(!store.delete_push("alice", "phone").await.unwrap());
+    let left = store.push_registrations("alice").await.unwrap();
+    assert_eq!(left, vec![("tablet".to_string(), record("https://a/2", 1))]);
+    assert_eq!(store.push_registrations("alicea").await.unwrap().len(), 1);
+    // The per-user cap refuses a new device but still lets a registered one re-register.
+    for i in 1..MAX_PUSH_DEVICES_PER_USER {
+        let device = format!("d{i}");
+        store
+            .put_push("alice", &device, record("https://a/x", 0))
+            .await
+            .unwrap();
+    }
+    let refused = store
+        .put_push("alice", "one-more", record("https://a/y", 0))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(_))),
+        "{refused:?}"
+    );
+    store
+        .put_push("alice", "tablet", record("https://a/z", 0))
+        .await
+        .unwrap();
+}
