@@ -3,19 +3,21 @@
 //!
 //! [`start`] runs inside the serve loop, one Send at a time in arrival order: it checks the Send and
 //! queues its append with the store, so seqs follow the order of the Sends (FERRY-SEND-8). What it
-//! returns is the rest of the Send — wait until the append is durable, fan the message out, build the
-//! SendAck — as a future the serve loop keeps in its ordered set of pending answers. Many Sends of one
-//! stream therefore wait on the same commit, and no task is spawned per Send.
+//! returns is the rest of the Send — wait until the append is durable, build the SendAck — as a future
+//! the serve loop keeps in its ordered set of pending answers. Many Sends of one stream therefore wait
+//! on the same commit, and no task is spawned per Send.
 //!
-//! The SendAck is produced only after the append returned, i.e. after the commit is durable, and after
-//! the fan-out was queued. [`complete`] is the one place that orders these steps.
+//! The SendAck is produced only after the append returned, i.e. after the commit is durable. The
+//! durable message travels in the answer, and the serve loop fans it out right after it queued the
+//! SendAck ([`SendAnswer::fan_out`]): the sender's latency does not include the fan-out, and a message
+//! is still never delivered before it is durable.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use ferry_protocol::codec::frame;
-use ferry_protocol::frame::{frame::Kind, Send, SendAck};
+use ferry_protocol::frame::{frame::Kind, Message, Send, SendAck};
 use ferry_protocol::{frames, ids, unix_millis, ErrorCode, Frame};
 use ferry_store::{NewMessage, PendingAppend, StoreError};
 use futures_util::future::{BoxFuture, FutureExt};
@@ -31,6 +33,22 @@ pub(super) struct SendAnswer {
     pub(super) frame: Frame,
     /// The Send's slot of max_inflight_sends; `None` when the Send was refused before taking one.
     pub(super) permit: Option<OwnedSemaphorePermit>,
+    /// The durable message still to be fanned out, with its epoch; `None` for refusals and duplicates
+    /// (a duplicate was fanned out the first time).
+    pub(super) fan_out: Option<(Message, u64)>,
+}
+
+impl SendAnswer {
+    /// Fans the stored message out to the other devices of the conversation. Called after the
+    /// SendAck is queued for writing, so the sender's answer never waits behind the fan-out work
+    /// (member lookup, encoding, one queue per recipient).
+    pub(super) async fn fan_out(fan_out: Option<(Message, u64)>, conn: &Conn, conversation: &str) {
+        if let Some((stored, epoch)) = fan_out {
+            // The sender's own device is excluded: it learns the seq from the SendAck.
+            let exclude = Some(conn.session.id);
+            delivery::deliver(&conn.shared, conversation, stored, epoch, exclude, None).await;
+        }
+    }
 }
 
 /// The rest of a started Send: resolves to its answer.
@@ -44,12 +62,10 @@ pub(super) async fn start(conn: &Arc<Conn>, conversation: &Arc<str>, send: Send)
     let started = Instant::now();
     let client_msg_id = send.client_msg_id.clone();
     let queued = queue(conn, conversation, send).await;
-    let (conn, conversation) = (conn.clone(), conversation.clone());
+    let conn = conn.clone();
     let answer = async move {
         match queued {
-            Ok((append, permit)) => {
-                complete(&conn, &conversation, client_msg_id, started, append, permit).await
-            }
+            Ok((append, permit)) => complete(&conn, client_msg_id, started, append, permit).await,
             Err(refusal) => refused(&conn, client_msg_id, refusal, None),
         }
     };
@@ -61,6 +77,7 @@ pub(super) async fn start(conn: &Arc<Conn>, conversation: &Arc<str>, send: Send)
             answer.unwrap_or_else(|_| SendAnswer {
                 frame: frames::error(ErrorCode::INTERNAL, "send failed"),
                 permit: None,
+                fan_out: None,
             })
         })
         .boxed()
@@ -85,13 +102,10 @@ async fn queue(
     Ok((append, permit))
 }
 
-/// Waits for the append to be durable, fans the message out to the other devices, and answers.
-///
-/// The fan-out only queues Delivers (it never waits for a recipient), so a slow device does not delay
-/// the SendAck; it is queued before the answer is produced.
+/// Waits for the append to be durable and answers; the durable message rides along in the answer
+/// for the fan-out, which the serve loop runs once the SendAck is queued ([`SendAnswer::fan_out`]).
 async fn complete(
     conn: &Conn,
-    conversation: &str,
     client_msg_id: String,
     started: Instant,
     append: PendingAppend,
@@ -104,12 +118,7 @@ async fn complete(
     conn.shared
         .metrics
         .send(appended.duplicate, started.elapsed());
-    if let Some(stored) = appended.message {
-        // The sender's own device is excluded: it learns the seq from the SendAck.
-        let exclude = Some(conn.session.id);
-        let epoch = appended.epoch;
-        delivery::deliver(&conn.shared, conversation, stored, epoch, exclude, None).await;
-    }
+    let fan_out = appended.message.map(|stored| (stored, appended.epoch));
     let ack = frame(Kind::SendAck(SendAck {
         client_msg_id,
         seq: appended.seq,
@@ -119,6 +128,7 @@ async fn complete(
     SendAnswer {
         frame: ack,
         permit: Some(permit),
+        fan_out,
     }
 }
 
@@ -138,6 +148,7 @@ fn refused(
     SendAnswer {
         frame: frames::send_error(client_msg_id, code, reason, retry_after),
         permit,
+        fan_out: None,
     }
 }
 

@@ -185,9 +185,12 @@ pub(super) async fn serve(
         tokio::select! {
             biased;
             Some(answer) = pending.next(), if !pending.is_empty() => {
-                // The in-flight slot is released only once the answer is queued for writing.
-                let SendAnswer { frame, permit: _permit } = answer;
-                if writer.send(frame).await.is_err() {
+                // The in-flight slot is released only once the answer is queued for writing; the
+                // fan-out comes after the SendAck, so the sender's latency does not include it.
+                let SendAnswer { frame, permit: _permit, fan_out } = answer;
+                let written = writer.send(frame).await;
+                SendAnswer::fan_out(fan_out, &conn, &conversation).await;
+                if written.is_err() {
                     break;
                 }
             }
@@ -226,17 +229,22 @@ pub(super) async fn serve(
         // The stream is gone but these appends are queued: let them finish, so their messages still
         // reach the other devices. Their answers have nowhere to go; the client repeats the Sends
         // (deduplicated by client_msg_id). A separate task, so the stream stops counting now.
-        tokio::spawn(finish(pending));
+        tokio::spawn(finish(conn.clone(), conversation.clone(), pending));
     }
     // Acks already received are still recorded; the task ends when the watch sender drops.
     drop(ack_tx);
     let _ = ack_task.await;
 }
 
-/// Completes the Sends still pending on an ended stream, discarding their answers.
-async fn finish(mut pending: FuturesOrdered<PendingSend>) {
+/// Completes the Sends still pending on an ended stream and fans their messages out, discarding their
+/// answers.
+async fn finish(conn: Arc<Conn>, conversation: Arc<str>, mut pending: FuturesOrdered<PendingSend>) {
     let left = pending.len();
-    let all = async { while pending.next().await.is_some() {} };
+    let all = async {
+        while let Some(answer) = pending.next().await {
+            SendAnswer::fan_out(answer.fan_out, &conn, &conversation).await;
+        }
+    };
     if tokio::time::timeout(FINISH_TIMEOUT, all).await.is_err() {
         // Their messages are durable or not stored at all; recipients recover with heads and Pull.
         debug!(

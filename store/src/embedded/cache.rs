@@ -51,7 +51,12 @@ impl Cache {
     pub fn apply(&mut self, record: &GroupRecord) {
         for row in &record.convs {
             let conv_record = row.record.clone().unwrap_or_default();
-            self.convs.insert(row.conv.clone(), conv_record);
+            match self.convs.get_mut(&row.conv) {
+                Some(existing) => *existing = conv_record,
+                None => {
+                    self.convs.insert(row.conv.clone(), conv_record);
+                }
+            }
         }
         for row in &record.members {
             self.insert_member(&row.conv, &row.user, row.rec());
@@ -63,11 +68,22 @@ impl Cache {
         self.members.get(conv)?.get(user).copied()
     }
 
+    /// Sets a membership. Nearly every call updates an existing one (a sender's read cursor moves with
+    /// each group), so the keys are cloned only when an entry is new.
     pub fn insert_member(&mut self, conv: &str, user: &str, rec: MemberRec) {
-        self.members
-            .entry(conv.to_owned())
-            .or_default()
-            .insert(user.to_owned(), rec);
+        let members = match self.members.get_mut(conv) {
+            Some(members) => members,
+            None => self.members.entry(conv.to_owned()).or_default(),
+        };
+        match members.get_mut(user) {
+            Some(existing) => {
+                *existing = rec;
+                return;
+            }
+            None => {
+                members.insert(user.to_owned(), rec);
+            }
+        }
         let convs = self.user_convs.entry(user.to_owned()).or_default();
         if !convs.contains(conv) {
             convs.insert(conv.to_owned());

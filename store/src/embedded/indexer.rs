@@ -1,8 +1,13 @@
 //! The indexer thread: builds the redb index from the log, behind the acks.
 //!
-//! It takes the oldest durable groups from the tail (up to [`MAX_GROUPS_PER_TXN`]), writes their rows
-//! and the high-water mark (`META_LOG_APPLIED`, the last group applied) in one redb transaction, and
-//! only after that commit drops them from the tail and wakes a writer waiting for room. Most commits
+//! It gathers durable groups in the tail until the oldest has waited [`GATHER`] (or they hold
+//! [`GATHER_BYTES`]), then writes the oldest of them (up to [`MAX_TXN_BYTES`]) and the high-water mark
+//! (`META_LOG_APPLIED`, the last group applied) in one redb transaction, and only after that commit
+//! drops them from the tail and wakes a writer waiting for room. Gathering is what makes the index
+//! cheap: redb copies every page a transaction touches, so a transaction per small group copied a
+//! conversation's leaf page (and the branch pages above it) for every few messages; one transaction per
+//! gathering period copies it once for all of them. The lag this adds is bounded ([`GATHER`]) and
+//! invisible to readers, who are served from the tail until the rows are indexed. Most commits
 //! are not fsynced (the log is the durable copy, and an index fsync would compete with the log's);
 //! every [`DURABLE_EVERY`] one is, and only then are the log segments whose every group is durably
 //! indexed deleted. Rows are absolute values, so a group applied again
@@ -23,8 +28,14 @@ use super::segment;
 use super::tables::*;
 use super::Shared;
 
-/// Most groups written per index transaction: bounds the time a transaction holds them.
-const MAX_GROUPS_PER_TXN: usize = 512;
+/// How long the indexer lets groups gather in the tail before it indexes them (the usual trigger
+/// under load). Bounds the index lag in time; backpressure bounds it in bytes.
+const GATHER: Duration = Duration::from_millis(50);
+/// Tail size at which the indexer starts at once instead of gathering for [`GATHER`] (never more
+/// than a quarter of the backpressure bound, so gathering alone never holds a writer back).
+const GATHER_BYTES: usize = 4 << 20;
+/// Most log payload bytes written per index transaction: bounds the time one transaction takes.
+const MAX_TXN_BYTES: usize = 16 << 20;
 /// Most expired dedupe entries purged per transaction, so purging never makes one noticeably longer.
 const PURGE_PER_TXN: usize = 1000;
 /// Longest time index commits stay non-durable (see `index`).
@@ -36,6 +47,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// be indexed).
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut failures = 0u32;
+    let gather_bytes = GATHER_BYTES.min(shared.max_unindexed_bytes / 4).max(1);
     let mut indexed = shared.lock_tail().indexed;
     // The last group known to be in a durable (fsynced) index commit, and when that commit was.
     let mut durable = indexed;
@@ -43,15 +55,24 @@ pub(crate) fn run(shared: Arc<Shared>) {
     loop {
         let (groups, closing) = {
             let mut tail = shared.lock_tail();
-            // Each pass waits at most DURABLE_EVERY, so pending non-durable commits get flushed.
+            // Each pass waits at most GATHER (groups waiting) or DURABLE_EVERY (none waiting), so
+            // gathered groups get indexed and pending non-durable commits get flushed.
             loop {
                 let flush_due = indexed > durable && durable_at.elapsed() >= DURABLE_EVERY;
-                if tail.has_unindexed() || tail.closing || flush_due {
+                let lag = tail.lag();
+                let gathered = tail.has_unindexed()
+                    && (lag >= GATHER || tail.bytes() >= gather_bytes || failures > 0);
+                if gathered || tail.closing || flush_due {
                     break;
                 }
+                let wait = if tail.has_unindexed() {
+                    GATHER - lag
+                } else {
+                    DURABLE_EVERY
+                };
                 tail = shared
                     .tail_changed
-                    .wait_timeout(tail, DURABLE_EVERY)
+                    .wait_timeout(tail, wait)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
@@ -59,7 +80,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 // Shutting down with a broken index: the log keeps the groups for the next start.
                 return;
             }
-            (tail.oldest(MAX_GROUPS_PER_TXN), tail.closing)
+            (tail.oldest(MAX_TXN_BYTES), tail.closing)
         };
         let make_durable = closing || durable_at.elapsed() >= DURABLE_EVERY;
         let last = groups.last().map_or(indexed, |(last, _)| *last);

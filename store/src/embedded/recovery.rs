@@ -31,17 +31,59 @@ pub(crate) struct Replayed {
     pub groups: u64,
 }
 
+/// Decoded frames handed from the reading thread to the applying one; bounds the memory the replay
+/// holds beyond the tail itself.
+const DECODED_QUEUE: usize = 256;
+
 /// Replays `log_dir` into `cache` and `tail` (whose `indexed` is the index's high-water mark).
+///
+/// Two threads share the work: one reads, checks and decodes frames (the allocation-heavy part), the
+/// calling one takes them into the cache and the tail in order. A million messages replay in well
+/// under the two seconds the start-up goal allows only if these overlap.
 pub(crate) fn replay(
     log_dir: &Path,
     cache: &mut Cache,
     tail: &mut Tail,
 ) -> Result<Replayed, StoreError> {
+    let indexed = tail.indexed;
+    let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_QUEUE);
+    std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("ferry-store-replay".into())
+            .spawn_scoped(scope, move || read_frames(log_dir, indexed, &tx))
+            .map_err(|e| StoreError::Backend(format!("log: {e}")))?;
+        let mut last_group = indexed;
+        let mut groups = 0;
+        // Ends when the reader is done or failed (it drops the sender either way).
+        for (group, record, size) in rx {
+            cache.apply(&record);
+            tail.push(group, Arc::new(record), size);
+            last_group = group;
+            groups += 1;
+        }
+        match reader.join() {
+            Ok(result) => result?,
+            Err(_) => return Err(StoreError::Backend("log: replay reader panicked".into())),
+        }
+        Ok(Replayed {
+            next_group: last_group + 1,
+            groups,
+        })
+    })
+}
+
+/// Reads every segment, cuts off a torn end, checks that groups follow each other from `indexed + 1`
+/// and sends the decoded records past `indexed` to `out`, in order. Stops at the first error, after
+/// the frames before it were sent.
+fn read_frames(
+    log_dir: &Path,
+    indexed: u64,
+    out: &std::sync::mpsc::SyncSender<(u64, GroupRecord, usize)>,
+) -> Result<(), StoreError> {
     let corrupt = |what: String| StoreError::Backend(format!("log: {what}"));
     let io = |err: std::io::Error| StoreError::Backend(format!("log: {err}"));
     let segments = segment::list(log_dir).map_err(io)?;
-    let mut last_group = tail.indexed;
-    let mut groups = 0;
+    let mut last_group = indexed;
     for (i, (first, path)) in segments.iter().enumerate() {
         let scanned = segment::scan(path).map_err(io)?;
         if scanned.torn_bytes > 0 {
@@ -60,7 +102,7 @@ pub(crate) fn replay(
             if group < *first {
                 return Err(corrupt(format!("group {group} in segment {first}")));
             }
-            if group <= tail.indexed {
+            if group <= indexed {
                 continue;
             }
             if group != last_group + 1 {
@@ -71,14 +113,12 @@ pub(crate) fn replay(
             let size = payload.len();
             let record =
                 GroupRecord::decode(payload).map_err(|e| corrupt(format!("group {group}: {e}")))?;
-            cache.apply(&record);
-            tail.push(group, Arc::new(record), size);
+            if out.send((group, record, size)).is_err() {
+                // The applying side is gone; it reports its own failure.
+                return Ok(());
+            }
             last_group = group;
-            groups += 1;
         }
     }
-    Ok(Replayed {
-        next_group: last_group + 1,
-        groups,
-    })
+    Ok(())
 }

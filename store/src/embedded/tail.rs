@@ -10,33 +10,39 @@
 //! limit (backpressure), so memory stays bounded whatever the load.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foldhash::fast::RandomState;
 
 use super::record::GroupRecord;
 
-/// A three-part key as one string (one allocation instead of three): each of the first two parts is
-/// prefixed with its length, so different parts never make the same key.
-fn key3(a: &str, b: &str, c: &str) -> String {
-    let mut key = String::with_capacity(a.len() + b.len() + c.len() + 8);
-    // Writing to a String cannot fail.
-    let _ = write!(key, "{}:{a}{}:{b}{c}", a.len(), b.len());
-    key
+/// A three-part key as one byte string (one allocation instead of three): each of the first two parts
+/// is prefixed with its length, so different parts never make the same key. Built by hand rather than
+/// with `format!`: it is made once per message on the writer, in the replay and in the indexer, and the
+/// formatting machinery was most of its cost.
+fn key3(a: &str, b: &str, c: &str) -> Box<[u8]> {
+    let mut key = Vec::with_capacity(a.len() + b.len() + c.len() + 8);
+    for part in [a, b] {
+        // Parts longer than u32::MAX bytes cannot reach here (frames are far smaller).
+        key.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        key.extend_from_slice(part.as_bytes());
+    }
+    key.extend_from_slice(c.as_bytes());
+    key.into_boxed_slice()
 }
 
 /// Map keyed by [`key3`]. foldhash instead of SipHash: these maps take an insert per message on the
 /// writer and in the replay, where hashing showed as the largest cost (and nobody who could choose
 /// keys to collide sees the hashes).
-type Map3<V> = HashMap<String, V, RandomState>;
+type Map3<V> = HashMap<Box<[u8]>, V, RandomState>;
 
 /// Durable, not yet indexed state. Guarded by the store's tail mutex.
 #[derive(Default)]
 pub(crate) struct Tail {
-    /// `(group, record, payload size)`, oldest first.
-    groups: VecDeque<(u64, Arc<GroupRecord>, usize)>,
+    /// `(group, record, payload size, when it was pushed)`, oldest first.
+    groups: VecDeque<(u64, Arc<GroupRecord>, usize, Instant)>,
     /// conversation → seq → encoded message.
     messages: HashMap<String, BTreeMap<u64, Bytes>>,
     /// dedupe key → `(seq, time, group)`.
@@ -85,16 +91,29 @@ impl Tail {
             self.cursors.insert(key, (row.seq, group));
         }
         self.bytes += size;
-        self.groups.push_back((group, record, size));
+        self.groups.push_back((group, record, size, Instant::now()));
     }
 
-    /// Up to `max` of the oldest groups, for the indexer.
-    pub(crate) fn oldest(&self, max: usize) -> Vec<(u64, Arc<GroupRecord>)> {
+    /// The oldest groups, for the indexer: at least one, then more while their payloads stay within
+    /// `max_bytes` in all.
+    pub(crate) fn oldest(&self, max_bytes: usize) -> Vec<(u64, Arc<GroupRecord>)> {
+        let mut taken = 0;
         self.groups
             .iter()
-            .take(max)
-            .map(|(group, record, _)| (*group, record.clone()))
+            .take_while(|(_, _, size, _)| {
+                let first = taken == 0;
+                taken += size;
+                first || taken <= max_bytes
+            })
+            .map(|(group, record, _, _)| (*group, record.clone()))
             .collect()
+    }
+
+    /// How long the oldest unindexed group has waited for the indexer (zero when none waits).
+    pub(crate) fn lag(&self) -> Duration {
+        self.groups
+            .front()
+            .map_or(Duration::ZERO, |(_, _, _, at)| at.elapsed())
     }
 
     /// Whether groups wait for the indexer.
@@ -104,8 +123,8 @@ impl Tail {
 
     /// Drops every group up to `through`, which the index now holds.
     pub(crate) fn indexed_through(&mut self, through: u64) {
-        while self.groups.front().is_some_and(|(g, _, _)| *g <= through) {
-            let Some((group, record, size)) = self.groups.pop_front() else {
+        while self.groups.front().is_some_and(|(g, ..)| *g <= through) {
+            let Some((group, record, size, _)) = self.groups.pop_front() else {
                 break;
             };
             self.bytes -= size;
@@ -166,5 +185,69 @@ impl Tail {
             .take(limit)
             .map(|(seq, bytes)| (*seq, bytes.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::record::{DedupeRow, MessageRow};
+
+    fn group(conv: &str, seq: u64, cmid: &str) -> Arc<GroupRecord> {
+        Arc::new(GroupRecord {
+            messages: vec![MessageRow {
+                conv: conv.into(),
+                seq,
+                message: Bytes::from_static(b"m"),
+            }],
+            dedupe: vec![DedupeRow {
+                conv: conv.into(),
+                sender: "alice".into(),
+                client_msg_id: cmid.into(),
+                seq,
+                time_ms: 7,
+            }],
+            ..GroupRecord::default()
+        })
+    }
+
+    #[test]
+    fn the_indexer_takes_whole_groups_up_to_its_byte_bound_and_at_least_one() {
+        let mut tail = Tail::new(0);
+        for g in 1..=4 {
+            tail.push(g, group("c", g, &format!("id{g}")), 100);
+        }
+        let taken = |max| -> Vec<u64> { tail.oldest(max).iter().map(|(g, _)| *g).collect() };
+        assert_eq!(taken(250), vec![1, 2]);
+        assert_eq!(taken(400), vec![1, 2, 3, 4]);
+        // A group larger than the bound still goes, alone: the indexer must always make progress.
+        assert_eq!(taken(10), vec![1]);
+    }
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_unindexed_group() {
+        let mut tail = Tail::new(0);
+        assert_eq!(tail.lag(), Duration::ZERO);
+        tail.push(1, group("c", 1, "a"), 10);
+        // Far apart, so the check below holds however long this thread is descheduled in between.
+        std::thread::sleep(Duration::from_millis(300));
+        tail.push(2, group("c", 2, "b"), 10);
+        let before = tail.lag();
+        assert!(before >= Duration::from_millis(300));
+        tail.indexed_through(1);
+        assert!(tail.lag() < before, "group 2 is younger than group 1");
+        tail.indexed_through(2);
+        assert_eq!(tail.lag(), Duration::ZERO);
+    }
+
+    #[test]
+    fn keys_with_the_same_characters_split_differently_stay_apart() {
+        let mut tail = Tail::new(0);
+        let mut record = GroupRecord::clone(&group("ab", 1, "c"));
+        record.dedupe[0].sender = "x".into();
+        tail.push(1, Arc::new(record), 10);
+        assert_eq!(tail.dedupe("ab", "x", "c"), Some((1, 7)));
+        assert_eq!(tail.dedupe("a", "bx", "c"), None);
+        assert_eq!(tail.dedupe("ab", "xc", ""), None);
     }
 }
