@@ -191,6 +191,11 @@ async fn handshake(
         limits: Some(shared.limits),
         server_time_ms: unix_millis(SystemTime::now()),
         store_epoch: shared.store.store_epoch(),
+        endpoints: shared
+            .cluster
+            .as_ref()
+            .map(|c| c.live_peer_endpoints())
+            .unwrap_or_default(),
     };
     let _ = control.send(frame(Kind::Welcome(welcome))).await;
     // In a cluster, the local registry and the session directory must see this user's logins in the

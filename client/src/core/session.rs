@@ -13,8 +13,8 @@ use crate::error::ClientError;
 use crate::event::{ConnectionState, Event};
 use crate::heartbeat::{HeartbeatAction, HeartbeatTimer};
 
-/// Most endpoints the rotation holds (configured plus learnt from GoAway).
-const MAX_ENDPOINTS: usize = 64;
+/// Most endpoints the rotation holds (configured plus learnt from GoAway and Welcome).
+pub(super) const MAX_ENDPOINTS: usize = 64;
 
 /// Why a connection ended, as the driver saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,8 +235,8 @@ impl Core {
         self.transmits.push_back(Transmit::Dial { gen, endpoint });
     }
 
-    /// An endpoint named by GoAway joins the rotation: a client configured with the draining node only
-    /// must still find the cluster when the node it moved to fails later. Bounded: GoAway names the
+    /// An endpoint named by GoAway or Welcome joins the rotation: a client configured with one node only
+    /// must still find the cluster when that node (or the one it moved to) fails. Bounded: both name the
     /// cluster's nodes, and past [`MAX_ENDPOINTS`] nothing more is learnt.
     fn learn_endpoint(&mut self, endpoint: &str) {
         let endpoints = &mut self.settings.endpoints;
@@ -363,6 +363,11 @@ impl Core {
         let timeout = self.settings.heartbeat_timeout.unwrap_or(2 * interval);
         self.backoff.reset();
         self.refreshed_token = false;
+        // FERRY-HELLO-6: the cluster's other nodes join the rotation, after the configured endpoints,
+        // so a client configured with this node only still finds the cluster after a kill -9 of it.
+        for endpoint in &w.endpoints {
+            self.learn_endpoint(endpoint);
+        }
         let Some(session) = self.session(gen) else {
             return;
         };

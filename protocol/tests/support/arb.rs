@@ -133,10 +133,18 @@ pub fn kind() -> impl Strategy<Value = Kind> {
             any::<u32>(),
             option::of(limits()),
             num(),
-            num()
+            num(),
+            texts()
         )
             .prop_map(
-                |([user_id, session_id, node_id], hb, limits, server_time_ms, store_epoch)| {
+                |(
+                    [user_id, session_id, node_id],
+                    hb,
+                    limits,
+                    server_time_ms,
+                    store_epoch,
+                    endpoints,
+                )| {
                     Kind::Welcome(Welcome {
                         user_id,
                         session_id,
@@ -145,6 +153,7 @@ pub fn kind() -> impl Strategy<Value = Kind> {
                         limits,
                         server_time_ms,
                         store_epoch,
+                        endpoints,
                     })
                 }
             ),

@@ -232,6 +232,7 @@ fn kind_to_json(kind: &Kind) -> (&'static str, Value) {
             limits,
             server_time_ms,
             store_epoch,
+            endpoints,
         }) => (
             "welcome",
             Obj::default()
@@ -242,6 +243,7 @@ fn kind_to_json(kind: &Kind) -> (&'static str, Value) {
                 .msg("limits", limits.as_ref().map(limits_to_json))
                 .num("server_time_ms", *server_time_ms)
                 .num("store_epoch", *store_epoch)
+                .strs("endpoints", endpoints)
                 .done(),
         ),
         Kind::Heartbeat(Heartbeat { sync_token }) => (
@@ -699,6 +701,7 @@ fn kind_from_json(kind: &str, f: &mut Fields) -> Kind {
             limits: f.msg("limits", limits_from_json),
             server_time_ms: f.u64("server_time_ms"),
             store_epoch: f.u64("store_epoch"),
+            endpoints: f.strs("endpoints"),
         }),
         "heartbeat" => Kind::Heartbeat(Heartbeat {
             sync_token: f.u64("sync_token"),

@@ -147,6 +147,49 @@ fn endpoints_named_by_goaway_join_the_rotation() {
     assert_eq!(h.next_dial().1, OTHER, "learnt from GoAway");
 }
 
+/// Establishes a session on the endpoint dialled next and answers Hello with a Welcome naming
+/// `endpoints` (FERRY-HELLO-6).
+fn welcome_naming(h: &mut Harness, endpoints: Vec<String>) -> u64 {
+    let (gen, _) = establish_dialled(h);
+    let welcome = f(Kind::Welcome(frame::Welcome {
+        user_id: "alice".into(),
+        endpoints,
+        ..Default::default()
+    }));
+    h.core.handle_frame(gen, control(), welcome, h.now);
+    h.step();
+    gen
+}
+
+#[test]
+fn endpoints_named_by_welcome_join_the_rotation_after_the_configured_ones() {
+    // Configured with one node only; its Welcome names the cluster's others (itself too, as a node
+    // might): after a kill -9 of it the client reaches them, each once per round.
+    let mut h = fast(&[SERVER]);
+    let gen = welcome_naming(&mut h, vec![OTHER.into(), SERVER.into(), THIRD.into()]);
+    h.lose(gen);
+    let mut dialled = Vec::new();
+    for _ in 0..4 {
+        let (gen, endpoint) = h.next_dial();
+        dialled.push(endpoint);
+        h.core.handle_established(gen, Err("refused".into()), h.now);
+    }
+    assert_eq!(dialled, [OTHER, THIRD, SERVER, OTHER]);
+}
+
+#[test]
+fn endpoints_learnt_from_welcome_are_bounded() {
+    // A Welcome is a hint from one server, not a list to grow without end.
+    let mut h = fast(&[SERVER]);
+    let many = (0..1000).map(|i| format!("10.0.{}.{}:7700", i / 256, i % 256));
+    welcome_naming(&mut h, many.collect());
+    assert_eq!(
+        h.core.settings.endpoints.len(),
+        crate::core::session::MAX_ENDPOINTS
+    );
+    assert_eq!(h.core.settings.endpoints[0], SERVER, "configured first");
+}
+
 #[test]
 fn a_retryable_error_answers_a_heartbeat_so_a_store_outage_is_no_failover() {
     let mut h = fast(&[SERVER, OTHER]);
