@@ -51,6 +51,18 @@ pub enum Refresh {
     Replaced,
 }
 
+/// What registering a login did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// Recorded; these sessions (on any node) are replaced under the login policy: the caller tells
+    /// their nodes to close them with SESSION_REPLACED.
+    Replacing(Vec<SessionEntry>),
+    /// A later login of the same device is already recorded (this one reached Redis late, e.g. from a
+    /// node too slow to answer before the device moved on): nothing was written, and this session is
+    /// the one to close.
+    Superseded,
+}
+
 /// A device's session as the registering node sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionRef<'a> {
@@ -101,11 +113,13 @@ impl SessionDirectory {
         }
     }
 
-    /// Runs `script` (register or refresh: they share their arguments) on the session's user key.
+    /// Runs `script` (register or refresh: they share their arguments) on the session's user key;
+    /// `at_ms` orders logins of one device (0: now, by Redis's clock).
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         s: SessionRef<'_>,
+        at_ms: u64,
     ) -> Result<T, ClusterError> {
         let mut redis = self.redis.clone();
         Ok(script
@@ -116,27 +130,50 @@ impl SessionDirectory {
             .arg(s.session)
             .arg(self.ttl.as_millis() as u64)
             .arg(self.policy.name())
+            .arg(at_ms)
             .invoke_async(&mut redis)
             .await?)
     }
 
-    /// Registers a new session; returns the sessions it replaces under the login policy (on any node —
-    /// the caller tells their nodes to close them with SESSION_REPLACED).
+    /// Registers a new session as of now (by Redis's clock); returns the sessions it replaces under
+    /// the login policy (on any node — the caller tells their nodes to close them with
+    /// SESSION_REPLACED). See [`SessionDirectory::register_login`] for logins accepted earlier.
     pub async fn register(&self, s: SessionRef<'_>) -> Result<Vec<SessionEntry>, ClusterError> {
+        match self.register_login(s, 0).await? {
+            Registration::Replacing(replaced) => Ok(replaced),
+            Registration::Superseded => Ok(Vec::new()),
+        }
+    }
+
+    /// Registers a login that this node accepted at `at_ms` (ms since the Unix epoch). Logins of one
+    /// device are ordered by that instant, not by when their registration reaches Redis, so a late
+    /// registration of a login the device already abandoned cannot replace its newer session.
+    pub async fn register_login(
+        &self,
+        s: SessionRef<'_>,
+        at_ms: u64,
+    ) -> Result<Registration, ClusterError> {
         let mut redis = self.redis.clone();
         // The node's user set first: should the script's write then be lost, releasing finds nothing.
         let _: () = redis.sadd(self.keys.node_users(&self.node), s.user).await?;
-        let flat: Vec<String> = self.invoke(&self.scripts.register, s).await?;
-        Ok(flat
-            .chunks_exact(2)
-            .filter_map(|pair| SessionEntry::parse(pair[0].clone(), &pair[1]))
-            .collect())
+        let flat: Vec<String> = self.invoke(&self.scripts.register, s, at_ms).await?;
+        match flat.split_first() {
+            Some((status, _)) if status == "superseded" => Ok(Registration::Superseded),
+            Some((status, rest)) if status == "ok" => Ok(Registration::Replacing(
+                rest.chunks_exact(2)
+                    .filter_map(|pair| SessionEntry::parse(pair[0].clone(), &pair[1]))
+                    .collect(),
+            )),
+            _ => Err(ClusterError::Protocol(format!(
+                "register script answered {flat:?}"
+            ))),
+        }
     }
 
     /// Extends the session's expiry (call it on heartbeats); see [`Refresh`].
     pub async fn refresh(&self, s: SessionRef<'_>) -> Result<Refresh, ClusterError> {
         let mut redis = self.redis.clone();
-        let result: String = self.invoke(&self.scripts.refresh, s).await?;
+        let result: String = self.invoke(&self.scripts.refresh, s, 0).await?;
         match result.as_str() {
             "refreshed" => Ok(Refresh::Refreshed),
             "restored" => {

@@ -26,7 +26,7 @@ pub mod redis;
 pub mod registry;
 
 pub use bus::{Bus, BusEvent, Envelope};
-pub use directory::{Refresh, SessionDirectory, SessionEntry, SessionRef};
+pub use directory::{Refresh, Registration, SessionDirectory, SessionEntry, SessionRef};
 pub use health::{HealthConfig, PeerHealth, Verdict};
 pub use keys::Keys;
 pub use policy::{replaces, LoginPolicy};

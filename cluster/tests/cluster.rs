@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ferry_cluster::bus::{BusEvent, Kick};
 use ferry_cluster::{
     replaces, Bus, ClusterError, Keys, LoginPolicy, NodeInfo, NodeRegistry, Prober, Redis,
-    RedisTarget, Refresh, Renewal, SessionDirectory, SessionRef,
+    RedisTarget, Refresh, Registration, Renewal, SessionDirectory, SessionRef,
 };
 use ferry_test_support::redis::{RedisCluster, RedisServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,6 +47,7 @@ both_topologies!(
     start_up_probe_cleans_dead_nodes_and_refuses_live_twins
 );
 both_topologies!(bus, bus_reaches_the_users_node_only);
+both_topologies!(login_order, a_late_registration_of_an_older_login_loses);
 
 fn keys() -> Keys {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -361,4 +362,42 @@ async fn bus_reaches_the_users_node_only(target: RedisTarget) {
             .await
             .is_err()
     );
+}
+
+/// A device gave up on a slow node B (no Welcome in time) and logged in on node C; B's registration of
+/// the abandoned login reaches Redis after C's. Logins are ordered by when their node accepted them:
+/// B's is superseded (B closes it) and C's live session stays, instead of being closed as replaced.
+async fn a_late_registration_of_an_older_login_loses(target: RedisTarget) {
+    let keys = keys();
+    let b = directory(&target, &keys, "node-b", LoginPolicy::All).await;
+    let c = directory(&target, &keys, "node-c", LoginPolicy::All).await;
+    let (older, newer) = (1_000_000, 1_000_500);
+    let on_c = c
+        .register_login(session("erin", "phone", "mobile", "c1"), newer)
+        .await
+        .unwrap();
+    assert_eq!(on_c, Registration::Replacing(vec![]));
+    let on_b = b
+        .register_login(session("erin", "phone", "mobile", "b1"), older)
+        .await
+        .unwrap();
+    assert_eq!(on_b, Registration::Superseded);
+    let held: Vec<(String, String)> = c
+        .sessions("erin")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.node, e.session))
+        .collect();
+    assert_eq!(held, [("node-c".to_string(), "c1".to_string())]);
+    // A later login still replaces it, wherever it comes from.
+    let again = b
+        .register_login(session("erin", "phone", "mobile", "b2"), newer + 1)
+        .await
+        .unwrap();
+    let Registration::Replacing(replaced) = again else {
+        panic!("a later login must be registered: {again:?}");
+    };
+    assert_eq!(replaced.len(), 1);
+    assert_eq!(replaced[0].session, "c1");
 }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use ferry_cluster::bus::{BusEvent, Datagram, Deliver, Kick};
 use ferry_cluster::{
     Bus, Envelope, HealthConfig, Keys, NodeInfo, NodeRegistry, PeerHealth, Prober, Redis,
-    RedisTarget, Refresh, Renewal, SessionDirectory, SessionRef, Verdict,
+    RedisTarget, Refresh, Registration, Renewal, SessionDirectory, SessionRef, Verdict,
 };
 use ferry_protocol::frame::Message;
 use prost::Message as _;
@@ -143,20 +143,27 @@ impl ClusterNode {
         }
     }
 
-    /// A session started here: records it cluster-wide, tells the nodes of the sessions it replaces to
-    /// close them, and listens for the user's bus messages. Local replacements were already handled by
-    /// the local registry.
-    pub(crate) async fn on_login(&self, session: &SessionHandle) {
+    /// A session started here, accepted at `at_ms` (ms since the Unix epoch): records it cluster-wide,
+    /// tells the nodes of the sessions it replaces to close them, and listens for the user's bus
+    /// messages. Local replacements were already handled by the local registry. If the device logged
+    /// in again elsewhere after `at_ms` (this node was too slow and the device moved on), this session
+    /// is the stale one and is closed instead of the newer one.
+    pub(crate) async fn on_login(&self, session: &SessionHandle, at_ms: u64) {
         if let Err(e) = self.bus.subscribe(&session.user).await {
             warn!(user = %session.user, error = %e, "bus subscribe failed; the user relies on heads + Pull");
         }
         let key = self.session_key(session);
         let replaced = match self
             .directory
-            .register(self.session_ref(session, &key))
+            .register_login(self.session_ref(session, &key), at_ms)
             .await
         {
-            Ok(replaced) => replaced,
+            Ok(Registration::Replacing(replaced)) => replaced,
+            Ok(Registration::Superseded) => {
+                info!(user = %session.user, device = %session.device, "a later login of the device is registered; closing this one");
+                session.close_replaced();
+                return;
+            }
             Err(e) => {
                 warn!(user = %session.user, error = %e, "session not recorded in the directory");
                 return;

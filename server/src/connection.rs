@@ -183,13 +183,15 @@ async fn handshake(
         control: control.clone(),
         connection: connection.clone(),
     };
+    // When this node accepted the login: orders the device's logins across nodes (`on_login`).
+    let login_ms = unix_millis(SystemTime::now());
     let welcome = Welcome {
         user_id: user,
         session_id: format!("{}-{}", shared.settings.node_id, session.id),
         node_id: shared.settings.node_id.clone(),
         heartbeat_interval_ms: shared.settings.heartbeat_interval_ms,
         limits: Some(shared.limits),
-        server_time_ms: unix_millis(SystemTime::now()),
+        server_time_ms: login_ms,
         store_epoch: shared.store.store_epoch(),
         endpoints: shared
             .cluster
@@ -212,7 +214,7 @@ async fn handshake(
         replaced.close_replaced();
     }
     if let Some(cluster) = &shared.cluster {
-        cluster.on_login(&session).await;
+        cluster.on_login(&session, login_ms).await;
     }
     drop(login_order);
     let conn = Conn {

@@ -245,19 +245,31 @@ impl Core {
         }
     }
 
-    /// The next endpoint of the configured rotation. The address of the session that just ended is
+    /// The next endpoint of the configured rotation. Right after a session ended, its address is
     /// skipped once (when another endpoint exists): after a `kill -9` the rotation may point right back
     /// at the dead node (e.g. after a GoAway moved the client), and a dial to it only fails after the
     /// connect timeout. Skipping only once keeps a restarted node reachable on the next round.
+    ///
+    /// That first dial goes to a *random* other endpoint, and the rotation continues from there: every
+    /// client of a killed node would otherwise move to the same next node in its list, one node taking
+    /// the whole handshake and resync storm (and, starved, failing its own clients' heartbeats) while
+    /// the others idle.
     fn rotate(&mut self) -> String {
+        use rand::Rng;
         let endpoints = &self.settings.endpoints;
-        let avoid = self.avoid.take();
-        let mut e = endpoints[self.next_endpoint % endpoints.len()].clone();
-        self.next_endpoint += 1;
-        if endpoints.len() > 1 && avoid.is_some() && e.parse::<SocketAddr>().ok() == avoid {
-            e = endpoints[self.next_endpoint % endpoints.len()].clone();
-            self.next_endpoint += 1;
+        let n = endpoints.len();
+        if let (Some(dead), true) = (self.avoid.take(), n > 1) {
+            let others: Vec<usize> = (0..n)
+                .filter(|&i| endpoints[i].parse::<SocketAddr>().ok() != Some(dead))
+                .collect();
+            if !others.is_empty() {
+                let i = others[self.rng.random_range(0..others.len())];
+                self.next_endpoint = i + 1;
+                return endpoints[i].clone();
+            }
         }
+        let e = endpoints[self.next_endpoint % n].clone();
+        self.next_endpoint += 1;
         e
     }
 
