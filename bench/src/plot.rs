@@ -14,6 +14,7 @@ const SIZE: (u32, u32) = (860, 520);
 fn color(system: System) -> RGBColor {
     match system {
         System::Ferry => RGBColor(0xd6, 0x27, 0x28),
+        System::FerryRedis => RGBColor(0xff, 0x7f, 0x0e),
         System::Mosquitto => RGBColor(0x1f, 0x77, 0xb4),
         System::Nats => RGBColor(0x2c, 0xa0, 0x2c),
         System::Redis => RGBColor(0x94, 0x67, 0xbd),

@@ -165,6 +165,8 @@ pub struct FailoverRow {
     pub p99_ms: f64,
     /// The slowest run, ms.
     pub max_ms: f64,
+    /// Where the time went, per client (detection, reconnection, catch-up).
+    pub phases: Vec<crate::scenarios::failover::PhaseRow>,
 }
 
 /// Goodput through a lossy path.
@@ -387,6 +389,21 @@ impl Results {
                 format!("{:.0}", r.p50_ms),
                 format!("{:.0}", r.p99_ms),
                 format!("{:.0}", r.max_ms),
+            ]);
+        }
+        tables.push(t);
+        let mut t = Table {
+            title: "Failover phases (per client on the killed node, over every run)".into(),
+            header: vec!["phase", "samples", "p50 ms", "p99 ms", "max ms"],
+            rows: vec![],
+        };
+        for p in self.failover.iter().flat_map(|r| &r.phases) {
+            t.rows.push(vec![
+                p.phase.to_string(),
+                p.samples.to_string(),
+                format!("{:.0}", p.p50_ms),
+                format!("{:.0}", p.p99_ms),
+                format!("{:.0}", p.max_ms),
             ]);
         }
         tables.push(t);

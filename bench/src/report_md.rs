@@ -78,6 +78,14 @@ pub fn goals(r: &Results) -> Vec<String> {
         )),
         _ => lines.push("Durable throughput ≥ 2× JetStream's: not measured in this run".into()),
     }
+    match (tp(System::FerryRedis), tp(System::Redis)) {
+        (Some(f), Some(r)) => lines.push(format!(
+            "Ferry on Redis ≥ 0.9× the raw EVALSHA loop (256 B): Ferry on Redis {f:.0}/s, raw script {r:.0}/s = {:.2}× — {}",
+            f / r,
+            verdict(f >= 0.9 * r)
+        )),
+        _ => lines.push("Ferry on Redis ≥ 0.9× the raw EVALSHA loop: not measured in this run".into()),
+    }
     let p99 = |s: System| {
         r.latency
             .iter()

@@ -61,6 +61,9 @@ pub(crate) struct ClusterNode {
     prober: Prober,
     options: ClusterOptions,
     logins: [tokio::sync::Mutex<()>; LOGIN_STRIPES],
+    /// QUIC addresses of the peers that answered their last probe, for `Welcome.endpoints`
+    /// (FERRY-HELLO-6). Kept by the liveness loop so a login never waits on Redis for it.
+    live_peers: std::sync::Mutex<Vec<String>>,
 }
 
 impl ClusterNode {
@@ -95,6 +98,7 @@ impl ClusterNode {
         }
         let (bus, envelopes) = Bus::connect(&options.target, keys, &me.id, BUS_QUEUE).await?;
         info!(node = %me.id, peers = claimed.peers.len(), "joined the cluster");
+        let live_peers = claimed.peers.iter().map(|p| p.quic.clone()).collect();
         Ok((
             ClusterNode {
                 directory,
@@ -103,6 +107,7 @@ impl ClusterNode {
                 prober,
                 options,
                 logins: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+                live_peers: std::sync::Mutex::new(live_peers),
             },
             envelopes,
         ))
@@ -141,7 +146,9 @@ impl ClusterNode {
 
     /// A session started here: records it cluster-wide, tells the nodes of the sessions it replaces to
     /// close them, and listens for the user's bus messages. Local replacements were already handled by
-    /// the local registry.
+    /// the local registry. If the device logged in again elsewhere after this node accepted the login
+    /// (`SessionHandle::login_ms`; this node was too slow and the device moved on), this session is the
+    /// stale one and is closed instead of the newer one.
     pub(crate) async fn on_login(&self, session: &SessionHandle) {
         if let Err(e) = self.bus.subscribe(&session.user).await {
             warn!(user = %session.user, error = %e, "bus subscribe failed; the user relies on heads + Pull");
@@ -266,6 +273,15 @@ impl ClusterNode {
         }
     }
 
+    /// QUIC addresses of the peers alive at their last probe (for `Welcome.endpoints`, FERRY-HELLO-6):
+    /// a client configured with this node only can then reach the others after a `kill -9` of it.
+    pub(crate) fn live_peer_endpoints(&self) -> Vec<String> {
+        self.live_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Leaves the cluster (on shutdown): releases this node's sessions and lease.
     pub(crate) async fn leave(&self) {
         if let Err(e) = self.registry.leave(&self.directory).await {
@@ -382,10 +398,14 @@ async fn watch_peers(cluster: &ClusterNode, health: &mut PeerHealth) {
                 Some(info) => Some(prober.alive(&info.http).await),
                 None => None,
             };
-            (id, alive)
+            (id, alive, lease.map(|info| info.quic))
         });
     }
-    while let Some(Ok((id, alive))) = probes.join_next().await {
+    let mut live = Vec::new();
+    while let Some(Ok((id, alive, quic))) = probes.join_next().await {
+        if alive == Some(true) {
+            live.extend(quic);
+        }
         let verdict = match alive {
             None => health.lease_gone(&id),
             Some(alive) => health.probed(&id, alive, Instant::now()),
@@ -401,4 +421,7 @@ async fn watch_peers(cluster: &ClusterNode, health: &mut PeerHealth) {
             }
         }
     }
+    // Sorted: the order probes finish in says nothing, and a stable list reads better in logs.
+    live.sort();
+    *cluster.live_peers.lock().unwrap_or_else(|e| e.into_inner()) = live;
 }

@@ -190,9 +190,14 @@ async fn handshake(
         node_id: shared.settings.node_id.clone(),
         heartbeat_interval_ms: shared.settings.heartbeat_interval_ms,
         limits: Some(shared.limits),
-        server_time_ms: unix_millis(SystemTime::now()),
+        server_time_ms: session.login_ms,
         store_epoch: shared.store.store_epoch(),
         capabilities: crate::push::welcome_capabilities(shared.push.as_ref(), &hello.capabilities),
+        endpoints: shared
+            .cluster
+            .as_ref()
+            .map(|c| c.live_peer_endpoints())
+            .unwrap_or_default(),
     };
     let _ = control.send(frame(Kind::Welcome(welcome))).await;
     // In a cluster, the local registry and the session directory must see this user's logins in the

@@ -182,8 +182,20 @@ async fn device_with(
     user: &str,
     device: &'static str,
 ) -> Device {
+    let endpoints = (0..nodes.len()).map(|k| nodes[(home + k) % nodes.len()].quic);
+    device_knowing(builder, nodes, endpoints.collect(), user, device).await
+}
+
+/// A client configured with `endpoints` only (the nodes' identity comes from `nodes[0]`).
+async fn device_knowing(
+    builder: ClientBuilder,
+    nodes: &[NodeProcess],
+    endpoints: Vec<SocketAddr>,
+    user: &str,
+    device: &'static str,
+) -> Device {
     let store = tempfile::tempdir().expect("temp dir");
-    let endpoints = (0..nodes.len()).map(|k| nodes[(home + k) % nodes.len()].quic.to_string());
+    let endpoints = endpoints.iter().map(SocketAddr::to_string);
     let (client, events) = builder
         .endpoints(endpoints)
         .ca_file(nodes[0].dir.path().join("cert.pem"))
@@ -339,6 +351,65 @@ async fn kill9_of_a_node_moves_its_clients_elsewhere_and_loses_nothing() {
         "{} clients moved off the killed node; all caught up {:?} after the kill",
         on_killed.len(),
         killed_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_names_the_other_nodes_so_a_client_knowing_one_survives_its_kill9() {
+    let redis = RedisServer::start();
+    let mut nodes = start_nodes(3, &[redis.url()], &prefix("welcome"));
+    // n1's Welcome names n2 and n3 once its liveness loop has seen them answer (FERRY-HELLO-6).
+    let ca = nodes[0].dir.path().join("cert.pem");
+    let target = ferry_interop::driver::Target::new(nodes[0].quic, &ca).expect("target");
+    let mut others: Vec<String> = nodes[1..].iter().map(|n| n.quic.to_string()).collect();
+    others.sort();
+    let mut named = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while named != others && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let token = nodes[0].token("u9", "probe");
+        let session = target.session(&token, "probe").await.expect("session");
+        named = session.welcome.endpoints.clone();
+        named.sort();
+        session.close();
+    }
+    assert_eq!(named, others, "n1's Welcome.endpoints");
+    // A device configured with n1 only, and its peer on n2.
+    let fast = || {
+        ClientBuilder::new()
+            .heartbeat_interval(Duration::from_millis(250))
+            .heartbeat_timeout(Duration::from_millis(800))
+    };
+    let lonely = device_knowing(fast(), &nodes, vec![nodes[0].quic], "u0", "phone").await;
+    let peer = device(&nodes, 1, "u1", "phone").await;
+    for d in [&lonely, &peer] {
+        assert!(wait_until(WAIT, || d.client.stats().connected).await);
+    }
+    let killed = nodes[0].quic;
+    assert_eq!(lonely.client.stats().endpoint, Some(killed));
+    nodes[0].kill9();
+    let receipt = peer
+        .client
+        .send(conversation_of("u1"), "after the kill")
+        .await
+        .expect("send");
+    let stored = tokio::time::timeout(WAIT, receipt)
+        .await
+        .expect("ack in time")
+        .expect("stored");
+    let got = wait_until(WAIT, || {
+        let seen = lonely.seen.lock().expect("seen lock");
+        seen.iter().any(|m| m.seq == stored.seq)
+    })
+    .await;
+    let stats = lonely.client.stats();
+    assert!(
+        got,
+        "the message reached the device that knew n1 only: {stats:?}"
+    );
+    assert!(
+        stats.connected && stats.endpoint != Some(killed),
+        "{stats:?}"
     );
 }
 

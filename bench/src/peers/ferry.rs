@@ -59,6 +59,11 @@ impl FerryServer {
     /// Starts `binary` on free loopback ports with the per-user send rate lifted (the bench measures
     /// the send path, not the rate limit).
     pub async fn start(binary: &Path) -> anyhow::Result<FerryServer> {
+        Self::start_with(binary, &[]).await
+    }
+
+    /// Like [`FerryServer::start`], with `extra` arguments for `ferry-server run` (e.g. `--redis`).
+    pub async fn start_with(binary: &Path, extra: &[&str]) -> anyhow::Result<FerryServer> {
         let dir = tempfile::tempdir()?;
         let (quic, http) = (free_port()?, free_port()?);
         let addr: SocketAddr = format!("127.0.0.1:{quic}").parse()?;
@@ -72,6 +77,7 @@ impl FerryServer {
             .arg(addr.to_string())
             .arg("--http")
             .arg(http_addr.to_string())
+            .args(extra)
             .env("RUST_LOG", "warn")
             .env("FERRY_LIMITS_SEND_RATE_PER_SEC", (u32::MAX / 2).to_string())
             .env("FERRY_LIMITS_SEND_BURST", (u32::MAX / 2).to_string());

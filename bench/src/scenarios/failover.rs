@@ -24,9 +24,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context};
 use clap::Args;
-use ferry_client::{BackoffConfig, Client, ClientBuilder, Event, Receipt};
+use ferry_client::{BackoffConfig, Client, ClientBuilder, ConnectionState, Event, Receipt};
 use ferry_protocol::ids;
 use ferry_server::auth::TokenSecret;
+use serde::Serialize;
 
 use crate::peers::process::{free_port, Process};
 use crate::peers::redis::Redis;
@@ -57,6 +58,10 @@ impl FailoverArgs {
     }
 }
 
+/// Per-source admission limits lifted for a bench whose clients all share one source address.
+const BENCH_CONFIG: &str =
+    "[hardening]\nmax_connections_per_source = 100000\nhandshakes_per_sec_per_source = 100000\n";
+
 /// Bound for every wait (start-up, acks, catch-up).
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -71,9 +76,17 @@ struct Node {
 impl Node {
     async fn start(&mut self, binary: &Path, redis: &str) -> anyhow::Result<()> {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        // Every client of the bench dials from 127.0.0.1: to the per-source admission limits
+        // (FERRY-HARDEN-2) its 200 devices are one flooder, and after a kill about two thirds of them
+        // (two handshakes each when 0-RTT is refused) land on each survivor within a second. An
+        // operator serving many users behind one NAT raises the limits the same way, by config.
+        let config = self.dir.join("bench.toml");
+        std::fs::write(&config, BENCH_CONFIG).context("writing the node's config")?;
         let mut command = Command::new(binary);
         command
             .arg("run")
+            .arg("--config")
+            .arg(&config)
             .arg("--data-dir")
             .arg(&self.dir)
             .args([
@@ -98,8 +111,18 @@ impl Node {
     }
 }
 
-/// What one device reported: (conversation, seq) in report order, with when.
-type Seen = Arc<Mutex<Vec<(String, u64, Instant)>>>;
+/// What one device reported, with when: the messages (conversation, seq) in report order, and the
+/// instants its sessions ended and started (to split a failover into its phases).
+#[derive(Default)]
+struct Log {
+    messages: Vec<(String, u64, Instant)>,
+    lost: Vec<Instant>,
+    connected: Vec<Instant>,
+    /// Why the client stopped for good (replaced, credentials refused), if it did.
+    stopped: Option<String>,
+}
+
+type Seen = Arc<Mutex<Log>>;
 
 struct Device {
     user: usize,
@@ -183,9 +206,16 @@ pub async fn measure(binary: &Path, args: &FailoverArgs) -> anyhow::Result<Failo
         let sink = seen.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
-                if let Event::Message(m) = event {
-                    let mut sink = sink.lock().expect("seen lock");
-                    sink.push((m.conversation, m.seq, Instant::now()));
+                let now = Instant::now();
+                let mut log = sink.lock().expect("seen lock");
+                match event {
+                    Event::Message(m) => log.messages.push((m.conversation, m.seq, now)),
+                    Event::Connection(ConnectionState::Disconnected { .. }) => log.lost.push(now),
+                    Event::Connection(ConnectionState::Connected { .. }) => log.connected.push(now),
+                    Event::Connection(
+                        state @ (ConnectionState::Replaced | ConnectionState::AuthFailed { .. }),
+                    ) => log.stopped = Some(format!("{state:?}")),
+                    _ => {}
                 }
             }
         });
@@ -204,26 +234,28 @@ pub async fn measure(binary: &Path, args: &FailoverArgs) -> anyhow::Result<Failo
 
     let mut acked = Acked::new();
     let mut times = Vec::new();
+    let mut phases = Phases::default();
     for run in 0..args.kills {
         // Steady state: one message per phone, all delivered.
         let receipts = send_round(&devices, run, "before").await?;
         collect_acks(receipts, &mut acked).await?;
         caught_up(&devices, &acked, None).await?;
         let victim = run % nodes.len();
-        let on_victim = devices
-            .iter()
-            .filter(|d| d.client.stats().endpoint == Some(nodes[victim].quic))
-            .count();
+        let on_victim: Vec<usize> = (0..devices.len())
+            .filter(|&i| devices[i].client.stats().endpoint == Some(nodes[victim].quic))
+            .collect();
         nodes[victim].kill9();
         let killed = Instant::now();
         let receipts = send_round(&devices, run, "after").await?;
         collect_acks(receipts, &mut acked).await?;
         let last = caught_up(&devices, &acked, Some(killed)).await?;
         let took = last.saturating_duration_since(killed);
+        let spurious = phases.record(&devices, &on_victim, killed);
         println!(
-            "failover run {}: killed {} ({on_victim} clients on it), last client caught up after {:.0} ms",
+            "failover run {}: killed {} ({} clients on it, {spurious} others lost their session), last client caught up after {:.0} ms",
             run + 1,
             nodes[victim].id,
+            on_victim.len(),
             took.as_secs_f64() * 1e3
         );
         times.push(took);
@@ -233,10 +265,7 @@ pub async fn measure(binary: &Path, args: &FailoverArgs) -> anyhow::Result<Failo
         d.client.shutdown().await;
     }
     times.sort();
-    let pct = |p: f64| {
-        let i = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1;
-        times[i].as_secs_f64() * 1e3
-    };
+    let pct = |p: f64| percentile_ms(&times, p);
     let row = FailoverRow {
         nodes: args.nodes,
         clients: args.clients,
@@ -245,11 +274,18 @@ pub async fn measure(binary: &Path, args: &FailoverArgs) -> anyhow::Result<Failo
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         max_ms: pct(1.0),
+        phases: phases.rows(),
     };
     println!(
         "failover: {} nodes, {} clients, {} kills, all recovered with nothing lost: p50 {:.0} ms, p99 {:.0} ms",
         row.nodes, row.clients, row.kills, row.p50_ms, row.p99_ms
     );
+    for p in &row.phases {
+        println!(
+            "failover phase {:<28} p50 {:>6.0} ms  p99 {:>6.0} ms  max {:>6.0} ms  ({} samples)",
+            p.phase, p.p50_ms, p.p99_ms, p.max_ms, p.samples
+        );
+    }
     Ok(row)
 }
 
@@ -281,7 +317,12 @@ async fn send_round(
     let mut receipts = Vec::new();
     for (i, d) in devices.iter().enumerate().filter(|(_, d)| d.phone) {
         let body = format!("u{}/{run}/{phase}", d.user);
-        receipts.push((i, d.client.send(conversation(d.user)?, body).await?));
+        let receipt = d.client.send(conversation(d.user)?, body).await;
+        let receipt = receipt.with_context(|| {
+            let stopped = d.seen.lock().expect("seen lock").stopped.clone();
+            format!("device {i} (u{}) stopped: {stopped:?}", d.user)
+        })?;
+        receipts.push((i, receipt));
     }
     Ok(receipts)
 }
@@ -320,7 +361,8 @@ async fn caught_up(
             .unwrap_or_default();
         let got = || -> Vec<(u64, Instant)> {
             let seen = d.seen.lock().expect("seen lock");
-            seen.iter()
+            seen.messages
+                .iter()
                 .filter(|(c, _, _)| *c == conv)
                 .map(|(_, q, t)| (*q, *t))
                 .collect()
@@ -343,4 +385,97 @@ async fn caught_up(
         }
     }
     Ok(last)
+}
+
+/// One phase of a failover over every run: per-client durations, pooled.
+#[derive(Serialize, Clone)]
+pub struct PhaseRow {
+    /// What is measured, from when to when.
+    pub phase: &'static str,
+    /// Client samples (one per affected client per run).
+    pub samples: usize,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Slowest, ms.
+    pub max_ms: f64,
+}
+
+/// Per-client phase durations of every run so far. A client on the killed node goes through
+/// detection (kill → its session declared dead), reconnection (→ Welcome from another node, including a
+/// 0-RTT rejection and its second handshake) and catch-up (→ the last message of the run reported:
+/// Sync, Pull and the resent Sends of the peers); every client has a total (kill → its last message).
+#[derive(Default)]
+struct Phases {
+    detect: Vec<Duration>,
+    reconnect: Vec<Duration>,
+    catch_up: Vec<Duration>,
+    total_moved: Vec<Duration>,
+    total_stayed: Vec<Duration>,
+}
+
+impl Phases {
+    /// Records one run; returns how many clients *not* on the killed node lost their session too (a
+    /// heartbeat timeout too tight for the machine's load shows up here, not as a slower failover).
+    fn record(&mut self, devices: &[Device], on_victim: &[usize], killed: Instant) -> usize {
+        let mut spurious = 0;
+        for (i, d) in devices.iter().enumerate() {
+            let log = d.seen.lock().expect("seen lock");
+            let last = log
+                .messages
+                .iter()
+                .map(|m| m.2)
+                .filter(|t| *t >= killed)
+                .max();
+            let lost = log.lost.iter().copied().find(|t| *t >= killed);
+            if !on_victim.contains(&i) {
+                spurious += usize::from(lost.is_some());
+                self.total_stayed.extend(last.map(|t| t - killed));
+                continue;
+            }
+            self.total_moved.extend(last.map(|t| t - killed));
+            let Some(lost) = lost else { continue };
+            self.detect.push(lost - killed);
+            let Some(connected) = log.connected.iter().copied().find(|t| *t >= lost) else {
+                continue;
+            };
+            self.reconnect.push(connected - lost);
+            self.catch_up
+                .extend(last.map(|t| t.saturating_duration_since(connected)));
+        }
+        spurious
+    }
+
+    fn rows(&self) -> Vec<PhaseRow> {
+        [
+            ("detect (kill → lost)", &self.detect),
+            ("reconnect (lost → Welcome)", &self.reconnect),
+            ("catch-up (Welcome → last msg)", &self.catch_up),
+            ("moved: kill → last msg", &self.total_moved),
+            ("stayed: kill → last msg", &self.total_stayed),
+        ]
+        .into_iter()
+        .map(|(phase, samples)| {
+            let mut sorted = samples.clone();
+            sorted.sort();
+            PhaseRow {
+                phase,
+                samples: sorted.len(),
+                p50_ms: percentile_ms(&sorted, 0.50),
+                p99_ms: percentile_ms(&sorted, 0.99),
+                max_ms: percentile_ms(&sorted, 1.0),
+            }
+        })
+        .collect()
+    }
+}
+
+/// The `p` quantile of sorted durations in ms (nearest rank; 0 for no samples).
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1e3
 }

@@ -43,7 +43,7 @@ async fn measure(config: &Config, system: System) -> anyhow::Result<FsyncRow> {
         .args(["-f", "-c", "-e", "trace=fsync,fdatasync", "-o"])
         .arg(&out)
         .arg("-p")
-        .arg(running.pid().to_string())
+        .arg(running.durable_pid().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&errors)?)

@@ -13,8 +13,8 @@ use crate::error::ClientError;
 use crate::event::{ConnectionState, Event};
 use crate::heartbeat::{HeartbeatAction, HeartbeatTimer};
 
-/// Most endpoints the rotation holds (configured plus learnt from GoAway).
-const MAX_ENDPOINTS: usize = 64;
+/// Most endpoints the rotation holds (configured plus learnt from GoAway and Welcome).
+pub(super) const MAX_ENDPOINTS: usize = 64;
 
 /// Why a connection ended, as the driver saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,8 +236,8 @@ impl Core {
         self.transmits.push_back(Transmit::Dial { gen, endpoint });
     }
 
-    /// An endpoint named by GoAway joins the rotation: a client configured with the draining node only
-    /// must still find the cluster when the node it moved to fails later. Bounded: GoAway names the
+    /// An endpoint named by GoAway or Welcome joins the rotation: a client configured with one node only
+    /// must still find the cluster when that node (or the one it moved to) fails. Bounded: both name the
     /// cluster's nodes, and past [`MAX_ENDPOINTS`] nothing more is learnt.
     fn learn_endpoint(&mut self, endpoint: &str) {
         let endpoints = &mut self.settings.endpoints;
@@ -246,19 +246,31 @@ impl Core {
         }
     }
 
-    /// The next endpoint of the configured rotation. The address of the session that just ended is
+    /// The next endpoint of the configured rotation. Right after a session ended, its address is
     /// skipped once (when another endpoint exists): after a `kill -9` the rotation may point right back
     /// at the dead node (e.g. after a GoAway moved the client), and a dial to it only fails after the
     /// connect timeout. Skipping only once keeps a restarted node reachable on the next round.
+    ///
+    /// That first dial goes to a *random* other endpoint, and the rotation continues from there: every
+    /// client of a killed node would otherwise move to the same next node in its list, one node taking
+    /// the whole handshake and resync storm (and, starved, failing its own clients' heartbeats) while
+    /// the others idle.
     fn rotate(&mut self) -> String {
+        use rand::Rng;
         let endpoints = &self.settings.endpoints;
-        let avoid = self.avoid.take();
-        let mut e = endpoints[self.next_endpoint % endpoints.len()].clone();
-        self.next_endpoint += 1;
-        if endpoints.len() > 1 && avoid.is_some() && e.parse::<SocketAddr>().ok() == avoid {
-            e = endpoints[self.next_endpoint % endpoints.len()].clone();
-            self.next_endpoint += 1;
+        let n = endpoints.len();
+        if let (Some(dead), true) = (self.avoid.take(), n > 1) {
+            let others: Vec<usize> = (0..n)
+                .filter(|&i| endpoints[i].parse::<SocketAddr>().ok() != Some(dead))
+                .collect();
+            if !others.is_empty() {
+                let i = others[self.rng.random_range(0..others.len())];
+                self.next_endpoint = i + 1;
+                return endpoints[i].clone();
+            }
         }
+        let e = endpoints[self.next_endpoint % n].clone();
+        self.next_endpoint += 1;
         e
     }
 
@@ -374,6 +386,11 @@ impl Core {
         let timeout = self.settings.heartbeat_timeout.unwrap_or(2 * interval);
         self.backoff.reset();
         self.refreshed_token = false;
+        // FERRY-HELLO-6: the cluster's other nodes join the rotation, after the configured endpoints,
+        // so a client configured with this node only still finds the cluster after a kill -9 of it.
+        for endpoint in &w.endpoints {
+            self.learn_endpoint(endpoint);
+        }
         let Some(session) = self.session(gen) else {
             return;
         };

@@ -135,6 +135,7 @@ pub fn kind() -> impl Strategy<Value = Kind> {
             option::of(limits()),
             num(),
             num(),
+            texts(),
             texts()
         )
             .prop_map(
@@ -144,6 +145,7 @@ pub fn kind() -> impl Strategy<Value = Kind> {
                     limits,
                     server_time_ms,
                     store_epoch,
+                    endpoints,
                     capabilities,
                 )| {
                     Kind::Welcome(Welcome {
@@ -154,6 +156,7 @@ pub fn kind() -> impl Strategy<Value = Kind> {
                         limits,
                         server_time_ms,
                         store_epoch,
+                        endpoints,
                         capabilities,
                     })
                 }

@@ -236,6 +236,7 @@ fn kind_to_json(kind: &Kind) -> (&'static str, Value) {
             limits,
             server_time_ms,
             store_epoch,
+            endpoints,
             capabilities,
         }) => (
             "welcome",
@@ -247,6 +248,7 @@ fn kind_to_json(kind: &Kind) -> (&'static str, Value) {
                 .msg("limits", limits.as_ref().map(limits_to_json))
                 .num("server_time_ms", *server_time_ms)
                 .num("store_epoch", *store_epoch)
+                .strs("endpoints", endpoints)
                 .strs("capabilities", capabilities)
                 .done(),
         ),
@@ -709,6 +711,7 @@ fn kind_from_json(kind: &str, f: &mut Fields) -> Kind {
             limits: f.msg("limits", limits_from_json),
             server_time_ms: f.u64("server_time_ms"),
             store_epoch: f.u64("store_epoch"),
+            endpoints: f.strs("endpoints"),
             capabilities: f.strs("capabilities"),
         }),
         "heartbeat" => Kind::Heartbeat(Heartbeat {

@@ -74,14 +74,34 @@ fn the_dead_address_is_skipped_once_even_when_the_rotation_points_at_it() {
     assert_eq!(endpoint, THIRD);
     h.welcome(gen);
     h.lose(gen);
-    assert_eq!(h.next_dial().1, OTHER, "THIRD just died");
-    // Only once: the next round may try THIRD again (it could have been restarted).
-    h.core
-        .handle_established(h.core.gen, Err("refused".into()), h.now);
-    assert_eq!(h.next_dial().1, SERVER);
-    h.core
-        .handle_established(h.core.gen, Err("refused".into()), h.now);
-    assert_eq!(h.next_dial().1, THIRD);
+    assert_ne!(h.next_dial().1, THIRD, "THIRD just died");
+    // Only once: the next round tries THIRD again (it could have been restarted).
+    let mut round = Vec::new();
+    for _ in 0..3 {
+        h.core
+            .handle_established(h.core.gen, Err("refused".into()), h.now);
+        round.push(h.next_dial().1);
+    }
+    assert!(round.iter().any(|e| e == THIRD), "{round:?}");
+}
+
+#[test]
+fn the_clients_of_a_dead_node_spread_over_the_others() {
+    // Many clients homed on SERVER, all knowing [SERVER, OTHER, THIRD]: after SERVER dies they must not
+    // all move to OTHER (the next in the list) and leave THIRD idle.
+    let mut first_moves = Vec::new();
+    for seed in 0..40 {
+        let mut s = settings(&[SERVER, OTHER, THIRD]);
+        s.heartbeat = Some(250 * MS);
+        s.heartbeat_timeout = Some(400 * MS);
+        let mut h = Harness::with_seed(s, seed);
+        let gen = h.connect();
+        h.lose(gen);
+        first_moves.push(h.next_dial().1);
+    }
+    let to = |e: &str| first_moves.iter().filter(|m| *m == e).count();
+    assert_eq!(to(SERVER), 0, "never straight back to the dead node");
+    assert!(to(OTHER) >= 8 && to(THIRD) >= 8, "{first_moves:?}");
 }
 
 #[test]
@@ -145,6 +165,52 @@ fn endpoints_named_by_goaway_join_the_rotation() {
     h.core
         .handle_established(h.core.gen, Err("refused".into()), h.now);
     assert_eq!(h.next_dial().1, OTHER, "learnt from GoAway");
+}
+
+/// Establishes a session on the endpoint dialled next and answers Hello with a Welcome naming
+/// `endpoints` (FERRY-HELLO-6).
+fn welcome_naming(h: &mut Harness, endpoints: Vec<String>) -> u64 {
+    let (gen, _) = establish_dialled(h);
+    let welcome = f(Kind::Welcome(frame::Welcome {
+        user_id: "alice".into(),
+        endpoints,
+        ..Default::default()
+    }));
+    h.core.handle_frame(gen, control(), welcome, h.now);
+    h.step();
+    gen
+}
+
+#[test]
+fn endpoints_named_by_welcome_join_the_rotation_after_the_configured_ones() {
+    // Configured with one node only; its Welcome names the cluster's others (itself too, as a node
+    // might): after a kill -9 of it the client reaches them, each once per round.
+    let mut h = fast(&[SERVER]);
+    let gen = welcome_naming(&mut h, vec![OTHER.into(), SERVER.into(), THIRD.into()]);
+    h.lose(gen);
+    let mut dialled = Vec::new();
+    for _ in 0..6 {
+        let (gen, endpoint) = h.next_dial();
+        dialled.push(endpoint);
+        h.core.handle_established(gen, Err("refused".into()), h.now);
+    }
+    assert_ne!(dialled[0], SERVER, "a learnt node first, not the dead one");
+    for e in [OTHER, THIRD, SERVER] {
+        assert_eq!(dialled.iter().filter(|d| *d == e).count(), 2, "{dialled:?}");
+    }
+}
+
+#[test]
+fn endpoints_learnt_from_welcome_are_bounded() {
+    // A Welcome is a hint from one server, not a list to grow without end.
+    let mut h = fast(&[SERVER]);
+    let many = (0..1000).map(|i| format!("10.0.{}.{}:7700", i / 256, i % 256));
+    welcome_naming(&mut h, many.collect());
+    assert_eq!(
+        h.core.settings.endpoints.len(),
+        crate::core::session::MAX_ENDPOINTS
+    );
+    assert_eq!(h.core.settings.endpoints[0], SERVER, "configured first");
 }
 
 #[test]

@@ -105,9 +105,22 @@ impl Harness {
     }
 
     fn with_inbox(settings: Settings, inbox: Inbox) -> Self {
+        Self::seeded(settings, inbox, 7)
+    }
+
+    /// A harness whose core draws its randomness (backoff jitter, failover target) from `seed`.
+    fn with_seed(settings: Settings, seed: u64) -> Self {
+        Self::seeded(
+            settings,
+            Inbox::new(WindowConfig::default(), 50, true),
+            seed,
+        )
+    }
+
+    fn seeded(settings: Settings, inbox: Inbox, seed: u64) -> Self {
         let now = Instant::now();
         let outbox = Outbox::new(settings.outbox, DEFAULT_MAX_INFLIGHT);
-        let rng = StdRng::seed_from_u64(7);
+        let rng = StdRng::seed_from_u64(seed);
         Harness {
             core: Core::new(settings, outbox, inbox, 0, None, rng, now),
             now,

@@ -139,9 +139,10 @@ fn goaway_drains_in_flight_sends_then_tries_its_endpoints_first() {
     h.step();
     let out = h.welcome(gen);
     assert_eq!(sends(&out), ["m2"]);
-    // Afterwards the rotation resumes where it was.
+    // Afterwards the rotation resumes, on another endpoint than the one just lost (which one is drawn
+    // at random, so the clients of a dead node spread over the others).
     h.lose(gen);
-    assert_eq!(h.next_dial().1, "127.0.0.1:7701");
+    assert_ne!(h.next_dial().1, "127.0.0.1:7799");
 }
 
 #[test]

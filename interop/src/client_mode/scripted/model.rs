@@ -124,6 +124,7 @@ impl Model {
             limits: Some(self.limits),
             server_time_ms: ferry_protocol::unix_millis(std::time::SystemTime::now()),
             store_epoch: self.store_epoch,
+            endpoints: Vec::new(),
             capabilities: Vec::new(),
         }
     }
