@@ -202,8 +202,16 @@ mod tests {
             "{}",
             lines[0]
         );
-        assert!(lines[1].contains("not measured"));
-        assert!(lines[2].contains("60.0 KiB") && lines[2].contains("not met"));
+        assert!(lines[1].contains("Ferry on Redis") && lines[1].contains("not measured"));
+        assert!(lines[2].contains("not measured"), "{}", lines[2]);
+        let memory = lines
+            .iter()
+            .find(|l| l.contains("KiB"))
+            .expect("a memory line");
+        assert!(
+            memory.contains("60.0 KiB") && memory.contains("not met"),
+            "{memory}"
+        );
         r.throughput[0].per_sec = 45_000.0;
         assert!(goals(&r)[0].contains("**met**"));
     }
