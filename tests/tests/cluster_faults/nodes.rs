@@ -1,0 +1,145 @@
+//! The node harness of the cluster fault tests: `ferry-server run` processes in cluster mode on port 0,
+//! started with a shared identity, killed, drained.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use ferry_server::auth::TokenSecret;
+use ferry_tests::cluster::copy_identity;
+use ferry_tests::process::workspace_binary;
+
+use super::WAIT;
+
+/// One `ferry-server run` process in cluster mode.
+pub(crate) struct NodeProcess {
+    child: Child,
+    pub(crate) quic: SocketAddr,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+/// How to start a node: its id, the Redis, the key prefix of the test, whose identity to copy.
+fn node_command(id: &str, redis: &[String], prefix: &str, dir: &Path) -> Command {
+    let mut command = Command::new(workspace_binary("ferry-server"));
+    command
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir)
+        // Port 0: the node binds free ports and reports (and advertises) what it bound; probing for a
+        // free port first races with every other test binding ports meanwhile.
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0"])
+        .args(["--node-id", id])
+        .args(redis.iter().flat_map(|url| ["--redis", url.as_str()]))
+        .env("FERRY_CLUSTER_KEY_PREFIX", prefix)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+impl NodeProcess {
+    /// Starts node `id` (with the identity of `identity`'s data dir, if given) and waits for its
+    /// "listening" line. Returns the exit code and stderr instead if it exits first.
+    pub(crate) fn start(
+        id: &str,
+        redis: &[String],
+        prefix: &str,
+        identity: Option<&NodeProcess>,
+    ) -> Result<NodeProcess, (Option<i32>, String)> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if let Some(first) = identity {
+            copy_identity(first.dir.path(), dir.path());
+        }
+        let mut child = node_command(id, redis, prefix, dir.path())
+            .spawn()
+            .expect("spawn ferry-server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+                let quic = line
+                    .split_whitespace()
+                    .find_map(|part| part.strip_prefix("quic="))
+                    .unwrap_or_else(|| panic!("no quic= in {line:?}"))
+                    .parse()
+                    .expect("quic address");
+                // Drain stderr so a chatty node never blocks on a full pipe.
+                if let Some(mut err) = child.stderr.take() {
+                    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+                }
+                return Ok(NodeProcess { child, quic, dir });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut stderr);
+                }
+                return Err((status.code(), stderr));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("node {id} neither listened nor exited within {WAIT:?}");
+    }
+
+    pub(crate) fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL ferry-server");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM (drain), then the exit code (bounded wait).
+    pub(crate) fn terminate(&mut self) -> Option<i32> {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the node did not stop within {WAIT:?} of SIGTERM");
+    }
+
+    pub(crate) fn token(&self, user: &str, device: &str) -> String {
+        let secret = TokenSecret::load(&self.dir.path().join(ferry_server::server::SECRET_FILE))
+            .expect("token secret");
+        secret.mint(user, device, Duration::from_secs(3600), SystemTime::now())
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A key prefix of its own per test, so tests sharing nothing never see each other's keys.
+pub(crate) fn prefix(test: &str) -> String {
+    format!("f{}-{test}", std::process::id())
+}
+
+/// Starts `n` nodes n1..=n<n> on `redis`, sharing the first node's identity.
+pub(crate) fn start_nodes(n: usize, redis: &[String], prefix: &str) -> Vec<NodeProcess> {
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for i in 1..=n {
+        let node = NodeProcess::start(&format!("n{i}"), redis, prefix, nodes.first())
+            .unwrap_or_else(|(code, err)| panic!("n{i} exited with {code:?}: {err}"));
+        nodes.push(node);
+    }
+    nodes
+}
