@@ -170,20 +170,6 @@ impl ClusterNode {
                 return;
             }
         };
-        // While Redis is slow the register can outlive the connection: the client gave up on this node
-        // and logged in elsewhere meanwhile. A dead login must not kick that newer session (nor hold
-        // the directory entry that makes its next refresh report it replaced).
-        if session.connection.close_reason().is_some() {
-            info!(user = %session.user, device = %session.device, "connection closed during login; not replacing other sessions");
-            if let Err(e) = self
-                .directory
-                .unregister(&session.user, &session.device, &key)
-                .await
-            {
-                warn!(user = %session.user, error = %e, "session not removed from the directory; it expires");
-            }
-            return;
-        }
         for old in replaced.into_iter().filter(|e| e.node != self.node_id()) {
             info!(user = %session.user, device = %old.device, node = %old.node, "replacing a session on another node");
             let kick = BusEvent::Kick(Kick {
