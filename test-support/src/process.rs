@@ -1,10 +1,10 @@
 //! Running the real `ferry-server` binary as a child process (for tests that kill it).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Path of a binary built from this workspace (`ferry-server`, `ferry`), next to the test executable's
 /// `deps` directory. `scripts/test.sh` builds all binaries before running tests.
@@ -34,17 +34,31 @@ pub struct ServerProcess {
     pub ca: PathBuf,
 }
 
+/// Longest a server may take to print its listening line, or to exit after SIGTERM.
+const SERVER_WAIT: Duration = Duration::from_secs(60);
+
 impl ServerProcess {
     /// Starts `ferry-server run` on `data_dir` with free ports and waits for its "listening" line.
     pub fn start(data_dir: &Path) -> ServerProcess {
-        let mut child = Command::new(workspace_binary("ferry-server"))
+        let mut command = Command::new(workspace_binary("ferry-server"));
+        command
             .arg("run")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit());
+        ServerProcess::spawn(&mut command).unwrap_or_else(|(code, _)| {
+            panic!("ferry-server exited with {code:?} before listening")
+        })
+    }
+
+    /// Spawns `command` (a `ferry-server run` with its stdout to be piped here) and waits (bounded) for
+    /// its "listening" line. If it exits first: its exit code and stderr (if `command` piped stderr).
+    /// A piped stderr is drained from then on, so a chatty server never blocks on a full pipe.
+    pub fn spawn(command: &mut Command) -> Result<ServerProcess, (Option<i32>, String)> {
+        let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn ferry-server");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -56,21 +70,36 @@ impl ServerProcess {
                 }
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("ferry-server prints its listening line");
-        let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|part| part.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-                .to_owned()
-        };
-        ServerProcess {
-            addr: field("quic=").parse().expect("quic address"),
-            http: field("http=").parse().expect("http address"),
-            ca: PathBuf::from(field("ca=")),
-            child,
+        let deadline = Instant::now() + SERVER_WAIT;
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+                if let Some(mut err) = child.stderr.take() {
+                    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+                }
+                let field = |key: &str| {
+                    line.split_whitespace()
+                        .find_map(|part| part.strip_prefix(key))
+                        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                        .to_owned()
+                };
+                return Ok(ServerProcess {
+                    addr: field("quic=").parse().expect("quic address"),
+                    http: field("http=").parse().expect("http address"),
+                    ca: PathBuf::from(field("ca=")),
+                    child,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut stderr);
+                }
+                return Err((status.code(), stderr));
+            }
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("ferry-server neither listened nor exited within {SERVER_WAIT:?}");
     }
 
     /// SIGKILL: no shutdown path runs.
@@ -79,13 +108,20 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits for exit; returns the exit status code.
+    /// SIGTERM, then waits (bounded) for exit; returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        self.child.wait().ok().and_then(|s| s.code())
+        let deadline = Instant::now() + SERVER_WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ferry-server did not stop within {SERVER_WAIT:?} of SIGTERM");
     }
 }
 

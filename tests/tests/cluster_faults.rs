@@ -50,7 +50,7 @@ async fn device_with(
     user: &str,
     device: &'static str,
 ) -> Device {
-    let endpoints = (0..nodes.len()).map(|k| nodes[(home + k) % nodes.len()].quic);
+    let endpoints = (0..nodes.len()).map(|k| nodes[(home + k) % nodes.len()].quic());
     device_knowing(builder, nodes, endpoints.collect(), user, device).await
 }
 
@@ -191,7 +191,7 @@ async fn kill9_of_a_node_moves_its_clients_elsewhere_and_loses_nothing() {
     let devices = devices(&nodes, 5).await;
     let mut receipts = send_round(&devices, 0, 10).await;
     // Kill n1 with traffic in flight; more traffic follows while its clients move.
-    let killed = nodes[0].quic;
+    let killed = nodes[0].quic();
     let on_killed: Vec<usize> = (0..devices.len())
         .filter(|&i| devices[i].client.stats().endpoint == Some(killed))
         .collect();
@@ -228,8 +228,8 @@ async fn welcome_names_the_other_nodes_so_a_client_knowing_one_survives_its_kill
     let mut nodes = start_nodes(3, &[redis.url()], &prefix("welcome"));
     // n1's Welcome names n2 and n3 once its liveness loop has seen them answer (FERRY-HELLO-6).
     let ca = nodes[0].dir.path().join("cert.pem");
-    let target = ferry_interop::driver::Target::new(nodes[0].quic, &ca).expect("target");
-    let mut others: Vec<String> = nodes[1..].iter().map(|n| n.quic.to_string()).collect();
+    let target = ferry_interop::driver::Target::new(nodes[0].quic(), &ca).expect("target");
+    let mut others: Vec<String> = nodes[1..].iter().map(|n| n.quic().to_string()).collect();
     others.sort();
     let mut named = Vec::new();
     let deadline = Instant::now() + WAIT;
@@ -248,12 +248,12 @@ async fn welcome_names_the_other_nodes_so_a_client_knowing_one_survives_its_kill
             .heartbeat_interval(Duration::from_millis(250))
             .heartbeat_timeout(Duration::from_millis(800))
     };
-    let lonely = device_knowing(fast(), &nodes, vec![nodes[0].quic], "u0", "phone").await;
+    let lonely = device_knowing(fast(), &nodes, vec![nodes[0].quic()], "u0", "phone").await;
     let peer = device(&nodes, 1, "u1", "phone").await;
     for d in [&lonely, &peer] {
         assert!(wait_until(WAIT, || d.client.stats().connected).await);
     }
-    let killed = nodes[0].quic;
+    let killed = nodes[0].quic();
     assert_eq!(lonely.client.stats().endpoint, Some(killed));
     nodes[0].kill9();
     let receipt = peer
@@ -300,7 +300,7 @@ async fn a_killed_node_id_is_free_at_once_and_a_live_one_is_refused_with_exit_3(
             assert_eq!(code, Some(EXIT_NODE_CONFLICT), "stderr: {stderr}");
             let expected = format!(
                 "node id \"n2\" is already in use by a live node at quic={}",
-                nodes[1].quic
+                nodes[1].quic()
             );
             assert!(stderr.contains(&expected), "stderr: {stderr}");
         }
@@ -332,7 +332,7 @@ async fn sigterm_drain_moves_clients_to_the_named_nodes_without_loss() {
         let stats = d.client.stats();
         assert_eq!(
             stats.endpoint,
-            Some(nodes[1].quic),
+            Some(nodes[1].quic()),
             "{}/{} on n2",
             d.user,
             d.device

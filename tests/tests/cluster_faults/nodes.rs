@@ -1,22 +1,18 @@
 //! The node harness of the cluster fault tests: `ferry-server run` processes in cluster mode on port 0,
 //! started with a shared identity, killed, drained.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
 
 use ferry_server::auth::TokenSecret;
 use ferry_tests::cluster::copy_identity;
-use ferry_tests::process::workspace_binary;
-
-use super::WAIT;
+use ferry_tests::process::{workspace_binary, ServerProcess};
 
 /// One `ferry-server run` process in cluster mode.
 pub(crate) struct NodeProcess {
-    child: Child,
-    pub(crate) quic: SocketAddr,
+    server: ServerProcess,
     pub(crate) dir: tempfile::TempDir,
 }
 
@@ -35,7 +31,6 @@ fn node_command(id: &str, redis: &[String], prefix: &str, dir: &Path) -> Command
         .args(redis.iter().flat_map(|url| ["--redis", url.as_str()]))
         .env("FERRY_CLUSTER_KEY_PREFIX", prefix)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command
 }
@@ -53,78 +48,28 @@ impl NodeProcess {
         if let Some(first) = identity {
             copy_identity(first.dir.path(), dir.path());
         }
-        let mut child = node_command(id, redis, prefix, dir.path())
-            .spawn()
-            .expect("spawn ferry-server");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-                let quic = line
-                    .split_whitespace()
-                    .find_map(|part| part.strip_prefix("quic="))
-                    .unwrap_or_else(|| panic!("no quic= in {line:?}"))
-                    .parse()
-                    .expect("quic address");
-                // Drain stderr so a chatty node never blocks on a full pipe.
-                if let Some(mut err) = child.stderr.take() {
-                    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-                }
-                return Ok(NodeProcess { child, quic, dir });
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut err) = child.stderr.take() {
-                    let _ = err.read_to_string(&mut stderr);
-                }
-                return Err((status.code(), stderr));
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("node {id} neither listened nor exited within {WAIT:?}");
+        let server = ServerProcess::spawn(&mut node_command(id, redis, prefix, dir.path()))?;
+        Ok(NodeProcess { server, dir })
+    }
+
+    /// The QUIC address the node listens on (and advertises).
+    pub(crate) fn quic(&self) -> SocketAddr {
+        self.server.addr
     }
 
     pub(crate) fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL ferry-server");
-        let _ = self.child.wait();
+        self.server.kill9();
     }
 
     /// SIGTERM (drain), then the exit code (bounded wait).
     pub(crate) fn terminate(&mut self) -> Option<i32> {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("the node did not stop within {WAIT:?} of SIGTERM");
+        self.server.terminate()
     }
 
     pub(crate) fn token(&self, user: &str, device: &str) -> String {
         let secret = TokenSecret::load(&self.dir.path().join(ferry_server::server::SECRET_FILE))
             .expect("token secret");
         secret.mint(user, device, Duration::from_secs(3600), SystemTime::now())
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
