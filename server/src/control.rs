@@ -323,6 +323,7 @@ async fn apply(
             conversation,
             message,
             appended.epoch,
+            appended.members,
             None,
             also_deliver_to,
         )

@@ -65,6 +65,10 @@ pub struct Appended {
     pub epoch: u64,
     /// The stored message, for fan-out; `None` for duplicates (they were fanned out the first time).
     pub message: Option<Message>,
+    /// The conversation's current members as of this append, sorted, when the store learnt them in the
+    /// same step (the Redis script does, so the fan-out costs no second round trip); `None`: ask
+    /// [`Store::members`].
+    pub members: Option<Vec<String>>,
 }
 
 /// A membership change; applied together with the system message that records it, atomically.

@@ -1,29 +1,24 @@
-//! Redis 7 as a peer: `appendonly yes` + `appendfsync always`, one Lua send script per message
-//! (dedupe lookup + INCR + append + dedupe record + head update), EVALSHA pipelined over a multiplexed
-//! connection — the raw cost of what Ferry's cluster mode will ask of its store.
+//! Redis 7 as a peer: `appendonly yes` + `appendfsync always`, Ferry's own append script
+//! (`ferry_store`'s `lua/append.lua`: dedupe lookup, membership check, seq, XADD, dedupe record, head
+//! and member list) with the very keys and arguments the Redis store sends, EVALSHA pipelined over a
+//! multiplexed connection — the raw floor of what cluster mode asks of its store, so "Ferry on Redis ÷
+//! Redis" is like for like.
 //!
 //! Guarantee: with `appendfsync always` Redis writes and fsyncs the AOF before answering (it batches
 //! the fsync per event-loop iteration, i.e. group commit), so an answered script is durable.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use ferry_store::{NewMessage, RedisStore, RedisStoreOptions, Store};
 
 use super::process::{find, free_port, Process};
 use crate::harness::{self, Counted, Params};
 
-/// The send script: KEYS = dedupe hash, seq counter, log list, head; ARGV = client_msg_id, body.
-/// Returns the message's seq (the earlier one for a duplicate).
-const SEND_SCRIPT: &str = r#"
-local seen = redis.call('HGET', KEYS[1], ARGV[1])
-if seen then return tonumber(seen) end
-local seq = redis.call('INCR', KEYS[2])
-redis.call('RPUSH', KEYS[3], ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1], seq)
-redis.call('SET', KEYS[4], seq)
-return seq
-"#;
+/// Key prefix of the raw loop's conversations (apart from a Ferry node's on the same Redis).
+const RAW_PREFIX: &str = "raw:";
 
 /// Bound for a single script call.
 const WAIT: Duration = Duration::from_secs(20);
@@ -74,42 +69,50 @@ impl Redis {
     }
 
     /// Closed loop: each connection keeps `p.window` script calls in flight (pipelined on one
-    /// multiplexed connection), each conversation its own keys.
+    /// multiplexed connection), each connection its own direct conversation, created through the
+    /// store first (not measured).
     pub async fn throughput(&self, p: &Params) -> anyhow::Result<Counted> {
+        let options = RedisStoreOptions {
+            key_prefix: RAW_PREFIX.into(),
+            ..RedisStoreOptions::new([self.url.as_str()])
+        };
+        let store = Arc::new(RedisStore::open(options).await?);
+        for i in 0..p.clients {
+            store
+                .ensure_direct(&conversation(i), &format!("a{i}"), &format!("b{i}"))
+                .await?;
+        }
         let client = redis::Client::open(self.url.as_str())?;
-        let script = redis::Script::new(SEND_SCRIPT);
         let mut first = client.get_multiplexed_async_connection().await?;
-        script.prepare_invoke().load_async(&mut first).await?;
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(RedisStore::append_script())
+            .query_async::<String>(&mut first)
+            .await?;
         let deadline = Instant::now() + p.duration;
         let mut tasks = Vec::new();
         for i in 0..p.clients {
             let connection = client.get_multiplexed_async_connection().await?;
             for w in 0..p.window {
-                let (mut connection, script, p) = (connection.clone(), script.clone(), p.clone());
+                let (mut connection, store, p) = (connection.clone(), store.clone(), p.clone());
                 tasks.push(tokio::spawn(async move {
-                    let conv = format!("c{i}");
-                    let keys = [
-                        format!("{conv}:dedupe"),
-                        format!("{conv}:seq"),
-                        format!("{conv}:log"),
-                        format!("{conv}:head"),
-                    ];
                     let mut counted = Counted::new();
                     let mut n = 0u64;
                     while Instant::now() < deadline {
                         let at = Instant::now();
-                        let mut invocation = script.prepare_invoke();
-                        invocation
-                            .key(&keys[0])
-                            .key(&keys[1])
-                            .key(&keys[2])
-                            .key(&keys[3])
-                            .arg(format!("{conv}-{w}-{n}"))
-                            .arg(harness::payload(p.body, at));
-                        let call = invocation.invoke_async::<u64>(&mut connection);
-                        tokio::time::timeout(WAIT, call)
+                        let (cmd, _) = store.append_command(NewMessage {
+                            conversation: conversation(i),
+                            sender: format!("a{i}"),
+                            sender_device: "bench".into(),
+                            client_msg_id: format!("{i}-{w}-{n}"),
+                            body: harness::payload(p.body, at).into(),
+                            server_time_ms: ferry_protocol::unix_millis(SystemTime::now()),
+                        });
+                        let call = cmd.query_async::<redis::Value>(&mut connection);
+                        let reply = tokio::time::timeout(WAIT, call)
                             .await
                             .context("script call timed out")??;
+                        check_stored(reply)?;
                         harness::record(&mut counted.latency, at.elapsed().as_micros() as u64);
                         counted.acked += 1;
                         n += 1;
@@ -120,4 +123,18 @@ impl Redis {
         }
         harness::join_counted(tasks).await
     }
+}
+
+/// The raw loop's conversation of connection `i`.
+fn conversation(i: usize) -> String {
+    format!("d:a{i}:b{i}")
+}
+
+/// The script's reply must say "stored" (status 0): a refusal would make the loop measure nothing.
+fn check_stored(reply: redis::Value) -> anyhow::Result<()> {
+    let fields: Vec<redis::Value> = redis::from_redis_value(reply)?;
+    let status: i64 =
+        redis::from_redis_value(fields.into_iter().next().unwrap_or(redis::Value::Nil))?;
+    anyhow::ensure!(status == 0, "the append script answered status {status}");
+    Ok(())
 }

@@ -237,14 +237,16 @@ async fn removed_member(ctx: Arc<ServerCtx>) -> CaseResult {
     let group = create_group(&mut o, "team", &[&member]).await?;
     let mut os = o.open(&group).await?;
     os.send_and_ack("m2", b"2").await?;
-    // The member keeps a stream open across the removal (FERRY-SEC-4: checked on every operation).
+    // The member keeps a stream open across the removal, on which it has already sent (FERRY-SEC-4:
+    // checked on every operation, not once per stream).
     let mut open_before = m.open(&group).await?;
     open_before.pull(0, 0).await?;
+    open_before.send_and_ack("m3", b"3").await?;
     let (_, left_at) = o
         .remove_member(&group, &member)
         .await?
         .map_err(|c| crate::runner::Verdict::Fail(format!("RemoveMember refused with {c:?}")))?;
-    ensure_eq!(left_at, 3, "seq of REMOVED");
+    ensure_eq!(left_at, 4, "seq of REMOVED");
     os.send_and_ack("m4", b"after removal").await?;
     open_before.send_message("late-send", b"x").await?;
     let e = expect_error(
@@ -254,10 +256,10 @@ async fn removed_member(ctx: Arc<ServerCtx>) -> CaseResult {
     ensure_eq!(e.client_msg_id, "late-send", "Error.client_msg_id");
     let mut gone = m.open(&group).await?;
     let page = gone.pull(0, 0).await?;
-    ensure_eq!(page.head_seq, 3, "visible head of a removed member");
+    ensure_eq!(page.head_seq, 4, "visible head of a removed member");
     ensure_eq!(
         page.messages.last().map(|m| m.seq),
-        Some(3),
+        Some(4),
         "last seq a removed member pulls"
     );
     ensure!(!page.has_more, "has_more for a removed member at left_seq");
@@ -269,7 +271,7 @@ async fn removed_member(ctx: Arc<ServerCtx>) -> CaseResult {
         .unwrap_or_default();
     ensure_eq!(
         (st.member, st.head_seq),
-        (false, 3),
+        (false, 4),
         "(member, head_seq) in Sync of a removed member"
     );
     Ok(())

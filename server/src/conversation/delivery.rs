@@ -29,12 +29,14 @@ const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Delivers `message` of `conversation` to the online devices of its current members and of `also`
 /// (e.g. a user just removed, who still gets their removal), except the session `exclude` (the sender's
-/// own device, which learns the seq from its SendAck).
+/// own device, which learns the seq from its SendAck). `members` are the members the store returned
+/// with the append ([`ferry_store::Appended::members`]); when it returned none they are read here.
 pub(crate) async fn deliver(
     shared: &Shared,
     conversation: &str,
     message: Message,
     epoch: u64,
+    members: Option<Vec<String>>,
     exclude: Option<u64>,
     also: Option<&str>,
 ) {
@@ -46,13 +48,16 @@ pub(crate) async fn deliver(
     if shared.hooks.drops_delivery(conversation, &message) {
         return;
     }
-    let members = match shared.store.members(conversation).await {
-        Ok(members) => members,
-        Err(e) => {
-            // The message is durable; recipients catch up through heartbeat heads and Pull.
-            warn!(conversation, error = %e, "fan-out skipped: members unavailable");
-            return;
-        }
+    let members = match members {
+        Some(members) => members,
+        None => match shared.store.members(conversation).await {
+            Ok(members) => members,
+            Err(e) => {
+                // The message is durable; recipients catch up through heartbeat heads and Pull.
+                warn!(conversation, error = %e, "fan-out skipped: members unavailable");
+                return;
+            }
+        },
     };
     let recipients: Vec<&str> = members.iter().map(String::as_str).chain(also).collect();
     if let Some(cluster) = &shared.cluster {

@@ -7,12 +7,18 @@
 //! the serve loop keeps in its ordered set of pending answers. Many Sends of one stream therefore wait
 //! on the same commit, and no task is spawned per Send.
 //!
+//! Membership is read from the store only for a stream's first Send and after a refused append
+//! ([`MemberChecked`]): both stores refuse a non-member inside the append itself, atomically, so the
+//! read only decides the answer's code and re-creates a lost direct conversation — and on Redis it
+//! would cost every Send a round trip that waits for the AOF fsync, one Send at a time per stream.
+//!
 //! The SendAck is produced only after the append returned, i.e. after the commit is durable. The
 //! durable message travels in the answer, and the serve loop fans it out right after it queued the
 //! SendAck ([`SendAnswer::fan_out`]): the sender's latency does not include the fan-out, and a message
 //! is still never delivered before it is durable.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -33,20 +39,47 @@ pub(super) struct SendAnswer {
     pub(super) frame: Frame,
     /// The Send's slot of max_inflight_sends; `None` when the Send was refused before taking one.
     pub(super) permit: Option<OwnedSemaphorePermit>,
-    /// The durable message still to be fanned out, with its epoch; `None` for refusals and duplicates
-    /// (a duplicate was fanned out the first time).
-    pub(super) fan_out: Option<(Message, u64)>,
+    /// The durable message still to be fanned out; `None` for refusals and duplicates (a duplicate
+    /// was fanned out the first time).
+    pub(super) fan_out: Option<FanOut>,
 }
+
+/// A durable message on its way to the conversation's other devices.
+pub(super) struct FanOut {
+    message: Message,
+    epoch: u64,
+    /// The members the store returned with the append, if it did.
+    members: Option<Vec<String>>,
+}
+
+/// Whether this stream's user was found a member since the stream's last refused append; while set,
+/// Sends skip the membership read (see the module docs). Shared with the pending answers, which clear
+/// it when the store refuses an append.
+pub(super) type MemberChecked = Arc<AtomicBool>;
 
 impl SendAnswer {
     /// Fans the stored message out to the other devices of the conversation. Called after the
     /// SendAck is queued for writing, so the sender's answer never waits behind the fan-out work
     /// (member lookup, encoding, one queue per recipient).
-    pub(super) async fn fan_out(fan_out: Option<(Message, u64)>, conn: &Conn, conversation: &str) {
-        if let Some((stored, epoch)) = fan_out {
+    pub(super) async fn fan_out(fan_out: Option<FanOut>, conn: &Conn, conversation: &str) {
+        if let Some(FanOut {
+            message,
+            epoch,
+            members,
+        }) = fan_out
+        {
             // The sender's own device is excluded: it learns the seq from the SendAck.
             let exclude = Some(conn.session.id);
-            delivery::deliver(&conn.shared, conversation, stored, epoch, exclude, None).await;
+            delivery::deliver(
+                &conn.shared,
+                conversation,
+                message,
+                epoch,
+                members,
+                exclude,
+                None,
+            )
+            .await;
         }
     }
 }
@@ -58,14 +91,24 @@ pub(super) type PendingSend = BoxFuture<'static, SendAnswer>;
 ///
 /// Await this in arrival order; poll the returned futures in any order (their answers are ordered by the
 /// caller).
-pub(super) async fn start(conn: &Arc<Conn>, conversation: &Arc<str>, send: Send) -> PendingSend {
+pub(super) async fn start(
+    conn: &Arc<Conn>,
+    conversation: &Arc<str>,
+    send: Send,
+    checked: &MemberChecked,
+) -> PendingSend {
     let started = Instant::now();
     let client_msg_id = send.client_msg_id.clone();
-    let queued = queue(conn, conversation, send).await;
-    let conn = conn.clone();
+    let queued = queue(conn, conversation, send, checked).await;
+    let (conn, conversation, checked) = (conn.clone(), conversation.clone(), checked.clone());
     let answer = async move {
         match queued {
-            Ok((append, permit)) => complete(&conn, client_msg_id, started, append, permit).await,
+            Ok((append, permit)) => {
+                let appended = append
+                    .await
+                    .map_err(|e| append_refused(&conversation, e, &checked));
+                complete(&conn, client_msg_id, started, appended, permit)
+            }
             Err(refusal) => refused(&conn, client_msg_id, refusal, None),
         }
     };
@@ -88,8 +131,9 @@ async fn queue(
     conn: &Conn,
     conversation: &str,
     send: Send,
+    checked: &MemberChecked,
 ) -> Result<(PendingAppend, OwnedSemaphorePermit), Refusal> {
-    let permit = check(conn, conversation, &send).await?;
+    let permit = check(conn, conversation, &send, checked).await?;
     let message = NewMessage {
         conversation: conversation.to_owned(),
         sender: conn.session.user.to_string(),
@@ -102,23 +146,44 @@ async fn queue(
     Ok((append, permit))
 }
 
-/// Waits for the append to be durable and answers; the durable message rides along in the answer
-/// for the fan-out, which the serve loop runs once the SendAck is queued ([`SendAnswer::fan_out`]).
-async fn complete(
+/// The refusal for an append the store refused. A refusal naming the membership clears `checked`, so
+/// the stream's next Send reads it again. A direct conversation the store lost (Redis FLUSHALL) is
+/// worth a retry: that next read re-creates it, in a new epoch.
+fn append_refused(conversation: &str, error: StoreError, checked: &MemberChecked) -> Refusal {
+    if matches!(error, StoreError::NotFound | StoreError::Forbidden(_)) {
+        checked.store(false, Ordering::Relaxed);
+    }
+    match (error, ids::parse_conversation_id(conversation)) {
+        (StoreError::NotFound, Some(ids::ConversationRef::Direct(..))) => from_store(
+            StoreError::Unavailable("the conversation is being restored".into()),
+        ),
+        // As the membership read answers a user of no (longer existing) group.
+        (StoreError::NotFound, _) => Refusal::new(ErrorCode::FORBIDDEN, "not a member"),
+        (error, _) => from_store(error),
+    }
+}
+
+/// Answers a finished append; the durable message rides along in the answer for the fan-out, which
+/// the serve loop runs once the SendAck is queued ([`SendAnswer::fan_out`]).
+fn complete(
     conn: &Conn,
     client_msg_id: String,
     started: Instant,
-    append: PendingAppend,
+    appended: Result<ferry_store::Appended, Refusal>,
     permit: OwnedSemaphorePermit,
 ) -> SendAnswer {
-    let appended = match append.await {
+    let appended = match appended {
         Ok(appended) => appended,
-        Err(e) => return refused(conn, client_msg_id, from_store(e), Some(permit)),
+        Err(refusal) => return refused(conn, client_msg_id, refusal, Some(permit)),
     };
     conn.shared
         .metrics
         .send(appended.duplicate, started.elapsed());
-    let fan_out = appended.message.map(|stored| (stored, appended.epoch));
+    let fan_out = appended.message.map(|message| FanOut {
+        message,
+        epoch: appended.epoch,
+        members: appended.members,
+    });
     let ack = frame(Kind::SendAck(SendAck {
         client_msg_id,
         seq: appended.seq,
@@ -160,11 +225,13 @@ async fn queue_append(conn: &Conn, message: NewMessage) -> Result<PendingAppend,
     conn.shared.store.queue_append(message).await
 }
 
-/// The checks before an append (FERRY-SEND-*): ids and size, membership, in-flight limit, rate.
+/// The checks before an append (FERRY-SEND-*): ids and size, membership (unless `checked`), in-flight
+/// limit, rate.
 async fn check(
     conn: &Conn,
     conversation: &str,
     send: &Send,
+    checked: &MemberChecked,
 ) -> Result<OwnedSemaphorePermit, Refusal> {
     let limits = &conn.shared.settings.limits;
     if !ids::is_valid_client_msg_id(&send.client_msg_id) {
@@ -181,31 +248,9 @@ async fn check(
         );
         return Err(Refusal::new(ErrorCode::INVALID_ARGUMENT, msg));
     }
-    match conn
-        .shared
-        .store
-        .membership(conversation, &conn.session.user)
-        .await
-    {
-        Ok(Some(m)) if m.is_member() => {}
-        // A direct conversation exists implicitly for its two users. If the store lost it after this
-        // stream was opened (Redis FLUSHALL, a restart without data), it is created again, in a new
-        // epoch the members are told of, instead of refusing one of its own parties for good.
-        Ok(None)
-            if matches!(
-                ids::parse_conversation_id(conversation),
-                Some(ids::ConversationRef::Direct(..))
-            ) =>
-        {
-            if !super::stream::authorize_open(conn, conversation)
-                .await?
-                .is_member()
-            {
-                return Err(Refusal::new(ErrorCode::FORBIDDEN, "not a member"));
-            }
-        }
-        Ok(_) => return Err(Refusal::new(ErrorCode::FORBIDDEN, "not a member")),
-        Err(e) => return Err(from_store(e)),
+    if !checked.load(Ordering::Relaxed) {
+        check_membership(conn, conversation).await?;
+        checked.store(true, Ordering::Relaxed);
     }
     let Ok(permit) = conn.inflight.clone().try_acquire_owned() else {
         let msg = format!("more than {} sends in flight", limits.max_inflight_sends);
@@ -222,4 +267,34 @@ async fn check(
         );
     }
     Ok(permit)
+}
+
+/// The stream's user must be a member; a direct conversation the store lost since the stream was
+/// opened (Redis FLUSHALL, a restart without data) is created again, in a new epoch the members are
+/// told of, instead of refusing one of its own parties for good.
+async fn check_membership(conn: &Conn, conversation: &str) -> Result<(), Refusal> {
+    match conn
+        .shared
+        .store
+        .membership(conversation, &conn.session.user)
+        .await
+    {
+        Ok(Some(m)) if m.is_member() => {}
+        Ok(None)
+            if matches!(
+                ids::parse_conversation_id(conversation),
+                Some(ids::ConversationRef::Direct(..))
+            ) =>
+        {
+            if !super::stream::authorize_open(conn, conversation)
+                .await?
+                .is_member()
+            {
+                return Err(Refusal::new(ErrorCode::FORBIDDEN, "not a member"));
+            }
+        }
+        Ok(_) => return Err(Refusal::new(ErrorCode::FORBIDDEN, "not a member")),
+        Err(e) => return Err(from_store(e)),
+    }
+    Ok(())
 }

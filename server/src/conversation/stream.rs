@@ -17,7 +17,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::send::{self, PendingSend, SendAnswer};
+use super::send::{self, MemberChecked, PendingSend, SendAnswer};
 use super::{delivery, pull};
 use crate::connection::{Conn, STREAM_QUEUE};
 use crate::errors::{from_store, Refusal};
@@ -170,6 +170,7 @@ pub(super) async fn serve(
     // control then holds the client back) until the oldest answer is written.
     let max_pending = 2 * (conn.shared.settings.limits.max_inflight_sends as usize).max(1);
     let mut pending: FuturesOrdered<PendingSend> = FuturesOrdered::new();
+    let checked = MemberChecked::default();
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let ack_task = tokio::spawn(delivery::record_acks(
         conn.clone(),
@@ -198,7 +199,7 @@ pub(super) async fn serve(
                 deadline = tokio::time::Instant::now() + idle;
                 match read {
                     Ok(Some(frame)) => {
-                        match handle(&conn, &conversation, frame, &writer, &ack_tx).await {
+                        match handle(&conn, &conversation, frame, &writer, &ack_tx, &checked).await {
                             Ok(Some(answer)) => pending.push_back(answer),
                             Ok(None) => {}
                             Err(refusal) => {
@@ -261,9 +262,12 @@ async fn handle(
     incoming: Frame,
     writer: &FrameWriter,
     acks: &watch::Sender<u64>,
+    checked: &MemberChecked,
 ) -> Result<Option<PendingSend>, Refusal> {
     match incoming.kind {
-        Some(Kind::Send(message)) => Ok(Some(send::start(conn, conversation, message).await)),
+        Some(Kind::Send(message)) => Ok(Some(
+            send::start(conn, conversation, message, checked).await,
+        )),
         Some(Kind::Ack(ack)) => {
             conn.shared.metrics.ack();
             acks.send_if_modified(|current| {

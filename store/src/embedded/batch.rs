@@ -136,6 +136,7 @@ impl<'c> Batch<'c> {
                     duplicate: true,
                     epoch: self.epoch,
                     message: None,
+                    members: None,
                 }));
             }
         }
@@ -177,6 +178,7 @@ impl<'c> Batch<'c> {
             duplicate: false,
             epoch: self.epoch,
             message: Some(message),
+            members: None,
         }))
     }
 
@@ -316,6 +318,7 @@ impl<'c> Batch<'c> {
             duplicate: false,
             epoch: self.epoch,
             message: Some(message),
+            members: None,
         })
     }
 

@@ -85,7 +85,7 @@ fn refusal(code: i64, reason: Option<Value>) -> StoreError {
     }
 }
 
-/// Reads the `{0, seq, time, epoch}` / `{1, ...}` reply of the append script.
+/// Reads the `{0, seq, time, epoch, member...}` / `{1, seq, time, epoch}` reply of the append script.
 fn appended(value: Value, mut message: Message) -> Result<Appended, StoreError> {
     let mut fields = parse::<Vec<Value>>("append reply", value)?.into_iter();
     let code: i64 = parse("append status", fields.next().unwrap_or_default())?;
@@ -100,12 +100,22 @@ fn appended(value: Value, mut message: Message) -> Result<Appended, StoreError> 
     )?)?;
     let duplicate = code == 1;
     message.seq = seq;
+    let members = if duplicate {
+        None
+    } else {
+        let mut members = fields
+            .map(|member| parse::<String>("append member", member))
+            .collect::<Result<Vec<_>, _>>()?;
+        members.sort_unstable();
+        Some(members)
+    };
     Ok(Appended {
         seq,
         server_time_ms: time,
         duplicate,
         epoch,
         message: (!duplicate).then_some(message),
+        members,
     })
 }
 
@@ -154,6 +164,48 @@ impl RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| backend(what, e))
+    }
+
+    /// The `EVALSHA` of the append script for `new` exactly as [`Store::queue_append`] sends it, and
+    /// the message it stores (seq still 0). Public for benchmarks that drive the script straight at
+    /// Redis (`ferry-bench`'s raw Redis peer): the floor this store is measured against. The script
+    /// must be loaded first (`SCRIPT LOAD` of [`RedisStore::append_script`]).
+    pub fn append_command(&self, new: NewMessage) -> (redis::Cmd, Message) {
+        let conv = ConvKeys::new(&self.prefix, &new.conversation);
+        let keys = [
+            conv.meta(),
+            conv.messages(),
+            conv.members(),
+            conv.dedupe(&new.sender, &new.client_msg_id),
+        ];
+        let message = Message {
+            seq: 0,
+            sender: new.sender,
+            sender_device: new.sender_device,
+            client_msg_id: new.client_msg_id,
+            body: new.body,
+            server_time_ms: new.server_time_ms,
+            kind: MessageKind::User as i32,
+            membership: None,
+        };
+        let encoded = message.encode_to_vec();
+        let cmd = scripts::evalsha(
+            &self.scripts.append,
+            &keys,
+            &[
+                message.sender.as_bytes(),
+                &encoded,
+                new.server_time_ms.to_string().as_bytes(),
+                self.dedupe_window_ms.to_string().as_bytes(),
+                self.retention_arg(new.server_time_ms).as_bytes(),
+            ],
+        );
+        (cmd, message)
+    }
+
+    /// The source of the append script ([`RedisStore::append_command`] calls it by its hash).
+    pub fn append_script() -> &'static str {
+        scripts::APPEND_SOURCE
     }
 
     /// Adds `conversation` to each user's set of conversations. Done *before* the script that makes
@@ -234,39 +286,10 @@ impl Store for RedisStore {
     }
 
     async fn queue_append(&self, new: NewMessage) -> Result<PendingAppend, StoreError> {
-        let conv = ConvKeys::new(&self.prefix, &new.conversation);
-        let keys = [
-            conv.meta(),
-            conv.messages(),
-            conv.members(),
-            conv.dedupe(&new.sender, &new.client_msg_id),
-        ];
-        let message = Message {
-            seq: 0,
-            sender: new.sender,
-            sender_device: new.sender_device,
-            client_msg_id: new.client_msg_id,
-            body: new.body,
-            server_time_ms: new.server_time_ms,
-            kind: MessageKind::User as i32,
-            membership: None,
-        };
-        let encoded = message.encode_to_vec();
-        let cmd = scripts::evalsha(
-            &self.scripts.append,
-            &keys,
-            &[
-                message.sender.as_bytes(),
-                &encoded,
-                new.server_time_ms.to_string().as_bytes(),
-                self.dedupe_window_ms.to_string().as_bytes(),
-                self.retention_arg(new.server_time_ms).as_bytes(),
-            ],
-        );
-        let reply = self
-            .pipeline
-            .queue(&new.conversation, conv.slot(), cmd)
-            .await?;
+        let slot = ConvKeys::new(&self.prefix, &new.conversation).slot();
+        let conversation = new.conversation.clone();
+        let (cmd, message) = self.append_command(new);
+        let reply = self.pipeline.queue(&conversation, slot, cmd).await?;
         Ok(Box::pin(async move {
             let value = reply
                 .await
@@ -366,6 +389,7 @@ impl Store for RedisStore {
             duplicate: false,
             epoch,
             message: Some(message),
+            members: None,
         })
     }
 

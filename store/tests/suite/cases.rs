@@ -761,3 +761,23 @@ pub async fn push_registrations_replace_list_delete_and_survive_reopen<F: Fixtur
         .await
         .unwrap();
 }
+
+/// The members an append returns (the Redis store's script does, to spare the fan-out a round trip)
+/// are exactly the current members, also after a removal; a duplicate returns none.
+pub async fn members_returned_with_an_append_are_the_current_members<F: Fixture>(f: F) {
+    let store = f.open().await;
+    create_group(&store, "alice", &["bob", "carol"]).await;
+    store
+        .change_membership(GROUP, remove("alice", "carol"), 2)
+        .await
+        .unwrap();
+    let appended = store.append(msg(GROUP, "bob", "m1", 3)).await.unwrap();
+    assert_eq!(appended.members.is_some(), F::APPEND_RETURNS_MEMBERS);
+    if let Some(members) = &appended.members {
+        assert_eq!(members, &["alice", "bob"]);
+        assert_eq!(members, &store.members(GROUP).await.unwrap());
+    }
+    let again = store.append(msg(GROUP, "bob", "m1", 4)).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.members, None);
+}

@@ -11,6 +11,9 @@ pub trait Fixture: Sized {
     /// The store type.
     type Store: Store;
 
+    /// Whether the store returns the members with an append ([`ferry_store::Appended::members`]).
+    const APPEND_RETURNS_MEMBERS: bool = true;
+
     /// The store under test, with default options (opening again reaches the same data).
     async fn open(&self) -> Self::Store {
         self.open_with_dedupe_window(Duration::from_secs(7 * 24 * 3600))
@@ -40,6 +43,7 @@ impl Embedded {
 }
 
 impl Fixture for Embedded {
+    const APPEND_RETURNS_MEMBERS: bool = false;
     type Store = EmbeddedStore;
 
     async fn open_with_dedupe_window(&self, window: Duration) -> EmbeddedStore {

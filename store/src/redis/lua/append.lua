@@ -2,8 +2,9 @@
 -- KEYS: meta, msgs, members, dedupe
 -- ARGV: sender, encoded message (seq 0), server_time_ms, dedupe_window_ms, retention
 --       ('keep:max_age_ms:now_ms', see parse_retention)
--- Returns {0, seq, time, epoch} (new), {1, seq, time, epoch} (duplicate), {-1} (no such conversation),
--- {-2, reason} (not allowed).
+-- Returns {0, seq, time, epoch, member...} (new: the current members follow, so the fan-out needs no
+-- second round trip), {1, seq, time, epoch} (duplicate), {-1} (no such conversation), {-2, reason}
+-- (not allowed).
 local meta, msgs, members, dedupe = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sender, body = ARGV[1], ARGV[2]
 local time, window = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -29,4 +30,10 @@ if seq > member.read then
   redis.call('HSET', members, sender, fmt_member(member))
 end
 redis.call('SET', dedupe, string.format('%.0f:%.0f:%s', seq, time, epoch), 'PX', window)
-return { 0, seq, time, epoch }
+local reply = { 0, seq, time, epoch }
+local all = redis.call('HGETALL', members)
+for i = 1, #all, 2 do
+  local m = parse_member(all[i + 1])
+  if m and m.left == 0 then reply[#reply + 1] = all[i] end
+end
+return reply
