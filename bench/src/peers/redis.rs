@@ -83,16 +83,30 @@ impl Redis {
                 .await?;
         }
         let client = redis::Client::open(self.url.as_str())?;
-        let mut first = client.get_multiplexed_async_connection().await?;
+        // Each call is bounded by WAIT below; the crate's default 500 ms would cut off the tail that
+        // a saturated Redis with appendfsync always legitimately has.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let mut first = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(RedisStore::append_script())
             .query_async::<String>(&mut first)
             .await?;
+        // Every connection first: one made while the others already load Redis could miss its
+        // connect timeout.
+        let mut connections = Vec::with_capacity(p.clients);
+        for _ in 0..p.clients {
+            connections.push(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            );
+        }
         let deadline = Instant::now() + p.duration;
         let mut tasks = Vec::new();
-        for i in 0..p.clients {
-            let connection = client.get_multiplexed_async_connection().await?;
+        for (i, connection) in connections.into_iter().enumerate() {
             for w in 0..p.window {
                 let (mut connection, store, p) = (connection.clone(), store.clone(), p.clone());
                 tasks.push(tokio::spawn(async move {
