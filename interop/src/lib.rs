@@ -9,6 +9,8 @@
 //! Layout:
 //! - [`driver`]: QUIC (`ferry-quic`'s frame reader and client configuration) + the protocol crate's codec,
 //!   nothing else; also used by Ferry's end-to-end tests;
+//! - [`peer_params`]: the server's QUIC transport parameters as sent, read through a recording wrapper
+//!   of quinn's rustls session (quinn exposes none of them);
 //! - [`runner`]: the case type, the `case!`/`ensure!` macros, running cases with timeouts;
 //! - [`server_mode`]: the server cases, one file per area (handshake, auth, messaging, sync, groups,
 //!   streams, framing, datagrams, limits, network);
@@ -24,6 +26,7 @@
 pub mod client_mode;
 pub mod coverage;
 pub mod driver;
+pub mod peer_params;
 pub mod reference;
 pub mod report;
 pub mod runner;

@@ -83,10 +83,14 @@ struct ServerArgs {
     /// Also run the cases that need the fault proxy in front of the server.
     #[arg(long)]
     proxy: bool,
+    /// A command (run with `sh -c`) that makes the server drain, e.g. `kill -TERM 1234` for
+    /// ferry-server. The draining case (FERRY-GOAWAY-1) runs last with it; without it, Unsupported.
+    #[arg(long)]
+    drain_cmd: Option<String>,
     /// Longest a case may wait for a server timer (Hello timeout, idle timeouts), milliseconds.
     #[arg(long, default_value_t = 15_000)]
     max_wait_ms: u64,
-    /// The server's conversation-stream idle timeout (not announced in ferry/1), milliseconds.
+    /// The conversation-stream idle timeout of a server that does not announce one, milliseconds.
     #[arg(long, default_value_t = 60_000)]
     stream_idle_timeout_ms: u64,
     #[command(flatten)]
@@ -162,6 +166,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 max_wait: Duration::from_millis(args.max_wait_ms),
                 stream_idle_timeout: Duration::from_millis(args.stream_idle_timeout_ms),
                 proxy: args.proxy,
+                drain: args.drain_cmd,
             };
             let report = server_mode::run(config, print_progress).await?;
             finish(&report, &args.output)

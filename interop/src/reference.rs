@@ -132,6 +132,11 @@ impl ServerProcess {
         Ok(ServerProcess { child, addr, ca })
     }
 
+    /// The process id while it runs (for a `--drain-cmd` of `kill -TERM <pid>`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGTERM — the server drains (GoAway to every session) — then waits for it to exit (bounded; it
     /// is killed after that).
     pub async fn stop(mut self) -> Result<(), ReferenceError> {

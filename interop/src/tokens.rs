@@ -106,9 +106,20 @@ async fn server_token(
 
 /// Runs `command` (bounded) and returns the token it printed.
 async fn run_token_command(
-    mut command: tokio::process::Command,
+    command: tokio::process::Command,
     what: &str,
 ) -> Result<String, Verdict> {
+    let output = run_bounded(command, what).await?;
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    ensure!(!token.is_empty(), "{what} printed no token");
+    Ok(token)
+}
+
+/// Runs `command` with no stdin, at most `COMMAND_TIMEOUT`; it must exit 0. `what` names it in failures.
+pub(crate) async fn run_bounded(
+    mut command: tokio::process::Command,
+    what: &str,
+) -> Result<std::process::Output, Verdict> {
     let run = command
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -129,9 +140,7 @@ async fn run_token_command(
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    ensure!(!token.is_empty(), "{what} printed no token");
-    Ok(token)
+    Ok(output)
 }
 
 #[cfg(test)]

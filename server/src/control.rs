@@ -24,6 +24,11 @@ use crate::errors::{from_store, Refusal};
 const MAX_GROUP_NAME: usize = 256;
 /// Most initial members of a new group.
 const MAX_INITIAL_MEMBERS: usize = 1000;
+/// A bound on one encoded `ConversationState` in a page: its id and group name are at most 256 bytes
+/// each and its seven integers at most 11 bytes each with their tags (FERRY-SYNC-7).
+const MAX_STATE_SIZE: u32 = 1024;
+/// A page's own fields (request id, token, has_more, server time) and the frame's tag and length.
+const PAGE_OVERHEAD: u32 = 64;
 
 /// Serves the control stream until it ends, then closes the connection.
 pub(crate) async fn run(conn: Arc<Conn>, mut reader: FrameReader) {
@@ -78,10 +83,12 @@ async fn handle(conn: &Conn, frame: Frame) -> Result<(), Refusal> {
         Some(Kind::Sync(sync)) => sync_page(conn, sync.request_id, sync.since_token, sync.limit)
             .await
             .unwrap_or_else(|r| frames::request_error(sync.request_id, r.code, r.reason)),
+        // A refusal echoes the MarkRead's request_id (0 from an old client: attributed by position,
+        // FERRY-ERR-9); a success is not answered (FERRY-READ-1).
         Some(Kind::MarkRead(mark)) => {
             match mark_read(conn, &mark.conversation_id, mark.seq).await {
                 Ok(()) => return Ok(()),
-                Err(r) => frames::error(r.code, r.reason),
+                Err(r) => frames::request_error(mark.request_id, r.code, r.reason),
             }
         }
         Some(Kind::CreateGroup(create)) => {
@@ -121,26 +128,46 @@ async fn handle(conn: &Conn, frame: Frame) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The most conversations one SyncResult or HeartbeatAck may list: `max_sync_page`, and no more than
+/// fit the announced frame size however long their ids and names are (FERRY-SYNC-7). Bounding the
+/// count up front, rather than cutting the page after the store built it, keeps the page's token
+/// consistent with what it lists.
+fn sync_page_limit(conn: &Conn) -> u32 {
+    let limits = &conn.shared.settings.limits;
+    let fits = limits.max_frame_size.saturating_sub(PAGE_OVERHEAD) / MAX_STATE_SIZE;
+    limits.max_sync_page.min(fits).max(1)
+}
+
 async fn heartbeat(conn: &Conn, sync_token: u64) -> Frame {
     refresh_directory_entry(conn);
-    let limit = conn.shared.settings.limits.max_sync_page;
+    let limit = sync_page_limit(conn);
     let page = conn
         .shared
         .store
         .changed_since(&conn.session.user, &conn.session.device, sync_token, limit)
         .await;
-    match page {
-        Ok(page) => frame(Kind::HeartbeatAck(HeartbeatAck {
-            changed: page.conversations,
-            sync_token: page.next_token,
-            has_more: page.has_more,
-            server_time_ms: unix_millis(SystemTime::now()),
-        })),
-        Err(e) => {
-            let refusal = from_store(e);
-            frames::error(refusal.code, refusal.reason)
-        }
+    if let Err(e) = &page {
+        debug!(user = %conn.session.user, error = %e, "heartbeat without heads: store unavailable");
     }
+    heartbeat_ack(page.ok(), sync_token, unix_millis(SystemTime::now()))
+}
+
+/// The answer to a Heartbeat, always a HeartbeatAck (FERRY-HB-2): a Heartbeat is the client's liveness
+/// probe (FERRY-HB-5), so a store that cannot list the changes must not make a live server look dead,
+/// and an id-less Error here would be taken for the answer to a MarkRead (FERRY-ERR-9). Without a page
+/// the ack reports no changes and hands the client its own token back, so nothing is skipped: the next
+/// Heartbeat or Sync asks again from the same position.
+fn heartbeat_ack(page: Option<ferry_store::SyncPage>, sync_token: u64, now_ms: u64) -> Frame {
+    let (changed, sync_token, has_more) = match page {
+        Some(page) => (page.conversations, page.next_token, page.has_more),
+        None => (Vec::new(), sync_token, false),
+    };
+    frame(Kind::HeartbeatAck(HeartbeatAck {
+        changed,
+        sync_token,
+        has_more,
+        server_time_ms: now_ms,
+    }))
 }
 
 /// In a cluster, keeps this session's directory entry alive — behind the HeartbeatAck, never in front of
@@ -163,7 +190,7 @@ fn refresh_directory_entry(conn: &Conn) {
 
 async fn sync_page(conn: &Conn, request_id: u64, since: u64, limit: u32) -> Result<Frame, Refusal> {
     conn.shared.metrics.sync();
-    let max = conn.shared.settings.limits.max_sync_page;
+    let max = sync_page_limit(conn);
     let limit = if limit == 0 { max } else { limit.min(max) };
     let page = conn
         .shared
@@ -330,4 +357,36 @@ async fn apply(
         .await;
     }
     Ok(appended.seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_is_acked_even_without_a_page() {
+        // The store failed: still a HeartbeatAck, no changes, the client's own token back.
+        match heartbeat_ack(None, 42, 7).kind {
+            Some(Kind::HeartbeatAck(ack)) => {
+                assert!(ack.changed.is_empty());
+                assert_eq!(
+                    (ack.sync_token, ack.has_more, ack.server_time_ms),
+                    (42, false, 7)
+                );
+            }
+            other => panic!("expected HeartbeatAck, got {other:?}"),
+        }
+        let page = ferry_store::SyncPage {
+            conversations: vec![Default::default()],
+            next_token: 43,
+            has_more: true,
+        };
+        match heartbeat_ack(Some(page), 42, 7).kind {
+            Some(Kind::HeartbeatAck(ack)) => {
+                assert_eq!(ack.changed.len(), 1);
+                assert_eq!((ack.sync_token, ack.has_more), (43, true));
+            }
+            other => panic!("expected HeartbeatAck, got {other:?}"),
+        }
+    }
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use ferry_interop::reference::{self, SERVER_BINARY};
 use ferry_interop::report::Outcome;
 use ferry_interop::server_mode::{self, ServerConfig, TokenSource};
 use ferry_server::Settings;
@@ -18,6 +19,17 @@ const ALLOWED_UNSUPPORTED: &[(&str, &str)] = &[
     ("TOO_MANY_INFLIGHT", "timing-dependent"),
     // Likewise a loaded machine may answer Sends slower than the bucket refills (the case measures it).
     ("send_burst", "timing-dependent"),
+    // The draining case stops the server; it runs in its own test below, against a server process.
+    (
+        "--drain-cmd",
+        "runs in draining_server_answers_new_connections",
+    ),
+    // Default limits (1 MiB frames) cannot be exceeded by a Sync page; small_frames_keep_sync_pages_in
+    // runs the case against a server with small frames.
+    (
+        "SYNC-7 cannot be exceeded",
+        "runs in small_frames_keep_sync_pages_in",
+    ),
 ];
 
 /// Cases ferry-server fails today: real departures from spec/ferry-1.md, reported to the server's owner.
@@ -100,19 +112,8 @@ async fn refusal_cases_pass_with_tokens_from_the_server_binary() {
         bin: workspace_binary("ferry-server"),
         data_dir: dir.path().to_path_buf(),
     };
-    let mut config = ServerConfig::for_test_server(
-        server.addr,
-        server.ca.clone(),
-        tokens,
-        Duration::from_secs(60),
-    );
-    config.filter = Some("UNAUTHENTICATED".into());
-    config.proxy = false;
-    let report = server_mode::run(config, |case| {
-        eprintln!("{:<11} {}", case.outcome.label(), case.name)
-    })
-    .await
-    .unwrap();
+    let config = filtered(server.addr, server.ca.clone(), tokens, "UNAUTHENTICATED");
+    let report = run(config).await;
     for case in &report.cases {
         assert!(
             !matches!(case.outcome, Outcome::Fail(_)),
@@ -129,4 +130,83 @@ async fn refusal_cases_pass_with_tokens_from_the_server_binary() {
             .unwrap_or_else(|| panic!("no case {must_pass:?} in {:?}", report.cases));
         assert_eq!(case.outcome, Outcome::Pass, "{}", case.name);
     }
+}
+
+/// FERRY-GOAWAY-1 while draining, as a user runs it: a ferry-server process, `--drain-cmd` sending it
+/// SIGTERM. The drain grace is long enough (10 s, the default) that the server is still draining, not
+/// gone, when the case connects anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_server_answers_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = workspace_binary(SERVER_BINARY);
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let env = [("FERRY_DRAIN_GRACE_MS", "10000".to_owned())];
+    let server = reference::ServerProcess::start(&bin, dir.path(), listen, &env)
+        .await
+        .unwrap();
+    let tokens = TokenSource::ServerToken {
+        bin,
+        data_dir: dir.path().to_path_buf(),
+    };
+    let mut config = filtered(server.addr, server.ca.clone(), tokens, "FERRY-GOAWAY-1");
+    config.drain = Some(format!("kill -TERM {}", server.pid().unwrap()));
+    let report = run(config).await;
+    let case = report
+        .cases
+        .iter()
+        .find(|c| c.name.contains("while draining"))
+        .unwrap_or_else(|| panic!("no draining case in {:?}", report.cases));
+    assert_eq!(case.outcome, Outcome::Pass, "{}", case.name);
+}
+
+/// FERRY-SYNC-7 needs a frame size a Sync page can exceed: 8 KiB frames (and bodies to match LIMIT-3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_frames_keep_sync_pages_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http: "127.0.0.1:0".parse().unwrap(),
+        ..Settings::default()
+    };
+    settings.limits.max_frame_size = 8192;
+    settings.limits.max_body_size = 8192 - 1024;
+    let handle = ferry_server::start(settings).await.unwrap();
+    let config = filtered(
+        handle.local_addr(),
+        handle.ca_path().to_path_buf(),
+        conformance_tokens(dir.path()),
+        "FERRY-SYNC-7",
+    );
+    let report = run(config).await;
+    assert_eq!(report.cases.len(), 1, "{:?}", report.cases);
+    assert_eq!(
+        report.cases[0].outcome,
+        Outcome::Pass,
+        "{}",
+        report.cases[0].name
+    );
+    handle.shutdown().await;
+}
+
+/// A run of the cases whose name contains `filter`, without the proxy cases.
+fn filtered(
+    addr: std::net::SocketAddr,
+    ca: std::path::PathBuf,
+    tokens: TokenSource,
+    filter: &str,
+) -> ServerConfig {
+    let mut config = ServerConfig::for_test_server(addr, ca, tokens, Duration::from_secs(60));
+    config.filter = Some(filter.into());
+    config.proxy = false;
+    config
+}
+
+/// Runs `config`, printing each case as it ends.
+async fn run(config: ServerConfig) -> ferry_interop::report::RunReport {
+    server_mode::run(config, |case| {
+        eprintln!("{:<11} {}", case.outcome.label(), case.name)
+    })
+    .await
+    .unwrap()
 }

@@ -125,6 +125,7 @@ async fn read_cursors_give_unread_counts_that_never_go_negative() {
     bob.send_control(frame(Kind::MarkRead(MarkRead {
         conversation_id: conv.clone(),
         seq: 3,
+        request_id: 0,
     })))
     .await
     .unwrap();
@@ -134,12 +135,14 @@ async fn read_cursors_give_unread_counts_that_never_go_negative() {
     bob.send_control(frame(Kind::MarkRead(MarkRead {
         conversation_id: conv.clone(),
         seq: 99,
+        request_id: 0,
     })))
     .await
     .unwrap();
     bob.send_control(frame(Kind::MarkRead(MarkRead {
         conversation_id: conv.clone(),
         seq: 1,
+        request_id: 0,
     })))
     .await
     .unwrap();
@@ -153,6 +156,7 @@ async fn read_cursors_give_unread_counts_that_never_go_negative() {
     bob.send_control(frame(Kind::MarkRead(MarkRead {
         conversation_id: ids::direct_conversation_id("carol", "dave").unwrap(),
         seq: 1,
+        request_id: 0,
     })))
     .await
     .unwrap();

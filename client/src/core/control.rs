@@ -102,12 +102,16 @@ impl Core {
                 if e.request_id != 0 {
                     let error = ClientError::Protocol {
                         code,
-                        message: e.message,
+                        message: e.message.clone(),
                     };
                     if let Some(reply) = self.control_waiters.remove(&e.request_id) {
                         let _ = reply.send(Err(error));
                     } else if let Some(reply) = self.push_waiters.remove(&e.request_id) {
                         let _ = reply.send(Err(error));
+                    } else {
+                        // No waiter: a refused MarkRead (best effort, nobody awaits it); its request
+                        // id is in the debug log line of the MarkRead.
+                        tracing::warn!(request_id = e.request_id, ?code, message = %e.message, "server refused a request (MarkRead)");
                     }
                     return;
                 }

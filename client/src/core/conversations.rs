@@ -336,18 +336,19 @@ impl Core {
                 self.stream(&conversation, frame(Kind::Ack(frame::Ack { seq })));
             }
         }
-        // Pulls wait for Welcome: a conversation stream opened alongside Hello can reach the server
-        // before the control stream's Hello does (streams are not ordered against each other), and the
-        // first frame a server sees must be Hello (FERRY-CONN-1).
+        // Pulls do not wait for Welcome: Pull is an early-data frame, allowed before Welcome
+        // (FERRY-ZERORTT-1, FERRY-HELLO-5), and the server takes stream 0 as the control stream
+        // whichever stream's data arrives first (FERRY-CONN-1), so the first pages travel in Hello's
+        // flight and catch-up saves the round trip of waiting for Welcome. Should the session be
+        // refused, the Pulls die with its connection; if the server rejects 0-RTT, the session starts
+        // over and they are asked again.
         let mut pulls = Vec::new();
-        if welcomed {
-            if self.probed_gen != Some(gen) {
-                // The session's first pass after Welcome: probe every tracked conversation at once.
-                self.probed_gen = Some(gen);
-                pulls = self.inbox.probe_pulls(PROBE_MAX_CONVERSATIONS, now);
-            }
-            pulls.extend(self.inbox.poll_pulls(now));
+        if self.probed_gen != Some(gen) {
+            // The session's first pass: probe every tracked conversation at once.
+            self.probed_gen = Some(gen);
+            pulls = self.inbox.probe_pulls(PROBE_MAX_CONVERSATIONS, now);
         }
+        pulls.extend(self.inbox.poll_pulls(now));
         for (conversation, pull) in pulls {
             let pull = frame(Kind::Pull(frame::Pull {
                 after_seq: pull.after_seq,

@@ -61,9 +61,14 @@ impl Core {
             }
             Request::MarkRead { conversation, seq } => {
                 if self.live().is_some_and(|s| s.welcomed) {
+                    // The id lets an Error name the MarkRead it refuses (FERRY-READ-1); a success has
+                    // no answer, so nothing waits for it and the control handler only logs a refusal.
+                    let request_id = self.request_id();
+                    tracing::debug!(%conversation, seq, request_id, "MarkRead");
                     self.control(frame(Kind::MarkRead(frame::MarkRead {
                         conversation_id: conversation,
                         seq,
+                        request_id,
                     })));
                 }
             }

@@ -19,6 +19,7 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
         case!(["FERRY-LIMIT-3", "FERRY-LIMIT-1", "FERRY-HB-4"], "announced limits are consistent", consistent),
         case!(["FERRY-LIMIT-3", "FERRY-FRAME-4", "FERRY-PULL-3"], "a maximum-size message with maximum-length ids fits the announced max_frame_size as Deliver and as PullResult", largest_message_fits),
         case!(["FERRY-STREAM-8", "FERRY-LIMIT-3"], "the stream idle timeout is announced in Limits.stream_idle_timeout_ms", stream_idle_announced),
+        case!(["FERRY-SYNC-7", "FERRY-SYNC-3", "FERRY-HB-2"], "SyncResult and HeartbeatAck pages of groups with 256-byte names fit max_frame_size and still list every group", sync_pages_fit),
         case!(["FERRY-SEND-4", "FERRY-LIMIT-2", "FERRY-SEND-7"], "more pipelined Sends than max_inflight_sends get TOO_MANY_INFLIGHT, every Send answered once", too_many_inflight),
         case!(["FERRY-SEND-4", "FERRY-LIMIT-2"], "Sends beyond send_burst get RATE_LIMITED with retry_after_ms", rate_limited),
         case!(["FERRY-HB-4", "FERRY-CONN-6"], "a silent control stream is closed with IDLE_TIMEOUT after idle_timeout_ms", idle_timeout),
@@ -301,4 +302,76 @@ async fn heartbeats_answered(ctx: Arc<ServerCtx>) -> CaseResult {
         }
     }
     Ok(())
+}
+
+/// Most groups the Sync-page case creates; past this the limits are too large to exceed cheaply.
+const MAX_SYNC_CASE_GROUPS: usize = 200;
+
+/// Audit finding (issue 12's class "limits that contradict each other"): `max_sync_page` conversations
+/// with long names could exceed a small `max_frame_size`, and ferry-server sent such pages (100 states
+/// of ~330 bytes against a frame size of 8192). Enough groups are created that a full page cannot fit.
+async fn sync_pages_fit(ctx: Arc<ServerCtx>) -> CaseResult {
+    use prost::Message as _;
+    let limit = ctx.limits.max_frame_size as usize;
+    let page = ctx.limits.max_sync_page as usize;
+    let name = "n".repeat(256);
+    // One state of such a group: the 256-byte name, a 34-byte id, its integers and tags (~330 bytes).
+    let probe = ferry_protocol::frame::ConversationState {
+        conversation_id: format!("g:{}", "0".repeat(32)),
+        name: name.clone(),
+        head_seq: 1,
+        first_seq: 1,
+        epoch: u64::MAX,
+        member: true,
+        ..Default::default()
+    };
+    let state_len = probe.encoded_len() + 3;
+    let groups = limit / state_len + 2;
+    if groups > page || groups > MAX_SYNC_CASE_GROUPS {
+        unsupported!(
+            "a full Sync page ({page} groups of {state_len} bytes) cannot exceed max_frame_size {limit} cheaply: SYNC-7 cannot be exceeded"
+        );
+    }
+    let mut session = ctx.session(&ctx.user("alice"), "phone").await?;
+    let mut created = std::collections::BTreeSet::new();
+    for _ in 0..groups {
+        match session.create_group(&name, &[]).await? {
+            Ok((id, _)) => created.insert(id),
+            Err(code) => fail!("CreateGroup with a 256-byte name refused with {code:?}"),
+        };
+    }
+    let fits = |what: &str, len: usize| {
+        if len > limit {
+            Err(Verdict::Fail(format!(
+                "{what} is {len} bytes, above max_frame_size {limit} (FERRY-SYNC-7)"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    // The driver's reader accepts up to 1 MiB; each page is measured against the announced limit.
+    let ack = session.heartbeat(0).await?;
+    fits("HeartbeatAck", frame(Kind::HeartbeatAck(ack)).encoded_len())?;
+    let (mut token, mut listed) = (0, std::collections::BTreeSet::new());
+    for _ in 0..=groups {
+        let result = session.sync(token, 0).await?;
+        let (more, next) = (result.has_more, result.next_token);
+        listed.extend(
+            result
+                .conversations
+                .iter()
+                .map(|c| c.conversation_id.clone()),
+        );
+        fits("SyncResult", frame(Kind::SyncResult(result)).encoded_len())?;
+        if !more {
+            let missing: Vec<_> = created.difference(&listed).collect();
+            ensure!(
+                missing.is_empty(),
+                "groups never listed by Sync: {missing:?}"
+            );
+            return Ok(());
+        }
+        token = next;
+    }
+    fail!("Sync paging did not end after {} pages", groups + 1)
 }

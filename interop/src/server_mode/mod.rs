@@ -5,6 +5,7 @@
 
 mod auth;
 mod datagrams;
+mod draining;
 mod framing;
 mod groups;
 mod handshake;
@@ -47,6 +48,9 @@ pub struct ServerConfig {
     pub stream_idle_timeout: Duration,
     /// Run the cases that need the fault proxy in front of the server.
     pub proxy: bool,
+    /// A command (`sh -c`) that makes the server under test drain, for the draining case, which runs
+    /// last; None makes that case Unsupported.
+    pub drain: Option<String>,
 }
 
 impl ServerConfig {
@@ -69,6 +73,7 @@ impl ServerConfig {
             max_wait: Duration::from_secs(15),
             stream_idle_timeout,
             proxy: true,
+            drain: None,
         }
     }
 }
@@ -93,6 +98,8 @@ pub struct ServerCtx {
     pub stream_idle_timeout: Duration,
     /// See [`ServerConfig::proxy`].
     pub proxy: bool,
+    /// See [`ServerConfig::drain`].
+    pub drain: Option<String>,
     tokens: Arc<TokenSource>,
     prefix: String,
 }
@@ -167,6 +174,8 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
         limits::cases(),
         network::cases(),
         push::cases(),
+        // Last: it drains the server under test.
+        draining::cases(),
     ]
     .into_iter()
     .flatten()
@@ -221,6 +230,7 @@ pub async fn run(
                 max_wait: config.max_wait,
                 stream_idle_timeout,
                 proxy: config.proxy,
+                drain: config.drain.clone(),
                 tokens: tokens.clone(),
                 prefix: format!("{run_id}-{index}"),
             })

@@ -50,6 +50,11 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
             "MarkRead errors in FERRY-STREAM-5's order (NOT_FOUND for a missing group, nothing for an own direct id not created yet), each attributable by a Heartbeat barrier",
             mark_read_errors
         ),
+        case!(
+            ["FERRY-READ-1", "FERRY-ERR-1"],
+            "pipelined MarkReads with request ids: each refusal echoes its MarkRead's request_id, a success gets nothing",
+            mark_read_request_ids
+        ),
     ]
 }
 
@@ -178,6 +183,7 @@ async fn mark_read(ctx: Arc<ServerCtx>) -> CaseResult {
         frame(Kind::MarkRead(MarkRead {
             conversation_id: conv.clone(),
             seq,
+            request_id: 0,
         }))
     };
     phone.send_control(mark(3)).await?;
@@ -230,22 +236,15 @@ async fn mark_read_errors(ctx: Arc<ServerCtx>) -> CaseResult {
         ctx.user("dave"),
     );
     let mut session = ctx.session(&alice, "phone").await?;
-    let no_group = format!("g:{:032x}", rand::random::<u128>());
+    // As a client that predates MarkRead.request_id: no id, so the Errors are attributed by position.
     // None: a success, which is never answered. A Heartbeat after each MarkRead is the barrier of
     // FERRY-ERR-9: an Error before its HeartbeatAck answers that MarkRead, so the answers attribute.
-    for (conversation_id, code) in [
-        (ctx.direct(&carol, &dave), Some(ErrorCode::FORBIDDEN)),
-        (
-            "no-such-kind:1".to_owned(),
-            Some(ErrorCode::INVALID_ARGUMENT),
-        ),
-        (no_group, Some(ErrorCode::NOT_FOUND)),
-        (ctx.direct(&alice, &bob), None),
-    ] {
+    for (conversation_id, code) in mark_read_targets(&ctx, [&alice, &bob, &carol, &dave]) {
         session
             .send_control(frame(Kind::MarkRead(MarkRead {
                 conversation_id: conversation_id.clone(),
                 seq: 1,
+                request_id: 0,
             })))
             .await?;
         session
@@ -277,4 +276,72 @@ async fn mark_read_errors(ctx: Arc<ServerCtx>) -> CaseResult {
         "MarkRead created the direct conversation"
     );
     Ok(())
+}
+
+/// MarkRead targets of `[user, peer, stranger, stranger]` in FERRY-READ-1's check order, with the code each
+/// is refused with (None: a success, never answered).
+fn mark_read_targets(ctx: &ServerCtx, users: [&str; 4]) -> Vec<(String, Option<ErrorCode>)> {
+    let [user, peer, carol, dave] = users;
+    let no_group = format!("g:{:032x}", rand::random::<u128>());
+    vec![
+        (ctx.direct(carol, dave), Some(ErrorCode::FORBIDDEN)),
+        (
+            "no-such-kind:1".to_owned(),
+            Some(ErrorCode::INVALID_ARGUMENT),
+        ),
+        (no_group, Some(ErrorCode::NOT_FOUND)),
+        (ctx.direct(user, peer), None),
+    ]
+}
+
+/// Finding 7 of issue 12: two failing MarkReads could not be told apart. Now each carries a request_id
+/// and its refusal echoes it, so a client needs no barrier: all MarkReads are pipelined, then one
+/// Heartbeat ends the answers. A server that answers with request_id 0 (the old behaviour) fails here.
+async fn mark_read_request_ids(ctx: Arc<ServerCtx>) -> CaseResult {
+    let (alice, bob, carol, dave) = (
+        ctx.user("alice"),
+        ctx.user("bob"),
+        ctx.user("carol"),
+        ctx.user("dave"),
+    );
+    let mut session = ctx.session(&alice, "phone").await?;
+    // The success sits between refusals, so an answer to it would shift every later id.
+    let mut targets = mark_read_targets(&ctx, [&alice, &bob, &carol, &dave]);
+    targets.swap(2, 3);
+    let mut expected = Vec::new();
+    for (conversation_id, code) in targets {
+        let request_id = session.request_id();
+        if let Some(code) = code {
+            expected.push((request_id, code, conversation_id.clone()));
+        }
+        session
+            .send_control(frame(Kind::MarkRead(MarkRead {
+                conversation_id,
+                seq: 1,
+                request_id,
+            })))
+            .await?;
+    }
+    session
+        .send_control(frame(Kind::Heartbeat(Heartbeat { sync_token: 0 })))
+        .await?;
+    for (request_id, code, conversation_id) in expected {
+        let answer = session.next_control("Error refusing a MarkRead").await?;
+        let e = expect_error(answer, code).map_err(|v| {
+            Verdict::Fail(format!("MarkRead {request_id} on {conversation_id}: {v:?}"))
+        })?;
+        ensure_eq!(
+            e.request_id,
+            request_id,
+            "Error.request_id refusing the MarkRead on {conversation_id}"
+        );
+        ensure!(
+            e.client_msg_id.is_empty(),
+            "Error refusing a MarkRead carries a client_msg_id"
+        );
+    }
+    match session.next_control("HeartbeatAck").await?.kind {
+        Some(Kind::HeartbeatAck(_)) => Ok(()),
+        other => fail!("after the MarkRead refusals: expected HeartbeatAck, got {other:?} (a successful MarkRead was answered?)"),
+    }
 }

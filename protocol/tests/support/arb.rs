@@ -189,10 +189,13 @@ pub fn kind() -> impl Strategy<Value = Kind> {
                 })
             }
         ),
-        (text(), num()).prop_map(|(conversation_id, seq)| Kind::MarkRead(MarkRead {
-            conversation_id,
-            seq
-        })),
+        (text(), num(), num()).prop_map(|(conversation_id, seq, request_id)| {
+            Kind::MarkRead(MarkRead {
+                conversation_id,
+                seq,
+                request_id,
+            })
+        }),
         (num(), text(), texts()).prop_map(|(request_id, name, members)| {
             Kind::CreateGroup(CreateGroup {
                 request_id,

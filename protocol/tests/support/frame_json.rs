@@ -302,11 +302,13 @@ fn kind_to_json(kind: &Kind) -> (&'static str, Value) {
         Kind::MarkRead(MarkRead {
             conversation_id,
             seq,
+            request_id,
         }) => (
             "mark_read",
             Obj::default()
                 .str("conversation_id", conversation_id)
                 .num("seq", *seq)
+                .num("request_id", *request_id)
                 .done(),
         ),
         Kind::CreateGroup(CreateGroup {
@@ -737,6 +739,7 @@ fn kind_from_json(kind: &str, f: &mut Fields) -> Kind {
         "mark_read" => Kind::MarkRead(MarkRead {
             conversation_id: f.str("conversation_id"),
             seq: f.u64("seq"),
+            request_id: f.u64("request_id"),
         }),
         "create_group" => Kind::CreateGroup(CreateGroup {
             request_id: f.u64("request_id"),

@@ -1,12 +1,12 @@
-//! Catch-up after a reconnect in a few round trips: Pulls right after Welcome, then pipelined pages.
+//! Catch-up after a reconnect in a few round trips: Pulls in Hello's flight, then pipelined pages.
 
 use super::*;
 
-/// Catch-up after a reconnect: the first flight carries Hello and Sync; Welcome releases a Pull of the
-/// next page of every tracked conversation; once Sync reports the head, the remaining pages go out together (one more round
-/// trip), not page after page.
+/// Catch-up after a reconnect: the first flight carries Hello, Sync and a Pull of the next page of every
+/// tracked conversation (Pull may precede Welcome, FERRY-HELLO-5); once Sync reports the head, the
+/// remaining pages go out together (one more round trip), not page after page.
 #[test]
-fn catch_up_pulls_follow_welcome_and_the_rest_is_pipelined() {
+fn catch_up_pulls_go_with_hello_and_the_rest_is_pipelined() {
     let mut inbox = Inbox::new(WindowConfig::default(), 50, true);
     inbox.restore(&crate::store::ConversationRow {
         conversation: CONV.into(),
@@ -19,16 +19,13 @@ fn catch_up_pulls_follow_welcome_and_the_rest_is_pipelined() {
     let (gen, out) = h.establish(false);
     assert!(has_hello(&out));
     assert!(sync_id(&out).is_some(), "Sync with Hello");
-    assert!(
-        pulls(&out).is_empty(),
-        "no conversation stream before Welcome: Hello must reach the server first (FERRY-CONN-1)"
-    );
-    let out = h.welcome(gen);
     assert_eq!(
         pulls(&out),
         [10],
-        "the first page right after Welcome, while the SyncResult is in flight"
+        "the first page with Hello, before Welcome: it saves the round trip of waiting for it"
     );
+    let out = h.welcome(gen);
+    assert!(pulls(&out).is_empty(), "Welcome asks for nothing twice");
     let sync = h.last_sync.expect("Sync");
     let mut head = state(1010);
     head.conversation_id = CONV.into();

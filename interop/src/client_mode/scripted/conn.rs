@@ -97,18 +97,25 @@ impl Conn {
     /// the client sends before Welcome is seen), then sends `welcome`. The collected events are returned
     /// by later [`Conn::next`] calls.
     pub async fn greet(&mut self, welcome: Welcome, hold: Duration) -> Result<Hello, Verdict> {
-        let hello = match self.next(Duration::from_secs(10)).await {
-            Some(Event::Control(Frame {
-                kind: Some(Kind::Hello(hello)),
-            })) => hello,
-            Some(other) => fail!(
-                "the client's first frame was {} instead of Hello on its first stream (FERRY-CONN-1)",
-                other.describe()
-            ),
-            None => fail!("no Hello within 10 s"),
+        // Hello must be the first frame of the control stream (FERRY-CONN-1); frames of conversation
+        // streams may be read before it, since streams are not ordered against each other (a client
+        // may send its first Pulls in Hello's flight, FERRY-HELLO-5). They are kept for later.
+        let mut held = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        let hello = loop {
+            match self.next(until.saturating_duration_since(Instant::now())).await {
+                Some(Event::Control(Frame {
+                    kind: Some(Kind::Hello(hello)),
+                })) => break hello,
+                Some(event @ (Event::Stream(..) | Event::StreamEnded(_))) => held.push(event),
+                Some(other) => fail!(
+                    "the client's first frame was {} instead of Hello on its first stream (FERRY-CONN-1)",
+                    other.describe()
+                ),
+                None => fail!("no Hello within 10 s"),
+            }
         };
         let until = Instant::now() + hold;
-        let mut held = Vec::new();
         while let Some(event) = self
             .next(until.saturating_duration_since(Instant::now()))
             .await
