@@ -43,6 +43,7 @@ macro_rules! suite {
             case!(changed_since_pages_and_tokens);
             case!(removed_member_sees_the_removal_but_not_later_messages);
             case!(push_registrations_replace_list_delete_and_survive_reopen);
+            case!(token_revocations_only_move_forward_and_survive_reopen);
         }
     };
 }

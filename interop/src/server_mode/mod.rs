@@ -12,6 +12,7 @@ mod limits;
 mod messaging;
 mod network;
 mod push;
+mod revoke;
 mod streams;
 mod sync;
 
@@ -47,7 +48,18 @@ pub struct ServerConfig {
     pub stream_idle_timeout: Duration,
     /// Run the cases that need the fault proxy in front of the server.
     pub proxy: bool,
+    /// How to revoke a device's tokens on the server (as its operator would); without it the
+    /// revocation case is Unsupported.
+    pub revoke: Option<Arc<RevokeFn>>,
 }
+
+/// Revokes the tokens of (user, device) on the server under test, out of band (FERRY-HARDEN-5).
+pub type RevokeFn = dyn Fn(
+        String,
+        String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+    + Send
+    + Sync;
 
 impl ServerConfig {
     /// The configuration of a test run against a server whose tokens the test can mint (its secret, or
@@ -69,6 +81,7 @@ impl ServerConfig {
             max_wait: Duration::from_secs(15),
             stream_idle_timeout,
             proxy: true,
+            revoke: None,
         }
     }
 }
@@ -93,6 +106,8 @@ pub struct ServerCtx {
     pub stream_idle_timeout: Duration,
     /// See [`ServerConfig::proxy`].
     pub proxy: bool,
+    /// See [`ServerConfig::revoke`].
+    pub revoke: Option<Arc<RevokeFn>>,
     tokens: Arc<TokenSource>,
     prefix: String,
 }
@@ -167,6 +182,7 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
         limits::cases(),
         network::cases(),
         push::cases(),
+        revoke::cases(),
     ]
     .into_iter()
     .flatten()
@@ -221,6 +237,7 @@ pub async fn run(
                 max_wait: config.max_wait,
                 stream_idle_timeout,
                 proxy: config.proxy,
+                revoke: config.revoke.clone(),
                 tokens: tokens.clone(),
                 prefix: format!("{run_id}-{index}"),
             })
