@@ -3,7 +3,7 @@
 //!
 //! `ferry-bench all [--quick]` runs every scenario; each scenario is also a subcommand (`throughput`,
 //! alias `send`; `latency`, `fanout`, `connections`, `catchup`, `lossy`, `fsync-check`, `memory`,
-//! `cluster-latency`). Every system
+//! `cluster-latency`, `flood`). Every system
 //! runs as its own process on free loopback ports in a temp dir, started and stopped by the bench
 //! (Ferry: the `ferry-server` binary next to this one). Results go to `--out DIR` (default
 //! `bench-results/<timestamp>`): `results.json`, `report.md` and SVG plots; the table is printed.
@@ -76,6 +76,10 @@ struct Common {
     /// Idle connections to open (connections scenario).
     #[arg(long, global = true)]
     idle_connections: Option<usize>,
+    /// Throughput: run Ferry with offline push on, the receivers' device registered at a local HTTP
+    /// endpoint the bench starts (compare with a run without it).
+    #[arg(long, global = true)]
+    push: bool,
 }
 
 #[derive(Subcommand)]
@@ -101,6 +105,9 @@ enum Command {
     Memory,
     /// Cross-node send→deliver: two nodes on one Redis, sender on A, receiver on B.
     ClusterLatency,
+    /// Normal users' send→ack under handshake floods, churn and never-reading sessions (Ferry only;
+    /// not part of `all`).
+    Flood(scenarios::flood::FloodArgs),
     /// Everything above.
     All,
 }
@@ -130,6 +137,7 @@ impl Common {
         if let Some(v) = self.idle_connections {
             c.connections = v;
         }
+        c.push = self.push;
         Ok(c)
     }
 }
@@ -166,6 +174,9 @@ async fn main() -> anyhow::Result<()> {
         Command::FsyncCheck => scenarios::fsync::run(&config, &mut results).await,
         Command::Memory => scenarios::memory::run(&config, &mut results).await,
         Command::ClusterLatency => scenarios::cluster_latency::run(&config, &mut results).await,
+        Command::Flood(args) => {
+            scenarios::flood::run(&config.ferry_binary, args, &mut results).await
+        }
         Command::All => {
             scenarios::throughput::run(&config, &mut results).await;
             scenarios::latency::run(&config, &mut results).await;

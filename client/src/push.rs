@@ -20,6 +20,9 @@ pub enum PushPolicy {
     None,
     /// Also the sender's user id and the group name.
     Preview,
+    /// Preview plus the newest message's body, if the server allows it (else the registration is
+    /// refused with FORBIDDEN).
+    Body,
 }
 
 impl PushPolicy {
@@ -27,6 +30,7 @@ impl PushPolicy {
         match self {
             PushPolicy::None => frame::PushPolicy::None as i32,
             PushPolicy::Preview => frame::PushPolicy::Preview as i32,
+            PushPolicy::Body => frame::PushPolicy::Body as i32,
         }
     }
 
@@ -34,6 +38,7 @@ impl PushPolicy {
         match frame::PushPolicy::try_from(value).ok()? {
             frame::PushPolicy::None => Some(PushPolicy::None),
             frame::PushPolicy::Preview => Some(PushPolicy::Preview),
+            frame::PushPolicy::Body => Some(PushPolicy::Body),
         }
     }
 }
@@ -45,8 +50,9 @@ impl std::str::FromStr for PushPolicy {
         match s {
             "none" => Ok(PushPolicy::None),
             "preview" => Ok(PushPolicy::Preview),
+            "body" => Ok(PushPolicy::Body),
             _ => Err(format!(
-                "unknown push policy {s:?} (expected none or preview)"
+                "unknown push policy {s:?} (expected none, preview or body)"
             )),
         }
     }

@@ -34,7 +34,7 @@ pub struct Envelope {
     #[prost(string, tag = "2")]
     pub user: String,
     /// What to do.
-    #[prost(oneof = "BusEvent", tags = "3, 4, 5")]
+    #[prost(oneof = "BusEvent", tags = "3, 4, 5, 6")]
     pub event: Option<BusEvent>,
 }
 
@@ -50,6 +50,18 @@ pub enum BusEvent {
     /// A typing/presence datagram to relay to the user's devices.
     #[prost(message, tag = "5")]
     Datagram(Datagram),
+    /// The user's tokens were revoked: close the sessions of the device (of every device when
+    /// `device` is empty) with TOKEN_REVOKED.
+    #[prost(message, tag = "6")]
+    Revoke(Revoke),
+}
+
+/// Close the sessions of a device whose tokens were revoked (the stamp is already in the store).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Revoke {
+    /// Device id; empty for every device of the user.
+    #[prost(string, tag = "1")]
+    pub device: String,
 }
 
 /// A stored message to deliver.

@@ -145,6 +145,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// A revoke hook running `<bin> revoke --data-dir <dir> --user U --device D`.
+fn revoke_with_server_binary(
+    bin: std::path::PathBuf,
+    data_dir: std::path::PathBuf,
+) -> std::sync::Arc<server_mode::RevokeFn> {
+    std::sync::Arc::new(move |user: String, device: String| {
+        let mut command = tokio::process::Command::new(&bin);
+        command
+            .arg("revoke")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--user", &user, "--device", &device]);
+        Box::pin(async move {
+            let out = command.output().await.map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            }
+        })
+    })
+}
+
 /// Ok(true) when nothing failed.
 async fn run(command: Command) -> anyhow::Result<bool> {
     match command {
@@ -157,9 +180,17 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 (None, Some(cmd)) => TokenSource::Command(cmd),
                 (None, None) => anyhow::bail!("--data-dir or --token-cmd is required"),
             };
+            // With the server's data dir, revoking is `ferry-server revoke --data-dir` (FERRY-HARDEN-5).
+            let revoke = match &tokens {
+                TokenSource::ServerToken { bin, data_dir } => {
+                    Some(revoke_with_server_binary(bin.clone(), data_dir.clone()))
+                }
+                _ => None,
+            };
             let config = ServerConfig {
                 addr: args.addr,
                 ca: args.ca,
+                revoke,
                 tokens,
                 filter: args.output.filter.clone(),
                 case_timeout: Duration::from_secs(args.output.case_timeout),

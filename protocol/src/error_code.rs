@@ -76,6 +76,7 @@ codes! {
     INTERNAL = 14, Request, true, "The server failed (e.g. storage); nothing was stored; retry with the same client_msg_id.";
     IDLE_TIMEOUT = 15, Connection, true, "No frame or heartbeat arrived within the idle timeout.";
     STREAM_CLOSED = 16, Stream, true, "The conversation stream was closed because it was idle; open a new one when needed.";
+    TOKEN_REVOKED = 17, Connection, false, "An operator revoked this device's tokens; do NOT reconnect with the same token.";
 }
 
 impl ErrorCode {

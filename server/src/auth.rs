@@ -102,42 +102,12 @@ impl TokenSecret {
 
     /// Reads the secret file at `path`.
     pub fn load(path: &Path) -> Result<TokenSecret, AuthError> {
-        let io = |source| AuthError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        decode_hex(text.trim_end())
-            .map(TokenSecret)
-            .ok_or_else(|| AuthError::BadSecretFile {
-                path: path.to_owned(),
-            })
+        load_key(path).map(TokenSecret)
     }
 
     /// Reads the secret file at `path`, creating it (mode 0600) with a fresh secret if it is missing.
     pub fn load_or_create(path: &Path) -> Result<TokenSecret, AuthError> {
-        let io = |source| AuthError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        // `create_new` makes creation atomic: if two processes race, one creates and the other loads.
-        let created = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path);
-        let mut file = match created {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return TokenSecret::load(path),
-            Err(e) => return Err(io(e)),
-        };
-        let secret = TokenSecret::generate();
-        let hex: String = secret.0.iter().map(|b| format!("{b:02x}")).collect();
-        // Synced, because every token handed out from now on depends on this file surviving a crash.
-        writeln!(file, "{hex}")
-            .and_then(|()| file.sync_all())
-            .map_err(io)?;
-        Ok(secret)
+        load_or_create_key(path).map(TokenSecret)
     }
 
     /// A token for `user` on `device`, valid from `now` for `ttl`. The ids are not checked here
@@ -209,11 +179,54 @@ impl TokenSecret {
     }
 }
 
+/// Reads a key file: 64 hex digits, optionally followed by a newline. The token secret and the admin
+/// secret (`crate::revoke`) share this format, so an operator handles both with the same tools.
+pub(crate) fn load_key(path: &Path) -> Result<[u8; 32], AuthError> {
+    let io = |source| AuthError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    decode_hex(text.trim_end()).ok_or_else(|| AuthError::BadSecretFile {
+        path: path.to_owned(),
+    })
+}
+
+/// Reads the key file at `path`, creating it (mode 0600) with a fresh random key if it is missing.
+pub(crate) fn load_or_create_key(path: &Path) -> Result<[u8; 32], AuthError> {
+    let io = |source| AuthError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    // `create_new` makes creation atomic: if two processes race, one creates and the other loads.
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    let mut file = match created {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return load_key(path),
+        Err(e) => return Err(io(e)),
+    };
+    let key: [u8; 32] = rand::random();
+    // Synced, because every token (or admin request) from now on depends on this file surviving a crash.
+    writeln!(file, "{}", hex_of(&key))
+        .and_then(|()| file.sync_all())
+        .map_err(io)?;
+    Ok(key)
+}
+
+/// Lowercase hex of `key`.
+pub(crate) fn hex_of(key: &[u8; 32]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn unix_secs(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn decode_hex(text: &str) -> Option<[u8; 32]> {
+pub(crate) fn decode_hex(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 || !text.is_ascii() {
         return None;
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_cluster::bus::{BusEvent, Datagram, Deliver, Kick};
+use ferry_cluster::bus::{BusEvent, Datagram, Deliver, Kick, Revoke};
 use ferry_cluster::{
     Bus, ClusterError, Envelope, HealthConfig, Keys, NodeInfo, NodeRegistry, PeerHealth, Prober,
     Redis, RedisTarget, Refresh, Renewal, SessionDirectory, SessionRef, Verdict,
@@ -247,6 +247,19 @@ impl ClusterNode {
             .enqueue(users, BusEvent::Datagram(Datagram { frame }));
     }
 
+    /// Tells the nodes holding sessions of `user` to close those of `device` (every device when
+    /// `None`) whose tokens were revoked (FERRY-HARDEN-6).
+    pub(crate) async fn publish_revoke(
+        &self,
+        user: &str,
+        device: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        let event = BusEvent::Revoke(Revoke {
+            device: device.unwrap_or_default().to_owned(),
+        });
+        self.bus.publish(&[user], event).await
+    }
+
     /// QUIC addresses of the other live nodes (for GoAway when draining).
     pub(crate) async fn other_endpoints(&self) -> Vec<String> {
         match self.registry.registered().await {
@@ -308,6 +321,10 @@ pub(crate) async fn run_bus(
             },
             BusEvent::Datagram(d) => {
                 crate::datagrams::relay_local(&shared, &envelope.user, &d.frame, None)
+            }
+            BusEvent::Revoke(r) => {
+                let device = Some(r.device.as_str()).filter(|d| !d.is_empty());
+                crate::revoke::close_local(&shared, &envelope.user, device);
             }
             BusEvent::Kick(kick) => {
                 let Some(cluster) = &shared.cluster else {

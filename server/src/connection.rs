@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info};
 
 use crate::admission::Ticket;
+use crate::auth::Claims;
 use crate::control;
 use crate::conversation;
 use crate::datagrams;
@@ -155,10 +156,16 @@ async fn handshake(
             return Err(refuse(connection, Some(send), ErrorCode::PROTOCOL_ERROR, &reason).await);
         }
     };
-    let user = match authenticate(&hello, shared) {
-        Ok(user) => user,
+    let claims = match authenticate(&hello, shared) {
+        Ok(claims) => claims,
         Err((code, reason)) => return Err(refuse(connection, Some(send), code, &reason).await),
     };
+    // Read before the stamp, so a revocation that lands in between is caught after registering.
+    let revocations = shared.revocations.generation();
+    if let Err((code, reason)) = crate::revoke::check(shared, &claims).await {
+        return Err(refuse(connection, Some(send), code, &reason).await);
+    }
+    let user = claims.user.clone();
     // A Hello in 0-RTT data may be a replay: nothing that affects other sessions (the login policy) and
     // no other frame is processed before the handshake completes (FERRY-ZERORTT-3).
     if let Some(done) = handshake_done {
@@ -217,6 +224,7 @@ async fn handshake(
         cluster.on_login(&session).await;
     }
     drop(login_order);
+    crate::revoke::recheck_after_register(shared, revocations, &claims, &session).await;
     let conn = Conn {
         shared: shared.clone(),
         session,
@@ -243,8 +251,8 @@ async fn run(conn: Arc<Conn>, control_reader: FrameReader, outbound: mpsc::Recei
     tasks.shutdown().await;
 }
 
-/// Checks version, ids and token; returns the authenticated user.
-fn authenticate(hello: &Hello, shared: &Shared) -> Result<String, (ErrorCode, String)> {
+/// Checks version, ids and token; returns the token's claims.
+fn authenticate(hello: &Hello, shared: &Shared) -> Result<Claims, (ErrorCode, String)> {
     if hello.version != VERSION {
         return Err((
             ErrorCode::UNSUPPORTED_VERSION,
@@ -270,7 +278,7 @@ fn authenticate(hello: &Hello, shared: &Shared) -> Result<String, (ErrorCode, St
         info!(device = %hello.device_id, token_device = %claims.device, "token for another device");
         return Err(refused());
     }
-    Ok(claims.user)
+    Ok(claims)
 }
 
 /// Sends `Error{code}` on the control stream (if there is one), lets it reach the peer briefly, then

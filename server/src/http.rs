@@ -1,8 +1,9 @@
-//! The ops endpoint: `GET /healthz` and `GET /metrics` over plain HTTP/1.1.
+//! The ops endpoint: `GET /healthz`, `GET /metrics` and the authenticated `POST /admin/revoke` over
+//! plain HTTP/1.1.
 //!
-//! It serves load balancers and Prometheus, not browsers, so it reads only the request line (after
-//! the whole header block has arrived), answers one request per connection with `Connection: close`,
-//! and has no framework. Each connection gets a task, bounded in number, in time (5 s to send the
+//! It serves load balancers, Prometheus and `ferry-server revoke`, not browsers, so it reads only the
+//! request head (the request line, and the `Authorization` header of admin requests; no body), answers
+//! one request per connection with `Connection: close`, and has no framework. Each connection gets a task, bounded in number, in time (5 s to send the
 //! request) and in size (8 KiB of request head).
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::metrics::Metrics;
+use crate::revoke::Admin;
 
 /// Time a client has to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,12 +28,13 @@ const MAX_CONNECTIONS: usize = 64;
 /// Health check: `true` while the server accepts new connections.
 pub(crate) type HealthCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Serves `/healthz` and `/metrics` on `listener` until `shutdown` becomes true (or its sender is
-/// dropped).
+/// Serves `/healthz`, `/metrics` and (with `admin`) `/admin/revoke` on `listener` until `shutdown`
+/// becomes true (or its sender is dropped).
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: HealthCheck,
+    admin: Option<Arc<dyn Admin>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -41,10 +44,10 @@ pub(crate) async fn serve(
                 // Accept errors (e.g. out of file descriptors) are transient; keep serving.
                 let Ok((stream, _)) = accepted else { continue };
                 let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
-                let (metrics, health) = (metrics.clone(), health.clone());
+                let (metrics, health, admin) = (metrics.clone(), health.clone(), admin.clone());
                 tokio::spawn(async move {
                     // A failed write means the client went away; there is no one left to tell.
-                    let _ = handle(stream, &metrics, &health).await;
+                    let _ = handle(stream, &metrics, &health, admin.as_deref()).await;
                     drop(slot);
                 });
             }
@@ -62,12 +65,16 @@ async fn handle(
     mut stream: TcpStream,
     metrics: &Metrics,
     health: &HealthCheck,
+    admin: Option<&dyn Admin>,
 ) -> std::io::Result<()> {
     let response = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Err(_) => Response::text(408, "Request Timeout", "timeout\n"),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(None)) => Response::text(400, "Bad Request", "request too large or incomplete\n"),
-        Ok(Ok(Some(head))) => route(&head, metrics, health),
+        Ok(Ok(Some(head))) => match admin_request(&head) {
+            Some(request) => serve_admin(request, admin).await,
+            None => route(&head, metrics, health),
+        },
     };
     stream.write_all(&response.into_bytes()).await?;
     stream.shutdown().await?;
@@ -116,6 +123,88 @@ fn route(head: &[u8], metrics: &Metrics, health: &HealthCheck) -> Response {
         },
         (_, "/healthz" | "/metrics") => Response::text(405, "Method Not Allowed", "use GET\n"),
         _ => Response::text(404, "Not Found", "not found\n"),
+    }
+}
+
+/// The path of the revocation endpoint.
+const REVOKE_PATH: &str = "/admin/revoke";
+
+/// A request for [`REVOKE_PATH`], as far as the head tells.
+struct AdminRequest {
+    method: String,
+    query: String,
+    bearer: Option<String>,
+}
+
+/// `Some` when the head asks for an admin path (whatever the method; [`serve_admin`] answers 405).
+fn admin_request(head: &[u8]) -> Option<AdminRequest> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let (method, target) = parse_request_line(lines.next()?)?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path != REVOKE_PATH {
+        return None;
+    }
+    let bearer = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
+        .and_then(|(_, value)| {
+            let value = value.trim();
+            let (scheme, token) = value.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
+    Some(AdminRequest {
+        method: method.to_owned(),
+        query: query.to_owned(),
+        bearer,
+    })
+}
+
+/// `POST /admin/revoke?user=U[&device=D]` with `Authorization: Bearer <admin secret>`: 200 and the
+/// outcome as JSON; 401 without the right secret, 400 for bad parameters, 404 when this server has no
+/// admin API, 503 when the revocation could not be stored.
+async fn serve_admin(request: AdminRequest, admin: Option<&dyn Admin>) -> Response {
+    let Some(admin) = admin else {
+        return Response::text(404, "Not Found", "not found\n");
+    };
+    if request.method != "POST" {
+        return Response::text(405, "Method Not Allowed", "use POST\n");
+    }
+    // Authenticate before looking at the parameters, so an unauthenticated caller learns nothing.
+    if !request.bearer.is_some_and(|b| admin.authorized(&b)) {
+        return Response::text(401, "Unauthorized", "missing or wrong admin secret\n");
+    }
+    let (mut user, mut device) = (None, None);
+    for (name, value) in url::form_urlencoded::parse(request.query.as_bytes()) {
+        match &*name {
+            "user" if user.is_none() => user = Some(value.into_owned()),
+            "device" if device.is_none() => device = Some(value.into_owned()),
+            other => {
+                let body = format!("unexpected or repeated parameter {other:?}\n");
+                return Response::text(400, "Bad Request", &body);
+            }
+        }
+    }
+    let Some(user) = user else {
+        return Response::text(400, "Bad Request", "the user parameter is required\n");
+    };
+    match admin.revoke(&user, device.as_deref()).await {
+        Ok(revoked) => Response {
+            status: 200,
+            reason: "OK",
+            content_type: "application/json",
+            body: serde_json::to_string(&revoked).unwrap_or_default() + "\n",
+        },
+        Err((status, message)) => {
+            let reason = if status == 400 {
+                "Bad Request"
+            } else {
+                "Service Unavailable"
+            };
+            Response::text(status, reason, &format!("{message}\n"))
+        }
     }
 }
 
@@ -185,7 +274,7 @@ mod tests {
         let flag = healthy.clone();
         let health: HealthCheck = Arc::new(move || flag.load(Ordering::SeqCst));
         let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, metrics, health, stopped));
+        let server = tokio::spawn(serve(listener, metrics, health, None, stopped));
 
         let ok = request(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
@@ -214,7 +303,12 @@ mod tests {
             "{head}"
         );
 
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 6] = [
+            // Without an admin API the admin path does not exist.
+            (
+                b"POST /admin/revoke?user=a HTTP/1.1\r\n\r\n",
+                "HTTP/1.1 404 ",
+            ),
             (b"GET /nope HTTP/1.1\r\n\r\n", "HTTP/1.1 404 "),
             (b"POST /metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 405 "),
             (b"hello\r\n\r\n", "HTTP/1.1 400 "),

@@ -21,7 +21,8 @@
 //! - `sessions`: the online-session registry and login policies;
 //! - `cluster`: cluster mode — sessions, deliveries and datagrams across nodes, node liveness;
 //! - `rate`: token buckets; `errors`: refusals and the mapping of failures onto wire codes;
-//! - `auth`: signed tokens; `tls`: certificates and the QUIC server config; `config`: settings from
+//! - `auth`: signed tokens; [`revoke`]: token revocation (the stamp in the store, closing live sessions
+//!   here and on other nodes, the admin secret and `POST /admin/revoke`); `tls`: certificates and the QUIC server config; `config`: settings from
 //!   defaults, TOML, `FERRY_*` variables and flags; `metrics` and `http`: `/metrics`, `/healthz`.
 //!
 //! Frames move over QUIC streams through `ferry-quic` (the one frame reader and batching writer every
@@ -51,6 +52,7 @@ mod limits;
 mod metrics;
 mod push;
 mod rate;
+pub mod revoke;
 pub mod server;
 mod sessions;
 pub mod tls;
@@ -75,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// Token verification key.
     pub(crate) secret: auth::TokenSecret,
+    /// Token revocation: the admin secret and the generation logins check against.
+    pub(crate) revocations: revoke::Revocations,
     /// Per-user send rate.
     pub(crate) send_rate: rate::UserRateLimiter,
     /// This node's part in a cluster (`--redis`); `None` for a single node.

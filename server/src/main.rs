@@ -1,4 +1,4 @@
-//! `ferry-server`: run the server, or mint a token.
+//! `ferry-server`: run the server, mint a token, or revoke a device's tokens on the running server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +26,9 @@ enum Command {
     Run(RunArgs),
     /// Print a signed, expiring token for a user's device.
     Token(TokenArgs),
+    /// Revoke the tokens of a user's device (or of all the user's devices) issued until now, on the
+    /// server running with this data dir: its live sessions are closed at once (on every node).
+    Revoke(RevokeArgs),
 }
 
 #[derive(Args)]
@@ -88,11 +91,25 @@ struct TokenArgs {
     ttl: String,
 }
 
+#[derive(Args)]
+struct RevokeArgs {
+    /// Data directory of the running server (it holds the admin secret and the server's address).
+    #[arg(long, default_value = "./ferry-data")]
+    data_dir: PathBuf,
+    /// User id.
+    #[arg(long)]
+    user: String,
+    /// Device id; without it, every device of the user.
+    #[arg(long)]
+    device: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Token(args) => token(args),
+        Command::Revoke(args) => revoke(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,6 +145,32 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         secret.mint(&args.user, &args.device, ttl, SystemTime::now())
+    );
+    Ok(())
+}
+
+fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    use ferry_protocol::ids::is_valid_name;
+    // Checked here too, so a typo is named before anything reaches the server.
+    anyhow::ensure!(is_valid_name(&args.user), "invalid user id {:?}", args.user);
+    if let Some(device) = &args.device {
+        anyhow::ensure!(is_valid_name(device), "invalid device id {device:?}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let revoked = runtime.block_on(ferry_server::revoke::request(
+        &args.data_dir,
+        &args.user,
+        args.device.as_deref(),
+    ))?;
+    // A stable line that scripts and tests parse.
+    println!(
+        "revoked user={} device={} revoked_at={} sessions_closed={}",
+        revoked.user,
+        revoked.device.as_deref().unwrap_or("*"),
+        revoked.revoked_at,
+        revoked.sessions_closed
     );
     Ok(())
 }

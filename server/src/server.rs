@@ -22,6 +22,7 @@ use crate::auth::TokenSecret;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::rate::UserRateLimiter;
+use crate::revoke::{write_admin_addr, Revocations};
 use crate::sessions::Sessions;
 use crate::{cluster, connection, http, tls, Shared};
 
@@ -128,6 +129,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
     .context("building QUIC config")?;
     let secret =
         TokenSecret::load_or_create(&data_dir.join(SECRET_FILE)).context("loading token secret")?;
+    let revocations = Revocations::open(&data_dir).context("loading the admin secret")?;
     let store = open_store(&settings).await?;
 
     let endpoint = quinn::Endpoint::server(quic_config, settings.listen)
@@ -153,6 +155,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         sessions: Sessions::default(),
         metrics: Arc::new(Metrics::default()),
         secret,
+        revocations,
         draining: watch::channel(false).0,
         #[cfg(feature = "test-hooks")]
         hooks: crate::hooks::Hooks::default(),
@@ -166,8 +169,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         http_listener,
         shared.metrics.clone(),
         health,
+        Some(Arc::new(shared.clone())),
         shutdown_rx.clone(),
     ));
+    // Only now that the endpoint serves: `ferry-server revoke` reads the address from here.
+    write_admin_addr(&data_dir, http_addr)?;
     tokio::spawn(export_store_stats(shared.clone(), shutdown_rx.clone()));
     if let Some(envelopes) = envelopes {
         tokio::spawn(cluster::run_bus(

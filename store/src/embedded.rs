@@ -19,7 +19,8 @@
 //! - `recovery`: start-up replay of the log past the index's high-water mark;
 //! - `tables`: the redb tables and the encoding of their records;
 //! - `cache`: the durable hot state kept in memory (conversations, memberships, the change counter);
-//! - `push`: push registrations, in their own redb table outside the log.
+//! - `push`: push registrations, in their own redb table outside the log;
+//! - `revoke`: token revocation stamps, likewise in their own redb table.
 //!
 //! Guarantees: an append is acked only after the frame holding it is fsynced; it becomes visible
 //! (cache head, tail) in the same step, before the ack, and seqs are assigned by the one writer in
@@ -36,6 +37,7 @@ mod options;
 mod push;
 mod record;
 mod recovery;
+mod revoke;
 mod segment;
 mod tables;
 mod tail;

@@ -30,6 +30,7 @@ use ferry_protocol::frame::{ConversationKind, ConversationState, Message};
 pub mod embedded;
 mod push;
 pub mod redis;
+mod revoke;
 
 pub use embedded::{CommitStats, EmbeddedStore, EmbeddedStoreOptions};
 pub use push::{PushRecord, MAX_PUSH_DEVICES_PER_USER};
@@ -292,4 +293,18 @@ pub trait Store: Send + Sync + 'static {
     /// The push registrations of every device of `user`, by device id (sorted).
     async fn push_registrations(&self, user: &str)
         -> Result<Vec<(String, PushRecord)>, StoreError>;
+
+    /// Revokes the tokens of `device` of `user` (of every device when `None`) issued at or before
+    /// `at_s` (Unix seconds), durably and visible to every node sharing the store. The stamp only moves
+    /// forward: an earlier `at_s` than the stored one changes nothing. Returns the stored stamp.
+    async fn revoke_tokens(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        at_s: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// The revocation stamp that applies to `device` of `user` (the later of the user-wide one and the
+    /// device's own; 0 when none): a token issued at or before it is refused.
+    async fn tokens_revoked_at(&self, user: &str, device: &str) -> Result<u64, StoreError>;
 }

@@ -44,6 +44,7 @@ macro_rules! suite {
             case!(removed_member_sees_the_removal_but_not_later_messages);
             case!(push_registrations_replace_list_delete_and_survive_reopen);
             case!(members_returned_with_an_append_are_the_current_members);
+            case!(token_revocations_only_move_forward_and_survive_reopen);
         }
     };
 }

@@ -50,12 +50,23 @@ async fn ferry_server_passes_the_server_suite() {
         ..Settings::default()
     };
     let handle = ferry_server::start(settings).await.unwrap();
-    let config = ServerConfig::for_test_server(
+    let mut config = ServerConfig::for_test_server(
         handle.local_addr(),
         handle.ca_path().to_path_buf(),
         conformance_tokens(dir.path()),
         Duration::from_millis(1000),
     );
+    // Revoking as `ferry-server revoke` does: through the admin endpoint the data dir names.
+    let admin_dir = dir.path().to_path_buf();
+    config.revoke = Some(std::sync::Arc::new(move |user: String, device: String| {
+        let dir = admin_dir.clone();
+        Box::pin(async move {
+            ferry_server::revoke::request(&dir, &user, Some(&device))
+                .await
+                .map(drop)
+                .map_err(|e| format!("{e:#}"))
+        })
+    }));
     let report = server_mode::run(config, |case| {
         eprintln!("{:<11} {}", case.outcome.label(), case.name)
     })

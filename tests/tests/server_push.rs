@@ -1,113 +1,18 @@
-//! Offline push end to end (spec section 18): a real server and a real local HTTP receiver (hyper) that
-//! records every POST and answers what each test scripts for its path.
+//! Offline push end to end (spec section 18): a real server and a real local HTTP receiver (hyper,
+//! `server_push/receiver.rs`) that records every POST and answers what each test scripts for its path.
 
-use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+#[path = "server_push/receiver.rs"]
+mod receiver;
 
-use bytes::Bytes;
+use std::time::Duration;
+
 use ferry_protocol::frame::{
     frame::Kind, Hello, PushList, PushPolicy, PushRegister, PushUnregister,
 };
 use ferry_protocol::{ids, ErrorCode};
 use ferry_tests::driver::{hello, Session};
 use ferry_tests::{wait_until, TestServer};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use serde_json::Value;
-
-/// One POST the receiver got.
-#[derive(Debug, Clone)]
-struct Post {
-    at: Instant,
-    path: String,
-    body: Value,
-}
-
-/// The answers (status, body) still to give on one path, in order.
-type Script = VecDeque<(u16, &'static str)>;
-
-/// A local HTTP server: records POSTs; answers each path from its script (201 once it runs out).
-#[derive(Clone)]
-struct Receiver {
-    addr: SocketAddr,
-    posts: Arc<Mutex<Vec<Post>>>,
-    scripts: Arc<Mutex<HashMap<String, Script>>>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let receiver = Receiver {
-            addr: listener.local_addr().unwrap(),
-            posts: Arc::default(),
-            scripts: Arc::default(),
-        };
-        let shared = receiver.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let receiver = shared.clone();
-                let service = service_fn(move |req| receiver.clone().answer(req));
-                tokio::spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
-            }
-        });
-        receiver
-    }
-
-    async fn answer(
-        self,
-        req: Request<hyper::body::Incoming>,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
-        let path = req.uri().path().to_owned();
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        self.posts.lock().unwrap().push(Post {
-            at: Instant::now(),
-            path: path.clone(),
-            body,
-        });
-        let (status, answer) = self
-            .scripts
-            .lock()
-            .unwrap()
-            .get_mut(&path)
-            .and_then(VecDeque::pop_front)
-            .unwrap_or((201, ""));
-        let mut response = Response::new(Full::new(Bytes::from_static(answer.as_bytes())));
-        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-        Ok(response)
-    }
-
-    fn script(&self, path: &str, answers: &[(u16, &'static str)]) {
-        let answers = answers.iter().copied().collect();
-        self.scripts
-            .lock()
-            .unwrap()
-            .insert(path.to_owned(), answers);
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn posts_to(&self, path: &str) -> Vec<Post> {
-        let posts = self.posts.lock().unwrap();
-        posts.iter().filter(|p| p.path == path).cloned().collect()
-    }
-}
+use receiver::Receiver;
 
 const WINDOW_MS: u32 = 400;
 
@@ -129,6 +34,14 @@ async fn server_for(
 }
 
 async fn register(session: &mut Session, endpoint: &str) -> Result<(), ErrorCode> {
+    register_with(session, endpoint, PushPolicy::None).await
+}
+
+async fn register_with(
+    session: &mut Session,
+    endpoint: &str,
+    policy: PushPolicy,
+) -> Result<(), ErrorCode> {
     let endpoint = endpoint.to_owned();
     session
         .push_request(|request_id| {
@@ -136,7 +49,7 @@ async fn register(session: &mut Session, endpoint: &str) -> Result<(), ErrorCode
                 request_id,
                 endpoint,
                 app_token: "app-token-1".into(),
-                policy: PushPolicy::None as i32,
+                policy: policy as i32,
             })
         })
         .await
@@ -538,4 +451,70 @@ async fn the_push_conformance_case_passes_with_push_on() {
     let report = server_mode::run(config, |_| {}).await.unwrap();
     assert_eq!(report.cases.len(), 1, "{}", report.table());
     assert_eq!(report.cases[0].outcome, Outcome::Pass, "{}", report.table());
+}
+
+#[tokio::test]
+async fn the_body_policy_is_refused_unless_the_server_allows_it() {
+    let receiver = Receiver::start().await;
+    let server = server_for(&receiver, |_| {}).await;
+    let mut phone = server.session("bob", "phone").await;
+    let asked = register_with(&mut phone, &receiver.url("/phone"), PushPolicy::Body).await;
+    assert_eq!(asked, Err(ErrorCode::FORBIDDEN));
+    assert!(
+        list(&mut phone).await.is_empty(),
+        "a refused registration is not stored"
+    );
+    // The session survives the refusal and may register without bodies.
+    register_with(&mut phone, &receiver.url("/phone"), PushPolicy::Preview)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_allowed_body_policy_carries_the_body_and_leaves_out_an_oversized_one() {
+    let receiver = Receiver::start().await;
+    let server = server_for(&receiver, |s| {
+        s.push.allow_body = true;
+        s.push.body_max_bytes = 16;
+    })
+    .await;
+    let mut session = server.session("bob", "phone").await;
+    register_with(&mut session, &receiver.url("/phone"), PushPolicy::Body)
+        .await
+        .unwrap();
+    session.close();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let alice = server.session("alice", "laptop").await;
+    let conversation = ids::direct_conversation_id("alice", "bob").unwrap();
+    let mut stream = alice.open(&conversation).await.unwrap();
+    stream.send_and_ack("b1", b"short body").await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || receiver
+            .posts_to("/phone")
+            .len()
+            == 1)
+        .await
+    );
+    let body = &receiver.posts_to("/phone")[0].body;
+    assert_eq!(
+        body["body"], "c2hvcnQgYm9keQ==",
+        "base64 of the body: {body}"
+    );
+    assert_eq!(body["sender"], "alice", "body includes the preview: {body}");
+    assert!(body.get("body_omitted").is_none(), "{body}");
+
+    // Over the bound: never cut, left out and flagged.
+    let long = [b'x'; 17];
+    stream.send_and_ack("b2", &long).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || receiver
+            .posts_to("/phone")
+            .len()
+            == 2)
+        .await
+    );
+    let body = &receiver.posts_to("/phone")[1].body;
+    assert_eq!(body["body_omitted"], true, "{body}");
+    assert!(body.get("body").is_none(), "{body}");
 }

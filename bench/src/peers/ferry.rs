@@ -30,6 +30,8 @@ pub struct FerryServer {
     process: Process,
     /// QUIC address.
     pub addr: SocketAddr,
+    /// HTTP address of /healthz and /metrics.
+    pub http: SocketAddr,
     /// The self-signed certificate the clients trust.
     pub ca: PathBuf,
     secret: TokenSecret,
@@ -91,6 +93,7 @@ impl FerryServer {
         Ok(FerryServer {
             process,
             addr,
+            http: http_addr,
             ca,
             secret,
             target,
@@ -105,8 +108,13 @@ impl FerryServer {
 
     /// A token for `user`'s device "bench", valid for an hour.
     pub fn token(&self, user: &str) -> String {
+        self.token_for(user, "bench")
+    }
+
+    /// A token for `user`'s `device`, valid for an hour.
+    pub fn token_for(&self, user: &str, device: &str) -> String {
         self.secret
-            .mint(user, "bench", Duration::from_secs(3600), SystemTime::now())
+            .mint(user, device, Duration::from_secs(3600), SystemTime::now())
     }
 
     /// A session (Hello/Welcome done) for `user`.

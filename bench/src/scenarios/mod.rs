@@ -1,17 +1,20 @@
 //! The scenarios, one file each. Every one is bounded in time (its duration plus fixed waits), records
 //! into [`Results`](crate::report::Results), and reports a failing system as an error in the results instead of ending the run.
 //! `failover` (kill -9 of a cluster node, time until every client is caught up) runs by `all` after
-//! `lossy`.
+//! `lossy`. `flood` (handshake floods, churn and never-reading sessions against normal users) runs only
+//! on its own: it is a robustness check, not a comparison with the peers.
 
 pub mod catchup;
 pub mod cluster_latency;
 pub mod connections;
 pub mod failover;
 pub mod fanout;
+pub mod flood;
 pub mod fsync;
 pub mod latency;
 pub mod lossy;
 pub mod memory;
+pub mod push;
 pub mod throughput;
 
 use std::path::PathBuf;
@@ -50,6 +53,8 @@ pub struct Config {
     pub lossy_messages: u64,
     /// Time between rebinds in the lossy run.
     pub rebind_every: Duration,
+    /// `--push`: Ferry's throughput runs with offline push on (see [`push`]).
+    pub push: bool,
 }
 
 impl Config {
@@ -70,6 +75,7 @@ impl Config {
             idle: Duration::from_secs(if quick { 10 } else { 30 }),
             lossy_messages: if quick { 500 } else { 3_000 },
             rebind_every: Duration::from_secs(if quick { 3 } else { 30 }),
+            push: false,
         }
     }
 }

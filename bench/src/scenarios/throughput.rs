@@ -36,9 +36,19 @@ pub async fn run(config: &Config, results: &mut Results) {
     }
 }
 
-/// One closed-loop run of `system` on a fresh process.
+/// One closed-loop run of `system` on a fresh process (with `--push`, Ferry's with push on).
 pub async fn measure(config: &Config, system: System, p: &Params) -> anyhow::Result<ThroughputRow> {
-    let running = Running::start(system, &config.ferry_binary).await?;
+    // The senders write to `sink`, whose device is registered for pushes and stays offline.
+    let receiver = match (config.push, system) {
+        (true, System::Ferry) => Some(super::push::PushReceiver::start().await?),
+        _ => None,
+    };
+    let running = match &receiver {
+        Some(r) => {
+            Running::Ferry(super::push::start_server(&config.ferry_binary, r, "sink").await?)
+        }
+        None => Running::start(system, &config.ferry_binary).await?,
+    };
     let bar = harness::progress(
         format!("throughput {} {} B", system.name(), p.body),
         p.duration,
@@ -48,6 +58,9 @@ pub async fn measure(config: &Config, system: System, p: &Params) -> anyhow::Res
     bar.finish_and_clear();
     let counted = counted?;
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(r) = &receiver {
+        println!("throughput with push: {} POSTs received", r.posts());
+    }
     Ok(ThroughputRow {
         system,
         body: p.body,

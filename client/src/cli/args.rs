@@ -139,7 +139,8 @@ pub enum PushCommand {
         /// server posts to a push gateway.
         #[arg(long, default_value = "")]
         endpoint: String,
-        /// What a notification may reveal: none (wake-up only) or preview (sender and group name).
+        /// What a notification may reveal: none (wake-up only), preview (sender and group name) or
+        /// body (preview plus the message body; only where the server allows it).
         #[arg(long, default_value = "none")]
         policy: crate::push::PushPolicy,
         /// Opaque token copied into every notification (e.g. a gateway's pushkey).

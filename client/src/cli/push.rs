@@ -61,11 +61,12 @@ pub(super) async fn run(
     }
 }
 
-/// `device=<id> policy=<none|preview> endpoint=<url> app_token=<yes|no>`.
+/// `device=<id> policy=<none|preview|body> endpoint=<url> app_token=<yes|no>`.
 fn line(r: &PushRegistration) -> String {
     let policy = match r.policy {
         Some(PushPolicy::None) => "none",
         Some(PushPolicy::Preview) => "preview",
+        Some(PushPolicy::Body) => "body",
         None => "unknown",
     };
     let endpoint = if r.endpoint.is_empty() {

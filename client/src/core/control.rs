@@ -126,6 +126,10 @@ impl Core {
                     }
                     ErrorCode::UNAUTHENTICATED => self.auth_failed(e.message),
                     ErrorCode::SESSION_REPLACED => self.fatal(ConnectionState::Replaced),
+                    // Before the close: the control stream ends with it, which alone would reconnect.
+                    ErrorCode::TOKEN_REVOKED => self.fatal(ConnectionState::AuthFailed {
+                        reason: format!("tokens revoked: {}", e.message),
+                    }),
                     ErrorCode::UNSUPPORTED_VERSION => self.fatal(ConnectionState::Disconnected {
                         reason: format!("server does not speak ferry/1: {}", e.message),
                     }),

@@ -140,6 +140,12 @@ impl Core {
         if let Some((code, reason)) = lost.app_close {
             match code {
                 ErrorCode::SESSION_REPLACED => return self.fatal(ConnectionState::Replaced),
+                // Revoked by an operator: stop, as for SESSION_REPLACED; only the user or app reconnects (FERRY-HARDEN-7).
+                ErrorCode::TOKEN_REVOKED => {
+                    return self.fatal(ConnectionState::AuthFailed {
+                        reason: format!("tokens revoked: {reason}"),
+                    })
+                }
                 ErrorCode::UNAUTHENTICATED => return self.auth_failed(reason),
                 ErrorCode::UNSUPPORTED_VERSION => {
                     return self.fatal(ConnectionState::Disconnected {

@@ -13,6 +13,7 @@ mod limits;
 mod messaging;
 mod network;
 mod push;
+mod revoke;
 mod streams;
 mod sync;
 
@@ -51,7 +52,18 @@ pub struct ServerConfig {
     /// A command (`sh -c`) that makes the server under test drain, for the draining case, which runs
     /// last; None makes that case Unsupported.
     pub drain: Option<String>,
+    /// How to revoke a device's tokens on the server (as its operator would); without it the
+    /// revocation case is Unsupported.
+    pub revoke: Option<Arc<RevokeFn>>,
 }
+
+/// Revokes the tokens of (user, device) on the server under test, out of band (FERRY-HARDEN-5).
+pub type RevokeFn = dyn Fn(
+        String,
+        String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+    + Send
+    + Sync;
 
 impl ServerConfig {
     /// The configuration of a test run against a server whose tokens the test can mint (its secret, or
@@ -74,6 +86,7 @@ impl ServerConfig {
             stream_idle_timeout,
             proxy: true,
             drain: None,
+            revoke: None,
         }
     }
 }
@@ -100,6 +113,8 @@ pub struct ServerCtx {
     pub proxy: bool,
     /// See [`ServerConfig::drain`].
     pub drain: Option<String>,
+    /// See [`ServerConfig::revoke`].
+    pub revoke: Option<Arc<RevokeFn>>,
     tokens: Arc<TokenSource>,
     prefix: String,
 }
@@ -174,6 +189,7 @@ pub fn cases() -> Vec<Case<ServerCtx>> {
         limits::cases(),
         network::cases(),
         push::cases(),
+        revoke::cases(),
         // Last: it drains the server under test.
         draining::cases(),
     ]
@@ -231,6 +247,7 @@ pub async fn run(
                 stream_idle_timeout,
                 proxy: config.proxy,
                 drain: config.drain.clone(),
+                revoke: config.revoke.clone(),
                 tokens: tokens.clone(),
                 prefix: format!("{run_id}-{index}"),
             })

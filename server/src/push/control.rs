@@ -52,8 +52,16 @@ async fn register_device(
     register: PushRegister,
 ) -> Result<PushResult, Refusal> {
     let invalid = |reason: String| Refusal::new(ErrorCode::INVALID_ARGUMENT, reason);
-    if PushPolicy::try_from(register.policy).is_err() {
-        return Err(invalid(format!("unknown push policy {}", register.policy)));
+    match PushPolicy::try_from(register.policy) {
+        Err(_) => return Err(invalid(format!("unknown push policy {}", register.policy))),
+        // Never the body unless the app asks for it and the server allows it (FERRY-PUSH-8).
+        Ok(PushPolicy::Body) if !conn.shared.settings.push.allow_body => {
+            return Err(Refusal::new(
+                ErrorCode::FORBIDDEN,
+                "this server does not put message bodies in pushes (policy body)",
+            ))
+        }
+        Ok(_) => {}
     }
     if register.app_token.len() > MAX_APP_TOKEN {
         return Err(invalid(format!(

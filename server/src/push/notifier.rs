@@ -226,6 +226,8 @@ async fn dispatch(
 struct OwnedCounts {
     unread: u64,
     name: String,
+    /// Body policy only: the newest message's body, `None` inside when over `body_max_bytes`.
+    body: Option<Option<bytes::Bytes>>,
 }
 
 impl OwnedCounts {
@@ -233,17 +235,20 @@ impl OwnedCounts {
         Counts {
             unread: self.unread,
             conversation_name: &self.name,
+            body: self.body.as_ref().map(|b| b.as_deref()),
         }
     }
 }
 
-/// The recipient's unread count (up to the notified seq) and, for previews, the group name.
+/// The recipient's unread count (up to the notified seq), for previews the group name and, under the
+/// body policy, the notified message's body (read here, not carried through the queue, so the send
+/// path pays nothing for it).
 async fn counts(shared: &Shared, user: &str, update: &Update) -> OwnedCounts {
     let read = match shared.store.membership(&update.conversation, user).await {
         Ok(Some(m)) => m.read_seq,
         _ => 0,
     };
-    let name = if update.registration.policy == ferry_protocol::frame::PushPolicy::Preview as i32 {
+    let name = if payload::preview(update) {
         match shared.store.conversation(&update.conversation).await {
             Ok(Some(info)) => info.name,
             _ => String::new(),
@@ -251,9 +256,35 @@ async fn counts(shared: &Shared, user: &str, update: &Update) -> OwnedCounts {
     } else {
         String::new()
     };
+    // The setting is checked again here: bodies stop at once when an operator turns them off.
+    let body = if payload::wants_body(update) && shared.settings.push.allow_body {
+        let max = shared.settings.push.body_max_bytes as usize;
+        let stored = shared
+            .store
+            .read(
+                &update.conversation,
+                update.seq.saturating_sub(1),
+                update.seq,
+                1,
+            )
+            .await;
+        // A message that cannot be read is treated like an over-long one: the app Pulls it.
+        let body = match stored {
+            Ok(messages) => messages
+                .into_iter()
+                .next()
+                .map(|m| m.body)
+                .filter(|b| b.len() <= max),
+            Err(_) => None,
+        };
+        Some(body)
+    } else {
+        None
+    };
     OwnedCounts {
         unread: update.seq.saturating_sub(read),
         name,
+        body,
     }
 }
 

@@ -1,6 +1,9 @@
 //! The JSON bodies of the HTTP contract (spec section 18.3): one for a device endpoint, one for a push
-//! gateway. Under the default policy they carry no names and never a body.
+//! gateway. Under the default policy they carry no names and never a body; only the `body` policy,
+//! which the server must allow, adds the newest message's body (FERRY-PUSH-8).
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use ferry_protocol::frame::PushPolicy;
 use serde_json::{json, Map, Value};
 
@@ -11,12 +14,21 @@ use super::coalesce::Update;
 pub(crate) struct Counts<'a> {
     /// `head - read cursor` of the conversation for the recipient, never negative.
     pub(crate) unread: u64,
-    /// The group name (preview policy only; empty for direct conversations).
+    /// The group name (preview and body policies only; empty for direct conversations).
     pub(crate) conversation_name: &'a str,
+    /// The newest message's body (body policy only): `Some(None)` when it is over the size bound.
+    pub(crate) body: Option<Option<&'a [u8]>>,
 }
 
-fn preview(update: &Update) -> bool {
-    update.registration.policy == PushPolicy::Preview as i32
+/// Whether the registration asked for names: `preview`, and `body`, which includes it.
+pub(crate) fn preview(update: &Update) -> bool {
+    let policy = update.registration.policy;
+    policy == PushPolicy::Preview as i32 || policy == PushPolicy::Body as i32
+}
+
+/// Whether the registration asked for the message body.
+pub(crate) fn wants_body(update: &Update) -> bool {
+    update.registration.policy == PushPolicy::Body as i32
 }
 
 /// The fields both bodies share.
@@ -31,6 +43,15 @@ fn common(update: &Update, counts: Counts<'_>) -> Map<String, Value> {
         if !counts.conversation_name.is_empty() {
             m.insert("conversation_name".into(), json!(counts.conversation_name));
         }
+    }
+    match counts.body {
+        Some(Some(body)) => {
+            m.insert("body".into(), json!(STANDARD.encode(body)));
+        }
+        Some(None) => {
+            m.insert("body_omitted".into(), json!(true));
+        }
+        None => {}
     }
     m
 }
@@ -98,6 +119,7 @@ mod tests {
     const COUNTS: Counts<'static> = Counts {
         unread: 6,
         conversation_name: "team",
+        body: None,
     };
 
     #[test]
@@ -119,6 +141,28 @@ mod tests {
                 .unwrap();
         assert_eq!(body["sender"], "alice");
         assert_eq!(body["conversation_name"], "team");
+    }
+
+    #[test]
+    fn the_body_policy_carries_the_body_or_says_it_was_left_out() {
+        let with = Counts {
+            body: Some(Some(b"hi there")),
+            ..COUNTS
+        };
+        let body: Value =
+            serde_json::from_slice(&device_body("phone", &update(PushPolicy::Body), with)).unwrap();
+        assert_eq!(body["body"], "aGkgdGhlcmU=");
+        assert_eq!(body["sender"], "alice");
+        assert!(body.get("body_omitted").is_none());
+        let over = Counts {
+            body: Some(None),
+            ..COUNTS
+        };
+        let body: Value =
+            serde_json::from_slice(&gateway_body("phone", &update(PushPolicy::Body), over))
+                .unwrap();
+        assert_eq!(body["notification"]["body_omitted"], true);
+        assert!(body["notification"].get("body").is_none());
     }
 
     #[test]

@@ -40,6 +40,12 @@ pub struct PushSettings {
     pub max_pending_devices: u32,
     /// Extra CA certificates (PEM) to trust for endpoints and the gateway, besides the web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// Whether a device may register with the `body` policy (FERRY-PUSH-8): off by default, because a
+    /// body in a push passes through the push service. Without it such a registration is refused.
+    pub allow_body: bool,
+    /// Largest message body a notification carries under the `body` policy; a larger one is left out
+    /// (`"body_omitted": true`) and the app fetches it with Pull.
+    pub body_max_bytes: u32,
 }
 
 impl Default for PushSettings {
@@ -56,6 +62,8 @@ impl Default for PushSettings {
             max_inflight: 64,
             max_pending_devices: 100_000,
             ca_file: None,
+            allow_body: false,
+            body_max_bytes: 2_048,
         }
     }
 }
@@ -90,6 +98,14 @@ impl PushSettings {
             "FERRY_PUSH_MAX_INFLIGHT" => self.max_inflight = num(value)?,
             "FERRY_PUSH_MAX_PENDING_DEVICES" => self.max_pending_devices = num(value)?,
             "FERRY_PUSH_CA_FILE" => self.ca_file = Some(value.into()),
+            "FERRY_PUSH_ALLOW_BODY" => {
+                self.allow_body = match value {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(format!("expected true or false, got {value:?}")),
+                }
+            }
+            "FERRY_PUSH_BODY_MAX_BYTES" => self.body_max_bytes = num(value)?,
             _ => return Ok(false),
         }
         Ok(true)

@@ -285,6 +285,32 @@ impl Store for EmbeddedStore {
             .await
             .map_err(backend)?
     }
+
+    async fn revoke_tokens(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        at_s: u64,
+    ) -> Result<u64, StoreError> {
+        let (shared, user, device) = (
+            self.shared.clone(),
+            user.to_owned(),
+            device.map(str::to_owned),
+        );
+        // A redb write transaction fsyncs: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            super::revoke::revoke(&shared, &user, device.as_deref(), at_s)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn tokens_revoked_at(&self, user: &str, device: &str) -> Result<u64, StoreError> {
+        let (shared, user, device) = (self.shared.clone(), user.to_owned(), device.to_owned());
+        tokio::task::spawn_blocking(move || super::revoke::revoked_at(&shared, &user, &device))
+            .await
+            .map_err(backend)?
+    }
 }
 /// Messages of `conversation` with `after < seq <= indexed_last` from the index, then the unindexed
 /// ones (already taken from the tail, which must happen before this opens its snapshot), at most

@@ -10,7 +10,8 @@
 //! - `durability`: the `appendonly`/`appendfsync` check at open;
 //! - `store`: the [`Store`](crate::Store) impl;
 //! - `sync`: `changed_since`, derived from per-conversation stamps;
-//! - `push`: push registrations, one hash per user.
+//! - `push`: push registrations, one hash per user;
+//! - `revoke`: token revocation stamps, one hash per user.
 //!
 //! # Keys and atomicity
 //! Every key of a conversation is tagged `{c:<id>}` (meta hash, message stream, members hash, delivery
@@ -61,6 +62,7 @@ mod keys;
 mod options;
 mod pipeline;
 mod push;
+mod revoke;
 mod scripts;
 mod store;
 mod sync;

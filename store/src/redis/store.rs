@@ -570,4 +570,17 @@ impl Store for RedisStore {
     ) -> Result<Vec<(String, PushRecord)>, StoreError> {
         self.push_records(user).await
     }
+
+    async fn revoke_tokens(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        at_s: u64,
+    ) -> Result<u64, StoreError> {
+        self.raise_revocation(user, device, at_s).await
+    }
+
+    async fn tokens_revoked_at(&self, user: &str, device: &str) -> Result<u64, StoreError> {
+        self.revocation_stamp(user, device).await
+    }
 }

@@ -781,3 +781,52 @@ pub async fn members_returned_with_an_append_are_the_current_members<F: Fixture>
     assert!(again.duplicate);
     assert_eq!(again.members, None);
 }
+
+pub async fn token_revocations_only_move_forward_and_survive_reopen<F: Fixture>(f: F) {
+    let store = f.open().await;
+    assert_eq!(store.tokens_revoked_at("alice", "phone").await.unwrap(), 0);
+    assert_eq!(
+        store
+            .revoke_tokens("alice", Some("phone"), 100)
+            .await
+            .unwrap(),
+        100
+    );
+    // An earlier stamp never lowers a later one (a late or repeated revocation revives nothing).
+    assert_eq!(
+        store
+            .revoke_tokens("alice", Some("phone"), 50)
+            .await
+            .unwrap(),
+        100
+    );
+    assert_eq!(
+        store.tokens_revoked_at("alice", "phone").await.unwrap(),
+        100
+    );
+    // One device's revocation leaves the user's other devices and other users alone.
+    assert_eq!(store.tokens_revoked_at("alice", "tablet").await.unwrap(), 0);
+    assert_eq!(store.tokens_revoked_at("alicea", "phone").await.unwrap(), 0);
+    // A user-wide stamp applies to every device; the later of the two counts.
+    assert_eq!(store.revoke_tokens("alice", None, 80).await.unwrap(), 80);
+    assert_eq!(
+        store.tokens_revoked_at("alice", "tablet").await.unwrap(),
+        80
+    );
+    assert_eq!(
+        store.tokens_revoked_at("alice", "phone").await.unwrap(),
+        100
+    );
+    store.revoke_tokens("alice", None, 120).await.unwrap();
+    drop(store);
+    let store = f.open().await;
+    assert_eq!(
+        store.tokens_revoked_at("alice", "phone").await.unwrap(),
+        120
+    );
+    assert_eq!(
+        store.tokens_revoked_at("alice", "laptop").await.unwrap(),
+        120
+    );
+    assert_eq!(store.tokens_revoked_at("bob", "phone").await.unwrap(), 0);
+}
