@@ -14,7 +14,8 @@
 //! - `record`: what one group changes, as one log record of absolute rows (replay is idempotent);
 //! - `batch`: what each write request does, applied to an overlay of the in-memory state;
 //! - `writer`: the writer thread: group commit to the log, backpressure, acks;
-//! - `tail`: the durable, not yet indexed groups in memory (messages, dedupe ids, cursors);
+//! - `tail`: the durable, not yet indexed groups in memory (messages, cursors);
+//! - `dedupe`: the dedupe index (in memory, rebuilt at open) and its append-only redb rows;
 //! - `indexer`: the indexer thread that writes the tail into redb and deletes indexed segments;
 //! - `recovery`: start-up replay of the log past the index's high-water mark;
 //! - `tables`: the redb tables and the encoding of their records;
@@ -31,6 +32,7 @@
 mod api;
 mod batch;
 mod cache;
+mod dedupe;
 mod indexer;
 mod options;
 mod push;
@@ -50,6 +52,7 @@ use redb::{Database, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use self::cache::Cache;
+use self::dedupe::DedupeIndex;
 use self::segment::SegmentWriter;
 use self::tables::*;
 use self::tail::Tail;
@@ -130,8 +133,16 @@ impl EmbeddedStore {
         let db = Database::create(dir.join(DB_FILE)).map_err(backend)?;
         let (epoch, change, applied) = init_meta(&db).map_err(backend)?;
         let mut cache = Cache::load(&db, change).map_err(backend)?;
+        let dedupe_window_ms = options
+            .dedupe_window
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX);
+        // Everything the indexer has not purged: expiry goes by the requests' times, never by this
+        // machine's clock (the writer drops expired entries as groups move time on).
+        let mut dedupe = DedupeIndex::load(&db).map_err(backend)?;
         let mut tail = Tail::new(applied);
-        let replayed = recovery::replay(&log_dir, &mut cache, &mut tail)?;
+        let replayed = recovery::replay(&log_dir, &mut cache, &mut tail, &mut dedupe)?;
         if replayed.groups > 0 {
             tracing::info!(groups = replayed.groups, "replayed the log tail");
         }
@@ -145,11 +156,7 @@ impl EmbeddedStore {
         let shared = Arc::new(Shared {
             db,
             epoch,
-            dedupe_window_ms: options
-                .dedupe_window
-                .as_millis()
-                .try_into()
-                .unwrap_or(u64::MAX),
+            dedupe_window_ms,
             cache: RwLock::new(cache),
             tail: Mutex::new(tail),
             tail_changed: Condvar::new(),
@@ -173,6 +180,7 @@ impl EmbeddedStore {
             log,
             next_group: replayed.next_group,
             max_batch: options.max_batch,
+            dedupe,
         };
         let writer = std::thread::Builder::new()
             .name("ferry-store-writer".into())
@@ -265,8 +273,7 @@ fn init_meta(db: &Database) -> Result<(u64, u64, u64), redb::Error> {
     let result = {
         // Opening creates missing tables, so readers can rely on every table existing.
         txn.open_table(MESSAGES)?;
-        txn.open_table(DEDUPE)?;
-        txn.open_table(DEDUPE_BY_TIME)?;
+        txn.open_table(dedupe::DEDUPE_LOG)?;
         txn.open_table(CONVERSATIONS)?;
         txn.open_table(MEMBERS)?;
         txn.open_table(USER_CONVS)?;
@@ -276,7 +283,12 @@ fn init_meta(db: &Database) -> Result<(u64, u64, u64), redb::Error> {
         let epoch = match epoch {
             Some(epoch) => {
                 let schema = meta.get(META_SCHEMA)?.map(|guard| guard.value());
-                if schema != Some(SCHEMA_VERSION) {
+                if schema == Some(1) {
+                    let applied = meta.get(META_LOG_APPLIED)?.map_or(0, |guard| guard.value());
+                    dedupe::migrate_v1(&txn, applied)?;
+                    meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+                    tracing::info!("store schema 1 → 2: dedupe entries moved to the dedupe log");
+                } else if schema != Some(SCHEMA_VERSION) {
                     return Err(redb::Error::Corrupted(format!(
                         "unsupported store schema {schema:?}, expected {SCHEMA_VERSION}"
                     )));

@@ -1,4 +1,6 @@
 //! The unindexed tail: groups that are durable in the log but not yet in the redb index.
+//! (Dedupe ids are not held here: the dedupe index in memory covers indexed and unindexed ones, see
+//! `dedupe`.)
 //!
 //! The writer pushes each group here after its fsync and before it acks; the indexer removes groups
 //! only after the index transaction holding them committed. Readers therefore look here *first* and
@@ -45,8 +47,6 @@ pub(crate) struct Tail {
     groups: VecDeque<(u64, Arc<GroupRecord>, usize, Instant)>,
     /// conversation → seq → encoded message.
     messages: HashMap<String, BTreeMap<u64, Bytes>>,
-    /// dedupe key → `(seq, time, group)`.
-    dedupe: Map3<(u64, u64, u64)>,
     /// cursor key → `(seq, group)`.
     cursors: Map3<(u64, u64)>,
     /// Sum of the payload sizes of the groups held.
@@ -81,10 +81,6 @@ impl Tail {
                 None => self.messages.entry(row.conv.clone()).or_default(),
             };
             seqs.insert(row.seq, row.message.clone());
-        }
-        for row in &record.dedupe {
-            let key = key3(&row.conv, &row.sender, &row.client_msg_id);
-            self.dedupe.insert(key, (row.seq, row.time_ms, group));
         }
         for row in &record.cursors {
             let key = key3(&row.conv, &row.user, &row.device);
@@ -136,12 +132,6 @@ impl Tail {
                     }
                 }
             }
-            for row in &record.dedupe {
-                let key = key3(&row.conv, &row.sender, &row.client_msg_id);
-                if self.dedupe.get(&key).is_some_and(|e| e.2 == group) {
-                    self.dedupe.remove(&key);
-                }
-            }
             for row in &record.cursors {
                 let key = key3(&row.conv, &row.user, &row.device);
                 if self.cursors.get(&key).is_some_and(|e| e.1 == group) {
@@ -150,14 +140,6 @@ impl Tail {
             }
         }
         self.indexed = self.indexed.max(through);
-    }
-
-    /// The unindexed dedupe entry `(seq, time)` of a key.
-    pub(crate) fn dedupe(&self, conv: &str, sender: &str, cmid: &str) -> Option<(u64, u64)> {
-        // One allocation per lookup, on the writer thread, once per append.
-        self.dedupe
-            .get(&key3(conv, sender, cmid))
-            .map(|&(seq, time, _)| (seq, time))
     }
 
     /// The unindexed cursor of a device.
@@ -242,12 +224,7 @@ mod tests {
 
     #[test]
     fn keys_with_the_same_characters_split_differently_stay_apart() {
-        let mut tail = Tail::new(0);
-        let mut record = GroupRecord::clone(&group("ab", 1, "c"));
-        record.dedupe[0].sender = "x".into();
-        tail.push(1, Arc::new(record), 10);
-        assert_eq!(tail.dedupe("ab", "x", "c"), Some((1, 7)));
-        assert_eq!(tail.dedupe("a", "bx", "c"), None);
-        assert_eq!(tail.dedupe("ab", "xc", ""), None);
+        assert_ne!(key3("ab", "x", "c"), key3("a", "bx", "c"));
+        assert_ne!(key3("ab", "x", "c"), key3("ab", "xc", ""));
     }
 }
