@@ -16,6 +16,7 @@
 //! - `writer`: the writer thread: group commit to the log, backpressure, acks;
 //! - `tail`: the durable, not yet indexed groups in memory (messages, cursors);
 //! - `dedupe`: the dedupe index (in memory, rebuilt at open) and its append-only redb rows;
+//! - `index_db`: the redb handle, reopened after an I/O error;
 //! - `indexer`: the indexer thread that writes the tail into redb and deletes indexed segments;
 //! - `recovery`: start-up replay of the log past the index's high-water mark;
 //! - `tables`: the redb tables and the encoding of their records;
@@ -33,6 +34,7 @@ mod api;
 mod batch;
 mod cache;
 mod dedupe;
+mod index_db;
 mod indexer;
 mod options;
 mod push;
@@ -53,6 +55,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::cache::Cache;
 use self::dedupe::DedupeIndex;
+use self::index_db::IndexDb;
 use self::segment::SegmentWriter;
 use self::tables::*;
 use self::tail::Tail;
@@ -65,7 +68,7 @@ use crate::StoreError;
 
 /// State shared by the store handle, its writer and its indexer.
 struct Shared {
-    db: Database,
+    db: IndexDb,
     epoch: u64,
     dedupe_window_ms: u64,
     cache: RwLock<Cache>,
@@ -130,9 +133,10 @@ impl EmbeddedStore {
     pub fn open(dir: &Path, options: EmbeddedStoreOptions) -> Result<EmbeddedStore, StoreError> {
         let log_dir = dir.join(segment::LOG_DIR);
         std::fs::create_dir_all(&log_dir).map_err(backend)?;
-        let db = Database::create(dir.join(DB_FILE)).map_err(backend)?;
-        let (epoch, change, applied) = init_meta(&db).map_err(backend)?;
-        let mut cache = Cache::load(&db, change).map_err(backend)?;
+        let db = IndexDb::open(&dir.join(DB_FILE), options.log_fault.clone()).map_err(backend)?;
+        let handle = db.get().map_err(backend)?;
+        let (epoch, change, applied) = init_meta(&handle).map_err(backend)?;
+        let mut cache = Cache::load(&handle, change).map_err(backend)?;
         let dedupe_window_ms = options
             .dedupe_window
             .as_millis()
@@ -140,7 +144,8 @@ impl EmbeddedStore {
             .unwrap_or(u64::MAX);
         // Everything the indexer has not purged: expiry goes by the requests' times, never by this
         // machine's clock (the writer drops expired entries as groups move time on).
-        let mut dedupe = DedupeIndex::load(&db).map_err(backend)?;
+        let mut dedupe = DedupeIndex::load(&handle).map_err(backend)?;
+        drop(handle);
         let mut tail = Tail::new(applied);
         let replayed = recovery::replay(&log_dir, &mut cache, &mut tail, &mut dedupe)?;
         if replayed.groups > 0 {
@@ -207,6 +212,7 @@ impl EmbeddedStore {
             commit_micros: s.commit_micros.load(Ordering::Relaxed),
             indexed_groups: s.indexed_groups.load(Ordering::Relaxed),
             index_commits: s.index_commits.load(Ordering::Relaxed),
+            index_failures: s.index_failures.load(Ordering::Relaxed),
             unindexed_bytes: self.shared.lock_tail().bytes() as u64,
             peak_unindexed_bytes: s.peak_unindexed_bytes.load(Ordering::Relaxed),
             backpressure_waits: s.backpressure_waits.load(Ordering::Relaxed),

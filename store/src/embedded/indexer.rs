@@ -18,6 +18,7 @@
 //! full (see `writer`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,13 +115,33 @@ pub(crate) fn run(shared: Arc<Shared>) {
             }
             Err(err) => {
                 failures += 1;
-                tracing::error!(error = %err, "index transaction failed; retrying");
+                shared.stats.index_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %err, "index transaction failed; reopening the index");
                 shared.lock_tail().index_error = Some(err.to_string());
                 shared.tail_changed.notify_all();
                 std::thread::sleep(RETRY_PAUSE);
+                match recover(&shared, durable, indexed) {
+                    Ok(()) => indexed = durable,
+                    Err(err) => tracing::error!(error = %err, "reopening the index failed"),
+                }
             }
         }
     }
+}
+
+/// After a failed transaction: puts the groups of the non-durable commits since `durable` (the last
+/// durable one) back into the tail from the log, then reopens the index. redb answers every
+/// transaction after an I/O error with that error until the handle is closed, and the reopened file
+/// is back at its last durable commit; the groups put back are indexed again (rows are absolute, so
+/// a group that did survive is rewritten unchanged). Their segments are still there: segments are
+/// deleted only behind durable commits. The tail goes first, so no reader ever misses a group
+/// between the two steps (see `Tail::generation`).
+fn recover(shared: &Shared, durable: u64, indexed: u64) -> Result<(), crate::StoreError> {
+    if indexed > durable {
+        let groups = super::recovery::read_groups(&shared.log_dir, durable, indexed)?;
+        shared.lock_tail().restore(groups, durable);
+    }
+    shared.db.reopen().map_err(super::backend)
 }
 
 /// Writes `groups` (possibly none: then it only makes earlier commits durable) in one transaction.
@@ -129,7 +150,7 @@ fn index(
     groups: &[(u64, Arc<GroupRecord>)],
     make_durable: bool,
 ) -> Result<(), redb::Error> {
-    let mut txn = shared.db.begin_write()?;
+    let mut txn = shared.db.get()?.begin_write()?;
     // Non-durable commits cost no fsync (the log already made the groups durable); a durable one
     // every DURABLE_EVERY is what segment deletion waits for. A crash reverts redb to its last
     // durable commit, whose high-water mark the replay starts from.

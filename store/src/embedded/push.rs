@@ -19,7 +19,12 @@ pub(super) fn put(
     device: &str,
     record: &PushRecord,
 ) -> Result<(), StoreError> {
-    let txn = shared.db.begin_write().map_err(backend)?;
+    let txn = shared
+        .db
+        .get()
+        .map_err(backend)?
+        .begin_write()
+        .map_err(backend)?;
     {
         let mut table = txn.open_table(PUSH).map_err(backend)?;
         let exists = table.get((user, device)).map_err(backend)?.is_some();
@@ -42,7 +47,12 @@ pub(super) fn put(
 
 /// Removes the registration of (`user`, `device`); whether there was one.
 pub(super) fn delete(shared: &Shared, user: &str, device: &str) -> Result<bool, StoreError> {
-    let txn = shared.db.begin_write().map_err(backend)?;
+    let txn = shared
+        .db
+        .get()
+        .map_err(backend)?
+        .begin_write()
+        .map_err(backend)?;
     let removed = {
         let mut table = txn.open_table(PUSH).map_err(backend)?;
         let removed = table.remove((user, device)).map_err(backend)?.is_some();
@@ -54,7 +64,12 @@ pub(super) fn delete(shared: &Shared, user: &str, device: &str) -> Result<bool, 
 
 /// Every registration of `user`'s devices, by device id.
 pub(super) fn list(shared: &Shared, user: &str) -> Result<Vec<(String, PushRecord)>, StoreError> {
-    let txn = shared.db.begin_read().map_err(backend)?;
+    let txn = shared
+        .db
+        .get()
+        .map_err(backend)?
+        .begin_read()
+        .map_err(backend)?;
     let table = match txn.open_table(PUSH) {
         Ok(table) => table,
         // Nobody ever registered: the table is created by the first write.

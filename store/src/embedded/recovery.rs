@@ -76,6 +76,44 @@ pub(crate) fn replay(
     })
 }
 
+/// The groups after `after` through `through`, from the log: what the indexer puts back into the tail
+/// when a reopened index lost them (see `indexer`). Fails unless every one of them is there.
+pub(crate) fn read_groups(
+    log_dir: &Path,
+    after: u64,
+    through: u64,
+) -> Result<Vec<(u64, Arc<GroupRecord>, usize)>, StoreError> {
+    let corrupt = |what: String| StoreError::Backend(format!("log: {what}"));
+    let io = |err: std::io::Error| StoreError::Backend(format!("log: {err}"));
+    let mut groups = Vec::new();
+    let mut expected = after + 1;
+    for (_, path) in segment::list(log_dir).map_err(io)? {
+        // A frame being appended right now reads as torn and is simply not taken: it is above
+        // `through`, which the indexer had already seen.
+        for (group, payload) in segment::scan(&path).map_err(io)?.frames {
+            if group <= after || group > through {
+                continue;
+            }
+            if group != expected {
+                return Err(corrupt(format!(
+                    "group {group} where {expected} was expected"
+                )));
+            }
+            let size = payload.len();
+            let record =
+                GroupRecord::decode(payload).map_err(|e| corrupt(format!("group {group}: {e}")))?;
+            groups.push((group, Arc::new(record), size));
+            expected += 1;
+        }
+    }
+    if expected != through + 1 {
+        return Err(corrupt(format!(
+            "groups {expected}..={through} are no longer in the log"
+        )));
+    }
+    Ok(groups)
+}
+
 /// Reads every segment, cuts off a torn end, checks that groups follow each other from `indexed + 1`
 /// and sends the decoded records past `indexed` to `out`, in order. Stops at the first error, after
 /// the frames before it were sent.

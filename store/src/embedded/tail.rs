@@ -57,6 +57,10 @@ pub(crate) struct Tail {
     pub closing: bool,
     /// The last index failure, while the indexer is retrying.
     pub index_error: Option<String>,
+    /// Raised each time groups the index lost are put back ([`Tail::restore`]): a reader that took
+    /// its view of the tail under an older value may pair it with an index that lacks them, and must
+    /// read again.
+    pub generation: u64,
 }
 
 impl Tail {
@@ -88,6 +92,29 @@ impl Tail {
         }
         self.bytes += size;
         self.groups.push_back((group, record, size, Instant::now()));
+    }
+
+    /// Puts back, in front of the held groups, groups that a reopened index no longer has (they were
+    /// in its commits that did not survive the I/O error), oldest first; the index now holds
+    /// everything up to `indexed`. A held cursor is newer than a restored one, so it stays.
+    pub(crate) fn restore(&mut self, groups: Vec<(u64, Arc<GroupRecord>, usize)>, indexed: u64) {
+        for (group, record, size) in groups.into_iter().rev() {
+            for row in &record.messages {
+                self.messages
+                    .entry(row.conv.clone())
+                    .or_default()
+                    .insert(row.seq, row.message.clone());
+            }
+            for row in &record.cursors {
+                let key = key3(&row.conv, &row.user, &row.device);
+                self.cursors.entry(key).or_insert((row.seq, group));
+            }
+            self.bytes += size;
+            self.groups
+                .push_front((group, record, size, Instant::now()));
+        }
+        self.indexed = indexed;
+        self.generation += 1;
     }
 
     /// The oldest groups, for the indexer: at least one, then more while their payloads stay within
@@ -220,6 +247,21 @@ mod tests {
         assert!(tail.lag() < before, "group 2 is younger than group 1");
         tail.indexed_through(2);
         assert_eq!(tail.lag(), Duration::ZERO);
+    }
+
+    #[test]
+    fn restored_groups_go_in_front_of_the_held_ones_and_stale_views_are_told() {
+        let mut tail = Tail::new(2);
+        tail.push(3, group("c", 3, "c"), 10);
+        tail.restore(
+            vec![(1, group("c", 1, "a"), 10), (2, group("c", 2, "b"), 10)],
+            0,
+        );
+        let groups: Vec<u64> = tail.oldest(usize::MAX).iter().map(|(g, _)| *g).collect();
+        assert_eq!(groups, vec![1, 2, 3]);
+        let seqs: Vec<u64> = tail.messages("c", 0, 3, 10).iter().map(|m| m.0).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!((tail.bytes(), tail.indexed, tail.generation), (30, 0, 1));
     }
 
     #[test]

@@ -284,7 +284,7 @@ fn build_all(
     // The index snapshot is taken under the tail lock, and the lock is held while the group is built,
     // so no row can leave the tail without being in the snapshot (see `tail`).
     let tail = shared.lock_tail();
-    let txn = shared.db.begin_read()?;
+    let txn = shared.db.get()?.begin_read()?;
     let lookup = Lookup {
         tail: &tail,
         dedupe,
