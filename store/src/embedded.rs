@@ -50,7 +50,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use self::cache::Cache;
@@ -93,6 +93,24 @@ impl Shared {
 
     fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
         self.cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A read transaction on the index, for the store's readers (errors as [`StoreError`]).
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.db
+            .get()
+            .map_err(backend)?
+            .begin_read()
+            .map_err(backend)
+    }
+
+    /// A write transaction on the index outside the log (push registrations).
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        self.db
+            .get()
+            .map_err(backend)?
+            .begin_write()
+            .map_err(backend)
     }
 
     fn count_index(&self, groups: u64) {

@@ -4,7 +4,6 @@
 use async_trait::async_trait;
 use ferry_protocol::frame::{ConversationKind, ConversationState, Message};
 use prost::Message as _;
-use redb::ReadableDatabase;
 
 use super::tables::{ConvRecord, MemberRec, CURSORS, MESSAGES};
 use super::writer::Request;
@@ -313,12 +312,7 @@ fn read_pages(
 ) -> Result<Vec<Message>, StoreError> {
     let mut messages = Vec::with_capacity(limit.min(1024));
     if after < indexed_last {
-        let txn = shared
-            .db
-            .get()
-            .map_err(backend)?
-            .begin_read()
-            .map_err(backend)?;
+        let txn = shared.begin_read()?;
         let table = txn.open_table(MESSAGES).map_err(backend)?;
         let range = table
             .range((conversation, after + 1)..=(conversation, indexed_last))
@@ -349,12 +343,7 @@ fn sync_states(
     changed: Vec<Changed>,
     unindexed: Vec<Option<u64>>,
 ) -> Result<Vec<ConversationState>, StoreError> {
-    let txn = shared
-        .db
-        .get()
-        .map_err(backend)?
-        .begin_read()
-        .map_err(backend)?;
+    let txn = shared.begin_read()?;
     let cursors = txn.open_table(CURSORS).map_err(backend)?;
     let mut conversations = Vec::with_capacity(changed.len());
     for ((_, conv, record, rec), unindexed) in changed.into_iter().zip(unindexed) {

@@ -13,9 +13,10 @@
 //! indexed deleted. Rows are absolute values, so a group applied again
 //! after a crash (committed to redb, not yet noted anywhere else) writes the same rows: replay is safe.
 //!
-//! If a transaction fails, the groups stay in the tail (still readable, still in the log) and the
-//! indexer retries after a pause; appends wait once the tail is full, and get `Unavailable` if it stays
-//! full (see `writer`).
+//! If a transaction fails, the groups stay in the tail (still readable, still in the log); the indexer
+//! puts back the groups of its non-durable commits, reopens the index (see `index_db`: after an I/O
+//! error redb refuses everything until reopened) and retries after a pause; appends wait once the
+//! tail is full, and get `Unavailable` if it stays full (see `writer`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
