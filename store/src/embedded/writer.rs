@@ -173,8 +173,17 @@ impl Writer {
                 tracing::error!(error = %err, requests = count, "store group failed");
                 stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 let reason = err.to_string();
-                done.into_iter()
-                    .for_each(|d| d.fail(&|| StoreError::Backend(reason.clone())));
+                // An I/O error of the index (a full disk, the handle being reopened after one, see
+                // `index_db`) passes; the caller may retry. Anything else is a broken store.
+                let retryable = matches!(err, redb::Error::Io(_) | redb::Error::PreviousIo);
+                let err = || {
+                    if retryable {
+                        StoreError::Unavailable(format!("index: {reason}"))
+                    } else {
+                        StoreError::Backend(reason.clone())
+                    }
+                };
+                done.into_iter().for_each(|d| d.fail(&err));
                 return;
             }
         };
