@@ -14,7 +14,9 @@
 //! - `record`: what one group changes, as one log record of absolute rows (replay is idempotent);
 //! - `batch`: what each write request does, applied to an overlay of the in-memory state;
 //! - `writer`: the writer thread: group commit to the log, backpressure, acks;
-//! - `tail`: the durable, not yet indexed groups in memory (messages, dedupe ids, cursors);
+//! - `tail`: the durable, not yet indexed groups in memory (messages, cursors);
+//! - `dedupe`: the dedupe index (in memory, rebuilt at open) and its append-only redb rows;
+//! - `index_db`: the redb handle, reopened after an I/O error;
 //! - `indexer`: the indexer thread that writes the tail into redb and deletes indexed segments;
 //! - `recovery`: start-up replay of the log past the index's high-water mark;
 //! - `tables`: the redb tables and the encoding of their records;
@@ -32,6 +34,8 @@
 mod api;
 mod batch;
 mod cache;
+mod dedupe;
+mod index_db;
 mod indexer;
 mod options;
 mod push;
@@ -48,10 +52,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use self::cache::Cache;
+use self::dedupe::DedupeIndex;
+use self::index_db::IndexDb;
 use self::segment::SegmentWriter;
 use self::tables::*;
 use self::tail::Tail;
@@ -64,7 +70,7 @@ use crate::StoreError;
 
 /// State shared by the store handle, its writer and its indexer.
 struct Shared {
-    db: Database,
+    db: IndexDb,
     epoch: u64,
     dedupe_window_ms: u64,
     cache: RwLock<Cache>,
@@ -89,6 +95,24 @@ impl Shared {
 
     fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
         self.cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A read transaction on the index, for the store's readers (errors as [`StoreError`]).
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.db
+            .get()
+            .map_err(backend)?
+            .begin_read()
+            .map_err(backend)
+    }
+
+    /// A write transaction on the index outside the log (push registrations).
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        self.db
+            .get()
+            .map_err(backend)?
+            .begin_write()
+            .map_err(backend)
     }
 
     fn count_index(&self, groups: u64) {
@@ -129,11 +153,21 @@ impl EmbeddedStore {
     pub fn open(dir: &Path, options: EmbeddedStoreOptions) -> Result<EmbeddedStore, StoreError> {
         let log_dir = dir.join(segment::LOG_DIR);
         std::fs::create_dir_all(&log_dir).map_err(backend)?;
-        let db = Database::create(dir.join(DB_FILE)).map_err(backend)?;
-        let (epoch, change, applied) = init_meta(&db).map_err(backend)?;
-        let mut cache = Cache::load(&db, change).map_err(backend)?;
+        let db = IndexDb::open(&dir.join(DB_FILE), options.log_fault.clone()).map_err(backend)?;
+        let handle = db.get().map_err(backend)?;
+        let (epoch, change, applied) = init_meta(&handle).map_err(backend)?;
+        let mut cache = Cache::load(&handle, change).map_err(backend)?;
+        let dedupe_window_ms = options
+            .dedupe_window
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX);
+        // Everything the indexer has not purged: expiry goes by the requests' times, never by this
+        // machine's clock (the writer drops expired entries as groups move time on).
+        let mut dedupe = DedupeIndex::load(&handle).map_err(backend)?;
+        drop(handle);
         let mut tail = Tail::new(applied);
-        let replayed = recovery::replay(&log_dir, &mut cache, &mut tail)?;
+        let replayed = recovery::replay(&log_dir, &mut cache, &mut tail, &mut dedupe)?;
         if replayed.groups > 0 {
             tracing::info!(groups = replayed.groups, "replayed the log tail");
         }
@@ -147,11 +181,7 @@ impl EmbeddedStore {
         let shared = Arc::new(Shared {
             db,
             epoch,
-            dedupe_window_ms: options
-                .dedupe_window
-                .as_millis()
-                .try_into()
-                .unwrap_or(u64::MAX),
+            dedupe_window_ms,
             cache: RwLock::new(cache),
             tail: Mutex::new(tail),
             tail_changed: Condvar::new(),
@@ -175,6 +205,7 @@ impl EmbeddedStore {
             log,
             next_group: replayed.next_group,
             max_batch: options.max_batch,
+            dedupe,
         };
         let writer = std::thread::Builder::new()
             .name("ferry-store-writer".into())
@@ -201,6 +232,7 @@ impl EmbeddedStore {
             commit_micros: s.commit_micros.load(Ordering::Relaxed),
             indexed_groups: s.indexed_groups.load(Ordering::Relaxed),
             index_commits: s.index_commits.load(Ordering::Relaxed),
+            index_failures: s.index_failures.load(Ordering::Relaxed),
             unindexed_bytes: self.shared.lock_tail().bytes() as u64,
             peak_unindexed_bytes: s.peak_unindexed_bytes.load(Ordering::Relaxed),
             backpressure_waits: s.backpressure_waits.load(Ordering::Relaxed),
@@ -267,8 +299,7 @@ fn init_meta(db: &Database) -> Result<(u64, u64, u64), redb::Error> {
     let result = {
         // Opening creates missing tables, so readers can rely on every table existing.
         txn.open_table(MESSAGES)?;
-        txn.open_table(DEDUPE)?;
-        txn.open_table(DEDUPE_BY_TIME)?;
+        txn.open_table(dedupe::DEDUPE_LOG)?;
         txn.open_table(CONVERSATIONS)?;
         txn.open_table(MEMBERS)?;
         txn.open_table(USER_CONVS)?;
@@ -278,7 +309,12 @@ fn init_meta(db: &Database) -> Result<(u64, u64, u64), redb::Error> {
         let epoch = match epoch {
             Some(epoch) => {
                 let schema = meta.get(META_SCHEMA)?.map(|guard| guard.value());
-                if schema != Some(SCHEMA_VERSION) {
+                if schema == Some(1) {
+                    let applied = meta.get(META_LOG_APPLIED)?.map_or(0, |guard| guard.value());
+                    dedupe::migrate_v1(&txn, applied)?;
+                    meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+                    tracing::info!("store schema 1 → 2: dedupe entries moved to the dedupe log");
+                } else if schema != Some(SCHEMA_VERSION) {
                     return Err(redb::Error::Corrupted(format!(
                         "unsupported store schema {schema:?}, expected {SCHEMA_VERSION}"
                     )));

@@ -125,6 +125,7 @@ async fn acked_appends_survive_kill_9() {
     let acked = acks_of_killed_child((CHILD_ENV, dir.path().to_str().unwrap()));
     let store = EmbeddedStore::open(dir.path(), EmbeddedStoreOptions::default()).unwrap();
     assert_acked_stored_once(&store, &acked).await;
+    assert_retries_are_duplicates(&store, &acked).await;
 }
 
 #[tokio::test]
@@ -162,6 +163,24 @@ async fn acked_appends_in_the_unindexed_log_survive_kill_9_exactly_once() {
         "nothing left to replay"
     );
     assert_acked_stored_once(&store, &acked).await;
+    // ...and so did the dedupe entries, now from the index's dedupe log alone.
+    assert_retries_are_duplicates(&store, &acked).await;
+}
+
+/// A retry (same conversation, sender and client_msg_id) of acked appends — a sample of them — is
+/// answered as a duplicate with the original seq.
+async fn assert_retries_are_duplicates(store: &impl Store, acked: &[Ack]) {
+    for (conv_id, seq, cmid) in acked.iter().step_by(acked.len() / 20 + 1) {
+        let i = (0..CONVS)
+            .find(|&i| conv(i) == *conv_id)
+            .expect("a known conversation");
+        let retry = store.append(append_of(i, cmid.clone())).await.unwrap();
+        assert_eq!(
+            (retry.seq, retry.duplicate),
+            (*seq, true),
+            "{conv_id} {cmid}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,6 @@
 use async_trait::async_trait;
 use ferry_protocol::frame::{ConversationKind, ConversationState, Message};
 use prost::Message as _;
-use redb::ReadableDatabase;
 
 use super::tables::{ConvRecord, MemberRec, CURSORS, MESSAGES};
 use super::writer::Request;
@@ -130,33 +129,44 @@ impl Store for EmbeddedStore {
             return Ok(Vec::new());
         }
         let limit = limit as usize;
-        // The tail first, then an index snapshot: a message the indexer moves out of the tail in
-        // between is committed before it leaves, so the snapshot holds it (see `tail`).
-        let unindexed = self
-            .shared
-            .lock_tail()
-            .messages(conversation, after_seq, last, limit);
-        // Indexed messages are all below the unindexed ones of the same conversation.
-        let indexed_last = unindexed.first().map_or(last, |(seq, _)| seq - 1);
-        if after_seq >= indexed_last {
-            // Everything asked for is in memory: no disk, nothing that could block.
-            return read_pages(&self.shared, conversation, after_seq, 0, unindexed, limit);
+        // Only a reopen of the index after an I/O error makes a view stale (rare); then read again.
+        for _ in 0..READ_ATTEMPTS {
+            // The tail first, then an index snapshot: a message the indexer moves out of the tail
+            // in between is committed before it leaves, so the snapshot holds it (see `tail`).
+            let (unindexed, generation) = {
+                let tail = self.shared.lock_tail();
+                let unindexed = tail.messages(conversation, after_seq, last, limit);
+                (unindexed, tail.generation)
+            };
+            // Indexed messages are all below the unindexed ones of the same conversation.
+            let indexed_last = unindexed.first().map_or(last, |(seq, _)| seq - 1);
+            if after_seq >= indexed_last {
+                // Everything asked for is in memory: no disk, nothing that could block.
+                return read_pages(&self.shared, conversation, after_seq, 0, unindexed, limit);
+            }
+            // The index lookup reads pages from disk: off the async threads, so a Pull of cold
+            // history never stalls the streams that share the worker.
+            let (shared, conversation) = (self.shared.clone(), conversation.to_owned());
+            let page = tokio::task::spawn_blocking(move || {
+                read_pages(
+                    &shared,
+                    &conversation,
+                    after_seq,
+                    indexed_last,
+                    unindexed,
+                    limit,
+                )
+                .map(|page| Some(page).filter(|_| shared.lock_tail().generation == generation))
+            })
+            .await
+            .map_err(backend)??;
+            if let Some(page) = page {
+                return Ok(page);
+            }
         }
-        // The index lookup reads pages from disk: off the async threads, so a Pull of cold history
-        // never stalls the streams that share the worker.
-        let (shared, conversation) = (self.shared.clone(), conversation.to_owned());
-        tokio::task::spawn_blocking(move || {
-            read_pages(
-                &shared,
-                &conversation,
-                after_seq,
-                indexed_last,
-                unindexed,
-                limit,
-            )
-        })
-        .await
-        .map_err(backend)?
+        Err(StoreError::Unavailable(
+            "the index is being reopened; read again".into(),
+        ))
     }
 
     async fn set_delivered(
@@ -312,6 +322,9 @@ impl Store for EmbeddedStore {
             .map_err(backend)?
     }
 }
+/// How often `read` takes a new view when the index was reopened under it.
+const READ_ATTEMPTS: usize = 3;
+
 /// Messages of `conversation` with `after < seq <= indexed_last` from the index, then the unindexed
 /// ones (already taken from the tail, which must happen before this opens its snapshot), at most
 /// `limit` in all. Blocking when `indexed_last > after`.
@@ -325,7 +338,7 @@ fn read_pages(
 ) -> Result<Vec<Message>, StoreError> {
     let mut messages = Vec::with_capacity(limit.min(1024));
     if after < indexed_last {
-        let txn = shared.db.begin_read().map_err(backend)?;
+        let txn = shared.begin_read()?;
         let table = txn.open_table(MESSAGES).map_err(backend)?;
         let range = table
             .range((conversation, after + 1)..=(conversation, indexed_last))
@@ -356,7 +369,7 @@ fn sync_states(
     changed: Vec<Changed>,
     unindexed: Vec<Option<u64>>,
 ) -> Result<Vec<ConversationState>, StoreError> {
-    let txn = shared.db.begin_read().map_err(backend)?;
+    let txn = shared.begin_read()?;
     let cursors = txn.open_table(CURSORS).map_err(backend)?;
     let mut conversations = Vec::with_capacity(changed.len());
     for ((_, conv, record, rec), unindexed) in changed.into_iter().zip(unindexed) {

@@ -13,6 +13,7 @@ use ferry_protocol::frame::{
 use prost::Message as _;
 
 use super::cache::Cache;
+use super::dedupe::DedupeIndex;
 use super::record::{ConvRow, CursorRow, DedupeRow, GroupRecord, MemberRow, MessageRow};
 use super::tables::*;
 use super::tail::Tail;
@@ -440,28 +441,47 @@ impl<'c> Batch<'c> {
     }
 }
 
-/// Where a batch looks up rows that are not hot state: the unindexed tail first, then the index.
+/// Where a batch looks up rows that are not hot state: dedupe candidates in the dedupe index, checked
+/// against the stored message; cursors in the unindexed tail, then the index.
 ///
 /// The index snapshot must be taken while the tail is locked (see `tail`), so that a row the indexer
 /// moves out of the tail is in the snapshot.
 pub(crate) struct Lookup<'a> {
     pub tail: &'a Tail,
-    pub dedupe: redb::ReadOnlyTable<(&'static str, &'static str, &'static str), (u64, u64)>,
+    pub dedupe: &'a DedupeIndex,
+    pub messages: redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
     pub cursors: redb::ReadOnlyTable<(&'static str, &'static str, &'static str), u64>,
 }
 
 impl Lookup<'_> {
+    /// The `(seq, time)` of the stored message with this key, if the dedupe index knows one. Each
+    /// candidate is confirmed by reading its message: a miss costs no I/O, a hit one read.
     fn dedupe(
         &self,
         (conv, sender, cmid): (&str, &str, &str),
     ) -> Result<Option<(u64, u64)>, redb::Error> {
-        if let Some(hit) = self.tail.dedupe(conv, sender, cmid) {
-            return Ok(Some(hit));
+        for (seq, time) in self.dedupe.candidates(conv, sender, cmid) {
+            let stored = match self
+                .tail
+                .messages(conv, seq.saturating_sub(1), seq, 1)
+                .pop()
+            {
+                Some((_, bytes)) => Some(bytes),
+                None => self
+                    .messages
+                    .get((conv, seq))?
+                    .map(|guard| bytes::Bytes::copy_from_slice(guard.value())),
+            };
+            let Some(stored) = stored else {
+                continue; // a candidate of another conversation whose seq this one lacks
+            };
+            let message = Message::decode(stored)
+                .map_err(|e| redb::Error::Corrupted(format!("stored message: {e}")))?;
+            if message.sender == sender && message.client_msg_id == cmid {
+                return Ok(Some((seq, time)));
+            }
         }
-        Ok(self
-            .dedupe
-            .get((conv, sender, cmid))?
-            .map(|guard| guard.value()))
+        Ok(None)
     }
 
     fn cursor(&self, (conv, user, device): (&str, &str, &str)) -> Result<u64, redb::Error> {

@@ -13,17 +13,20 @@
 //! indexed deleted. Rows are absolute values, so a group applied again
 //! after a crash (committed to redb, not yet noted anywhere else) writes the same rows: replay is safe.
 //!
-//! If a transaction fails, the groups stay in the tail (still readable, still in the log) and the
-//! indexer retries after a pause; appends wait once the tail is full, and get `Unavailable` if it stays
-//! full (see `writer`).
+//! If a transaction fails, the groups stay in the tail (still readable, still in the log); the indexer
+//! puts back the groups of its non-durable commits, reopens the index (see `index_db`: after an I/O
+//! error redb refuses everything until reopened) and retries after a pause; appends wait once the
+//! tail is full, and get `Unavailable` if it stays full (see `writer`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{Durability, ReadableTable};
 
-use super::record::{DedupeRow, GroupRecord, MessageRow};
+use super::dedupe::{self, DEDUPE_LOG};
+use super::record::{GroupRecord, MessageRow};
 use super::segment;
 use super::tables::*;
 use super::Shared;
@@ -36,7 +39,7 @@ const GATHER: Duration = Duration::from_millis(50);
 const GATHER_BYTES: usize = 4 << 20;
 /// Most log payload bytes written per index transaction: bounds the time one transaction takes.
 const MAX_TXN_BYTES: usize = 16 << 20;
-/// Most expired dedupe entries purged per transaction, so purging never makes one noticeably longer.
+/// Most expired dedupe log rows purged per transaction, so purging never makes one noticeably longer.
 const PURGE_PER_TXN: usize = 1000;
 /// Longest time index commits stay non-durable (see `index`).
 const DURABLE_EVERY: Duration = Duration::from_millis(500);
@@ -113,13 +116,33 @@ pub(crate) fn run(shared: Arc<Shared>) {
             }
             Err(err) => {
                 failures += 1;
-                tracing::error!(error = %err, "index transaction failed; retrying");
+                shared.stats.index_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %err, "index transaction failed; reopening the index");
                 shared.lock_tail().index_error = Some(err.to_string());
                 shared.tail_changed.notify_all();
                 std::thread::sleep(RETRY_PAUSE);
+                match recover(&shared, durable, indexed) {
+                    Ok(()) => indexed = durable,
+                    Err(err) => tracing::error!(error = %err, "reopening the index failed"),
+                }
             }
         }
     }
+}
+
+/// After a failed transaction: puts the groups of the non-durable commits since `durable` (the last
+/// durable one) back into the tail from the log, then reopens the index. redb answers every
+/// transaction after an I/O error with that error until the handle is closed, and the reopened file
+/// is back at its last durable commit; the groups put back are indexed again (rows are absolute, so
+/// a group that did survive is rewritten unchanged). Their segments are still there: segments are
+/// deleted only behind durable commits. The tail goes first, so no reader ever misses a group
+/// between the two steps (see `Tail::generation`).
+fn recover(shared: &Shared, durable: u64, indexed: u64) -> Result<(), crate::StoreError> {
+    if indexed > durable {
+        let groups = super::recovery::read_groups(&shared.log_dir, durable, indexed)?;
+        shared.lock_tail().restore(groups, durable);
+    }
+    shared.db.reopen().map_err(super::backend)
 }
 
 /// Writes `groups` (possibly none: then it only makes earlier commits durable) in one transaction.
@@ -128,7 +151,7 @@ fn index(
     groups: &[(u64, Arc<GroupRecord>)],
     make_durable: bool,
 ) -> Result<(), redb::Error> {
-    let mut txn = shared.db.begin_write()?;
+    let mut txn = shared.db.get()?.begin_write()?;
     // Non-durable commits cost no fsync (the log already made the groups durable); a durable one
     // every DURABLE_EVERY is what segment deletion waits for. A crash reverts redb to its last
     // durable commit, whose high-water mark the replay starts from.
@@ -143,6 +166,11 @@ fn index(
         let now = groups.iter().filter_map(|(_, record)| record.now_ms).max();
         tables.purge_expired(now.and_then(|now| now.checked_sub(shared.dedupe_window_ms)))?;
         if let Some((last, record)) = groups.last() {
+            // One append-ordered row for all the dedupe ids of the transaction (see `dedupe`).
+            let rows = groups.iter().flat_map(|(_, record)| &record.dedupe);
+            if let Some(value) = dedupe::encode_log_value(rows) {
+                tables.dedupe_log.insert(*last, value.as_slice())?;
+            }
             tables.meta.insert(META_CHANGE, record.change)?;
             tables.meta.insert(META_LOG_APPLIED, *last)?;
         }
@@ -168,8 +196,7 @@ fn delete_indexed_segments(shared: &Shared, indexed: u64) -> std::io::Result<()>
 /// Every table, opened once per transaction.
 pub(crate) struct Tables<'txn> {
     messages: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
-    dedupe: redb::Table<'txn, (&'static str, &'static str, &'static str), (u64, u64)>,
-    dedupe_by_time: redb::Table<'txn, (u64, &'static str, &'static str, &'static str), ()>,
+    dedupe_log: redb::Table<'txn, u64, &'static [u8]>,
     conversations: redb::Table<'txn, &'static str, &'static [u8]>,
     members: redb::Table<'txn, (&'static str, &'static str), (u64, u64, u64, u64)>,
     user_convs: redb::Table<'txn, (&'static str, &'static str), ()>,
@@ -181,8 +208,7 @@ impl<'txn> Tables<'txn> {
     pub(crate) fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, redb::Error> {
         Ok(Tables {
             messages: txn.open_table(MESSAGES)?,
-            dedupe: txn.open_table(DEDUPE)?,
-            dedupe_by_time: txn.open_table(DEDUPE_BY_TIME)?,
+            dedupe_log: txn.open_table(DEDUPE_LOG)?,
             conversations: txn.open_table(CONVERSATIONS)?,
             members: txn.open_table(MEMBERS)?,
             user_convs: txn.open_table(USER_CONVS)?,
@@ -203,25 +229,6 @@ impl<'txn> Tables<'txn> {
         for row in messages {
             self.messages
                 .insert((row.conv.as_str(), row.seq), row.message.as_ref())?;
-        }
-        let key = |row: &'r DedupeRow| {
-            (
-                row.conv.as_str(),
-                row.sender.as_str(),
-                row.client_msg_id.as_str(),
-            )
-        };
-        let mut dedupe: Vec<&DedupeRow> = records.clone().flat_map(|r| &r.dedupe).collect();
-        // Stable: an id reused after expiry has two rows, and the later group's must be written last.
-        dedupe.sort_by(|a, b| key(a).cmp(&key(b)));
-        for row in &dedupe {
-            self.dedupe.insert(key(row), (row.seq, row.time_ms))?;
-        }
-        dedupe.sort_unstable_by(|a, b| (a.time_ms, key(a)).cmp(&(b.time_ms, key(b))));
-        for row in dedupe {
-            let (conv, sender, cmid) = key(row);
-            self.dedupe_by_time
-                .insert((row.time_ms, conv, sender, cmid), ())?;
         }
         let mut convs = BTreeMap::new();
         let mut members = BTreeMap::new();
@@ -263,30 +270,11 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Removes up to [`PURGE_PER_TXN`] dedupe entries at or before `cutoff`, oldest first.
+    /// Removes up to [`PURGE_PER_TXN`] dedupe log rows whose entries are all at or before `cutoff`.
     fn purge_expired(&mut self, cutoff: Option<u64>) -> Result<(), redb::Error> {
-        let Some(cutoff) = cutoff else {
-            return Ok(());
-        };
-        let mut expired = Vec::new();
-        for row in self.dedupe_by_time.iter()?.take(PURGE_PER_TXN) {
-            let (key, _) = row?;
-            let (time, conv, sender, cmid) = key.value();
-            if time > cutoff {
-                break;
-            }
-            expired.push((time, conv.to_owned(), sender.to_owned(), cmid.to_owned()));
+        match cutoff {
+            Some(cutoff) => dedupe::purge_log(&mut self.dedupe_log, cutoff, PURGE_PER_TXN),
+            None => Ok(()),
         }
-        for (time, conv, sender, cmid) in &expired {
-            self.dedupe_by_time
-                .remove((*time, conv.as_str(), sender.as_str(), cmid.as_str()))?;
-            let key = (conv.as_str(), sender.as_str(), cmid.as_str());
-            // The id may have been reused after expiry; that newer entry stays.
-            let current = self.dedupe.get(key)?.map(|guard| guard.value());
-            if current.is_some_and(|(_, stored)| stored == *time) {
-                self.dedupe.remove(key)?;
-            }
-        }
-        Ok(())
     }
 }

@@ -66,6 +66,8 @@ pub struct CommitStats {
     pub indexed_groups: u64,
     /// Index transactions committed.
     pub index_commits: u64,
+    /// Index transactions that failed (each is followed by a reopen of the index, see `index_db`).
+    pub index_failures: u64,
     /// Log payload bytes durable but not yet indexed, now.
     pub unindexed_bytes: u64,
     /// Highest value of `unindexed_bytes` since open.
@@ -98,6 +100,7 @@ pub(super) struct StatCounters {
     pub(super) commit_micros: AtomicU64,
     pub(super) indexed_groups: AtomicU64,
     pub(super) index_commits: AtomicU64,
+    pub(super) index_failures: AtomicU64,
     pub(super) peak_unindexed_bytes: AtomicU64,
     pub(super) backpressure_waits: AtomicU64,
     pub(super) backpressure_micros: AtomicU64,

@@ -3,7 +3,7 @@
 //! the log (no group commit needed); redb's commit makes each change durable before the call returns.
 
 use prost::Message as _;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{ReadableTable, TableDefinition, TableError};
 
 use super::{backend, Shared};
 use crate::{PushRecord, StoreError, MAX_PUSH_DEVICES_PER_USER};
@@ -19,7 +19,7 @@ pub(super) fn put(
     device: &str,
     record: &PushRecord,
 ) -> Result<(), StoreError> {
-    let txn = shared.db.begin_write().map_err(backend)?;
+    let txn = shared.begin_write()?;
     {
         let mut table = txn.open_table(PUSH).map_err(backend)?;
         let exists = table.get((user, device)).map_err(backend)?.is_some();
@@ -42,7 +42,7 @@ pub(super) fn put(
 
 /// Removes the registration of (`user`, `device`); whether there was one.
 pub(super) fn delete(shared: &Shared, user: &str, device: &str) -> Result<bool, StoreError> {
-    let txn = shared.db.begin_write().map_err(backend)?;
+    let txn = shared.begin_write()?;
     let removed = {
         let mut table = txn.open_table(PUSH).map_err(backend)?;
         let removed = table.remove((user, device)).map_err(backend)?.is_some();
@@ -54,7 +54,7 @@ pub(super) fn delete(shared: &Shared, user: &str, device: &str) -> Result<bool, 
 
 /// Every registration of `user`'s devices, by device id.
 pub(super) fn list(shared: &Shared, user: &str) -> Result<Vec<(String, PushRecord)>, StoreError> {
-    let txn = shared.db.begin_read().map_err(backend)?;
+    let txn = shared.begin_read()?;
     let table = match txn.open_table(PUSH) {
         Ok(table) => table,
         // Nobody ever registered: the table is created by the first write.

@@ -2,9 +2,9 @@
 //!
 //! The index (redb) holds every group up to `META_LOG_APPLIED`. Every segment is scanned; frames of
 //! groups at or below that mark are skipped (they may still be on disk because deletion runs after the
-//! index commit), later ones are decoded and taken into the cache and the unindexed tail exactly as the
-//! writer does after an fsync, so reads see them at once and the indexer writes them to redb in the
-//! background. Replay does no redb writes, so start-up costs one sequential read of the tail.
+//! index commit), later ones are decoded and taken into the cache, the dedupe index and the unindexed
+//! tail exactly as the writer does after an fsync, so reads see them at once and the indexer writes
+//! them to redb in the background. Replay does no redb writes, so start-up costs one sequential read of the tail.
 //!
 //! A torn or corrupt end of a segment (see `segment`) is cut off: from the last segment by truncating
 //! the file (it was never acked), from an older one only by ignoring it. Group numbers must follow each
@@ -18,6 +18,7 @@ use std::sync::Arc;
 use prost::Message as _;
 
 use super::cache::Cache;
+use super::dedupe::DedupeIndex;
 use super::record::GroupRecord;
 use super::segment;
 use super::tail::Tail;
@@ -35,7 +36,8 @@ pub(crate) struct Replayed {
 /// holds beyond the tail itself.
 const DECODED_QUEUE: usize = 256;
 
-/// Replays `log_dir` into `cache` and `tail` (whose `indexed` is the index's high-water mark).
+/// Replays `log_dir` into `cache`, `tail` (whose `indexed` is the index's high-water mark) and the
+/// dedupe index.
 ///
 /// Two threads share the work: one reads, checks and decodes frames (the allocation-heavy part), the
 /// calling one takes them into the cache and the tail in order. A million messages replay in well
@@ -44,6 +46,7 @@ pub(crate) fn replay(
     log_dir: &Path,
     cache: &mut Cache,
     tail: &mut Tail,
+    dedupe: &mut DedupeIndex,
 ) -> Result<Replayed, StoreError> {
     let indexed = tail.indexed;
     let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_QUEUE);
@@ -57,6 +60,7 @@ pub(crate) fn replay(
         // Ends when the reader is done or failed (it drops the sender either way).
         for (group, record, size) in rx {
             cache.apply(&record);
+            dedupe.insert(&record.dedupe);
             tail.push(group, Arc::new(record), size);
             last_group = group;
             groups += 1;
@@ -70,6 +74,44 @@ pub(crate) fn replay(
             groups,
         })
     })
+}
+
+/// The groups after `after` through `through`, from the log: what the indexer puts back into the tail
+/// when a reopened index lost them (see `indexer`). Fails unless every one of them is there.
+pub(crate) fn read_groups(
+    log_dir: &Path,
+    after: u64,
+    through: u64,
+) -> Result<Vec<(u64, Arc<GroupRecord>, usize)>, StoreError> {
+    let corrupt = |what: String| StoreError::Backend(format!("log: {what}"));
+    let io = |err: std::io::Error| StoreError::Backend(format!("log: {err}"));
+    let mut groups = Vec::new();
+    let mut expected = after + 1;
+    for (_, path) in segment::list(log_dir).map_err(io)? {
+        // A frame being appended right now reads as torn and is simply not taken: it is above
+        // `through`, which the indexer had already seen.
+        for (group, payload) in segment::scan(&path).map_err(io)?.frames {
+            if group <= after || group > through {
+                continue;
+            }
+            if group != expected {
+                return Err(corrupt(format!(
+                    "group {group} where {expected} was expected"
+                )));
+            }
+            let size = payload.len();
+            let record =
+                GroupRecord::decode(payload).map_err(|e| corrupt(format!("group {group}: {e}")))?;
+            groups.push((group, Arc::new(record), size));
+            expected += 1;
+        }
+    }
+    if expected != through + 1 {
+        return Err(corrupt(format!(
+            "groups {expected}..={through} are no longer in the log"
+        )));
+    }
+    Ok(groups)
 }
 
 /// Reads every segment, cuts off a torn end, checks that groups follow each other from `indexed + 1`

@@ -98,8 +98,13 @@ impl LogFault {
         self.0.store(full, Ordering::SeqCst);
     }
 
+    /// Whether the fault is on (the index's backend asks too, see `index_db`).
+    pub(crate) fn is_disk_full(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
     fn check(&self) -> io::Result<()> {
-        if self.0.load(Ordering::SeqCst) {
+        if self.is_disk_full() {
             return Err(io::Error::from_raw_os_error(28)); // ENOSPC
         }
         Ok(())

@@ -10,14 +10,7 @@ use redb::TableDefinition;
 /// `(conversation, seq)` → the prost-encoded `ferry_protocol::frame::Message`.
 pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 
-/// `(conversation, sender, client_msg_id)` → `(seq, server_time_ms)` of the original message.
-pub(crate) const DEDUPE: TableDefinition<(&str, &str, &str), (u64, u64)> =
-    TableDefinition::new("dedupe");
-
-/// `(server_time_ms, conversation, sender, client_msg_id)` → `()`: the dedupe entries in age order, so
-/// the writer can purge expired ones from the front without scanning the whole dedupe table.
-pub(crate) const DEDUPE_BY_TIME: TableDefinition<(u64, &str, &str, &str), ()> =
-    TableDefinition::new("dedupe_by_time");
+// Dedupe entries: `dedupe::DEDUPE_LOG` (append-only rows, looked up through memory; see `dedupe`).
 
 /// `conversation` → prost-encoded [`ConvRecord`].
 pub(crate) const CONVERSATIONS: TableDefinition<&str, &[u8]> =
@@ -45,8 +38,9 @@ pub(crate) const META_CHANGE: &str = "change";
 pub(crate) const META_LOG_APPLIED: &str = "log_applied";
 /// Layout version of these tables.
 pub(crate) const META_SCHEMA: &str = "schema";
-/// The current layout version.
-pub(crate) const SCHEMA_VERSION: u64 = 1;
+/// The current layout version. 2: dedupe entries in `dedupe::DEDUPE_LOG` instead of a table keyed by
+/// the id (1), which `dedupe::migrate_v1` converts at open.
+pub(crate) const SCHEMA_VERSION: u64 = 2;
 
 /// Durable facts about a conversation (also its in-memory cache entry).
 #[derive(Clone, PartialEq, Eq, prost::Message)]

@@ -1,4 +1,6 @@
 //! The unindexed tail: groups that are durable in the log but not yet in the redb index.
+//! (Dedupe ids are not held here: the dedupe index in memory covers indexed and unindexed ones, see
+//! `dedupe`.)
 //!
 //! The writer pushes each group here after its fsync and before it acks; the indexer removes groups
 //! only after the index transaction holding them committed. Readers therefore look here *first* and
@@ -45,8 +47,6 @@ pub(crate) struct Tail {
     groups: VecDeque<(u64, Arc<GroupRecord>, usize, Instant)>,
     /// conversation → seq → encoded message.
     messages: HashMap<String, BTreeMap<u64, Bytes>>,
-    /// dedupe key → `(seq, time, group)`.
-    dedupe: Map3<(u64, u64, u64)>,
     /// cursor key → `(seq, group)`.
     cursors: Map3<(u64, u64)>,
     /// Sum of the payload sizes of the groups held.
@@ -57,6 +57,10 @@ pub(crate) struct Tail {
     pub closing: bool,
     /// The last index failure, while the indexer is retrying.
     pub index_error: Option<String>,
+    /// Raised each time groups the index lost are put back ([`Tail::restore`]): a reader that took
+    /// its view of the tail under an older value may pair it with an index that lacks them, and must
+    /// read again.
+    pub generation: u64,
 }
 
 impl Tail {
@@ -82,16 +86,35 @@ impl Tail {
             };
             seqs.insert(row.seq, row.message.clone());
         }
-        for row in &record.dedupe {
-            let key = key3(&row.conv, &row.sender, &row.client_msg_id);
-            self.dedupe.insert(key, (row.seq, row.time_ms, group));
-        }
         for row in &record.cursors {
             let key = key3(&row.conv, &row.user, &row.device);
             self.cursors.insert(key, (row.seq, group));
         }
         self.bytes += size;
         self.groups.push_back((group, record, size, Instant::now()));
+    }
+
+    /// Puts back, in front of the held groups, groups that a reopened index no longer has (they were
+    /// in its commits that did not survive the I/O error), oldest first; the index now holds
+    /// everything up to `indexed`. A held cursor is newer than a restored one, so it stays.
+    pub(crate) fn restore(&mut self, groups: Vec<(u64, Arc<GroupRecord>, usize)>, indexed: u64) {
+        for (group, record, size) in groups.into_iter().rev() {
+            for row in &record.messages {
+                self.messages
+                    .entry(row.conv.clone())
+                    .or_default()
+                    .insert(row.seq, row.message.clone());
+            }
+            for row in &record.cursors {
+                let key = key3(&row.conv, &row.user, &row.device);
+                self.cursors.entry(key).or_insert((row.seq, group));
+            }
+            self.bytes += size;
+            self.groups
+                .push_front((group, record, size, Instant::now()));
+        }
+        self.indexed = indexed;
+        self.generation += 1;
     }
 
     /// The oldest groups, for the indexer: at least one, then more while their payloads stay within
@@ -136,12 +159,6 @@ impl Tail {
                     }
                 }
             }
-            for row in &record.dedupe {
-                let key = key3(&row.conv, &row.sender, &row.client_msg_id);
-                if self.dedupe.get(&key).is_some_and(|e| e.2 == group) {
-                    self.dedupe.remove(&key);
-                }
-            }
             for row in &record.cursors {
                 let key = key3(&row.conv, &row.user, &row.device);
                 if self.cursors.get(&key).is_some_and(|e| e.1 == group) {
@@ -150,14 +167,6 @@ impl Tail {
             }
         }
         self.indexed = self.indexed.max(through);
-    }
-
-    /// The unindexed dedupe entry `(seq, time)` of a key.
-    pub(crate) fn dedupe(&self, conv: &str, sender: &str, cmid: &str) -> Option<(u64, u64)> {
-        // One allocation per lookup, on the writer thread, once per append.
-        self.dedupe
-            .get(&key3(conv, sender, cmid))
-            .map(|&(seq, time, _)| (seq, time))
     }
 
     /// The unindexed cursor of a device.
@@ -241,13 +250,23 @@ mod tests {
     }
 
     #[test]
+    fn restored_groups_go_in_front_of_the_held_ones_and_stale_views_are_told() {
+        let mut tail = Tail::new(2);
+        tail.push(3, group("c", 3, "c"), 10);
+        tail.restore(
+            vec![(1, group("c", 1, "a"), 10), (2, group("c", 2, "b"), 10)],
+            0,
+        );
+        let groups: Vec<u64> = tail.oldest(usize::MAX).iter().map(|(g, _)| *g).collect();
+        assert_eq!(groups, vec![1, 2, 3]);
+        let seqs: Vec<u64> = tail.messages("c", 0, 3, 10).iter().map(|m| m.0).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!((tail.bytes(), tail.indexed, tail.generation), (30, 0, 1));
+    }
+
+    #[test]
     fn keys_with_the_same_characters_split_differently_stay_apart() {
-        let mut tail = Tail::new(0);
-        let mut record = GroupRecord::clone(&group("ab", 1, "c"));
-        record.dedupe[0].sender = "x".into();
-        tail.push(1, Arc::new(record), 10);
-        assert_eq!(tail.dedupe("ab", "x", "c"), Some((1, 7)));
-        assert_eq!(tail.dedupe("a", "bx", "c"), None);
-        assert_eq!(tail.dedupe("ab", "xc", ""), None);
+        assert_ne!(key3("ab", "x", "c"), key3("a", "bx", "c"));
+        assert_ne!(key3("ab", "x", "c"), key3("ab", "xc", ""));
     }
 }

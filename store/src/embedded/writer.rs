@@ -25,14 +25,23 @@ use redb::ReadableDatabase;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{Batch, Lookup};
+use super::dedupe::DedupeIndex;
 use super::record::GroupRecord;
 use super::segment::SegmentWriter;
-use super::tables::{CURSORS, DEDUPE};
+use super::tables::{CURSORS, MESSAGES};
 use super::Shared;
 use crate::{Appended, MembershipOp, NewMessage, StoreError};
 
 /// Longest a group waits for the indexer to make room before it is refused.
 pub(crate) const BACKPRESSURE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Extra time dedupe entries are kept past the window before they are dropped from memory: request
+/// times come from many tasks and are not in order, and whether an entry still counts is decided by
+/// each request's own time (see `batch`), so dropping never decides it.
+const PURGE_SLACK_MS: u64 = 60_000;
+/// Most inserted batches expired per group commit: bounds the writer's extra work per group while
+/// still expiring faster than groups add batches (one each).
+const PURGE_BATCHES: usize = 8;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -115,6 +124,8 @@ pub(crate) struct Writer {
     /// Number of the next log frame.
     pub next_group: u64,
     pub max_batch: usize,
+    /// Which ids were stored within the dedupe window; only this thread asks and changes it.
+    pub dedupe: DedupeIndex,
 }
 
 /// A group that was validated and is ready for the log.
@@ -156,14 +167,23 @@ impl Writer {
         }
         let started = Instant::now();
         let mut done = Vec::with_capacity(requests.len());
-        let built = match build(&shared, requests, &mut done) {
+        let built = match build(&shared, &self.dedupe, requests, &mut done) {
             Ok(built) => built,
             Err(err) => {
                 tracing::error!(error = %err, requests = count, "store group failed");
                 stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 let reason = err.to_string();
-                done.into_iter()
-                    .for_each(|d| d.fail(&|| StoreError::Backend(reason.clone())));
+                // An I/O error of the index (a full disk, the handle being reopened after one, see
+                // `index_db`) passes; the caller may retry. Anything else is a broken store.
+                let retryable = matches!(err, redb::Error::Io(_) | redb::Error::PreviousIo);
+                let err = || {
+                    if retryable {
+                        StoreError::Unavailable(format!("index: {reason}"))
+                    } else {
+                        StoreError::Backend(reason.clone())
+                    }
+                };
+                done.into_iter().for_each(|d| d.fail(&err));
                 return;
             }
         };
@@ -196,6 +216,12 @@ impl Writer {
             }
             shared.tail_changed.notify_all();
             shared.write_cache().apply(&record);
+            self.dedupe.insert(&record.dedupe);
+            if let Some(now) = record.now_ms {
+                let cutoff =
+                    now.saturating_sub(shared.dedupe_window_ms.saturating_add(PURGE_SLACK_MS));
+                self.dedupe.purge(cutoff, PURGE_BATCHES);
+            }
             self.next_group += 1;
         }
         stats.appended.fetch_add(built.appended, Ordering::Relaxed);
@@ -247,11 +273,12 @@ impl Writer {
 /// to `done`, also when a lookup fails part way, so every caller can be answered.
 fn build(
     shared: &Shared,
+    dedupe: &DedupeIndex,
     requests: Vec<Request>,
     done: &mut Vec<Done>,
 ) -> Result<Built, redb::Error> {
     let mut requests = requests.into_iter();
-    let result = build_all(shared, &mut requests, done);
+    let result = build_all(shared, dedupe, &mut requests, done);
     // Requests not reached (a lookup failed before them) are answered as failed too.
     done.extend(requests.map(Done::unanswered));
     result
@@ -259,16 +286,18 @@ fn build(
 
 fn build_all(
     shared: &Shared,
+    dedupe: &DedupeIndex,
     requests: &mut std::vec::IntoIter<Request>,
     done: &mut Vec<Done>,
 ) -> Result<Built, redb::Error> {
     // The index snapshot is taken under the tail lock, and the lock is held while the group is built,
     // so no row can leave the tail without being in the snapshot (see `tail`).
     let tail = shared.lock_tail();
-    let txn = shared.db.begin_read()?;
+    let txn = shared.db.get()?.begin_read()?;
     let lookup = Lookup {
         tail: &tail,
-        dedupe: txn.open_table(DEDUPE)?,
+        dedupe,
+        messages: txn.open_table(MESSAGES)?,
         cursors: txn.open_table(CURSORS)?,
     };
     let cache = shared.read_cache();
