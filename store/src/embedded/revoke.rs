@@ -19,7 +19,12 @@ pub(super) fn revoke(
     at_s: u64,
 ) -> Result<u64, StoreError> {
     let key = (user, device_key(device));
-    let txn = shared.db.begin_write().map_err(backend)?;
+    let txn = shared
+        .db
+        .get()
+        .map_err(backend)?
+        .begin_write()
+        .map_err(backend)?;
     let stored = {
         let mut table = txn.open_table(REVOKED).map_err(backend)?;
         let before = table.get(key).map_err(backend)?.map_or(0, |v| v.value());
@@ -33,7 +38,12 @@ pub(super) fn revoke(
 
 /// The stamp that applies to `device` of `user`: the later of the user-wide and the device's own.
 pub(super) fn revoked_at(shared: &Shared, user: &str, device: &str) -> Result<u64, StoreError> {
-    let txn = shared.db.begin_read().map_err(backend)?;
+    let txn = shared
+        .db
+        .get()
+        .map_err(backend)?
+        .begin_read()
+        .map_err(backend)?;
     let table = match txn.open_table(REVOKED) {
         Ok(table) => table,
         // Nothing was ever revoked: the table is created by the first revocation.
