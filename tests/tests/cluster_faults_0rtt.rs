@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry_client::{BackoffConfig, ClientBuilder};
+use ferry_client::ClientBuilder;
 use ferry_protocol::ids;
 use ferry_test_support::redis::RedisServer;
 use ferry_tests::wait_until;
@@ -24,19 +24,11 @@ async fn a_client_of_a_killed_node_resumes_on_another_with_0rtt_accepted() {
     let redis = RedisServer::start();
     let mut nodes = start_nodes(2, &[redis.url()], &prefix("zero-rtt"));
     let store = tempfile::tempdir().expect("temp dir");
-    let endpoints = nodes.iter().map(|n| n.quic().to_string());
-    let (client, _events) = ClientBuilder::new()
-        .endpoints(endpoints)
-        .ca_file(nodes[0].dir.path().join("cert.pem"))
-        .token(nodes[0].token("u0", "phone"))
-        .device_id("phone")
+    let endpoints: Vec<_> = nodes.iter().map(|n| n.quic()).collect();
+    let fast = ClientBuilder::new()
         .heartbeat_interval(Duration::from_millis(250))
-        .heartbeat_timeout(Duration::from_millis(800))
-        .connect_timeout(Duration::from_secs(1))
-        .backoff(BackoffConfig {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        })
+        .heartbeat_timeout(Duration::from_millis(800));
+    let (client, _events) = nodes::client_of(fast, &nodes[0], &endpoints, "u0", "phone")
         .store_path(store.path().join("client.sqlite3"))
         .build()
         .await
