@@ -69,6 +69,10 @@ pub(crate) enum Inbound {
         gen: u64,
         error: quinn::ConnectionError,
     },
+    /// A probe found the server's port closed (`link::probe`).
+    PortClosed {
+        gen: u64,
+    },
     TokenRefreshed {
         result: Result<String, String>,
     },

@@ -265,6 +265,7 @@ impl Driver {
                 self.core
                     .handle_connection_lost(gen, lost_reason(&error), now)
             }
+            Inbound::PortClosed { gen } => self.core.handle_port_closed(gen, now),
             Inbound::TokenRefreshed { result } => self.core.handle_token_refreshed(result, now),
         }
     }

@@ -8,6 +8,14 @@
 //! CONNECTION_CLOSE ever arrives, so this timeout *is* the failover detection time: a client of a
 //! cluster sets a short interval and timeout (e.g. 250 ms + 400 ms) to be on another node within a
 //! second.
+//!
+//! A quarter of the timeout into a silence the timer asks for one *probe* ([`HeartbeatAction::Probe`]):
+//! a datagram to the server's address from a connected UDP socket. A server process that died on a live
+//! host (`kill -9`, a crash, the OOM killer) leaves its port closed, the host answers ICMP port
+//! unreachable, and the socket reports it: the client leaves at once instead of waiting for the rest of
+//! the timeout. quinn ignores ICMP errors on its own socket, hence a socket of its own. A host that is
+//! gone, or a firewall that drops ICMP, answers nothing: the timeout still decides. An idle client costs
+//! nothing more: a probe is only sent while a Heartbeat is unanswered.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +29,9 @@ pub enum HeartbeatAction {
     Wait,
     /// Send a Heartbeat now.
     Send,
+    /// A Heartbeat is unanswered for a quarter of the timeout: check once whether the server's port is
+    /// closed (see the module docs).
+    Probe,
     /// A Heartbeat went unanswered for the timeout: drop the connection and reconnect.
     Dead,
 }
@@ -33,6 +44,8 @@ pub struct HeartbeatTimer {
     timeout: Duration,
     next_send: Instant,
     oldest_unanswered: Option<Instant>,
+    /// The current silence was probed already (one probe per silence).
+    probed: bool,
 }
 
 impl HeartbeatTimer {
@@ -51,6 +64,7 @@ impl HeartbeatTimer {
             timeout: timeout.max(MIN_PERIOD),
             next_send: now + interval,
             oldest_unanswered: None,
+            probed: false,
         }
     }
 
@@ -64,11 +78,22 @@ impl HeartbeatTimer {
         self.timeout
     }
 
-    /// What to do at `now`. `Send` also records that a Heartbeat went out.
+    /// How long a Heartbeat stays unanswered before the probe (a quarter of the timeout).
+    pub fn probe_after(&self) -> Duration {
+        (self.timeout / 4).max(MIN_PERIOD)
+    }
+
+    /// What to do at `now`. `Send` also records that a Heartbeat went out, `Probe` that the silence was
+    /// probed.
     pub fn poll(&mut self, now: Instant) -> HeartbeatAction {
         if let Some(sent) = self.oldest_unanswered {
-            if now.saturating_duration_since(sent) >= self.timeout {
+            let silent = now.saturating_duration_since(sent);
+            if silent >= self.timeout {
                 return HeartbeatAction::Dead;
+            }
+            if silent >= self.probe_after() && !self.probed {
+                self.probed = true;
+                return HeartbeatAction::Probe;
             }
         }
         if now >= self.next_send {
@@ -82,6 +107,7 @@ impl HeartbeatTimer {
     /// A HeartbeatAck arrived: every Heartbeat sent so far counts as answered.
     pub fn on_ack(&mut self) {
         self.oldest_unanswered = None;
+        self.probed = false;
     }
 
     /// Some other frame of this session arrived (a delivery, an ack, a page of history): the server is
@@ -90,13 +116,18 @@ impl HeartbeatTimer {
     /// whole timeout, not a slow HeartbeatAck, is what means dead.
     pub fn on_heard(&mut self, now: Instant) {
         if let Some(since) = &mut self.oldest_unanswered {
-            *since = (*since).max(now);
+            if now > *since {
+                *since = now;
+                // A new silence starts: it may be probed in its turn.
+                self.probed = false;
+            }
         }
     }
 
     /// When [`HeartbeatTimer::poll`] must be called next.
     pub fn next_deadline(&self) -> Instant {
         match self.oldest_unanswered {
+            Some(sent) if !self.probed => self.next_send.min(sent + self.probe_after()),
             Some(sent) => self.next_send.min(sent + self.timeout),
             None => self.next_send,
         }
@@ -128,6 +159,8 @@ mod tests {
         let t0 = Instant::now();
         let mut h = HeartbeatTimer::new(10 * SEC, t0);
         assert_eq!(h.poll(t0 + 10 * SEC), HeartbeatAction::Send);
+        assert_eq!(h.next_deadline(), t0 + 15 * SEC, "the probe is due");
+        assert_eq!(h.poll(t0 + 20 * SEC), HeartbeatAction::Probe);
         assert_eq!(h.poll(t0 + 20 * SEC), HeartbeatAction::Send);
         assert_eq!(h.next_deadline(), t0 + 30 * SEC);
         assert_eq!(h.poll(t0 + 29 * SEC), HeartbeatAction::Wait);
@@ -142,8 +175,11 @@ mod tests {
         assert_eq!(h.poll(t0 + ms(250)), HeartbeatAction::Send);
         h.on_ack();
         assert_eq!(h.poll(t0 + ms(500)), HeartbeatAction::Send);
-        // The server died: the next Heartbeat still goes out, the verdict comes 400 ms after the first
-        // unanswered one, not at the 60 s idle timeout.
+        // The server died: 100 ms into the silence comes the probe, the next Heartbeat still goes out,
+        // and (if the probe found nothing) the verdict comes 400 ms after the first unanswered one, not at
+        // the 60 s idle timeout.
+        assert_eq!(h.poll(t0 + ms(600)), HeartbeatAction::Probe);
+        assert_eq!(h.poll(t0 + ms(600)), HeartbeatAction::Wait);
         assert_eq!(h.poll(t0 + ms(750)), HeartbeatAction::Send);
         assert_eq!(h.next_deadline(), t0 + ms(900));
         assert_eq!(h.poll(t0 + ms(899)), HeartbeatAction::Wait);
@@ -160,6 +196,8 @@ mod tests {
         h.on_heard(t0 + ms(600));
         // 400 ms after the unanswered Heartbeat, but only 50 ms after the last frame: not dead.
         assert_eq!(h.poll(t0 + ms(650)), HeartbeatAction::Send);
+        assert_eq!(h.next_deadline(), t0 + ms(700), "the new silence's probe");
+        assert_eq!(h.poll(t0 + ms(700)), HeartbeatAction::Probe);
         assert_eq!(h.next_deadline(), t0 + ms(900));
         assert_eq!(h.poll(t0 + ms(900)), HeartbeatAction::Send);
         assert_eq!(h.poll(t0 + ms(999)), HeartbeatAction::Wait);
@@ -175,8 +213,36 @@ mod tests {
         h.on_heard(t0 + ms(100));
         assert_eq!(h.next_deadline(), t0 + ms(250));
         assert_eq!(h.poll(t0 + ms(250)), HeartbeatAction::Send);
+        assert_eq!(h.poll(t0 + ms(649)), HeartbeatAction::Probe);
         assert_eq!(h.poll(t0 + ms(649)), HeartbeatAction::Send);
         assert_eq!(h.poll(t0 + ms(650)), HeartbeatAction::Dead);
+    }
+
+    #[test]
+    fn one_probe_per_silence_none_while_answered() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut h = HeartbeatTimer::with_timeout(ms(250), ms(400), t0);
+        assert_eq!(h.probe_after(), ms(100));
+        assert_eq!(h.poll(t0 + ms(250)), HeartbeatAction::Send);
+        h.on_ack();
+        // Answered within 100 ms: no probe, ever.
+        assert_eq!(h.next_deadline(), t0 + ms(500));
+        assert_eq!(h.poll(t0 + ms(499)), HeartbeatAction::Wait);
+        assert_eq!(h.poll(t0 + ms(500)), HeartbeatAction::Send);
+        assert_eq!(h.poll(t0 + ms(600)), HeartbeatAction::Probe);
+        assert_eq!(
+            h.poll(t0 + ms(700)),
+            HeartbeatAction::Wait,
+            "once per silence"
+        );
+        // A frame heard ends the silence; the next one may be probed again.
+        h.on_heard(t0 + ms(720));
+        assert_eq!(h.poll(t0 + ms(750)), HeartbeatAction::Send);
+        assert_eq!(h.poll(t0 + ms(819)), HeartbeatAction::Wait);
+        assert_eq!(h.poll(t0 + ms(820)), HeartbeatAction::Probe);
+        h.on_ack();
+        assert_eq!(h.poll(t0 + ms(990)), HeartbeatAction::Wait);
     }
 
     #[test]

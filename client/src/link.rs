@@ -1,6 +1,7 @@
 //! The network side of the driver: the QUIC endpoint, the current session's connection and stream
-//! writers (through `conn`), and the core's [`Transmit`]s performed on them. No protocol logic: which
-//! frame goes where, and when, is the core's decision.
+//! writers (through `conn`), and the core's [`Transmit`]s performed on them, including the probe of a
+//! silent server's port ([`probe`]). No protocol logic: which frame goes where, and when, is the core's
+//! decision.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -66,6 +67,41 @@ pub(crate) async fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("resolving {endpoint}: {e}"))?
         .next()
         .ok_or_else(|| format!("{endpoint} has no address"))
+}
+
+/// What a probe of the server's port found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probed {
+    /// ICMP port unreachable: nothing listens there any more.
+    PortClosed,
+    /// No verdict: the server may be alive, or its host gone or ICMP filtered.
+    Unknown,
+}
+
+/// The byte a probe sends: a QUIC packet without the fixed bit, which a QUIC server discards (RFC 9000
+/// §17.2 and §17.3), so a live server is not disturbed.
+const PROBE_DATAGRAM: [u8; 1] = [0];
+/// The longest wait for an ICMP answer, whatever the path's RTT.
+const PROBE_WAIT_MAX: Duration = Duration::from_millis(500);
+
+/// Sends one datagram to `remote` from a connected UDP socket and waits up to about two RTTs for the
+/// ICMP port unreachable that a live host sends for a closed port (Linux reports it on the next `recv`
+/// of a connected socket as ECONNREFUSED). quinn's socket is not connected and ignores ICMP errors,
+/// hence a socket of its own, opened only for the probe.
+pub(crate) async fn probe(remote: SocketAddr, rtt: Duration) -> Probed {
+    let wait = (2 * rtt + Duration::from_millis(20)).min(PROBE_WAIT_MAX);
+    let attempt = async {
+        let socket = tokio::net::UdpSocket::bind(bind_addr(&remote)).await?;
+        socket.connect(remote).await?;
+        socket.send(&PROBE_DATAGRAM).await?;
+        let mut buf = [0u8; 64];
+        // Nothing answers a live server's probe; a closed port makes this fail.
+        socket.recv(&mut buf).await.map(|_| ())
+    };
+    match tokio::time::timeout(wait, attempt).await {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Probed::PortClosed,
+        _ => Probed::Unknown,
+    }
 }
 
 /// The core's view of a lost connection.
@@ -232,6 +268,17 @@ impl Wire {
                     link.shared.max_frame_size.store(size, Ordering::Relaxed);
                 }
             }
+            Transmit::Probe { gen } => {
+                if let Some(link) = self.current(gen) {
+                    let (remote, rtt) = (link.conn.remote_address(), link.conn.rtt());
+                    let tx = self.inbound_tx.clone();
+                    tokio::spawn(async move {
+                        if probe(remote, rtt).await == Probed::PortClosed {
+                            let _ = tx.send(Inbound::PortClosed { gen }).await;
+                        }
+                    });
+                }
+            }
         }
     }
 
@@ -289,5 +336,25 @@ impl Wire {
     /// Lets the CONNECTION_CLOSE reach the server before the endpoint goes away (bounded).
     pub(crate) async fn wait_idle(&self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_probe_tells_a_closed_port_from_a_silent_one() {
+        let rtt = Duration::from_millis(1);
+        // A bound socket that never answers: a live server ignoring the probe.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let open = silent.local_addr().unwrap();
+        assert_eq!(probe(open, rtt).await, Probed::Unknown);
+        let mut byte = [0u8; 4];
+        assert_eq!(silent.recv(&mut byte).unwrap(), 1, "the probe arrived");
+        assert_eq!(byte[0], PROBE_DATAGRAM[0]);
+        // The same port once nothing listens there: the host answers ICMP port unreachable.
+        drop(silent);
+        assert_eq!(probe(open, rtt).await, Probed::PortClosed);
     }
 }

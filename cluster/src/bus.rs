@@ -115,6 +115,9 @@ const PUBLISH_QUEUE: usize = 16 * 1024;
 /// Most queued publications sent in one pipeline.
 const PUBLISH_BATCH: usize = 256;
 
+/// Locks ordering the (un)subscribe commands of users (bounded; no map to clean up).
+const CHANGE_STRIPES: usize = 64;
+
 /// One publication: an event for each of several users.
 type Publication = (Vec<String>, BusEvent);
 
@@ -133,8 +136,10 @@ pub struct Bus {
     subscriber: Redis,
     /// Users subscribed to, with how many local sessions each has.
     subscribed: Mutex<HashMap<String, usize>>,
-    /// Serializes (un)subscribe commands so a count and its subscription cannot get out of step.
-    changes: tokio::sync::Mutex<()>,
+    /// Serializes the (un)subscribe commands of one user so a count and its subscription cannot get out
+    /// of step. Striped by user: a reconnect storm's logins (a hundred users at once) subscribe in
+    /// parallel, pipelined on the one connection, instead of one Redis round trip after another.
+    changes: [tokio::sync::Mutex<()>; CHANGE_STRIPES],
     stats: Arc<BusStats>,
 }
 
@@ -171,7 +176,7 @@ impl Bus {
                 outgoing,
                 subscriber,
                 subscribed: Mutex::new(HashMap::new()),
-                changes: tokio::sync::Mutex::new(()),
+                changes: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
                 stats,
             },
             rx,
@@ -186,7 +191,7 @@ impl Bus {
     /// Starts listening for `user` (a session of theirs opened here); counted, so several devices of one
     /// user share one subscription.
     pub async fn subscribe(&self, user: &str) -> Result<(), ClusterError> {
-        let _serial = self.changes.lock().await;
+        let _serial = self.change_lock(user).await;
         let first = {
             let mut subscribed = self.subscribed.lock().expect("bus lock");
             let count = subscribed.entry(user.to_owned()).or_insert(0);
@@ -210,7 +215,7 @@ impl Bus {
 
     /// Stops listening for `user` once their last local session is gone.
     pub async fn unsubscribe(&self, user: &str) -> Result<(), ClusterError> {
-        let _serial = self.changes.lock().await;
+        let _serial = self.change_lock(user).await;
         if self.forget(user) {
             let channel = self.keys.user_channel(user);
             let mut sub = self.subscriber.clone();
@@ -220,6 +225,16 @@ impl Bus {
             }
         }
         Ok(())
+    }
+
+    /// The lock ordering `user`'s subscription changes.
+    async fn change_lock(&self, user: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut hasher);
+        self.changes[hasher.finish() as usize % CHANGE_STRIPES]
+            .lock()
+            .await
     }
 
     /// Lowers the user's count; true when it reached zero.

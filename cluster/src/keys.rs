@@ -46,6 +46,11 @@ impl Keys {
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
+
+    /// Pub/sub channel of the TLS session tickets every node shares (one slot on Redis Cluster).
+    pub fn tickets_channel(&self) -> String {
+        format!("{}:t:{{tickets}}", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! - [`registry`]: node leases, the start-up probe and conflict check, releasing dead nodes;
 //! - [`health`]: the failure detector as pure state (probe outcomes in, verdicts out);
 //! - [`probe`]: `GET /healthz` of a node, with a short timeout;
-//! - [`bus`]: per-user pub/sub channels carrying Delivers, kicks and datagrams between nodes.
+//! - [`bus`]: per-user pub/sub channels carrying Delivers, kicks and datagrams between nodes;
+//! - [`tickets`]: TLS session tickets shared by every node, so a client resumes with 0-RTT on any node.
 #![warn(missing_docs)]
 
 pub mod bus;
@@ -24,6 +25,7 @@ pub mod policy;
 pub mod probe;
 pub mod redis;
 pub mod registry;
+pub mod tickets;
 
 pub use bus::{Bus, BusEvent, Envelope};
 pub use directory::{Refresh, SessionDirectory, SessionEntry, SessionRef};
@@ -33,6 +35,7 @@ pub use policy::{replaces, LoginPolicy};
 pub use probe::Prober;
 pub use redis::{Redis, RedisTarget};
 pub use registry::{Claimed, NodeInfo, NodeRegistry, Renewal};
+pub use tickets::{SharedTickets, TicketKey};
 
 /// Failures of the cluster layer.
 #[derive(Debug, thiserror::Error)]

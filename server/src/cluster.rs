@@ -20,7 +20,8 @@ use bytes::Bytes;
 use ferry_cluster::bus::{BusEvent, Datagram, Deliver, Kick, Revoke};
 use ferry_cluster::{
     Bus, ClusterError, Envelope, HealthConfig, Keys, NodeInfo, NodeRegistry, PeerHealth, Prober,
-    Redis, RedisTarget, Refresh, Renewal, SessionDirectory, SessionRef, Verdict,
+    Redis, RedisTarget, Refresh, Renewal, SessionDirectory, SessionRef, SharedTickets, TicketKey,
+    Verdict,
 };
 use ferry_protocol::frame::Message;
 use prost::Message as _;
@@ -50,6 +51,16 @@ pub(crate) struct ClusterOptions {
     pub(crate) session_ttl: Duration,
 }
 
+/// The key that seals the TLS session tickets nodes share, derived from the token secret file: the
+/// one secret every node of a cluster must already hold (tokens minted by one node verify on all), so
+/// sharing tickets asks nothing more of an operator. Read as text, trimmed like the token secret.
+pub(crate) fn ticket_key(secret_file: &std::path::Path) -> anyhow::Result<TicketKey> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(secret_file)
+        .with_context(|| format!("reading {}", secret_file.display()))?;
+    Ok(TicketKey::derive(text.trim_end().as_bytes()))
+}
+
 /// Locks that order the logins of one user on this node (striped: bounded, no map to clean up).
 const LOGIN_STRIPES: usize = 64;
 
@@ -69,10 +80,12 @@ pub(crate) struct ClusterNode {
 impl ClusterNode {
     /// Joins the cluster as `me` (probing every registered node; a live node with the same id is an
     /// error). Returns the node and the receiver of bus envelopes for [`run_bus`].
+    /// `tickets` is the node's TLS session store, shared with the other nodes once the id is claimed.
     pub(crate) async fn join(
         options: ClusterOptions,
         me: NodeInfo,
         policy: ferry_cluster::LoginPolicy,
+        (tickets, ticket_key): (&Arc<SharedTickets>, TicketKey),
     ) -> Result<(ClusterNode, mpsc::Receiver<Envelope>), ferry_cluster::ClusterError> {
         let keys = Keys::new(&options.key_prefix);
         let redis = Redis::connect(&options.target).await?;
@@ -96,6 +109,8 @@ impl ClusterNode {
         for (node, sessions) in &claimed.cleaned {
             info!(node, sessions, "cleaned a dead node at start-up");
         }
+        ferry_cluster::tickets::replicate(tickets, &options.target, &keys, &me.id, ticket_key)
+            .await?;
         let (bus, envelopes) = Bus::connect(&options.target, keys, &me.id, BUS_QUEUE).await?;
         info!(node = %me.id, peers = claimed.peers.len(), "joined the cluster");
         let live_peers = claimed.peers.iter().map(|p| p.quic.clone()).collect();

@@ -119,16 +119,24 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
     };
     let (certs, key) = tls::load_certs_and_key(&tls_files.cert, &tls_files.key)
         .context("loading TLS certificate")?;
+    let secret =
+        TokenSecret::load_or_create(&data_dir.join(SECRET_FILE)).context("loading token secret")?;
+    // A cluster node's TLS sessions are shared with the other nodes once it has joined (0-RTT on any node).
+    let tickets = (settings.cluster.enabled())
+        .then(|| ferry_cluster::SharedTickets::new(tls::SESSION_CACHE_ENTRIES));
+    let sessions: Arc<dyn rustls::server::StoresServerSessions> = match &tickets {
+        Some(shared) => shared.clone(),
+        None => tls::local_sessions(),
+    };
     let quic_config = tls::server_config(
         certs,
         key,
         ferry_protocol::ALPN,
         QUIC_IDLE_TIMEOUT,
         settings.limits.max_open_streams + 8,
+        sessions,
     )
     .context("building QUIC config")?;
-    let secret =
-        TokenSecret::load_or_create(&data_dir.join(SECRET_FILE)).context("loading token secret")?;
     let revocations = Revocations::open(&data_dir).context("loading the admin secret")?;
     let store = open_store(&settings).await?;
 
@@ -139,7 +147,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         .await
         .with_context(|| format!("binding HTTP endpoint on {}", settings.http))?;
     let http_addr = http_listener.local_addr()?;
-    let (cluster, envelopes) = join_cluster(&settings, local_addr, http_addr).await?;
+    let (cluster, envelopes) = join_cluster(&settings, local_addr, http_addr, tickets).await?;
     let (push, push_events) = crate::push::Push::new(&settings.push)?.unzip();
 
     let shared = Arc::new(Shared {
@@ -248,13 +256,14 @@ async fn join_cluster(
     settings: &Settings,
     quic: SocketAddr,
     http: SocketAddr,
+    tickets: Option<Arc<ferry_cluster::SharedTickets>>,
 ) -> anyhow::Result<(
     Option<Arc<cluster::ClusterNode>>,
     Option<tokio::sync::mpsc::Receiver<ferry_cluster::Envelope>>,
 )> {
-    if !settings.cluster.enabled() {
+    let (true, Some(tickets)) = (settings.cluster.enabled(), tickets) else {
         return Ok((None, None));
-    }
+    };
     let c = &settings.cluster;
     let me = ferry_cluster::NodeInfo::starting(
         &settings.node_id,
@@ -262,7 +271,10 @@ async fn join_cluster(
         &c.advertise_http.clone().unwrap_or_else(|| http.to_string()),
     );
     let options = c.options(settings.idle_timeout_ms)?;
-    let (node, envelopes) = cluster::ClusterNode::join(options, me, settings.login_policy).await?;
+    let ticket_key = cluster::ticket_key(&settings.data_dir.join(SECRET_FILE))?;
+    let tickets = (&tickets, ticket_key);
+    let (node, envelopes) =
+        cluster::ClusterNode::join(options, me, settings.login_policy, tickets).await?;
     Ok((Some(Arc::new(node)), Some(envelopes)))
 }
 

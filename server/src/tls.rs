@@ -20,11 +20,13 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::StoresServerSessions;
 
 /// Datagrams (typing, presence) queued per connection before quinn drops the oldest.
 const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
-/// TLS sessions remembered for resumption and 0-RTT (each a few hundred bytes).
-const SESSION_CACHE_ENTRIES: usize = 65_536;
+/// TLS sessions remembered for resumption and 0-RTT (each a few hundred bytes; in a cluster, those of
+/// every node).
+pub const SESSION_CACHE_ENTRIES: usize = 65_536;
 
 /// Why TLS material or a QUIC config could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +166,14 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The QUIC server config: TLS 1.3, ALPN `alpn` only, 0-RTT accepted, migration allowed.
+/// The TLS session store of a single node: rustls' bounded memory cache. A cluster node uses
+/// `ferry_cluster::SharedTickets` instead, so its tickets resume (with 0-RTT) on every node.
+pub fn local_sessions() -> Arc<dyn StoresServerSessions> {
+    rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES)
+}
+
+/// The QUIC server config: TLS 1.3, ALPN `alpn` only, 0-RTT accepted, migration allowed, sessions
+/// kept in `sessions` (see [`local_sessions`]).
 /// `max_bidi_streams` is the QUIC stream limit per connection; set it a little above the ferry/1
 /// `max_open_streams` so that the server, not QUIC flow control, answers the excess with
 /// TOO_MANY_STREAMS.
@@ -174,6 +183,7 @@ pub fn server_config(
     alpn: &[u8],
     idle_timeout: Duration,
     max_bidi_streams: u32,
+    sessions: Arc<dyn StoresServerSessions>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -182,10 +192,10 @@ pub fn server_config(
     tls.alpn_protocols = vec![alpn.to_vec()];
     tls.max_early_data_size = u32::MAX;
     // Resumption (and so 0-RTT) needs the server to remember sessions. rustls allows early data only
-    // with this stateful cache, not with stateless tickets, because a cached session is used once,
-    // which stops replays of the same early data. The default cache holds 256 sessions; that is too
-    // few for a server whose clients reconnect in crowds.
-    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    // with a stateful store, not with stateless tickets, because a stored session is used once, which
+    // stops replays of the same early data. rustls' default cache holds 256 sessions; that is too few
+    // for a server whose clients reconnect in crowds.
+    tls.session_storage = sessions;
 
     let mut transport = TransportConfig::default();
     transport
@@ -254,7 +264,15 @@ mod tests {
     fn echo_server(dir: &Path) -> (quinn::Endpoint, PathBuf) {
         let files = ensure_self_signed(dir).unwrap();
         let (certs, key) = load_certs_and_key(&files.cert, &files.key).unwrap();
-        let config = server_config(certs, key, b"ferry/1", Duration::from_secs(10), 16).unwrap();
+        let config = server_config(
+            certs,
+            key,
+            b"ferry/1",
+            Duration::from_secs(10),
+            16,
+            local_sessions(),
+        )
+        .unwrap();
         let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
         let accepting = endpoint.clone();
         tokio::spawn(async move {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ferry_client::{BackoffConfig, Client, ClientBuilder, Receipt};
+use ferry_client::{Client, ClientBuilder, Receipt};
 use ferry_protocol::ids;
 use ferry_test_support::redis::{RedisCluster, RedisServer};
 use ferry_tests::{collect_messages, wait_until, Seen};
@@ -63,17 +63,7 @@ async fn device_knowing(
     device: &'static str,
 ) -> Device {
     let store = tempfile::tempdir().expect("temp dir");
-    let endpoints = endpoints.iter().map(SocketAddr::to_string);
-    let (client, events) = builder
-        .endpoints(endpoints)
-        .ca_file(nodes[0].dir.path().join("cert.pem"))
-        .token(nodes[0].token(user, device))
-        .device_id(device)
-        .connect_timeout(Duration::from_secs(1))
-        .backoff(BackoffConfig {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        })
+    let (client, events) = nodes::client_of(builder, &nodes[0], &endpoints, user, device)
         .store_path(store.path().join("client.sqlite3"))
         .build()
         .await

@@ -96,6 +96,9 @@ pub(crate) enum Transmit {
     Datagram { gen: u64, frame: Frame },
     /// The session's maximum frame size for received datagrams (announced in Welcome).
     MaxFrameSize { gen: u64, size: usize },
+    /// Check whether the server's UDP port is closed (see `heartbeat`); if it is, answer with
+    /// [`Core::handle_port_closed`].
+    Probe { gen: u64 },
 }
 
 /// Store work the driver runs on the blocking thread.

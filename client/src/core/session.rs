@@ -161,6 +161,19 @@ impl Core {
         self.disconnected(lost.description, false, now);
     }
 
+    /// The probe of session `gen` found the server's port closed (ICMP port unreachable): the server
+    /// process is gone, so the client leaves now, without backoff, instead of at the heartbeat timeout.
+    pub(crate) fn handle_port_closed(&mut self, gen: u64, now: Instant) {
+        self.pass_due = true;
+        if self.session(gen).is_some() {
+            self.disconnected(
+                "server port closed (ICMP port unreachable)".into(),
+                true,
+                now,
+            );
+        }
+    }
+
     /// The token refresher answered.
     pub(crate) fn handle_token_refreshed(&mut self, result: Result<String, String>, now: Instant) {
         self.pass_due = true;
@@ -203,19 +216,29 @@ impl Core {
                 self.disconnected("no Welcome from the server in time".into(), false, now);
             }
             Phase::Live(s) => {
-                let action = s
-                    .heartbeat
-                    .as_mut()
-                    .map_or(HeartbeatAction::Wait, |h| h.poll(now));
-                let (ready, draining) = (s.welcomed || s.early, s.draining);
-                match action {
-                    HeartbeatAction::Send => {
-                        self.control(frame(Kind::Heartbeat(frame::Heartbeat { sync_token })))
+                // A probe and a Heartbeat may both be due: poll until nothing more is (at most one of
+                // each, then `Wait`).
+                let mut actions = [HeartbeatAction::Wait; 3];
+                if let Some(h) = s.heartbeat.as_mut() {
+                    for action in &mut actions {
+                        *action = h.poll(now);
+                        if matches!(action, HeartbeatAction::Wait | HeartbeatAction::Dead) {
+                            break;
+                        }
                     }
-                    HeartbeatAction::Dead => {
-                        return self.disconnected("heartbeats unanswered".into(), true, now);
+                }
+                let (gen, ready, draining) = (s.gen, s.welcomed || s.early, s.draining);
+                for action in actions {
+                    match action {
+                        HeartbeatAction::Send => {
+                            self.control(frame(Kind::Heartbeat(frame::Heartbeat { sync_token })))
+                        }
+                        HeartbeatAction::Probe => self.transmits.push_back(Transmit::Probe { gen }),
+                        HeartbeatAction::Dead => {
+                            return self.disconnected("heartbeats unanswered".into(), true, now);
+                        }
+                        HeartbeatAction::Wait => break,
                     }
-                    HeartbeatAction::Wait => {}
                 }
                 if ready {
                     self.outbox.poll_timeouts(now);

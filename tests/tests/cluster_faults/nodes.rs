@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
+use ferry_client::{BackoffConfig, ClientBuilder};
 use ferry_server::auth::TokenSecret;
 use ferry_tests::cluster::copy_identity;
 use ferry_tests::process::{workspace_binary, ServerProcess};
@@ -87,4 +88,26 @@ pub(crate) fn start_nodes(n: usize, redis: &[String], prefix: &str) -> Vec<NodeP
         nodes.push(node);
     }
     nodes
+}
+
+/// `builder` as a client of the cluster whose identity `identity` holds, for `user`/`device`, knowing
+/// `endpoints` only, with the short connect timeout and backoff of the failover tests. The caller adds
+/// the store path (and any heartbeat tuning).
+pub(crate) fn client_of(
+    builder: ClientBuilder,
+    identity: &NodeProcess,
+    endpoints: &[SocketAddr],
+    user: &str,
+    device: &str,
+) -> ClientBuilder {
+    builder
+        .endpoints(endpoints.iter().map(SocketAddr::to_string))
+        .ca_file(identity.dir.path().join("cert.pem"))
+        .token(identity.token(user, device))
+        .device_id(device)
+        .connect_timeout(Duration::from_secs(1))
+        .backoff(BackoffConfig {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        })
 }

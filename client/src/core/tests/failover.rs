@@ -234,3 +234,40 @@ fn a_retryable_error_answers_a_heartbeat_so_a_store_outage_is_no_failover() {
         .iter()
         .any(|e| matches!(e, Event::Connection(ConnectionState::Disconnected { .. }))));
 }
+
+#[test]
+fn a_probe_finding_the_port_closed_leaves_at_once() {
+    let mut h = fast(&[SERVER, OTHER]);
+    let gen = h.connect();
+    let probes = |out: &[Transmit]| {
+        out.iter()
+            .filter(|t| matches!(t, Transmit::Probe { gen: g } if *g == gen))
+            .count()
+    };
+    h.advance(250 * MS);
+    assert_eq!(heartbeats(&h.step()), 1);
+    // A quarter of the 400 ms timeout into the silence, one probe; none before.
+    h.advance(99 * MS);
+    assert_eq!(probes(&h.step()), 0);
+    h.advance(MS);
+    assert_eq!(probes(&h.step()), 1);
+    h.advance(50 * MS);
+    assert_eq!(probes(&h.step()), 0, "one probe per silence");
+    // An answer about an older session changes nothing.
+    h.core.handle_port_closed(gen + 1, h.now);
+    assert!(!h.step().iter().any(|t| matches!(t, Transmit::Close { .. })));
+    // The port is closed: the session ends now, 250 ms before the heartbeat timeout would end it.
+    h.core.handle_port_closed(gen, h.now);
+    let out = h.step();
+    assert!(out.iter().any(|t| matches!(t, Transmit::Close { .. })));
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::Connection(ConnectionState::Disconnected { reason })) if reason.contains("port closed")
+    ));
+    // Without backoff: the dial goes out in the same wake-up, to the other node.
+    let dial = out.iter().find_map(|t| match t {
+        Transmit::Dial { endpoint, .. } => Some(endpoint.as_str()),
+        _ => None,
+    });
+    assert_eq!(dial, Some(OTHER), "the other node, at once");
+}
