@@ -12,9 +12,9 @@
 //! the running server is written next to it ([`ADMIN_ADDR_FILE`]), which is how `ferry-server revoke
 //! --data-dir DIR` finds a running server, as `ferry-server token` finds the token secret.
 //!
-//! A login racing a revocation on this node cannot slip through: a revocation bumps
-//! [`Revocations::generation`] before it closes sessions, and a login that saw another generation by
-//! the time its session was registered checks the stamp again ([`recheck_after_register`]).
+//! A login racing a revocation cannot slip through: a revocation bumps [`Revocations::generation`]
+//! before it closes sessions, and a login that saw another generation by the time its session was
+//! registered — in a cluster, every login — checks the stamp again ([`recheck_after_register`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use ferry_protocol::{frames, ErrorCode};
-use ferry_quic::codes;
 use ferry_store::StoreError;
 use futures_util::future::BoxFuture;
 use subtle::ConstantTimeEq;
@@ -116,16 +115,21 @@ pub(crate) async fn check(shared: &Shared, claims: &Claims) -> Result<(), (Error
     }
 }
 
-/// Closes `session` if a revocation reached this node after the login read `generation` and the
-/// stamp now refuses its token. Called once the session is registered, so a revocation either sees
-/// the session (and closes it) or bumped the generation before this looks.
+/// Closes `session` if the stamp now refuses its token. Called once the session is registered (and,
+/// in a cluster, subscribed to its user's bus channel), so a revocation either sees the session and
+/// closes it, or wrote its stamp before this reads it.
+///
+/// On a single node, only a revocation that bumped the generation since the login read `generation`
+/// can have raced it, so the store is read again only then. In a cluster the store is always read
+/// again: a revocation on another node reaches this one over the user's bus channel, to which the
+/// node was not subscribed before this login if it had no other session of the user.
 pub(crate) async fn recheck_after_register(
     shared: &Shared,
     generation: u64,
     claims: &Claims,
     session: &SessionHandle,
 ) {
-    if shared.revocations.generation() == generation {
+    if shared.cluster.is_none() && shared.revocations.generation() == generation {
         return;
     }
     if let Err((ErrorCode::UNAUTHENTICATED, _)) = check(shared, claims).await {
@@ -137,24 +141,8 @@ pub(crate) async fn recheck_after_register(
 /// connection with TOKEN_REVOKED (FERRY-HARDEN-6).
 fn close(shared: &Shared, session: &SessionHandle) {
     shared.metrics.error(ErrorCode::TOKEN_REVOKED);
-    let queued = session
-        .control
-        .try_send(frames::error(ErrorCode::TOKEN_REVOKED, REVOKED_REASON))
-        .is_ok()
-        && session
-            .control
-            .try_close_connection(
-                ErrorCode::TOKEN_REVOKED,
-                "token revoked",
-                session.connection.clone(),
-            )
-            .is_ok();
-    if !queued {
-        // The control queue is full or gone: close at once; the close code alone carries the news.
-        session
-            .connection
-            .close(codes::to_varint(ErrorCode::TOKEN_REVOKED), b"token revoked");
-    }
+    let error = frames::error(ErrorCode::TOKEN_REVOKED, REVOKED_REASON);
+    session.notify_and_close(error, ErrorCode::TOKEN_REVOKED, "token revoked");
 }
 
 /// Closes this node's sessions of `user` on `device` (every device when `None`); how many.
@@ -218,6 +206,7 @@ pub(crate) async fn revoke(
         .revoke_tokens(user, device, unix_secs(SystemTime::now()))
         .await?;
     let sessions_closed = close_local(shared, user, device);
+    let push_dropped = drop_push_registrations(shared, user, device).await;
     if let Some(cluster) = &shared.cluster {
         // A lost publication leaves a session on another node open until it reconnects (its token is
         // refused then); say so in the log rather than fail a revocation that is already stored.
@@ -225,13 +214,39 @@ pub(crate) async fn revoke(
             warn!(user, error = %e, "revocation not published to the other nodes");
         }
     }
-    info!(user, device = ?device, revoked_at, sessions_closed, "tokens revoked");
+    info!(user, device = ?device, revoked_at, sessions_closed, push_dropped, "tokens revoked");
     Ok(Revoked {
         user: user.to_owned(),
         device: device.map(str::to_owned),
         revoked_at,
         sessions_closed,
     })
+}
+
+/// Deletes the push registrations of the revoked device(s): a device cut off gets no more pushes, and
+/// its endpoint goes with it (a registration is per device, FERRY-PUSH-*). Best effort: the revocation
+/// is stored already; a registration left behind is logged, and its device can no longer log in to use
+/// what the push announces.
+async fn drop_push_registrations(shared: &Shared, user: &str, device: Option<&str>) -> usize {
+    let devices = match device {
+        Some(device) => vec![device.to_owned()],
+        None => match shared.store.push_registrations(user).await {
+            Ok(registrations) => registrations.into_iter().map(|(d, _)| d).collect(),
+            Err(e) => {
+                warn!(user, error = %e, "push registrations of a revoked user not read");
+                return 0;
+            }
+        },
+    };
+    let mut dropped = 0;
+    for device in &devices {
+        match shared.store.delete_push(user, device).await {
+            Ok(true) => dropped += 1,
+            Ok(false) => {}
+            Err(e) => warn!(user, device, error = %e, "push registration of a revoked device kept"),
+        }
+    }
+    dropped
 }
 
 /// The admin operations the ops endpoint serves (implemented by the running server; the HTTP layer

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use ferry_protocol::{frames, ErrorCode};
+use ferry_protocol::{frames, ErrorCode, Frame};
 use ferry_quic::{codes, FrameWriter};
 use tokio::sync::mpsc;
 
@@ -60,22 +60,22 @@ impl SessionHandle {
             ErrorCode::SESSION_REPLACED,
             "another session of this user replaced this one",
         );
-        // The control writer sends the GoAway, then closes the connection (FERRY-AUTH-8).
-        let queued = self.control.try_send(go_away).is_ok()
+        // The GoAway first, then the close (FERRY-AUTH-8).
+        self.notify_and_close(go_away, ErrorCode::SESSION_REPLACED, "session replaced");
+    }
+
+    /// Queues `frame` on the control stream and, behind it, the connection's close with `code`, so the
+    /// client reads why before the connection goes. If the control queue is full or gone, closes at
+    /// once: the close code alone carries the news.
+    pub(crate) fn notify_and_close(&self, frame: Frame, code: ErrorCode, reason: &'static str) {
+        let queued = self.control.try_send(frame).is_ok()
             && self
                 .control
-                .try_close_connection(
-                    ErrorCode::SESSION_REPLACED,
-                    "session replaced",
-                    self.connection.clone(),
-                )
+                .try_close_connection(code, reason, self.connection.clone())
                 .is_ok();
         if !queued {
-            // The control queue is full or gone: close at once; the close code alone carries the news.
-            self.connection.close(
-                codes::to_varint(ErrorCode::SESSION_REPLACED),
-                b"session replaced",
-            );
+            self.connection
+                .close(codes::to_varint(code), reason.as_bytes());
         }
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Layout:
 //! - [`server`]: [`TestServer`], an in-process ferry-server on free loopback ports with its own data
-//!   dir, tokens and wire sessions; [`test_settings`]; [`conformance_tokens`]; [`init_logging`];
+//!   dir, tokens and wire sessions; [`test_settings`]; [`conformance_tokens`]; [`conformance_revoke`]; [`init_logging`];
 //! - [`process`]: the real binaries as child processes ([`process::workspace_binary`],
 //!   [`process::ServerProcess`]: `ferry-server run`, kill -9, SIGTERM);
 //! - [`driver`]: the wire driver — re-exported from `ferry_interop::driver`, which stays the
@@ -29,5 +29,5 @@ pub mod wait;
 
 pub use client::{collect_messages, Seen};
 pub use ferry_interop::driver;
-pub use server::{conformance_tokens, init_logging, test_settings, TestServer};
+pub use server::{conformance_revoke, conformance_tokens, init_logging, test_settings, TestServer};
 pub use wait::wait_until;

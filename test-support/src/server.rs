@@ -82,6 +82,21 @@ pub fn init_logging() {
     }
 }
 
+/// The conformance runner's revocation hook for a server on `data_dir`: revokes as `ferry-server
+/// revoke --data-dir` does, through the admin endpoint the data dir names.
+pub fn conformance_revoke(data_dir: &Path) -> std::sync::Arc<ferry_interop::server_mode::RevokeFn> {
+    let dir = data_dir.to_path_buf();
+    std::sync::Arc::new(move |user: String, device: String| {
+        let dir = dir.clone();
+        Box::pin(async move {
+            ferry_server::revoke::request(&dir, &user, Some(&device))
+                .await
+                .map(drop)
+                .map_err(|e| format!("{e:#}"))
+        })
+    })
+}
+
 /// The conformance runner's tokens for an in-process server whose data dir the test holds: minted
 /// with the server's own secret, so the expired-token cases need no waiting.
 pub fn conformance_tokens(data_dir: &Path) -> ferry_interop::tokens::TokenSource {

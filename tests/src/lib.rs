@@ -4,8 +4,8 @@
 //! crate's own.
 
 pub use ferry_test_support::{
-    collect_messages, conformance_tokens, driver, groups, init_logging, process, test_settings,
-    wait_until, Seen, TestServer,
+    collect_messages, conformance_revoke, conformance_tokens, driver, groups, init_logging,
+    process, test_settings, wait_until, Seen, TestServer,
 };
 
 pub mod cluster;

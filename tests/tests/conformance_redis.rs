@@ -6,7 +6,7 @@ use std::time::Duration;
 use ferry_interop::report::Outcome;
 use ferry_interop::server_mode::{self, ServerConfig};
 use ferry_tests::cluster::{Backend, TestCluster};
-use ferry_tests::conformance_tokens;
+use ferry_tests::{conformance_revoke, conformance_tokens};
 
 /// Cases that may legitimately be Unsupported (as for the embedded store: see conformance_server.rs).
 const ALLOWED_UNSUPPORTED: &[&str] = &[
@@ -25,12 +25,13 @@ async fn suite_passes_on(backend: Backend) {
     .await;
     let node = &cluster.nodes[0].handle;
     let tokens = conformance_tokens(&cluster.settings[0].data_dir);
-    let config = ServerConfig::for_test_server(
+    let mut config = ServerConfig::for_test_server(
         node.local_addr(),
         node.ca_path().to_path_buf(),
         tokens,
         Duration::from_millis(1000),
     );
+    config.revoke = Some(conformance_revoke(&cluster.settings[0].data_dir));
     let report = server_mode::run(config, |case| {
         eprintln!("{:<11} {}", case.outcome.label(), case.name)
     })

@@ -9,8 +9,8 @@ use ferry_interop::reference::{self, SERVER_BINARY};
 use ferry_interop::report::Outcome;
 use ferry_interop::server_mode::{self, ServerConfig, TokenSource};
 use ferry_server::Settings;
-use ferry_tests::conformance_tokens;
 use ferry_tests::process::{workspace_binary, ServerProcess};
+use ferry_tests::{conformance_revoke, conformance_tokens};
 
 /// Cases that may legitimately be Unsupported against our server, and why.
 const ALLOWED_UNSUPPORTED: &[(&str, &str)] = &[
@@ -57,16 +57,7 @@ async fn ferry_server_passes_the_server_suite() {
         Duration::from_millis(1000),
     );
     // Revoking as `ferry-server revoke` does: through the admin endpoint the data dir names.
-    let admin_dir = dir.path().to_path_buf();
-    config.revoke = Some(std::sync::Arc::new(move |user: String, device: String| {
-        let dir = admin_dir.clone();
-        Box::pin(async move {
-            ferry_server::revoke::request(&dir, &user, Some(&device))
-                .await
-                .map(drop)
-                .map_err(|e| format!("{e:#}"))
-        })
-    }));
+    config.revoke = Some(conformance_revoke(dir.path()));
     let report = server_mode::run(config, |case| {
         eprintln!("{:<11} {}", case.outcome.label(), case.name)
     })

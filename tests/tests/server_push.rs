@@ -518,3 +518,33 @@ async fn an_allowed_body_policy_carries_the_body_and_leaves_out_an_oversized_one
     assert_eq!(body["body_omitted"], true, "{body}");
     assert!(body.get("body").is_none(), "{body}");
 }
+
+#[tokio::test]
+async fn revoking_a_device_deletes_its_push_registration() {
+    let receiver = Receiver::start().await;
+    let server = server_for(&receiver, |_| {}).await;
+    offline_device(&server, &receiver, "phone", "/phone").await;
+    let mut tablet = server.session("bob", "tablet").await;
+    register(&mut tablet, &receiver.url("/tablet"))
+        .await
+        .unwrap();
+    assert_eq!(list(&mut tablet).await, ["phone", "tablet"]);
+
+    let key = std::fs::read_to_string(server.dir().join(ferry_server::revoke::ADMIN_SECRET_FILE))
+        .unwrap();
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{}/admin/revoke?user=bob&device=phone",
+            server.handle.http_addr()
+        ))
+        .bearer_auth(key.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    // The revoked phone's endpoint is gone; the tablet's stays, and no push reaches the phone.
+    assert_eq!(list(&mut tablet).await, ["tablet"]);
+    alice_sends(&server, 0, 1).await;
+    tokio::time::sleep(Duration::from_millis(3 * u64::from(WINDOW_MS))).await;
+    assert!(receiver.posts_to("/phone").is_empty());
+}
