@@ -4,17 +4,17 @@
 //! A revocation stores a stamp "tokens of (user, device) issued at or before second T are refused"
 //! in the store (so it survives restarts and, on the Redis store, holds on every node), closes the live
 //! sessions of that device here with TOKEN_REVOKED and, in a cluster, asks the other nodes over the bus
-//! to close theirs. Logins check the stamp ([`check`]).
+//! to close theirs. Logins check the stamp (`check`).
 //!
 //! Operators reach it through `POST /admin/revoke?user=U[&device=D]` on the ops endpoint
-//! ([`crate::http`]), authenticated with `Authorization: Bearer <admin secret>`. The admin secret is a
+//! (`crate::http`), authenticated with `Authorization: Bearer <admin secret>`. The admin secret is a
 //! file in the data dir ([`ADMIN_SECRET_FILE`], same format as the token secret) and the ops address of
 //! the running server is written next to it ([`ADMIN_ADDR_FILE`]), which is how `ferry-server revoke
 //! --data-dir DIR` finds a running server, as `ferry-server token` finds the token secret.
 //!
-//! A login racing a revocation cannot slip through: a revocation bumps [`Revocations::generation`]
+//! A login racing a revocation cannot slip through: a revocation bumps `Revocations::generation`
 //! before it closes sessions, and a login that saw another generation by the time its session was
-//! registered — in a cluster, every login — checks the stamp again ([`recheck_after_register`]).
+//! registered — in a cluster, every login — checks the stamp again (`recheck_after_register`).
 
 use std::net::SocketAddr;
 use std::path::Path;
