@@ -530,18 +530,10 @@ async fn revoking_a_device_deletes_its_push_registration() {
         .unwrap();
     assert_eq!(list(&mut tablet).await, ["phone", "tablet"]);
 
-    let key = std::fs::read_to_string(server.dir().join(ferry_server::revoke::ADMIN_SECRET_FILE))
-        .unwrap();
-    let response = reqwest::Client::new()
-        .post(format!(
-            "http://{}/admin/revoke?user=bob&device=phone",
-            server.handle.http_addr()
-        ))
-        .bearer_auth(key.trim())
-        .send()
+    // As `ferry-server revoke --data-dir` does: through the admin endpoint the data dir names.
+    ferry_server::revoke::request(&server.dir(), "bob", Some("phone"))
         .await
         .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
     // The revoked phone's endpoint is gone; the tablet's stays, and no push reaches the phone.
     assert_eq!(list(&mut tablet).await, ["tablet"]);
     alice_sends(&server, 0, 1).await;

@@ -274,16 +274,12 @@ impl Store for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let (shared, user, device) = (self.shared.clone(), user.to_owned(), device.to_owned());
         // A redb write transaction fsyncs: off the async threads.
-        tokio::task::spawn_blocking(move || super::push::put(&shared, &user, &device, &record))
-            .await
-            .map_err(backend)?
+        blocking(move || super::push::put(&shared, &user, &device, &record)).await
     }
 
     async fn delete_push(&self, user: &str, device: &str) -> Result<bool, StoreError> {
         let (shared, user, device) = (self.shared.clone(), user.to_owned(), device.to_owned());
-        tokio::task::spawn_blocking(move || super::push::delete(&shared, &user, &device))
-            .await
-            .map_err(backend)?
+        blocking(move || super::push::delete(&shared, &user, &device)).await
     }
 
     async fn push_registrations(
@@ -291,9 +287,7 @@ impl Store for EmbeddedStore {
         user: &str,
     ) -> Result<Vec<(String, PushRecord)>, StoreError> {
         let (shared, user) = (self.shared.clone(), user.to_owned());
-        tokio::task::spawn_blocking(move || super::push::list(&shared, &user))
-            .await
-            .map_err(backend)?
+        blocking(move || super::push::list(&shared, &user)).await
     }
 
     async fn revoke_tokens(
@@ -308,18 +302,12 @@ impl Store for EmbeddedStore {
             device.map(str::to_owned),
         );
         // A redb write transaction fsyncs: off the async threads.
-        tokio::task::spawn_blocking(move || {
-            super::revoke::revoke(&shared, &user, device.as_deref(), at_s)
-        })
-        .await
-        .map_err(backend)?
+        blocking(move || super::revoke::revoke(&shared, &user, device.as_deref(), at_s)).await
     }
 
     async fn tokens_revoked_at(&self, user: &str, device: &str) -> Result<u64, StoreError> {
         let (shared, user, device) = (self.shared.clone(), user.to_owned(), device.to_owned());
-        tokio::task::spawn_blocking(move || super::revoke::revoked_at(&shared, &user, &device))
-            .await
-            .map_err(backend)?
+        blocking(move || super::revoke::revoked_at(&shared, &user, &device)).await
     }
 }
 /// How often `read` takes a new view when the index was reopened under it.
@@ -394,4 +382,11 @@ fn sync_states(
         });
     }
     Ok(conversations)
+}
+
+/// Runs a redb call off the async threads (a write transaction fsyncs; a read may touch the disk).
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(call).await.map_err(backend)?
 }
