@@ -19,7 +19,7 @@ use crate::auth::Claims;
 use crate::control;
 use crate::conversation;
 use crate::datagrams;
-use crate::sessions::{Outbound, SessionHandle};
+use crate::sessions::{Outbound, SessionHandle, Superseded};
 use crate::Shared;
 
 /// How long a new connection may take to send Hello.
@@ -63,6 +63,8 @@ enum HandshakeError {
     Connection(#[from] quinn::ConnectionError),
     #[error("{0}")]
     Refused(ErrorCode, String),
+    #[error("a later login of this device replaced it")]
+    Superseded,
 }
 
 /// Serves one incoming connection until it ends.
@@ -103,7 +105,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ti
             shared.metrics.connection_closed();
             return;
         }
-        Err(HandshakeError::Connection(e)) => {
+        Err(e @ (HandshakeError::Connection(_) | HandshakeError::Superseded)) => {
             debug!(%remote, error = %e, "connection lost during handshake");
             shared.metrics.connection_closed();
             return;
@@ -149,6 +151,9 @@ async fn handshake(
         }
         Ok(Ok(Some(frame))) => frame,
     };
+    let login_ms = unix_millis(SystemTime::now());
+    #[cfg(feature = "test-hooks")]
+    shared.hooks.login_held().await;
     let hello = match first.kind {
         Some(Kind::Hello(hello)) => hello,
         _ => {
@@ -189,7 +194,7 @@ async fn handshake(
         outbound: outbound_tx,
         control: control.clone(),
         connection: connection.clone(),
-        login_ms: unix_millis(SystemTime::now()),
+        login_ms,
     };
     let welcome = Welcome {
         user_id: user,
@@ -197,7 +202,7 @@ async fn handshake(
         node_id: shared.settings.node_id.clone(),
         heartbeat_interval_ms: shared.settings.heartbeat_interval_ms,
         limits: Some(shared.limits),
-        server_time_ms: session.login_ms,
+        server_time_ms: unix_millis(SystemTime::now()),
         store_epoch: shared.store.store_epoch(),
         capabilities: crate::push::welcome_capabilities(shared.push.as_ref(), &hello.capabilities),
         endpoints: shared
@@ -213,12 +218,26 @@ async fn handshake(
         Some(cluster) => Some(cluster.login_lock(&session.user).await),
         None => None,
     };
-    for replaced in shared
+    // A client that gave up on this login (it waited too long for the Welcome) has moved on: its
+    // abandoned login must not replace anything.
+    if let Some(reason) = connection.close_reason() {
+        return Err(HandshakeError::Connection(reason));
+    }
+    match shared
         .sessions
         .register(session.clone(), shared.settings.login_policy)
     {
-        info!(user = %replaced.user, device = %replaced.device, "session replaced");
-        replaced.close_replaced();
+        Ok(replaced) => {
+            for old in replaced {
+                info!(user = %old.user, device = %old.device, "session replaced");
+                old.close_replaced();
+            }
+        }
+        Err(Superseded) => {
+            info!(user = %session.user, device = %session.device, "a later login of this device is here already; closing this one");
+            session.close_replaced();
+            return Err(HandshakeError::Superseded);
+        }
     }
     if let Some(cluster) = &shared.cluster {
         cluster.on_login(&session).await;

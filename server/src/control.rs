@@ -138,18 +138,28 @@ fn sync_page_limit(conn: &Conn) -> u32 {
     limits.max_sync_page.min(fits).max(1)
 }
 
+/// How long a Heartbeat waits for its heads. A HeartbeatAck is the client's proof that the server
+/// lives (FERRY-HB-5): a store stalled for seconds (a Redis master failing over) must not make every
+/// client leave a live node, so past this the ack goes out without heads and the next one brings them.
+const HEADS_BUDGET: Duration = Duration::from_millis(250);
+
 async fn heartbeat(conn: &Conn, sync_token: u64) -> Frame {
     refresh_directory_entry(conn);
     let limit = sync_page_limit(conn);
-    let page = conn
-        .shared
-        .store
-        .changed_since(&conn.session.user, &conn.session.device, sync_token, limit)
-        .await;
-    if let Err(e) = &page {
-        debug!(user = %conn.session.user, error = %e, "heartbeat without heads: store unavailable");
-    }
-    heartbeat_ack(page.ok(), sync_token, unix_millis(SystemTime::now()))
+    let store = &conn.shared.store;
+    let changes = store.changed_since(&conn.session.user, &conn.session.device, sync_token, limit);
+    let page = match tokio::time::timeout(HEADS_BUDGET, changes).await {
+        Ok(Ok(page)) => Some(page),
+        Ok(Err(e)) => {
+            debug!(user = %conn.session.user, error = %e, "heartbeat without heads: store unavailable");
+            None
+        }
+        Err(_) => {
+            debug!(user = %conn.session.user, "heartbeat without heads: store too slow");
+            None
+        }
+    };
+    heartbeat_ack(page, sync_token, unix_millis(SystemTime::now()))
 }
 
 /// The answer to a Heartbeat, always a HeartbeatAck (FERRY-HB-2): a Heartbeat is the client's liveness

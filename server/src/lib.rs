@@ -59,7 +59,7 @@ pub mod tls;
 
 pub use config::Settings;
 #[cfg(feature = "test-hooks")]
-pub use hooks::{DropDelivery, Hooks};
+pub use hooks::{DropDelivery, HeldLogin, Hooks};
 pub use metrics::Metrics;
 pub use server::{start, ServerHandle};
 

@@ -48,7 +48,8 @@ pub(crate) struct SessionHandle {
     pub(crate) control: FrameWriter,
     /// The QUIC connection, to close a replaced session.
     pub(crate) connection: quinn::Connection,
-    /// When this node accepted the login (Unix ms): orders logins of one device across nodes.
+    /// When this node read the login's Hello (Unix ms): orders logins of one device, here and across
+    /// nodes. Taken before any store or Redis work, so a login stalled there keeps its place in line.
     pub(crate) login_ms: u64,
 }
 
@@ -82,6 +83,11 @@ impl SessionHandle {
 
 pub(crate) use ferry_cluster::replaces;
 
+/// A login that a later login of the same device (or, by the policy, of the same user) already
+/// replaced: the caller closes it with SESSION_REPLACED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Superseded;
+
 /// The registry of online sessions.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
@@ -96,24 +102,34 @@ impl Sessions {
     }
 
     /// Registers `session`; returns the sessions the policy says it replaces (already removed from the
-    /// registry; the caller closes them).
+    /// registry; the caller closes them). A login never replaces one that reached this node later
+    /// (`login_ms`): an older login that was slow to get here (a stalled store, a slow revocation check)
+    /// while its client gave up and logged in again must not evict the newer session — it is
+    /// [`Superseded`] instead, as the session directory does across nodes.
     pub(crate) fn register(
         &self,
         session: SessionHandle,
         policy: LoginPolicy,
-    ) -> Vec<SessionHandle> {
+    ) -> Result<Vec<SessionHandle>, Superseded> {
         let mut by_user = self.by_user.lock().expect("sessions lock");
         let list = by_user.entry(session.user.clone()).or_default();
-        let (replaced, kept): (Vec<_>, Vec<_>) = list.drain(..).partition(|old| {
+        let conflicts = |old: &SessionHandle| {
             replaces(
                 policy,
                 (&session.device, &session.device_class),
                 (&old.device, &old.device_class),
             )
-        });
+        };
+        if list
+            .iter()
+            .any(|old| conflicts(old) && old.login_ms > session.login_ms)
+        {
+            return Err(Superseded);
+        }
+        let (replaced, kept): (Vec<_>, Vec<_>) = list.drain(..).partition(conflicts);
         *list = kept;
         list.push(session);
-        replaced
+        Ok(replaced)
     }
 
     /// Removes a session when its connection ends (no-op if it was replaced already).

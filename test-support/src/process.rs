@@ -23,6 +23,12 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The `RUST_LOG` of server processes started by tests: `warn`, or `FERRY_TEST_SERVER_LOG` when set
+/// (e.g. `FERRY_TEST_SERVER_LOG=ferry_server=debug` to see what a node did in a failing test).
+pub fn server_log_filter() -> String {
+    std::env::var("FERRY_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 /// A `ferry-server run` child process.
 pub struct ServerProcess {
     child: Child,
@@ -46,7 +52,7 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", server_log_filter())
             .stderr(Stdio::inherit());
         ServerProcess::spawn(&mut command).unwrap_or_else(|(code, _)| {
             panic!("ferry-server exited with {code:?} before listening")
@@ -74,7 +80,8 @@ impl ServerProcess {
         while Instant::now() < deadline {
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
                 if let Some(mut err) = child.stderr.take() {
-                    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+                    // Into this process's stderr, which the test runner keeps and shows on failure.
+                    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::stderr()));
                 }
                 let field = |key: &str| {
                     line.split_whitespace()

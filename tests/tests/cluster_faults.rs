@@ -486,8 +486,16 @@ async fn redis_cluster_master_kill_resumes_by_itself_without_a_silent_gap() {
         .await;
         assert!(
             done,
-            "{}/{}: caught up after the master kill",
-            d.user, d.device
+            "{}/{}: caught up after the master kill; wanted seqs {want:?}, saw (epoch, seq) {:?}",
+            d.user,
+            d.device,
+            d.seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|m| m.conversation == conversation)
+                .map(|m| (m.epoch, m.seq))
+                .collect::<Vec<_>>()
         );
         let last = epochs_of(d, &conversation);
         let seen = d.seen.lock().unwrap();

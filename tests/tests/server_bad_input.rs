@@ -295,6 +295,36 @@ async fn same_device_reconnecting_replaces_its_old_session() {
 }
 
 #[tokio::test]
+async fn a_login_stalled_past_a_newer_login_of_the_same_device_does_not_replace_it() {
+    // The client gave up waiting for the first login's Welcome (its store read stalled) and logged in
+    // again; when the old login finally goes on, it is the one replaced, not the newer session.
+    let server = TestServer::start().await;
+    let held = server.handle.hooks().hold_next_login();
+    let stalled = server.session("alice", "phone");
+    let newer = async {
+        held.reached
+            .await
+            .expect("the first login reaches the hold");
+        let mut newer = server.session("alice", "phone").await;
+        // A HeartbeatAck comes after the Welcome and the registration: the newer session is in.
+        newer.heartbeat(0).await.expect("newer session registered");
+        let _ = held.release.send(());
+        newer
+    };
+    let (mut stalled, mut newer) = tokio::join!(stalled, newer);
+    expect_go_away(&mut stalled, ErrorCode::SESSION_REPLACED).await;
+    assert_eq!(
+        close_code(&stalled).await,
+        Some(ErrorCode::SESSION_REPLACED)
+    );
+    newer
+        .heartbeat(0)
+        .await
+        .expect("the newer session is still served");
+    assert!(newer.connection.close_reason().is_none());
+}
+
+#[tokio::test]
 async fn internal_error_when_the_store_fails_then_retry_succeeds() {
     let server = TestServer::start().await;
     let session = server.session("alice", "phone").await;

@@ -144,6 +144,9 @@ async fn unknown_token(ctx: Arc<ServerCtx>) -> CaseResult {
     Ok(())
 }
 
+/// How many more Heartbeats [`heartbeat_heads`] sends while the server answers without heads.
+const HEADS_RETRIES: usize = 10;
+
 async fn heartbeat_heads(ctx: Arc<ServerCtx>) -> CaseResult {
     let (alice, bob) = (ctx.user("alice"), ctx.user("bob"));
     let conv = ctx.direct(&alice, &bob);
@@ -152,7 +155,15 @@ async fn heartbeat_heads(ctx: Arc<ServerCtx>) -> CaseResult {
     // A message the reader's connection never sees as Deliver (it has no stream; say it was lost).
     let sender = ctx.session(&alice, "phone").await?;
     send_many(&ctx, &mut sender.open(&conv).await?, "hb", 2).await?;
-    let ack = reader.heartbeat(token).await?;
+    // An ack with no changes and the asked token back is "no heads this time" (a slow or unavailable
+    // store, FERRY-HB-2): ask again, a bounded number of times.
+    let mut ack = reader.heartbeat(token).await?;
+    for _ in 0..HEADS_RETRIES {
+        if !(ack.changed.is_empty() && ack.sync_token == token) {
+            break;
+        }
+        ack = reader.heartbeat(token).await?;
+    }
     let s = state(&ack.changed, &conv)?;
     ensure_eq!(s.head_seq, 2, "head_seq in HeartbeatAck");
     ensure!(ack.server_time_ms > 0, "HeartbeatAck.server_time_ms is 0");

@@ -31,7 +31,7 @@ fn node_command(id: &str, redis: &[String], prefix: &str, dir: &Path) -> Command
         .args(["--node-id", id])
         .args(redis.iter().flat_map(|url| ["--redis", url.as_str()]))
         .env("FERRY_CLUSTER_KEY_PREFIX", prefix)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", ferry_tests::process::server_log_filter())
         .stderr(Stdio::piped());
     command
 }
