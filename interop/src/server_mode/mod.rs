@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_protocol::codec::frame;
 use ferry_protocol::frame::{frame::Kind, Limits, Message};
 use ferry_protocol::{ids, ErrorCode, Frame};
 
@@ -165,12 +166,17 @@ impl ServerCtx {
     }
 }
 
-/// Sends a Heartbeat on every session every `every`, until the task is aborted.
+/// Sends a Heartbeat on every session every `every`, until the task is aborted. Only the sending keeps a
+/// session alive (the idle timeout counts what the server receives), so the acks are not waited for: a
+/// server slow to answer on a loaded machine must not stretch the beat of the other sessions past the
+/// idle timeout. The sessions are the task's own, so their unread acks go with them.
 pub async fn heartbeat_forever(mut sessions: Vec<Session>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         for session in &mut sessions {
-            let _ = session.heartbeat(0).await;
+            let _ = session
+                .send_control(frame(Kind::Heartbeat(Default::default())))
+                .await;
         }
     }
 }
