@@ -57,6 +57,17 @@ pub enum Line {
         id: String,
         /// The seq the server assigned.
         seq: u64,
+        /// The server's clock when it stored the message (ms since 1970): tells a message stored
+        /// before a FLUSHALL from one stored after it.
+        #[serde(default)]
+        server_time_ms: u64,
+    },
+    /// The client reported another epoch for a conversation (history may have been lost there).
+    EpochReset {
+        /// Conversation id.
+        conversation: String,
+        /// The new epoch.
+        epoch: u64,
     },
     /// The application saw a message.
     Delivered {
@@ -93,9 +104,9 @@ pub enum Line {
 /// Arguments of `ferry-chaos device`.
 #[derive(Debug, Clone, Args)]
 pub struct DeviceArgs {
-    /// Server (or proxy) address.
-    #[arg(long)]
-    pub endpoint: String,
+    /// Server (or proxy) addresses, tried in this order and in rotation on failure (comma separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub endpoint: Vec<String>,
     /// CA file to trust.
     #[arg(long)]
     pub ca: PathBuf,
@@ -175,7 +186,7 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
     );
     let committed = parse_committed(&args.committed)?;
     let (client, events) = ClientBuilder::new()
-        .endpoint(args.endpoint.clone())
+        .endpoints(args.endpoint.iter().cloned())
         .ca_file(&args.ca)
         .token(args.token.clone())
         .device_id(args.device.clone())
@@ -269,8 +280,22 @@ async fn report_events(
     out: mpsc::Sender<Out>,
 ) {
     while let Some(event) = events.recv().await {
-        let Event::Message(m) = event else {
-            continue;
+        let m = match event {
+            Event::Message(m) => m,
+            Event::EpochReset {
+                conversation,
+                epoch,
+            } => {
+                let line = Line::EpochReset {
+                    conversation,
+                    epoch,
+                };
+                if out.send(Out::Line(line)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            _ => continue,
         };
         let already = committed
             .get(&m.conversation)
@@ -366,6 +391,7 @@ async fn send_steadily(
                     conversation: r.conversation,
                     id: r.client_msg_id,
                     seq: r.seq,
+                    server_time_ms: r.server_time_ms,
                 },
                 Err(e) => Line::Refused {
                     reason: format!("send {id}: {e}"),

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ferry_chaos::cluster_target::{MAX_NODES, MIN_NODES};
 use ferry_chaos::device::{self, DeviceArgs};
 use ferry_chaos::profile::Profile;
-use ferry_chaos::run::{self, RunConfig};
+use ferry_chaos::run::{self, RunConfig, TargetKind};
 
 #[derive(Parser)]
 #[command(name = "ferry-chaos", about = "Chaos and invariant suite for Ferry")]
@@ -27,9 +28,15 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// `short` (CI, about 3 minutes) or `soak`.
+    /// `short` (CI, about 3 minutes), `soak`, or `ci` (under a minute).
     #[arg(long, default_value = "short")]
     profile: String,
+    /// `single` (one ferry-server on the embedded store) or `cluster` (nodes on one redis-server).
+    #[arg(long, default_value = "single")]
+    target: String,
+    /// Nodes of the cluster target (2..=5; default 3).
+    #[arg(long)]
+    nodes: Option<usize>,
     /// Minutes of faults for the soak profile.
     #[arg(long)]
     minutes: Option<u64>,
@@ -80,6 +87,19 @@ fn main() -> ExitCode {
 
 async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     let profile = Profile::named(&args.profile, args.minutes)?;
+    let target = match (args.target.as_str(), args.nodes) {
+        ("single", None) => TargetKind::SingleNode,
+        ("single", Some(_)) => anyhow::bail!("--nodes applies to --target cluster only"),
+        ("cluster", nodes) => {
+            let nodes = nodes.unwrap_or(3);
+            anyhow::ensure!(
+                (MIN_NODES..=MAX_NODES).contains(&nodes),
+                "--nodes must be within {MIN_NODES}..={MAX_NODES}, got {nodes}"
+            );
+            TargetKind::Cluster { nodes }
+        }
+        (other, _) => anyhow::bail!("unknown target {other:?} (expected single or cluster)"),
+    };
     let seed = args.seed.unwrap_or_else(rand::random);
     let self_binary = std::env::current_exe()?;
     let server_binary = match args.server_bin {
@@ -95,8 +115,10 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         server_binary.display()
     );
     eprintln!(
-        "ferry-chaos: profile {} seed {seed} (replay with --seed {seed})",
-        profile.name
+        "ferry-chaos: profile {} target {} ({} node(s)) seed {seed} (replay with --seed {seed})",
+        profile.name,
+        args.target,
+        target.nodes()
     );
     let run = run::run(RunConfig {
         profile,
@@ -104,6 +126,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         server_binary,
         self_binary,
         work_dir: args.work_dir,
+        target,
     });
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // On Ctrl-C or SIGTERM the run is dropped: the server is killed and its tmpfs unmounted, the
@@ -119,8 +142,9 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let m = &report.messages;
     eprintln!(
-        "ferry-chaos: seed {seed}: sent {} acked {} delivered {} (unacked {}, of which delivered {}); \
-         faults {:?}; settled {} in {} ms; {} violation(s); disk full: {}",
+        "ferry-chaos: {} seed {seed}: sent {} acked {} delivered {} (unacked {}, of which delivered {}); \
+         faults {:?}; settled {} in {} ms; {} violation(s); lost with history: {}; disk full: {}",
+        report.target,
         m.sent,
         m.acked,
         m.delivered,
@@ -130,6 +154,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         report.settled,
         report.settle_ms,
         report.violations_by_kind.values().sum::<u64>(),
+        report.lost_with_history,
         report.disk_full_mode,
     );
     for exit in &report.unexpected_exits {

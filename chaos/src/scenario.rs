@@ -86,7 +86,7 @@ pub async fn build(
     let mut created = Vec::new();
     let token = target.token(&user(0), SETUP_DEVICE)?;
     let (setup, _events) = ClientBuilder::new()
-        .endpoint(target.endpoint().to_string())
+        .endpoints(target.endpoints().iter().map(ToString::to_string))
         .ca_file(target.ca())
         .token(token)
         .device_id(SETUP_DEVICE)
