@@ -56,25 +56,25 @@ impl Profile {
             client_gap_ms: (3_000, 7_000),
             network_gap_ms: (1_000, 4_000),
             redis_gap_ms: (10_000, 25_000),
-            flushall_pct: 20,
+            flushall_pct: 35,
         }
     }
 
     /// The bounded profile of the cluster test in CI: 3 users (the fewest the scenario takes) × 2
-    /// devices, 25 s of faults, at most 25 s of settling (under a minute in all).
+    /// devices, 20 s of faults, at most 20 s of settling (under a minute in all).
     pub fn ci() -> Profile {
         Profile {
             name: "ci",
             users: 3,
             devices_per_user: 2,
             rate: 2.0,
-            faults_for: Duration::from_secs(25),
-            settle_timeout: Duration::from_secs(25),
+            faults_for: Duration::from_secs(20),
+            settle_timeout: Duration::from_secs(20),
             server_gap_ms: (3_000, 6_000),
             client_gap_ms: (3_000, 6_000),
             network_gap_ms: (1_000, 3_000),
             redis_gap_ms: (4_000, 8_000),
-            flushall_pct: 25,
+            flushall_pct: 50,
         }
     }
 

@@ -12,8 +12,10 @@
 //!
 //! Against a cluster ([`ScheduleConfig::nodes`] ≥ 2) the server lane becomes two lanes:
 //! - the nodes lane: SIGKILL + restart of one node, SIGSTOP/SIGCONT of one node;
-//! - the Redis lane: SIGKILL of `redis-server` and a restart on the same AOF after a while, and, rarely,
-//!   `FLUSHALL` (all history lost: an epoch change the checker accepts only as announced).
+//! - the Redis lane: SIGKILL of `redis-server` and a restart on the same AOF after a while, and at most
+//!   one `FLUSHALL` (all history lost: an epoch change the checker accepts only as announced), in the
+//!   last third of the fault phase only: groups are not re-created after a loss, so an earlier one
+//!   would leave the rest of the run, and its mid-run member removal, without groups.
 //!
 //! The lanes overlap, so a node may die while Redis is down. Each lane draws from its own RNG, so a
 //! single-node schedule is the same whatever the cluster lanes would draw.
@@ -210,11 +212,16 @@ pub fn plan(seed: u64, config: &ScheduleConfig) -> Vec<Planned> {
             Lane::Redis => config.redis_gap_ms,
         };
         let mut at = rng.random_range(gap.0..=gap.1);
+        let mut flushed = false;
         // Bounded: every step moves `at` forward by at least the minimum gap (checked > 0 below).
         while at < end {
-            let Some((fault, duration_ms)) = draw(lane, &mut rng, config) else {
+            let Some((mut fault, mut duration_ms)) = draw(lane, &mut rng, config) else {
                 break;
             };
+            if fault == Fault::Flushall && (flushed || at < end / 3 * 2) {
+                (fault, duration_ms) = (Fault::RedisKill, redis_down_ms(&mut rng));
+            }
+            flushed |= fault == Fault::Flushall;
             out.push(Planned {
                 at_ms: at,
                 duration_ms,
@@ -281,10 +288,15 @@ fn draw(lane: Lane, rng: &mut StdRng, config: &ScheduleConfig) -> Option<(Fault,
             if rng.random_range(0..100) < config.flushall_pct {
                 (Fault::Flushall, 0)
             } else {
-                (Fault::RedisKill, rng.random_range(200..=3_000))
+                (Fault::RedisKill, redis_down_ms(rng))
             }
         }
     })
+}
+
+/// How long Redis stays down after a kill.
+fn redis_down_ms(rng: &mut StdRng) -> u64 {
+    rng.random_range(200..=3_000)
 }
 
 /// How many faults of each kind a schedule holds.
@@ -357,6 +369,16 @@ mod tests {
             .collect::<BTreeSet<_>>();
         for kind in ["node_kill", "node_pause", "redis_kill", "flushall"] {
             assert!(kinds.contains(kind), "{kind} never drawn");
+        }
+        // At most one FLUSHALL, in the last third.
+        for seed in 0..20 {
+            let flushes: Vec<u64> = plan(seed, &cluster(2))
+                .iter()
+                .filter(|p| p.fault == Fault::Flushall)
+                .map(|p| p.at_ms)
+                .collect();
+            assert!(flushes.len() <= 1, "{flushes:?}");
+            assert!(flushes.iter().all(|&at| at >= 60_000), "{flushes:?}");
         }
         // No FLUSHALL when its chance is 0.
         let no_flush = ScheduleConfig {
