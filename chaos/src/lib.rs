@@ -15,6 +15,8 @@
 //!
 //! `ferry-chaos run --profile short --report FILE` (CI, about 3 minutes) or `--profile soak --minutes N`;
 //! the seed is printed and `--seed S` replays the fault schedule and the proxy's decisions.
+//! `--target cluster [--nodes N]` attacks N cluster nodes on one `redis-server` (one proxy per node)
+//! with node kills and pauses, Redis kills and a FLUSHALL instead of the single node's faults.
 //!
 //! ## Layout
 //!
