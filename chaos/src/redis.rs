@@ -64,9 +64,14 @@ impl RedisProcess {
 
     /// Whether the process runs (not killed, not exited).
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.is_some() && self.reap().is_none()
+    }
+
+    /// The exit status if the process exited on its own (it is then forgotten).
+    fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -102,12 +107,7 @@ impl RedisProcess {
         let deadline = Instant::now() + START_TIMEOUT;
         // Bounded by the deadline.
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
+            if let Some(status) = self.reap() {
                 return Err(TargetError::Redis(format!(
                     "exited at start on {} ({status}):\n{}",
                     self.addr,

@@ -98,3 +98,83 @@ fn without_a_loss_nothing_is_forgiven() {
     assert_eq!(kinds(&obs), vec![ViolationKind::AckedNotDelivered]);
     assert_eq!(lost_with_history(&obs), 0);
 }
+
+/// Delivers `id` from bob/phone to both alice devices at `seq` of `epoch`, at run time `at_ms`.
+fn deliver_in(obs: &mut Observations, id: &str, seq: u64, epoch: u64, at_ms: u64) {
+    for to in ["alice/phone", "alice/laptop"] {
+        obs.delivered
+            .get_mut(to)
+            .expect("known device")
+            .push(crate::observe::Delivered {
+                conversation: CONV.into(),
+                seq,
+                epoch,
+                id: id.into(),
+                sender: "bob/phone".into(),
+                system: false,
+                token: format!("body of {id}"),
+                at_ms,
+            });
+    }
+}
+
+/// bob/phone's m4 was stored at seq 4 of epoch 1 and seen by both alice devices; its receipt was lost,
+/// Redis was flushed (dedupe records too), and the retry stored it again at seq 1 of epoch 2, which
+/// is what the receipt names.
+fn m4_stored_again() -> Observations {
+    let mut obs = clean();
+    send(&mut obs, "bob/phone", "m4", None);
+    deliver_in(&mut obs, "m4", 4, 1, 5_000);
+    obs.history_losses.push(loss());
+    obs.acked.push(Acked {
+        device: "bob/phone".into(),
+        conversation: CONV.into(),
+        id: "m4".into(),
+        seq: 1,
+        server_time_ms: loss().unix_ms + 100,
+        at_ms: 12_000,
+    });
+    obs
+}
+
+#[test]
+fn a_message_stored_again_after_a_loss_may_be_seen_once_per_epoch() {
+    let mut obs = m4_stored_again();
+    deliver_in(&mut obs, "m4", 1, 2, 12_100);
+    assert_eq!(check(&obs), vec![]);
+    assert_eq!(pending(&obs), 0);
+}
+
+#[test]
+fn twice_in_one_epoch_is_still_a_duplicate_after_a_loss() {
+    let mut obs = m4_stored_again();
+    deliver_in(&mut obs, "m4", 4, 1, 12_100);
+    // And nobody saw the seq the receipt names.
+    assert_eq!(
+        kinds(&obs),
+        vec![
+            ViolationKind::DeliveredTwice,
+            ViolationKind::DeliveredTwice,
+            ViolationKind::SeqMismatch
+        ]
+    );
+}
+
+#[test]
+fn another_epoch_without_a_loss_is_a_duplicate() {
+    let mut obs = m4_stored_again();
+    obs.history_losses.clear();
+    deliver_in(&mut obs, "m4", 1, 2, 12_100);
+    assert_eq!(
+        kinds(&obs),
+        vec![ViolationKind::DeliveredTwice, ViolationKind::DeliveredTwice]
+    );
+}
+
+#[test]
+fn a_receipt_naming_neither_copy_is_a_mismatch() {
+    let mut obs = m4_stored_again();
+    deliver_in(&mut obs, "m4", 1, 2, 12_100);
+    obs.acked.last_mut().expect("receipt").seq = 7;
+    assert_eq!(kinds(&obs), vec![ViolationKind::SeqMismatch]);
+}
