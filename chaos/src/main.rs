@@ -24,6 +24,12 @@ enum Command {
     Run(RunArgs),
     /// One scenario device (internal: spawned by `run`).
     Device(DeviceArgs),
+    /// Judges a run again from its `observations.json` (written under `--work-dir`), e.g. after a
+    /// change of the checker.
+    Check {
+        /// The observations file.
+        observations: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
             .block_on(device::run(args))
             .map(|()| ExitCode::SUCCESS),
         Command::Run(args) => runtime.block_on(run_cmd(args)),
+        Command::Check { observations } => check_cmd(&observations),
     };
     match result {
         Ok(code) => code,
@@ -83,6 +90,27 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn check_cmd(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let obs: ferry_chaos::observe::Observations = serde_json::from_slice(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not an observations file: {e}", path.display()))?;
+    let violations = ferry_chaos::checker::check(&obs);
+    for v in &violations {
+        eprintln!("ferry-chaos: VIOLATION {}", serde_json::to_string(v)?);
+    }
+    eprintln!(
+        "ferry-chaos: {} violation(s); lost with history: {}",
+        violations.len(),
+        ferry_chaos::checker::lost_with_history(&obs)
+    );
+    Ok(if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
