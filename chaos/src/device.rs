@@ -173,6 +173,20 @@ const MAX_BURST: u32 = 200;
 /// Most receipts awaited at once; sending pauses beyond that (the outbox keeps the rest safe).
 const MAX_PENDING_RECEIPTS: usize = 2048;
 
+/// Faults come every few seconds: a client of the run notices a dead server (or node) fast and comes
+/// back fast. The scenario's admin client is tuned the same, or a node kill would stall its removal for
+/// the default heartbeat timeout.
+pub fn tuned_for_faults(builder: ClientBuilder) -> ClientBuilder {
+    builder
+        .heartbeat_interval(Duration::from_secs(1))
+        .heartbeat_timeout(Duration::from_secs(4))
+        .backoff(BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        })
+        .connect_timeout(Duration::from_secs(3))
+}
+
 /// Runs the device until stdin ends.
 pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -185,23 +199,14 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
         "no conversation to send into"
     );
     let committed = parse_committed(&args.committed)?;
-    let (client, events) = ClientBuilder::new()
+    let client = ClientBuilder::new()
         .endpoints(args.endpoint.iter().cloned())
         .ca_file(&args.ca)
         .token(args.token.clone())
         .device_id(args.device.clone())
         .store_path(&args.store)
-        .ack_mode(AckMode::Manual)
-        // Faults come every few seconds: notice a dead server fast and come back fast.
-        .heartbeat_interval(Duration::from_secs(1))
-        .heartbeat_timeout(Duration::from_secs(4))
-        .backoff(BackoffConfig {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        })
-        .connect_timeout(Duration::from_secs(3))
-        .build()
-        .await?;
+        .ack_mode(AckMode::Manual);
+    let (client, events) = tuned_for_faults(client).build().await?;
     let (out, out_rx) = mpsc::channel::<Out>(LINE_QUEUE);
     let writer = tokio::spawn(write_out(out_rx, client.clone()));
     let _ = out.send(Out::Line(Line::Ready)).await;
