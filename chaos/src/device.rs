@@ -57,6 +57,17 @@ pub enum Line {
         id: String,
         /// The seq the server assigned.
         seq: u64,
+        /// The server's clock when it stored the message (ms since 1970): tells a message stored
+        /// before a FLUSHALL from one stored after it.
+        #[serde(default)]
+        server_time_ms: u64,
+    },
+    /// The client reported another epoch for a conversation (history may have been lost there).
+    EpochReset {
+        /// Conversation id.
+        conversation: String,
+        /// The new epoch.
+        epoch: u64,
     },
     /// The application saw a message.
     Delivered {
@@ -93,9 +104,9 @@ pub enum Line {
 /// Arguments of `ferry-chaos device`.
 #[derive(Debug, Clone, Args)]
 pub struct DeviceArgs {
-    /// Server (or proxy) address.
-    #[arg(long)]
-    pub endpoint: String,
+    /// Server (or proxy) addresses, tried in this order and in rotation on failure (comma separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub endpoint: Vec<String>,
     /// CA file to trust.
     #[arg(long)]
     pub ca: PathBuf,
@@ -162,6 +173,20 @@ const MAX_BURST: u32 = 200;
 /// Most receipts awaited at once; sending pauses beyond that (the outbox keeps the rest safe).
 const MAX_PENDING_RECEIPTS: usize = 2048;
 
+/// Faults come every few seconds: a client of the run notices a dead server (or node) fast and comes
+/// back fast. The scenario's admin client is tuned the same, or a node kill would stall its removal for
+/// the default heartbeat timeout.
+pub fn tuned_for_faults(builder: ClientBuilder) -> ClientBuilder {
+    builder
+        .heartbeat_interval(Duration::from_secs(1))
+        .heartbeat_timeout(Duration::from_secs(4))
+        .backoff(BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        })
+        .connect_timeout(Duration::from_secs(3))
+}
+
 /// Runs the device until stdin ends.
 pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -174,23 +199,14 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
         "no conversation to send into"
     );
     let committed = parse_committed(&args.committed)?;
-    let (client, events) = ClientBuilder::new()
-        .endpoint(args.endpoint.clone())
+    let client = ClientBuilder::new()
+        .endpoints(args.endpoint.iter().cloned())
         .ca_file(&args.ca)
         .token(args.token.clone())
         .device_id(args.device.clone())
         .store_path(&args.store)
-        .ack_mode(AckMode::Manual)
-        // Faults come every few seconds: notice a dead server fast and come back fast.
-        .heartbeat_interval(Duration::from_secs(1))
-        .heartbeat_timeout(Duration::from_secs(4))
-        .backoff(BackoffConfig {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        })
-        .connect_timeout(Duration::from_secs(3))
-        .build()
-        .await?;
+        .ack_mode(AckMode::Manual);
+    let (client, events) = tuned_for_faults(client).build().await?;
     let (out, out_rx) = mpsc::channel::<Out>(LINE_QUEUE);
     let writer = tokio::spawn(write_out(out_rx, client.clone()));
     let _ = out.send(Out::Line(Line::Ready)).await;
@@ -269,8 +285,22 @@ async fn report_events(
     out: mpsc::Sender<Out>,
 ) {
     while let Some(event) = events.recv().await {
-        let Event::Message(m) = event else {
-            continue;
+        let m = match event {
+            Event::Message(m) => m,
+            Event::EpochReset {
+                conversation,
+                epoch,
+            } => {
+                let line = Line::EpochReset {
+                    conversation,
+                    epoch,
+                };
+                if out.send(Out::Line(line)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            _ => continue,
         };
         let already = committed
             .get(&m.conversation)
@@ -366,6 +396,7 @@ async fn send_steadily(
                     conversation: r.conversation,
                     id: r.client_msg_id,
                     seq: r.seq,
+                    server_time_ms: r.server_time_ms,
                 },
                 Err(e) => Line::Refused {
                     reason: format!("send {id}: {e}"),

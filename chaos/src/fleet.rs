@@ -14,7 +14,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
 use crate::device::{committed_entry, Line};
-use crate::observe::{device_key, Acked, Delivered, DeviceKey, Intent, Observations, Sent};
+use crate::observe::{
+    device_key, Acked, Delivered, DeviceKey, EpochReset, HistoryLoss, Intent, Observations, Sent,
+};
 
 /// One device of the scenario.
 #[derive(Debug, Clone)]
@@ -64,6 +66,15 @@ impl Recorder {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// Notes that the run is about to make the store lose its history (call right before FLUSHALL).
+    pub fn history_loss(&mut self) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let at_ms = self.now_ms();
+        self.obs.history_losses.push(HistoryLoss { at_ms, unix_ms });
+    }
+
     fn record(&mut self, device: &DeviceKey, line: Line) {
         let at_ms = self.now_ms();
         match line {
@@ -94,6 +105,7 @@ impl Recorder {
                 conversation,
                 id,
                 seq,
+                server_time_ms,
             } => {
                 *self.in_flight.entry(device.clone()).or_default() -= 1;
                 self.obs.acked.push(Acked {
@@ -101,9 +113,19 @@ impl Recorder {
                     conversation,
                     id,
                     seq,
+                    server_time_ms,
                     at_ms,
                 });
             }
+            Line::EpochReset {
+                conversation,
+                epoch,
+            } => self.obs.epoch_resets.push(EpochReset {
+                device: device.clone(),
+                conversation,
+                epoch,
+                at_ms,
+            }),
             Line::Delivered {
                 conversation,
                 seq,
@@ -161,7 +183,7 @@ struct Running {
 /// The device processes of a run.
 pub struct Fleet {
     exe: PathBuf,
-    endpoint: SocketAddr,
+    endpoints: Vec<SocketAddr>,
     ca: PathBuf,
     rate: f64,
     specs: Vec<DeviceSpec>,
@@ -182,11 +204,12 @@ const KILL_AFTER_BURST: Duration = Duration::from_millis(40);
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 impl Fleet {
-    /// A fleet of `specs` (nothing started yet) talking to `endpoint`, each sending `rate` messages per
-    /// second, spawned from `exe` (this binary).
+    /// A fleet of `specs` (nothing started yet) talking to `endpoints` (device `i` first to endpoint
+    /// `i mod n`, failing over to the others in turn), each sending `rate` messages per second,
+    /// spawned from `exe` (this binary).
     pub fn new(
         exe: PathBuf,
-        endpoint: SocketAddr,
+        endpoints: Vec<SocketAddr>,
         ca: PathBuf,
         rate: f64,
         specs: Vec<DeviceSpec>,
@@ -195,7 +218,7 @@ impl Fleet {
         let n = specs.len();
         Fleet {
             exe,
-            endpoint,
+            endpoints,
             ca,
             rate,
             specs,
@@ -223,7 +246,7 @@ impl Fleet {
         }
         let spec = &self.specs[i];
         let mut child = command
-            .args(["--endpoint", &self.endpoint.to_string()])
+            .args(["--endpoint", &self.endpoints_of(i).join(",")])
             .arg("--ca")
             .arg(&self.ca)
             .args(["--token", &spec.token, "--device", &spec.device])
@@ -274,6 +297,14 @@ impl Fleet {
             reader,
         });
         Ok(())
+    }
+
+    /// Device `i`'s endpoints: its home (spreading the devices over the nodes) first, then the others.
+    fn endpoints_of(&self, i: usize) -> Vec<String> {
+        let n = self.endpoints.len();
+        (0..n)
+            .map(|k| self.endpoints[(i + k) % n].to_string())
+            .collect()
     }
 
     /// What device `i`'s application printed so far: per conversation the last (epoch, seq), as

@@ -15,6 +15,8 @@
 //!
 //! `ferry-chaos run --profile short --report FILE` (CI, about 3 minutes) or `--profile soak --minutes N`;
 //! the seed is printed and `--seed S` replays the fault schedule and the proxy's decisions.
+//! `--target cluster [--nodes N]` attacks N cluster nodes on one `redis-server` (one proxy per node)
+//! with node kills and pauses, Redis kills and a FLUSHALL instead of the single node's faults.
 //!
 //! ## Layout
 //!
@@ -23,7 +25,10 @@
 //! - [`schedule`]: the seeded fault schedule in overlapping lanes (pure; unit-tested).
 //! - [`profile`]: the `short` and `soak` knobs.
 //! - [`target`]: the server side behind a trait; [`target::SingleNode`] is a `ferry-server` process.
-//!   A cluster target (node kills, `redis-server` kills, FLUSHALL) is a new implementation plus a lane.
+//! - [`cluster_target`]: the other target, N cluster nodes on one `redis-server` (`--target cluster`).
+//! - [`node`]: one `ferry-server run` process, killed, paused and restarted on the same ports.
+//! - [`proxies`]: one fault proxy per node, all under the same weather.
+//! - [`redis`]: the cluster's `redis-server` (AOF always), killed and restarted, FLUSHALL.
 //! - [`scenario`]: users, devices, direct and group conversations, created through the real client.
 //! - [`device`]: one device process (`ferry-chaos device`) and its JSON line protocol.
 //! - [`fleet`]: spawning, killing, pausing and restarting device processes; the recorder.
@@ -32,10 +37,14 @@
 #![warn(missing_docs)]
 
 pub mod checker;
+pub mod cluster_target;
 pub mod device;
 pub mod fleet;
+pub mod node;
 pub mod observe;
 pub mod profile;
+pub mod proxies;
+pub mod redis;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ferry_chaos::cluster_target::{MAX_NODES, MIN_NODES};
 use ferry_chaos::device::{self, DeviceArgs};
 use ferry_chaos::profile::Profile;
-use ferry_chaos::run::{self, RunConfig};
+use ferry_chaos::run::{self, RunConfig, TargetKind};
 
 #[derive(Parser)]
 #[command(name = "ferry-chaos", about = "Chaos and invariant suite for Ferry")]
@@ -23,13 +24,25 @@ enum Command {
     Run(RunArgs),
     /// One scenario device (internal: spawned by `run`).
     Device(DeviceArgs),
+    /// Judges a run again from its `observations.json` (written under `--work-dir`), e.g. after a
+    /// change of the checker.
+    Check {
+        /// The observations file.
+        observations: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// `short` (CI, about 3 minutes) or `soak`.
+    /// `short` (CI, about 3 minutes), `soak`, or `ci` (under a minute).
     #[arg(long, default_value = "short")]
     profile: String,
+    /// `single` (one ferry-server on the embedded store) or `cluster` (nodes on one redis-server).
+    #[arg(long, default_value = "single")]
+    target: String,
+    /// Nodes of the cluster target (2..=5; default 3).
+    #[arg(long)]
+    nodes: Option<usize>,
     /// Minutes of faults for the soak profile.
     #[arg(long)]
     minutes: Option<u64>,
@@ -68,6 +81,7 @@ fn main() -> ExitCode {
             .block_on(device::run(args))
             .map(|()| ExitCode::SUCCESS),
         Command::Run(args) => runtime.block_on(run_cmd(args)),
+        Command::Check { observations } => check_cmd(&observations),
     };
     match result {
         Ok(code) => code,
@@ -78,8 +92,42 @@ fn main() -> ExitCode {
     }
 }
 
+fn check_cmd(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let obs: ferry_chaos::observe::Observations = serde_json::from_slice(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not an observations file: {e}", path.display()))?;
+    let violations = ferry_chaos::checker::check(&obs);
+    for v in &violations {
+        eprintln!("ferry-chaos: VIOLATION {}", serde_json::to_string(v)?);
+    }
+    eprintln!(
+        "ferry-chaos: {} violation(s); lost with history: {}",
+        violations.len(),
+        ferry_chaos::checker::lost_with_history(&obs)
+    );
+    Ok(if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     let profile = Profile::named(&args.profile, args.minutes)?;
+    let target = match (args.target.as_str(), args.nodes) {
+        ("single", None) => TargetKind::SingleNode,
+        ("single", Some(_)) => anyhow::bail!("--nodes applies to --target cluster only"),
+        ("cluster", nodes) => {
+            let nodes = nodes.unwrap_or(3);
+            anyhow::ensure!(
+                (MIN_NODES..=MAX_NODES).contains(&nodes),
+                "--nodes must be within {MIN_NODES}..={MAX_NODES}, got {nodes}"
+            );
+            TargetKind::Cluster { nodes }
+        }
+        (other, _) => anyhow::bail!("unknown target {other:?} (expected single or cluster)"),
+    };
     let seed = args.seed.unwrap_or_else(rand::random);
     let self_binary = std::env::current_exe()?;
     let server_binary = match args.server_bin {
@@ -95,8 +143,10 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         server_binary.display()
     );
     eprintln!(
-        "ferry-chaos: profile {} seed {seed} (replay with --seed {seed})",
-        profile.name
+        "ferry-chaos: profile {} target {} ({} node(s)) seed {seed} (replay with --seed {seed})",
+        profile.name,
+        args.target,
+        target.nodes()
     );
     let run = run::run(RunConfig {
         profile,
@@ -104,6 +154,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         server_binary,
         self_binary,
         work_dir: args.work_dir,
+        target,
     });
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // On Ctrl-C or SIGTERM the run is dropped: the server is killed and its tmpfs unmounted, the
@@ -119,8 +170,9 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let m = &report.messages;
     eprintln!(
-        "ferry-chaos: seed {seed}: sent {} acked {} delivered {} (unacked {}, of which delivered {}); \
-         faults {:?}; settled {} in {} ms; {} violation(s); disk full: {}",
+        "ferry-chaos: {} seed {seed}: sent {} acked {} delivered {} (unacked {}, of which delivered {}); \
+         faults {:?}; settled {} in {} ms; {} violation(s); lost with history: {}; disk full: {}",
+        report.target,
         m.sent,
         m.acked,
         m.delivered,
@@ -130,6 +182,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         report.settled,
         report.settle_ms,
         report.violations_by_kind.values().sum::<u64>(),
+        report.lost_with_history,
         report.disk_full_mode,
     );
     for exit in &report.unexpected_exits {

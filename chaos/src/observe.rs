@@ -104,8 +104,34 @@ pub struct Acked {
     pub id: String,
     /// The seq the receipt names.
     pub seq: u64,
+    /// The server's clock when it stored the message (ms since 1970; 0 when unknown).
+    #[serde(default)]
+    pub server_time_ms: u64,
     /// Milliseconds since the run started.
     pub at_ms: u64,
+}
+
+/// A device's client announced a new epoch for a conversation: what it had there may be lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochReset {
+    /// The device told.
+    pub device: DeviceKey,
+    /// Conversation id.
+    pub conversation: String,
+    /// The new epoch.
+    pub epoch: u64,
+    /// Milliseconds since the run started.
+    pub at_ms: u64,
+}
+
+/// The run made the store lose all history (FLUSHALL of the cluster's Redis): ground truth of the run,
+/// like the membership, not something a device reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryLoss {
+    /// Milliseconds since the run started, taken right before the FLUSHALL was sent.
+    pub at_ms: u64,
+    /// The machine's clock (ms since 1970) at the same moment, to compare with receipts' server time.
+    pub unix_ms: u64,
 }
 
 /// One message a device's application saw, in the order it saw them.
@@ -144,6 +170,12 @@ pub struct Observations {
     pub acked: Vec<Acked>,
     /// Every device's delivered log, in delivery order.
     pub delivered: BTreeMap<DeviceKey, Vec<Delivered>>,
+    /// Every epoch change a device's client announced.
+    #[serde(default)]
+    pub epoch_resets: Vec<EpochReset>,
+    /// Every time the run made the store lose its history.
+    #[serde(default)]
+    pub history_losses: Vec<HistoryLoss>,
 }
 
 impl Observations {

@@ -25,13 +25,17 @@ pub struct Profile {
     pub client_gap_ms: (u64, u64),
     /// Quiet time between faults of the network lane.
     pub network_gap_ms: (u64, u64),
+    /// Quiet time between faults of the Redis lane (cluster target only).
+    pub redis_gap_ms: (u64, u64),
+    /// Chance in percent that a Redis fault is a FLUSHALL (cluster target only).
+    pub flushall_pct: u32,
 }
 
 /// Why a profile cannot be built.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ProfileError {
-    /// Not `short` or `soak`.
-    #[error("unknown profile {0:?} (expected short or soak)")]
+    /// Not `short`, `soak` or `ci`.
+    #[error("unknown profile {0:?} (expected short, soak or ci)")]
     Unknown(String),
     /// `--minutes` out of range.
     #[error("--minutes must be within 1..=1440, got {0}")]
@@ -51,6 +55,26 @@ impl Profile {
             server_gap_ms: (5_000, 10_000),
             client_gap_ms: (3_000, 7_000),
             network_gap_ms: (1_000, 4_000),
+            redis_gap_ms: (10_000, 25_000),
+            flushall_pct: 35,
+        }
+    }
+
+    /// The bounded profile of the cluster test in CI: 3 users (the fewest the scenario takes) × 2
+    /// devices, 20 s of faults, at most 20 s of settling (under a minute in all).
+    pub fn ci() -> Profile {
+        Profile {
+            name: "ci",
+            users: 3,
+            devices_per_user: 2,
+            rate: 2.0,
+            faults_for: Duration::from_secs(20),
+            settle_timeout: Duration::from_secs(20),
+            server_gap_ms: (3_000, 6_000),
+            client_gap_ms: (3_000, 6_000),
+            network_gap_ms: (1_000, 3_000),
+            redis_gap_ms: (4_000, 8_000),
+            flushall_pct: 50,
         }
     }
 
@@ -69,6 +93,8 @@ impl Profile {
             server_gap_ms: (8_000, 20_000),
             client_gap_ms: (4_000, 10_000),
             network_gap_ms: (1_000, 5_000),
+            redis_gap_ms: (15_000, 40_000),
+            flushall_pct: 10,
         })
     }
 
@@ -77,12 +103,13 @@ impl Profile {
         match name {
             "short" => Ok(Profile::short()),
             "soak" => Profile::soak(minutes.unwrap_or(30)),
+            "ci" => Ok(Profile::ci()),
             other => Err(ProfileError::Unknown(other.to_owned())),
         }
     }
 
-    /// The fault schedule's configuration for this profile.
-    pub fn schedule(&self, disk_full: bool) -> ScheduleConfig {
+    /// The fault schedule's configuration for this profile against `nodes` nodes (1: single node).
+    pub fn schedule(&self, disk_full: bool, nodes: usize) -> ScheduleConfig {
         ScheduleConfig {
             duration: self.faults_for,
             devices: self.users * self.devices_per_user,
@@ -90,6 +117,9 @@ impl Profile {
             server_gap_ms: self.server_gap_ms,
             client_gap_ms: self.client_gap_ms,
             network_gap_ms: self.network_gap_ms,
+            nodes,
+            redis_gap_ms: self.redis_gap_ms,
+            flushall_pct: self.flushall_pct,
         }
     }
 }

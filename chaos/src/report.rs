@@ -91,8 +91,10 @@ pub struct Report {
     pub seed: u64,
     /// Profile name.
     pub profile: String,
-    /// What was attacked (`single-node`).
+    /// What was attacked (`single-node` or `cluster`).
     pub target: String,
+    /// Server nodes of the target (1 for the single node).
+    pub nodes: usize,
     /// How disk-full faults were made, or why not.
     pub disk_full_mode: String,
     /// Devices and conversations of the scenario.
@@ -111,6 +113,9 @@ pub struct Report {
     pub client_kills_with_pending: u64,
     /// Every fault applied, in order.
     pub fault_log: Vec<FaultRecord>,
+    /// Deliveries the checker excused because the run made the store lose its history (FLUSHALL) and
+    /// the device was told (an epoch change): each is a (message, device) pair, 0 without FLUSHALL.
+    pub lost_with_history: u64,
     /// Violations by kind.
     pub violations_by_kind: BTreeMap<String, u64>,
     /// The violations (at most [`MAX_VIOLATIONS_KEPT`]), empty when all held.

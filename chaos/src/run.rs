@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_proxy::{Faults, Proxy, ProxyConfig};
+use ferry_proxy::Faults;
 
 use crate::checker;
+use crate::cluster_target::Cluster;
 use crate::fleet::{Fleet, Recorder};
 use crate::observe::Span;
 use crate::profile::Profile;
+use crate::proxies::Proxies;
 use crate::report::{self, FaultRecord, Messages, Report};
 use crate::scenario;
 use crate::schedule::{self, Fault, Planned};
@@ -29,6 +31,44 @@ pub struct RunConfig {
     pub self_binary: PathBuf,
     /// Where data dirs and stores go (a temp dir when `None`).
     pub work_dir: Option<PathBuf>,
+    /// What to attack.
+    pub target: TargetKind,
+}
+
+/// Which [`Target`] a run attacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// One `ferry-server` on the embedded store.
+    SingleNode,
+    /// `nodes` cluster nodes on one `redis-server`.
+    Cluster {
+        /// How many nodes.
+        nodes: usize,
+    },
+}
+
+impl TargetKind {
+    /// Nodes the schedule may pick from.
+    pub fn nodes(self) -> usize {
+        match self {
+            TargetKind::SingleNode => 1,
+            TargetKind::Cluster { nodes } => nodes,
+        }
+    }
+
+    /// Starts the target under `work`.
+    fn start(
+        self,
+        server_binary: PathBuf,
+        work: &std::path::Path,
+    ) -> anyhow::Result<Box<dyn Target>> {
+        Ok(match self {
+            TargetKind::SingleNode => {
+                Box::new(SingleNode::start(server_binary, work.join("server-data"))?)
+            }
+            TargetKind::Cluster { nodes } => Box::new(Cluster::start(server_binary, work, nodes)?),
+        })
+    }
 }
 
 /// Longest wait for the admin's removal (it waits for a connection across server kills).
@@ -55,16 +95,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     let profile = &config.profile;
 
     let server_binary = config.server_binary.clone();
-    let data_dir = work.join("server-data");
-    let mut target: Box<dyn Target> = Box::new(tokio::task::block_in_place(|| {
-        SingleNode::start(server_binary, data_dir)
-    })?);
+    let mut target = tokio::task::block_in_place(|| config.target.start(server_binary, &work))?;
     let disk_full_mode = target.disk_full_mode();
     let disk_full = !disk_full_mode.starts_with("not injected");
 
-    let mut proxy_config = ProxyConfig::new("127.0.0.1:0".parse()?, target.endpoint());
-    proxy_config.seed = config.seed;
-    let proxy = Proxy::start(proxy_config).await?;
+    let proxy = Proxies::start(&target.endpoints(), config.seed).await?;
 
     let scenario = scenario::build(
         target.as_ref(),
@@ -83,7 +118,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     let recorder = Arc::new(Mutex::new(Recorder::new(started, scenario.obs)));
     let mut fleet = Fleet::new(
         config.self_binary.clone(),
-        proxy.local_addr(),
+        proxy.addrs(),
         target.ca().to_path_buf(),
         profile.rate,
         scenario.devices,
@@ -113,11 +148,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
             Err(errors.join("; "))
         })
     };
-    let plan = schedule::plan(config.seed, &profile.schedule(disk_full));
+    let plan = schedule::plan(
+        config.seed,
+        &profile.schedule(disk_full, config.target.nodes()),
+    );
     let mut chaos = Chaos {
         target: target.as_mut(),
         proxy: &proxy,
         fleet: &mut fleet,
+        recorder: &recorder,
         started,
         log: Vec::new(),
         unexpected: Vec::new(),
@@ -136,8 +175,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     let mut quiet_polls = 0;
     while calm_at.elapsed() < profile.settle_timeout {
         tokio::time::sleep(POLL).await;
-        if let Some(status) = tokio::task::block_in_place(|| target.restart_if_dead())? {
-            unexpected.push(format!("ferry-server exited while settling: {status}"));
+        for status in tokio::task::block_in_place(|| target.restart_if_dead())? {
+            unexpected.push(format!("{status} exited while settling"));
         }
         for (device, status) in fleet.restart_exited().await? {
             unexpected.push(format!("device {device} exited while settling: {status}"));
@@ -154,6 +193,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         }
     }
     let settle_ms = calm_at.elapsed().as_millis() as u64;
+    let target_name = target.name().to_owned();
     fleet.shutdown().await;
     admin.shutdown().await;
     proxy.shutdown().await;
@@ -168,7 +208,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     Ok(Report {
         seed: config.seed,
         profile: profile.name.to_owned(),
-        target: "single-node".into(),
+        target: target_name,
+        nodes: config.target.nodes(),
         disk_full_mode,
         scenario: scenario_counts,
         wall_s: started.elapsed().as_secs_f64(),
@@ -178,6 +219,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         faults: schedule::count_kinds(fault_log.iter().map(|f| &f.fault)),
         client_kills_with_pending: kills_with_pending,
         violations_by_kind: report::by_kind(&violations),
+        lost_with_history: checker::lost_with_history(&rec.obs),
         violations: report::evidence(&violations, &fault_log),
         fault_log,
         unexpected_exits: unexpected,
@@ -228,8 +270,9 @@ fn record_removal(
 /// Applies a schedule to the target, proxy and devices.
 struct Chaos<'a> {
     target: &'a mut dyn Target,
-    proxy: &'a Proxy,
+    proxy: &'a Proxies,
     fleet: &'a mut Fleet,
+    recorder: &'a Mutex<Recorder>,
     started: Instant,
     log: Vec<FaultRecord>,
     unexpected: Vec<String>,
@@ -286,10 +329,10 @@ impl Chaos<'_> {
 
     /// Restarts processes that died on their own and notes them.
     async fn watch(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = tokio::task::block_in_place(|| self.target.restart_if_dead())? {
+        for status in tokio::task::block_in_place(|| self.target.restart_if_dead())? {
             let at = self.now_ms();
             self.unexpected
-                .push(format!("{at} ms: ferry-server exited on its own: {status}"));
+                .push(format!("{at} ms: {status} exited on its own"));
         }
         for (device, status) in self.fleet.restart_exited().await? {
             let at = self.now_ms();
@@ -313,9 +356,22 @@ impl Chaos<'_> {
                 .blackhole(Duration::from_millis(planned.duration_ms)),
             (Fault::Blackhole, false) => self.proxy.clear_blackhole(),
             (Fault::Rebind, _) => self.proxy.rebind()?,
-            (Fault::ServerKill, _) => tokio::task::block_in_place(|| self.target.kill_restart())?,
-            (Fault::ServerPause, true) => self.target.pause()?,
-            (Fault::ServerPause, false) => self.target.resume()?,
+            (Fault::ServerKill, _) => tokio::task::block_in_place(|| self.target.kill_restart(0))?,
+            (Fault::ServerPause, true) => self.target.pause(0)?,
+            (Fault::ServerPause, false) => self.target.resume(0)?,
+            (Fault::NodeKill { node }, _) => {
+                tokio::task::block_in_place(|| self.target.kill_restart(*node))?
+            }
+            (Fault::NodePause { node }, true) => self.target.pause(*node)?,
+            (Fault::NodePause { node }, false) => self.target.resume(*node)?,
+            (Fault::RedisKill, true) => self.target.redis_kill()?,
+            (Fault::RedisKill, false) => {
+                tokio::task::block_in_place(|| self.target.redis_restart())?
+            }
+            (Fault::Flushall, _) => {
+                self.recorder.lock().expect("recorder lock").history_loss();
+                tokio::task::block_in_place(|| self.target.flushall())?
+            }
             (Fault::DiskFull, true) => tokio::task::block_in_place(|| self.target.fill_disk())?,
             (Fault::DiskFull, false) => self.target.free_disk()?,
             (Fault::ClientKill { device }, true) => {
@@ -348,7 +404,10 @@ impl Chaos<'_> {
     async fn calm(&mut self) -> anyhow::Result<()> {
         self.proxy.set_faults(Faults::none())?;
         self.proxy.clear_blackhole();
-        self.target.resume()?;
+        for node in 0..self.target.endpoints().len() {
+            self.target.resume(node)?;
+        }
+        tokio::task::block_in_place(|| self.target.redis_restart())?;
         self.target.free_disk()?;
         self.watch().await
     }

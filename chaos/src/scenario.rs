@@ -85,14 +85,13 @@ pub async fn build(
     ];
     let mut created = Vec::new();
     let token = target.token(&user(0), SETUP_DEVICE)?;
-    let (setup, _events) = ClientBuilder::new()
-        .endpoint(target.endpoint().to_string())
+    let setup = ClientBuilder::new()
+        .endpoints(target.endpoints().iter().map(ToString::to_string))
         .ca_file(target.ca())
         .token(token)
         .device_id(SETUP_DEVICE)
-        .store_path(stores.join("u0-setup.sqlite3"))
-        .build()
-        .await?;
+        .store_path(stores.join("u0-setup.sqlite3"));
+    let (setup, _events) = crate::device::tuned_for_faults(setup).build().await?;
     for (name, members) in &groups {
         let others: Vec<String> = members.iter().skip(1).map(|&i| user(i)).collect();
         let conv = tokio::time::timeout(SETUP_TIMEOUT, setup.create_group(name, &others))

@@ -10,7 +10,15 @@
 //! - the client lane: SIGKILL of a device process while it has sends in flight (restarted on the same
 //!   store), SIGSTOP/SIGCONT pauses of a device.
 //!
-//! A cluster target would add lanes (node kills, redis kills) without touching the others.
+//! Against a cluster ([`ScheduleConfig::nodes`] ≥ 2) the server lane becomes two lanes:
+//! - the nodes lane: SIGKILL + restart of one node, SIGSTOP/SIGCONT of one node;
+//! - the Redis lane: SIGKILL of `redis-server` and a restart on the same AOF after a while, and at most
+//!   one `FLUSHALL` (all history lost: an epoch change the checker accepts only as announced), in the
+//!   last third of the fault phase only: groups are not re-created after a loss, so an earlier one
+//!   would leave the rest of the run, and its mid-run member removal, without groups.
+//!
+//! The lanes overlap, so a node may die while Redis is down. Each lane draws from its own RNG, so a
+//! single-node schedule is the same whatever the cluster lanes would draw.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -87,6 +95,20 @@ pub enum Fault {
         /// Index of the device in the scenario.
         device: usize,
     },
+    /// SIGKILL of one cluster node, then a restart on the same ports.
+    NodeKill {
+        /// Index of the node.
+        node: usize,
+    },
+    /// SIGSTOP of one cluster node, SIGCONT after the duration.
+    NodePause {
+        /// Index of the node.
+        node: usize,
+    },
+    /// SIGKILL of `redis-server`, restarted on the same AOF after the duration.
+    RedisKill,
+    /// `FLUSHALL`: Redis loses everything.
+    Flushall,
 }
 
 impl Fault {
@@ -101,6 +123,10 @@ impl Fault {
             Fault::DiskFull => vec!["disk_full"],
             Fault::ClientKill { .. } => vec!["client_kill"],
             Fault::ClientPause { .. } => vec!["client_pause"],
+            Fault::NodeKill { .. } => vec!["node_kill"],
+            Fault::NodePause { .. } => vec!["node_pause"],
+            Fault::RedisKill => vec!["redis_kill"],
+            Fault::Flushall => vec!["flushall"],
         }
     }
 }
@@ -115,6 +141,10 @@ pub enum Lane {
     Server,
     /// Device process faults.
     Clients,
+    /// Cluster node process faults.
+    Nodes,
+    /// The cluster's `redis-server`: kills and FLUSHALL.
+    Redis,
 }
 
 /// A fault at a time, for a duration.
@@ -145,30 +175,53 @@ pub struct ScheduleConfig {
     pub client_gap_ms: (u64, u64),
     /// Quiet time between two faults of the network lane.
     pub network_gap_ms: (u64, u64),
+    /// Nodes of a cluster target (0 or 1: a single node, no cluster lanes).
+    pub nodes: usize,
+    /// Quiet time between two faults of the Redis lane (cluster only).
+    pub redis_gap_ms: (u64, u64),
+    /// Chance in percent that a Redis fault is a FLUSHALL rather than a kill.
+    pub flushall_pct: u32,
 }
 
 /// Draws the whole schedule from `seed`. The same seed and config give the same schedule.
 pub fn plan(seed: u64, config: &ScheduleConfig) -> Vec<Planned> {
     let end = config.duration.as_millis() as u64;
     let mut out = Vec::new();
-    // One RNG per lane, so enabling a lane (disk full) does not shift the others' draws.
+    let cluster = config.nodes >= 2;
+    // One RNG per lane, so enabling a lane (disk full, a cluster) does not shift the others' draws.
     for (lane, mix) in [
         (Lane::Network, 0x006e_6574_776f_726b_u64),
         (Lane::Server, 0x7365_7276_6572u64),
         (Lane::Clients, 0x636c_6965_6e74u64),
+        (Lane::Nodes, 0x006e_6f64_6573_u64),
+        (Lane::Redis, 0x0072_6564_6973_u64),
     ] {
+        let in_use = match lane {
+            Lane::Network | Lane::Clients => true,
+            Lane::Server => !cluster,
+            Lane::Nodes | Lane::Redis => cluster,
+        };
+        if !in_use {
+            continue;
+        }
         let mut rng = StdRng::seed_from_u64(seed ^ mix);
         let gap = match lane {
             Lane::Network => config.network_gap_ms,
-            Lane::Server => config.server_gap_ms,
+            Lane::Server | Lane::Nodes => config.server_gap_ms,
             Lane::Clients => config.client_gap_ms,
+            Lane::Redis => config.redis_gap_ms,
         };
         let mut at = rng.random_range(gap.0..=gap.1);
+        let mut flushed = false;
         // Bounded: every step moves `at` forward by at least the minimum gap (checked > 0 below).
         while at < end {
-            let Some((fault, duration_ms)) = draw(lane, &mut rng, config) else {
+            let Some((mut fault, mut duration_ms)) = draw(lane, &mut rng, config) else {
                 break;
             };
+            if fault == Fault::Flushall && (flushed || at < end / 3 * 2) {
+                (fault, duration_ms) = (Fault::RedisKill, redis_down_ms(&mut rng));
+            }
+            flushed |= fault == Fault::Flushall;
             out.push(Planned {
                 at_ms: at,
                 duration_ms,
@@ -223,7 +276,27 @@ fn draw(lane: Lane, rng: &mut StdRng, config: &ScheduleConfig) -> Option<(Fault,
                 (Fault::ClientPause { device }, rng.random_range(500..=3_000))
             }
         }
+        Lane::Nodes => {
+            let node = rng.random_range(0..config.nodes);
+            if rng.random_bool(0.5) {
+                (Fault::NodeKill { node }, 0)
+            } else {
+                (Fault::NodePause { node }, rng.random_range(500..=3_000))
+            }
+        }
+        Lane::Redis => {
+            if rng.random_range(0..100) < config.flushall_pct {
+                (Fault::Flushall, 0)
+            } else {
+                (Fault::RedisKill, redis_down_ms(rng))
+            }
+        }
     })
+}
+
+/// How long Redis stays down after a kill.
+fn redis_down_ms(rng: &mut StdRng) -> u64 {
+    rng.random_range(200..=3_000)
 }
 
 /// How many faults of each kind a schedule holds.
@@ -239,6 +312,8 @@ pub fn count_kinds<'a>(faults: impl IntoIterator<Item = &'a Fault>) -> BTreeMap<
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn config(disk_full: bool) -> ScheduleConfig {
@@ -249,7 +324,70 @@ mod tests {
             server_gap_ms: (6_000, 12_000),
             client_gap_ms: (4_000, 9_000),
             network_gap_ms: (1_000, 4_000),
+            nodes: 0,
+            redis_gap_ms: (5_000, 10_000),
+            flushall_pct: 25,
         }
+    }
+
+    fn cluster(nodes: usize) -> ScheduleConfig {
+        ScheduleConfig {
+            nodes,
+            ..config(false)
+        }
+    }
+
+    #[test]
+    fn a_cluster_swaps_the_server_lane_for_node_and_redis_lanes() {
+        let single = plan(11, &config(false));
+        let clustered = plan(11, &cluster(3));
+        let lanes = |s: &[Planned]| s.iter().map(|p| p.lane).collect::<BTreeSet<_>>();
+        assert_eq!(
+            lanes(&single),
+            [Lane::Network, Lane::Server, Lane::Clients].into()
+        );
+        assert_eq!(
+            lanes(&clustered),
+            [Lane::Network, Lane::Clients, Lane::Nodes, Lane::Redis].into()
+        );
+        // The shared lanes draw the same faults either way.
+        let shared = |s: &[Planned]| {
+            s.iter()
+                .filter(|p| matches!(p.lane, Lane::Network | Lane::Clients))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shared(&single), shared(&clustered));
+        for p in &clustered {
+            if let Fault::NodeKill { node } | Fault::NodePause { node } = p.fault {
+                assert!(node < 3);
+            }
+        }
+        let kinds = (0..20)
+            .flat_map(|seed| plan(seed, &cluster(2)))
+            .flat_map(|p| p.fault.kinds())
+            .collect::<BTreeSet<_>>();
+        for kind in ["node_kill", "node_pause", "redis_kill", "flushall"] {
+            assert!(kinds.contains(kind), "{kind} never drawn");
+        }
+        // At most one FLUSHALL, in the last third.
+        for seed in 0..20 {
+            let flushes: Vec<u64> = plan(seed, &cluster(2))
+                .iter()
+                .filter(|p| p.fault == Fault::Flushall)
+                .map(|p| p.at_ms)
+                .collect();
+            assert!(flushes.len() <= 1, "{flushes:?}");
+            assert!(flushes.iter().all(|&at| at >= 60_000), "{flushes:?}");
+        }
+        // No FLUSHALL when its chance is 0.
+        let no_flush = ScheduleConfig {
+            flushall_pct: 0,
+            ..cluster(2)
+        };
+        assert!((0..20).all(|seed| plan(seed, &no_flush)
+            .iter()
+            .all(|p| p.fault != Fault::Flushall)));
     }
 
     #[test]
@@ -262,7 +400,14 @@ mod tests {
     fn lanes_do_not_overlap_and_stay_inside_the_phase() {
         let schedule = plan(7, &config(true));
         assert!(schedule.iter().all(|p| p.at_ms < 90_000));
-        for lane in [Lane::Network, Lane::Server, Lane::Clients] {
+        let clustered = plan(7, &cluster(3));
+        for (schedule, lane) in [
+            (&schedule, Lane::Network),
+            (&schedule, Lane::Server),
+            (&schedule, Lane::Clients),
+            (&clustered, Lane::Nodes),
+            (&clustered, Lane::Redis),
+        ] {
             let mine: Vec<_> = schedule.iter().filter(|p| p.lane == lane).collect();
             assert!(mine.len() >= 3, "{lane:?}: {}", mine.len());
             for pair in mine.windows(2) {

@@ -1,16 +1,17 @@
 //! What the chaos run attacks: a [`Target`] is the server side of the scenario. [`SingleNode`] is
-//! one `ferry-server run` child process on the embedded store; a cluster target (several nodes and
-//! `redis-server` processes, with node and Redis kills) implements the same trait later.
+//! one `ferry-server run` child process on the embedded store; [`crate::cluster_target::Cluster`] is
+//! several nodes on one `redis-server` (node kills and pauses, Redis kills, FLUSHALL).
 //!
 //! The data dir of the single node lives on a size-limited tmpfs when the machine allows mounting
 //! one (we are root in CI), so that [`Target::fill_disk`] is a real ENOSPC for the server; otherwise
 //! disk-full faults are not scheduled and the report says so.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
+
+use crate::node::{io, NodeProcess};
 
 /// Why a target operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,50 +24,86 @@ pub enum TargetError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The server did not print its listening line in time, or printed something unexpected.
+    /// A server did not print its listening line in time, or printed something unexpected.
     #[error("ferry-server did not start: {0}")]
     Start(String),
+    /// `redis-server` did not start, or did not answer as expected.
+    #[error("redis-server: {0}")]
+    Redis(String),
     /// Minting a token failed.
     #[error("ferry-server token failed: {0}")]
     Token(String),
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TargetError {
-    let what = what.into();
-    move |source| TargetError::Io { what, source }
+    /// The fault does not exist for this target (a bug in the schedule if it is ever asked for).
+    #[error("{fault} is not a fault of the {target} target")]
+    Unsupported {
+        /// The fault asked for.
+        fault: &'static str,
+        /// The target's name.
+        target: &'static str,
+    },
+    /// A node index out of range.
+    #[error("no node {0}")]
+    NoNode(usize),
 }
 
 /// The server side of a chaos run.
 pub trait Target: Send {
-    /// Address clients (through the proxy) talk to.
-    fn endpoint(&self) -> SocketAddr;
+    /// The target's name for the report (`single-node`, `cluster`).
+    fn name(&self) -> &'static str;
+    /// Addresses clients (through a proxy each) talk to: one per node.
+    fn endpoints(&self) -> Vec<SocketAddr>;
     /// CA file clients trust.
     fn ca(&self) -> &Path;
     /// A token for `device` of `user`.
     fn token(&self, user: &str, device: &str) -> Result<String, TargetError>;
-    /// SIGKILL, then start again on the same data and address.
-    fn kill_restart(&mut self) -> Result<(), TargetError>;
-    /// SIGSTOP.
-    fn pause(&mut self) -> Result<(), TargetError>;
-    /// SIGCONT.
-    fn resume(&mut self) -> Result<(), TargetError>;
+    /// SIGKILL of node `node`, then start it again on the same data and address.
+    fn kill_restart(&mut self, node: usize) -> Result<(), TargetError>;
+    /// SIGSTOP of node `node`.
+    fn pause(&mut self, node: usize) -> Result<(), TargetError>;
+    /// SIGCONT of node `node` (a no-op unless paused).
+    fn resume(&mut self, node: usize) -> Result<(), TargetError>;
     /// Whether disk-full faults can be injected, and how (for the report).
     fn disk_full_mode(&self) -> String;
     /// Fills the data dir's file system.
     fn fill_disk(&mut self) -> Result<(), TargetError>;
     /// Frees what [`Target::fill_disk`] took.
     fn free_disk(&mut self) -> Result<(), TargetError>;
-    /// Restarts the server if it exited on its own (a crash the run did not cause); returns the exit
-    /// status when it did.
-    fn restart_if_dead(&mut self) -> Result<Option<String>, TargetError>;
-    /// Stops everything and releases the data dir.
+    /// SIGKILL of the shared `redis-server` (it stays down until [`Target::redis_restart`]).
+    fn redis_kill(&mut self) -> Result<(), TargetError>;
+    /// Starts the shared `redis-server` again on the same AOF and port (a no-op when it runs).
+    fn redis_restart(&mut self) -> Result<(), TargetError>;
+    /// `FLUSHALL` on the shared Redis: all history is lost (the store and every conversation change
+    /// epoch).
+    fn flushall(&mut self) -> Result<(), TargetError>;
+    /// Restarts servers that exited on their own (a crash the run did not cause); returns their exit
+    /// statuses.
+    fn restart_if_dead(&mut self) -> Result<Vec<String>, TargetError>;
+    /// Stops everything and releases the data dirs.
     fn shutdown(&mut self);
 }
 
-/// How long a starting server may take to print its listening line.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts to start the server (a restart right after a kill may race the old socket's release).
-const START_ATTEMPTS: u32 = 5;
+/// Mints a token with `binary token` on `data_dir` (whose `token.secret` every node shares).
+pub fn mint_token(
+    binary: &Path,
+    data_dir: &Path,
+    user: &str,
+    device: &str,
+) -> Result<String, TargetError> {
+    let out = Command::new(binary)
+        .arg("token")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--user", user, "--device", device, "--ttl", "7d"])
+        .output()
+        .map_err(io("ferry-server token"))?;
+    if !out.status.success() {
+        return Err(TargetError::Token(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// Size of the tmpfs under the data dir: room for a soak's store, small enough to fill in a moment.
 const TMPFS_SIZE: &str = "128m";
 /// The file that takes the free space during a disk-full fault.
@@ -75,13 +112,8 @@ const FILLER: &str = "chaos-disk-filler";
 /// One `ferry-server run` process on the embedded store.
 pub struct SingleNode {
     binary: PathBuf,
-    data_dir: PathBuf,
+    node: NodeProcess,
     tmpfs: Result<(), String>,
-    child: Option<Child>,
-    addr: SocketAddr,
-    http: SocketAddr,
-    ca: PathBuf,
-    paused: bool,
 }
 
 impl SingleNode {
@@ -89,160 +121,73 @@ impl SingleNode {
     pub fn start(binary: PathBuf, data_dir: PathBuf) -> Result<SingleNode, TargetError> {
         std::fs::create_dir_all(&data_dir).map_err(io(format!("create {}", data_dir.display())))?;
         let tmpfs = mount_tmpfs(&data_dir);
-        let any: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
-        let mut node = SingleNode {
+        // The server's stderr goes to `server.log` next to the data dir (appended across restarts).
+        let log = data_dir.parent().unwrap_or(&data_dir).join("server.log");
+        let node = NodeProcess::start("ferry-server", binary.clone(), data_dir, Vec::new(), log)?;
+        Ok(SingleNode {
             binary,
-            data_dir,
+            node,
             tmpfs,
-            child: None,
-            addr: any,
-            http: any,
-            ca: PathBuf::new(),
-            paused: false,
-        };
-        node.spawn()?;
-        Ok(node)
+        })
     }
 
     /// The process id of the running server, if any.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.node.pid()
     }
 
-    fn spawn(&mut self) -> Result<(), TargetError> {
-        let mut last = String::new();
-        for attempt in 0..START_ATTEMPTS {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(300 * u64::from(attempt)));
-            }
-            match self.spawn_once() {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e.to_string(),
-            }
+    fn data_dir(&self) -> &Path {
+        self.node.data_dir()
+    }
+}
+
+impl SingleNode {
+    fn only(node: usize) -> Result<(), TargetError> {
+        if node == 0 {
+            Ok(())
+        } else {
+            Err(TargetError::NoNode(node))
         }
-        Err(TargetError::Start(format!(
-            "{START_ATTEMPTS} attempts; last: {last}"
-        )))
     }
 
-    fn spawn_once(&mut self) -> Result<(), TargetError> {
-        let mut child = Command::new(&self.binary)
-            .arg("run")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--listen", &self.addr.to_string()])
-            .args(["--http", &self.http.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(self.log_file()?)
-            .spawn()
-            .map_err(io(format!("spawn {}", self.binary.display())))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Drains stdout for the process's whole life, so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let Ok(line) = rx.recv_timeout(START_TIMEOUT) else {
-            let _ = child.kill();
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            return Err(TargetError::Start(format!("no listening line ({status})")));
-        };
-        let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|part| part.strip_prefix(key))
-                .map(str::to_owned)
-                .ok_or_else(|| TargetError::Start(format!("no {key} in {line:?}")))
-        };
-        let parse = |s: String| {
-            s.parse::<SocketAddr>()
-                .map_err(|e| TargetError::Start(format!("{s:?}: {e}")))
-        };
-        // The first start picks free ports; restarts reuse them so the proxy's upstream stays valid.
-        self.addr = parse(field("quic=")?)?;
-        self.http = parse(field("http=")?)?;
-        self.ca = PathBuf::from(field("ca=")?);
-        self.child = Some(child);
-        self.paused = false;
-        Ok(())
-    }
-
-    /// The server's stderr goes to `server.log` next to the data dir (appended across restarts): its
-    /// warnings under faults are expected and would drown the run's own output.
-    fn log_file(&self) -> Result<std::fs::File, TargetError> {
-        let path = self
-            .data_dir
-            .parent()
-            .unwrap_or(&self.data_dir)
-            .join("server.log");
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(format!("open {}", path.display())))
-    }
-
-    fn signal(&self, signal: libc::c_int) -> Result<(), TargetError> {
-        let Some(pid) = self.pid() else {
-            return Ok(());
-        };
-        // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
-        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
-            return Err(TargetError::Io {
-                what: format!("signal {signal} to ferry-server {pid}"),
-                source: std::io::Error::last_os_error(),
-            });
+    fn unsupported(fault: &'static str) -> TargetError {
+        TargetError::Unsupported {
+            fault,
+            target: "single-node",
         }
-        Ok(())
     }
 }
 
 impl Target for SingleNode {
-    fn endpoint(&self) -> SocketAddr {
-        self.addr
+    fn name(&self) -> &'static str {
+        "single-node"
+    }
+
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        vec![self.node.addr()]
     }
 
     fn ca(&self) -> &Path {
-        &self.ca
+        self.node.ca()
     }
 
     fn token(&self, user: &str, device: &str) -> Result<String, TargetError> {
-        let out = Command::new(&self.binary)
-            .arg("token")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--user", user, "--device", device, "--ttl", "7d"])
-            .output()
-            .map_err(io("ferry-server token"))?;
-        if !out.status.success() {
-            return Err(TargetError::Token(
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        mint_token(&self.binary, self.data_dir(), user, device)
     }
 
-    fn kill_restart(&mut self) -> Result<(), TargetError> {
-        if let Some(mut child) = self.child.take() {
-            child.kill().map_err(io("SIGKILL ferry-server"))?;
-            let _ = child.wait();
-        }
-        self.spawn()
+    fn kill_restart(&mut self, node: usize) -> Result<(), TargetError> {
+        Self::only(node)?;
+        self.node.kill_restart()
     }
 
-    fn pause(&mut self) -> Result<(), TargetError> {
-        self.signal(libc::SIGSTOP)?;
-        self.paused = true;
-        Ok(())
+    fn pause(&mut self, node: usize) -> Result<(), TargetError> {
+        Self::only(node)?;
+        self.node.pause()
     }
 
-    fn resume(&mut self) -> Result<(), TargetError> {
-        self.signal(libc::SIGCONT)?;
-        self.paused = false;
-        Ok(())
+    fn resume(&mut self, node: usize) -> Result<(), TargetError> {
+        Self::only(node)?;
+        self.node.resume()
     }
 
     fn disk_full_mode(&self) -> String {
@@ -256,7 +201,7 @@ impl Target for SingleNode {
         if self.tmpfs.is_err() {
             return Ok(());
         }
-        let path = self.data_dir.join(FILLER);
+        let path = self.data_dir().join(FILLER);
         let mut file = std::fs::File::create(&path).map_err(io("create disk filler"))?;
         let chunk = vec![0xa5u8; 1 << 20];
         // Bounded by the mount's size: at most one write per MiB of it (plus slack).
@@ -275,7 +220,7 @@ impl Target for SingleNode {
     }
 
     fn free_disk(&mut self) -> Result<(), TargetError> {
-        match std::fs::remove_file(self.data_dir.join(FILLER)) {
+        match std::fs::remove_file(self.data_dir().join(FILLER)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TargetError::Io {
                 what: "remove disk filler".into(),
                 source: e,
@@ -284,32 +229,29 @@ impl Target for SingleNode {
         }
     }
 
-    fn restart_if_dead(&mut self) -> Result<Option<String>, TargetError> {
-        let Some(child) = self.child.as_mut() else {
-            return Ok(None);
-        };
-        match child.try_wait().map_err(io("wait for ferry-server"))? {
-            None => Ok(None),
-            Some(status) => {
-                self.child = None;
-                self.spawn()?;
-                Ok(Some(status.to_string()))
-            }
-        }
+    fn redis_kill(&mut self) -> Result<(), TargetError> {
+        Err(Self::unsupported("redis_kill"))
+    }
+
+    fn redis_restart(&mut self) -> Result<(), TargetError> {
+        // Nothing to restart: calming a run asks every target.
+        Ok(())
+    }
+
+    fn flushall(&mut self) -> Result<(), TargetError> {
+        Err(Self::unsupported("flushall"))
+    }
+
+    fn restart_if_dead(&mut self) -> Result<Vec<String>, TargetError> {
+        Ok(self.node.restart_if_dead()?.into_iter().collect())
     }
 
     fn shutdown(&mut self) {
-        if self.paused {
-            let _ = self.resume();
-        }
         let _ = self.free_disk();
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.node.shutdown();
         if self.tmpfs.is_ok() {
             let _ = Command::new("umount")
-                .arg(&self.data_dir)
+                .arg(self.node.data_dir())
                 .stderr(Stdio::null())
                 .status();
             self.tmpfs = Err("unmounted at shutdown".into());

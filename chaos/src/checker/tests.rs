@@ -4,10 +4,12 @@
 use super::*;
 use crate::observe::{Acked, Delivered, Span};
 
-const CONV: &str = "d:alice:bob";
+pub(super) const CONV: &str = "d:alice:bob";
+/// The server time every receipt of these tests names.
+pub(super) const SERVER_TIME_MS: u64 = 1_000_000;
 
 /// alice (phone, laptop) and bob (phone) in one direct conversation.
-fn base() -> Observations {
+pub(super) fn base() -> Observations {
     let mut obs = Observations::default();
     for (user, device) in [("alice", "phone"), ("alice", "laptop"), ("bob", "phone")] {
         obs.add_device(user, device);
@@ -17,7 +19,7 @@ fn base() -> Observations {
     obs
 }
 
-fn send(obs: &mut Observations, device: &str, id: &str, acked_seq: Option<u64>) {
+pub(super) fn send(obs: &mut Observations, device: &str, id: &str, acked_seq: Option<u64>) {
     obs.sent.push(crate::observe::Sent {
         device: device.into(),
         conversation: CONV.into(),
@@ -31,12 +33,13 @@ fn send(obs: &mut Observations, device: &str, id: &str, acked_seq: Option<u64>) 
             conversation: CONV.into(),
             id: id.into(),
             seq,
+            server_time_ms: SERVER_TIME_MS,
             at_ms: 1,
         });
     }
 }
 
-fn deliver(obs: &mut Observations, to: &str, from: &str, id: &str, seq: u64) {
+pub(super) fn deliver(obs: &mut Observations, to: &str, from: &str, id: &str, seq: u64) {
     obs.delivered
         .get_mut(to)
         .expect("known device")
@@ -54,7 +57,7 @@ fn deliver(obs: &mut Observations, to: &str, from: &str, id: &str, seq: u64) {
 
 /// alice/phone sends m1 (seq 1), bob/phone sends m2 (seq 2), alice/phone sends m3 (seq 3), all acked
 /// and delivered to the two other devices each.
-fn clean() -> Observations {
+pub(super) fn clean() -> Observations {
     let mut obs = base();
     let (ap, al, bp) = ("alice/phone", "alice/laptop", "bob/phone");
     send(&mut obs, ap, "m1", Some(1));
@@ -79,7 +82,7 @@ fn remove_bob_at(obs: &mut Observations, seq: u64) {
     obs.membership.add(CONV, "bob", span);
 }
 
-fn kinds(obs: &Observations) -> Vec<ViolationKind> {
+pub(super) fn kinds(obs: &Observations) -> Vec<ViolationKind> {
     check(obs).into_iter().map(|v| v.kind).collect()
 }
 
