@@ -38,6 +38,20 @@ struct Conv {
     app_acked: u64,
     ack_target: u64,
     ack_sent: u64,
+    /// The last epochs this conversation left, newest last (FERRY-RECV-12): frames still arriving in
+    /// one of them are late, and changing back would hand the new epoch's messages out twice.
+    left: VecDeque<u64>,
+}
+
+/// How many left epochs a conversation remembers (an epoch changes only after a loss of history, so a
+/// handful covers any frames still in flight).
+const LEFT_EPOCHS: usize = 4;
+
+impl Conv {
+    /// Whether `epoch` is one this conversation already left.
+    fn left(&self, epoch: u64) -> bool {
+        self.left.contains(&epoch)
+    }
 }
 
 /// Receive state of all conversations.
@@ -114,6 +128,7 @@ impl Inbox {
                 app_acked: acked,
                 ack_target: acked,
                 ack_sent: acked,
+                left: VecDeque::new(),
             },
         );
     }
@@ -127,6 +142,7 @@ impl Inbox {
             app_acked: start,
             ack_target: start,
             ack_sent: start,
+            left: VecDeque::new(),
         })
     }
 
@@ -135,6 +151,10 @@ impl Inbox {
             .convs
             .get_mut(conversation)
             .expect("reset of a known conversation");
+        if conv.left.len() == LEFT_EPOCHS {
+            conv.left.pop_front();
+        }
+        conv.left.push_back(conv.window.epoch());
         conv.window.reset(epoch, start);
         conv.app_acked = start;
         conv.ack_target = start;
@@ -192,6 +212,9 @@ impl Inbox {
         }
         let conv = self.convs.get_mut(conversation).expect("created above");
         let mut arrived = Arrived::default();
+        if conv.left(epoch) {
+            return arrived;
+        }
         let mut arrival = conv.window.on_message(epoch, seq, message.clone());
         if let Arrival::EpochChanged { epoch } = arrival {
             self.reset(conversation, epoch, seq.saturating_sub(recent));
@@ -236,6 +259,9 @@ impl Inbox {
             return None;
         }
         let conv = self.convs.get_mut(id).expect("known");
+        if conv.left(state.epoch) {
+            return None;
+        }
         let before = conv.window.known_head();
         match conv.window.on_head(state.epoch, state.head_seq) {
             Some(epoch) => {

@@ -154,6 +154,10 @@ impl Inbox {
             // A history page of a conversation without a window: only its requester wants it.
             return (Some(pull.tag), arrived, page);
         };
+        if conv.left(epoch) {
+            // Answered before the epoch changed: late news of an epoch never current again.
+            return (Some(pull.tag), arrived, Vec::new());
+        }
         let arrival = conv.window.on_pull_result(
             pull.after_seq,
             epoch,

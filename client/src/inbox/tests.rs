@@ -191,6 +191,42 @@ fn epoch_change_resets_the_window_and_is_reported() {
 }
 
 #[test]
+fn frames_of_an_epoch_already_left_are_dropped_not_switched_back_to() {
+    // ferry-chaos cluster seed 33: after a FLUSHALL a late Deliver of the old epoch flipped the window
+    // back, and returning to the new epoch handed its seq 1 to the application a second time.
+    let mut ib = inbox(true);
+    ib.on_deliver(C, 7, msg(1, 7));
+    let arrived = ib.on_deliver(C, 8, msg(1, 8));
+    assert_eq!(
+        (arrived.epoch_reset, seqs(&arrived.ready)),
+        (Some(8), vec![1])
+    );
+    let late = ib.on_deliver(C, 7, msg(2, 7));
+    assert_eq!(late, Arrived::default(), "a late Deliver of the left epoch");
+    assert_eq!(ib.on_state(&state(2, 7, 1)), None, "a late head of it");
+    assert_eq!(ib.epoch(C), Some(8));
+    assert!(
+        ib.on_deliver(C, 8, msg(1, 8)).ready.is_empty(),
+        "seq 1 once"
+    );
+    assert_eq!(seqs(&ib.on_deliver(C, 8, msg(2, 8)).ready), [2]);
+    // A PullResult answered in the left epoch gives nothing to the window either.
+    ib.on_deliver(C, 8, msg(4, 8));
+    let now = Instant::now();
+    assert_eq!(ib.poll_pulls(now).len(), 1);
+    let stale = PullResult {
+        messages: vec![wire(3)],
+        head_seq: 3,
+        has_more: false,
+        epoch: 7,
+    };
+    let (tag, arrived, page) = ib.on_pull_result(C, stale);
+    assert_eq!(tag, Some(PullTag::Window));
+    assert_eq!((arrived, page.len()), (Arrived::default(), 0));
+    assert_eq!(ib.epoch(C), Some(8));
+}
+
+#[test]
 fn own_sends_fill_the_window_so_no_pull_is_needed() {
     let now = Instant::now();
     let mut ib = inbox(true);
