@@ -3,11 +3,9 @@
 //! pauses and Redis kills (a node killed while Redis is down among them); the independent checker must
 //! find nothing.
 //!
-//! No FLUSHALL here yet: after one, a late frame of the old epoch can flip a client's window back to
-//! that epoch, and the return to the new epoch delivers its first messages to the application again
-//! (`ferry-chaos run --target cluster --profile short --seed 33`: DeliveredTwice, a client bug, see
-//! client/src/inbox/mod.rs). Until that is fixed a FLUSHALL makes this test flaky; then switch to
-//! seed 9, whose schedule adds a FLUSHALL in the last third, and require `flushall` below.
+//! With a FLUSHALL in the last third: after it, late frames of the old epoch must not flip a client's
+//! window back (FERRY-RECV-12; `ferry-chaos run --target cluster --profile short --seed 33` found that
+//! as DeliveredTwice before the client dropped them).
 //!
 //! Needs the `ferry-server` binary next to `ferry-chaos` (scripts/test.sh builds every binary first)
 //! and `redis-server` on the PATH (scripts/test.sh installs it).
@@ -18,9 +16,8 @@ use std::time::Duration;
 use ferry_chaos::profile::Profile;
 use ferry_chaos::run::{self, RunConfig, TargetKind};
 
-/// A seed whose `ci` schedule on two nodes holds node kills and pauses and Redis kills (the first node
-/// kill lands while Redis is down, so the node starts again only once Redis is back), and no FLUSHALL.
-const SEED: u64 = 5;
+/// A seed whose `ci` schedule on two nodes holds node kills and pauses, Redis kills and a FLUSHALL.
+const SEED: u64 = 9;
 /// Far above the run's own bounds (20 s of faults, 20 s of settling, start-up): only a hang hits it.
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -59,7 +56,7 @@ async fn a_cluster_under_node_and_redis_kills_keeps_every_promise() {
     );
     eprintln!("{summary}");
     assert_eq!(report.target, "cluster");
-    for kind in ["node_kill", "node_pause", "redis_kill"] {
+    for kind in ["node_kill", "node_pause", "redis_kill", "flushall"] {
         assert!(report.faults.contains_key(kind), "no {kind}: {summary}");
     }
     assert!(
