@@ -25,6 +25,11 @@ use crate::harness::{self, Counted, Delivered, Params};
 /// Bound for any single wait on the wire (a frame, a handshake).
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// A `ferry-server` config with the per-source admission limits lifted, for benches whose clients all
+/// share one source address (a real deployment's 100k connections come from 100k sources).
+pub const LIFTED_SOURCE_LIMITS: &str =
+    "[hardening]\nmax_connections_per_source = 1000000\nhandshakes_per_sec_per_source = 1000000\n";
+
 /// A running `ferry-server` process on a temporary data dir.
 pub struct FerryServer {
     process: Process,

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::Config;
 use crate::harness;
-use crate::peers::ferry::FerryServer;
+use crate::peers::ferry::{FerryServer, LIFTED_SOURCE_LIMITS};
 use crate::peers::process::{cpu_ticks, rss_kib, ticks_per_sec};
 use crate::report::{ConnectionsRow, Results};
 
@@ -59,7 +59,11 @@ pub fn raise_fd_limit() -> anyhow::Result<u64> {
 
 async fn measure(config: &Config) -> anyhow::Result<ConnectionsRow> {
     raise_fd_limit()?;
-    let server = Arc::new(FerryServer::start(&config.ferry_binary).await?);
+    let dir = tempfile::tempdir()?;
+    let server_config = dir.path().join("ferry.toml");
+    std::fs::write(&server_config, LIFTED_SOURCE_LIMITS)?;
+    let args = ["--config", server_config.to_str().context("config path")?];
+    let server = Arc::new(FerryServer::start_with(&config.ferry_binary, &args).await?);
     let pid = server.pid();
     // One connection first, so that what the first one allocates once (TLS, store, runtime) is not
     // charged to every connection.
