@@ -19,7 +19,7 @@ use crate::auth::Claims;
 use crate::control;
 use crate::conversation;
 use crate::datagrams;
-use crate::sessions::{Outbound, SessionHandle};
+use crate::sessions::{Outbound, SessionHandle, Superseded};
 use crate::Shared;
 
 /// How long a new connection may take to send Hello.
@@ -42,8 +42,6 @@ pub(crate) struct Conn {
     pub(crate) streams: Mutex<HashMap<Arc<str>, Vec<FrameWriter>>>,
     /// Client-opened conversation streams currently open (FERRY-STREAM-7 counts only those).
     pub(crate) open_streams: AtomicUsize,
-    /// A cluster directory refresh of this session is in flight (at most one at a time).
-    pub(crate) refreshing: Arc<std::sync::atomic::AtomicBool>,
     /// Permits for Sends received but not yet answered (max_inflight_sends).
     pub(crate) inflight: Arc<Semaphore>,
 }
@@ -213,10 +211,22 @@ async fn handshake(
         Some(cluster) => Some(cluster.login_lock(&session.user).await),
         None => None,
     };
-    for replaced in shared
+    let replaced = match shared
         .sessions
         .register(session.clone(), shared.settings.login_policy)
     {
+        Ok(replaced) => replaced,
+        Err(Superseded) => {
+            info!(user = %session.user, device = %session.device, "a later login of this device is registered here; closing this one");
+            session.close_replaced();
+            let reason = "a later login of this device holds its place";
+            return Err(HandshakeError::Refused(
+                ErrorCode::SESSION_REPLACED,
+                reason.into(),
+            ));
+        }
+    };
+    for replaced in replaced {
         info!(user = %replaced.user, device = %replaced.device, "session replaced");
         replaced.close_replaced();
     }
@@ -231,7 +241,6 @@ async fn handshake(
         connection: connection.clone(),
         streams: Mutex::new(HashMap::new()),
         open_streams: AtomicUsize::new(0),
-        refreshing: Arc::default(),
         inflight: Arc::new(Semaphore::new(
             shared.settings.limits.max_inflight_sends as usize,
         )),

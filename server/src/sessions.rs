@@ -82,6 +82,11 @@ impl SessionHandle {
 
 pub(crate) use ferry_cluster::replaces;
 
+/// A login of the device that this node accepted later is registered already: the caller closes the
+/// session being registered (SESSION_REPLACED), as it would had the later login come second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Superseded;
+
 /// The registry of online sessions.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
@@ -96,24 +101,34 @@ impl Sessions {
     }
 
     /// Registers `session`; returns the sessions the policy says it replaces (already removed from the
-    /// registry; the caller closes them).
+    /// registry; the caller closes them), or [`Superseded`] without registering it when a session that
+    /// this node accepted *later* holds the place already.
+    ///
+    /// Logins of one device can overlap on one node: a client whose handshake is slow (a loaded node,
+    /// a slow Redis) gives up, dials again, and the second login may be registered first. The older
+    /// login registering last must not replace the newer one — its client has moved on to it, and
+    /// SESSION_REPLACED would stop that client for good. Acceptance order is the session id's.
     pub(crate) fn register(
         &self,
         session: SessionHandle,
         policy: LoginPolicy,
-    ) -> Vec<SessionHandle> {
+    ) -> Result<Vec<SessionHandle>, Superseded> {
         let mut by_user = self.by_user.lock().expect("sessions lock");
         let list = by_user.entry(session.user.clone()).or_default();
-        let (replaced, kept): (Vec<_>, Vec<_>) = list.drain(..).partition(|old| {
+        let conflicts = |old: &SessionHandle| {
             replaces(
                 policy,
                 (&session.device, &session.device_class),
                 (&old.device, &old.device_class),
             )
-        });
+        };
+        if list.iter().any(|old| conflicts(old) && old.id > session.id) {
+            return Err(Superseded);
+        }
+        let (replaced, kept): (Vec<_>, Vec<_>) = list.drain(..).partition(conflicts);
         *list = kept;
         list.push(session);
-        replaced
+        Ok(replaced)
     }
 
     /// Removes a session when its connection ends (no-op if it was replaced already).
