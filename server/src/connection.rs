@@ -68,6 +68,10 @@ enum HandshakeError {
 /// in flight once the session is established or refused.
 pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ticket: Ticket) {
     let remote = incoming.remote_address();
+    let order = Accepted {
+        id: shared.sessions.next_id(),
+        login_ms: unix_millis(SystemTime::now()),
+    };
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(e) => {
@@ -89,7 +93,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ti
         },
     };
     shared.metrics.connection_opened();
-    let handshake = handshake(&connection, handshake_done, &shared);
+    let handshake = handshake(&connection, handshake_done, &shared, order);
     let outcome = handshake.await;
     ticket.handshake_over();
     let (conn, control_reader, outbound) = match outcome {
@@ -120,11 +124,25 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ti
     info!(%remote, user = %conn.session.user, device = %conn.session.device, "session ended");
 }
 
+/// When this node accepted a connection: the order of its logins against other logins of the device
+/// (the session id on this node, the time across nodes).
+///
+/// Taken when the connection arrives, not when its Hello has been read and checked: under load the
+/// TLS handshake and the checks can take longer than the client's connect timeout, and a client that
+/// gave up on a slow attempt and dialled again must not find its new session replaced by the old
+/// attempt finishing late (SESSION_REPLACED stops a client for good).
+#[derive(Debug, Clone, Copy)]
+struct Accepted {
+    id: u64,
+    login_ms: u64,
+}
+
 /// Reads Hello on the control stream, authenticates, answers Welcome and registers the session.
 async fn handshake(
     connection: &quinn::Connection,
     handshake_done: Option<quinn::ZeroRttAccepted>,
     shared: &Arc<Shared>,
+    order: Accepted,
 ) -> Result<(Conn, FrameReader, mpsc::Receiver<Outbound>), HandshakeError> {
     let accepted = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await;
     let (send, recv) = match accepted {
@@ -180,14 +198,14 @@ async fn handshake(
         hello.device_class.clone()
     };
     let session = SessionHandle {
-        id: shared.sessions.next_id(),
+        id: order.id,
         user: user.as_str().into(),
         device: hello.device_id.as_str().into(),
         device_class: device_class.into(),
         outbound: outbound_tx,
         control: control.clone(),
         connection: connection.clone(),
-        login_ms: unix_millis(SystemTime::now()),
+        login_ms: order.login_ms,
     };
     let welcome = Welcome {
         user_id: user,
@@ -195,7 +213,7 @@ async fn handshake(
         node_id: shared.settings.node_id.clone(),
         heartbeat_interval_ms: shared.settings.heartbeat_interval_ms,
         limits: Some(shared.limits),
-        server_time_ms: session.login_ms,
+        server_time_ms: unix_millis(SystemTime::now()),
         store_epoch: shared.store.store_epoch(),
         capabilities: crate::push::welcome_capabilities(shared.push.as_ref(), &hello.capabilities),
         endpoints: shared
@@ -211,6 +229,11 @@ async fn handshake(
         Some(cluster) => Some(cluster.login_lock(&session.user).await),
         None => None,
     };
+    // A client that gave up on this attempt closed it already: registering it now would only
+    // displace the session the client moved to.
+    if let Some(reason) = connection.close_reason() {
+        return Err(HandshakeError::Connection(reason));
+    }
     let replaced = match shared
         .sessions
         .register(session.clone(), shared.settings.login_policy)
