@@ -10,13 +10,18 @@
 
 use std::time::Duration;
 
-use redis::{AsyncCommands, Script};
+use futures_util::future::join_all;
+use redis::{AsyncCommands, ErrorKind, Script, ServerErrorKind};
 use serde::Deserialize;
 
 use crate::keys::Keys;
 use crate::policy::LoginPolicy;
 use crate::redis::Redis;
 use crate::ClusterError;
+
+/// Most scripts one batch keeps in flight together (a sweep or a release): enough to fill the
+/// connection's pipeline, bounded so that ten thousand sessions do not queue ten thousand requests.
+const BATCH: usize = 256;
 
 /// One online session as the directory records it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -111,27 +116,67 @@ impl SessionDirectory {
         s: SessionRef<'_>,
     ) -> Result<T, ClusterError> {
         let mut redis = self.redis.clone();
-        Ok(script
-            .key(self.keys.sessions(s.user))
+        let cmd = self.evalsha(script, s);
+        match cmd.query_async(&mut redis).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script.load_async(&mut redis).await?;
+                Ok(cmd.query_async(&mut redis).await?)
+            }
+            answer => Ok(answer?),
+        }
+    }
+
+    /// `EVALSHA` of `script` (register or refresh) with the arguments of [`SessionDirectory::invoke`],
+    /// as a command to pipeline (a pipeline has no NOSCRIPT fallback of its own: the caller loads).
+    fn evalsha(&self, script: &Script, s: SessionRef<'_>) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash())
+            .arg(1)
+            .arg(self.keys.sessions(s.user))
             .arg(s.device)
             .arg(s.class)
             .arg(&self.node)
             .arg(s.session)
             .arg(self.ttl.as_millis() as u64)
             .arg(self.policy.name())
-            .arg(s.login_ms)
-            .invoke_async(&mut redis)
-            .await?)
+            .arg(s.login_ms);
+        cmd
     }
 
     /// Registers a new session; returns the sessions it replaces under the login policy (on any node —
     /// the caller tells their nodes to close them with SESSION_REPLACED), or
     /// [`ClusterError::Superseded`] if a session that logged in later holds the place already.
+    ///
+    /// The node's user set is written before the script, so that should the script's write be lost,
+    /// releasing this node finds nothing rather than misses a session. On one Redis both commands share
+    /// one pipeline, which Redis runs in order: one round trip per login instead of two (it counts in
+    /// a reconnect storm). On a Redis Cluster the two keys live on different shards, which keep no
+    /// order between them, so the set is written first.
     pub async fn register(&self, s: SessionRef<'_>) -> Result<Vec<SessionEntry>, ClusterError> {
         let mut redis = self.redis.clone();
-        // The node's user set first: should the script's write then be lost, releasing finds nothing.
-        let _: () = redis.sadd(self.keys.node_users(&self.node), s.user).await?;
-        let flat: Vec<String> = self.invoke(&self.scripts.register, s).await?;
+        let users_key = self.keys.node_users(&self.node);
+        let flat: Vec<String> = if matches!(redis, Redis::Single(_)) {
+            let mut pipe = redis::pipe();
+            pipe.sadd(users_key, s.user)
+                .ignore()
+                .add_command(self.evalsha(&self.scripts.register, s));
+            let piped: Result<(Vec<String>,), redis::RedisError> =
+                pipe.query_async(&mut redis).await;
+            match piped {
+                Ok((flat,)) => flat,
+                // A Redis that does not know the script yet (first use, restart, SCRIPT FLUSH): the
+                // SADD ran (it is idempotent); load the script and pipeline both again.
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    self.scripts.register.load_async(&mut redis).await?;
+                    let (flat,): (Vec<String>,) = pipe.query_async(&mut redis).await?;
+                    flat
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            let _: () = redis.sadd(users_key, s.user).await?;
+            self.invoke(&self.scripts.register, s).await?
+        };
         if flat.len() == 1 && flat[0] == "superseded" {
             return Err(ClusterError::Superseded);
         }
@@ -141,7 +186,21 @@ impl SessionDirectory {
             .collect())
     }
 
-    /// Extends the session's expiry (call it on heartbeats); see [`Refresh`].
+    /// Extends the expiry of many sessions of this node at once (the node's periodic sweep): every
+    /// refresh is in flight together, [`BATCH`] at a time, so the connection pipelines them — one
+    /// round trip per batch instead of one per session. Results come in the order of `sessions`.
+    pub async fn refresh_many(
+        &self,
+        sessions: &[SessionRef<'_>],
+    ) -> Vec<Result<Refresh, ClusterError>> {
+        let mut results = Vec::with_capacity(sessions.len());
+        for batch in sessions.chunks(BATCH) {
+            results.extend(join_all(batch.iter().map(|s| self.refresh(*s))).await);
+        }
+        results
+    }
+
+    /// Extends the session's expiry; see [`Refresh`].
     pub async fn refresh(&self, s: SessionRef<'_>) -> Result<Refresh, ClusterError> {
         let mut redis = self.redis.clone();
         let result: String = self.invoke(&self.scripts.refresh, s).await?;
@@ -195,15 +254,19 @@ impl SessionDirectory {
         let users_key = self.keys.node_users(node);
         let users: Vec<String> = redis.smembers(&users_key).await?;
         let mut removed = 0usize;
-        for user in &users {
-            let n: i64 = self
-                .scripts
-                .release_node
-                .key(self.keys.sessions(user))
-                .arg(node)
-                .invoke_async(&mut redis)
-                .await?;
-            removed += n as usize;
+        // A dead node held a third of the sessions: one round trip per user would keep its devices'
+        // entries around for as many round trips. All in flight together, BATCH at a time.
+        for batch in users.chunks(BATCH) {
+            let released = join_all(batch.iter().map(|user| {
+                let mut redis = redis.clone();
+                let mut invocation = self.scripts.release_node.key(self.keys.sessions(user));
+                invocation.arg(node);
+                async move { invocation.invoke_async::<i64>(&mut redis).await }
+            }))
+            .await;
+            for n in released {
+                removed += n? as usize;
+            }
         }
         let _: () = redis.del(&users_key).await?;
         Ok(removed)

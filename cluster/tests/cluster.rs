@@ -42,6 +42,7 @@ both_topologies!(
     refresh_restores_lost_entries_and_reports_replacement
 );
 both_topologies!(late, a_late_register_of_an_older_login_is_superseded);
+both_topologies!(sweep, one_sweep_refreshes_restores_and_reports_each_session);
 both_topologies!(release, release_node_frees_only_that_nodes_sessions);
 both_topologies!(
     registry,
@@ -180,6 +181,46 @@ async fn a_late_register_of_an_older_login_is_superseded(target: RedisTarget) {
     assert_eq!(b.refresh(newer).await.unwrap(), Refresh::Refreshed);
     // The older session's own heartbeat learns it lost.
     assert_eq!(a.refresh(older).await.unwrap(), Refresh::Replaced);
+}
+
+/// A node's sweep refreshes all its sessions in one batch (more than one batch here) and answers for
+/// each in order: a live entry is refreshed, a lost one restored, a replaced one reported.
+async fn one_sweep_refreshes_restores_and_reports_each_session(target: RedisTarget) {
+    let keys = keys();
+    let a = directory(&target, &keys, "node-a", LoginPolicy::All).await;
+    let b = directory(&target, &keys, "node-b", LoginPolicy::All).await;
+    let users: Vec<String> = (0..300).map(|i| format!("s{i}")).collect();
+    let ids: Vec<String> = (0..300).map(|i| format!("a{i}")).collect();
+    let sessions: Vec<SessionRef<'_>> = users
+        .iter()
+        .zip(&ids)
+        .map(|(user, id)| session(user, "phone", "mobile", id))
+        .collect();
+    for s in &sessions {
+        assert!(a.register(*s).await.unwrap().is_empty());
+    }
+    // The registration put every user in node-a's set: releasing node-a finds them all (checked at
+    // the end, after the sweep restored what was lost).
+    let mut redis = Redis::connect(&target).await.unwrap();
+    let _: () = redis::AsyncCommands::del(&mut redis, keys.sessions("s7"))
+        .await
+        .unwrap();
+    b.register(session("s250", "phone", "mobile", "b250"))
+        .await
+        .unwrap();
+    let results = a.refresh_many(&sessions).await;
+    assert_eq!(results.len(), sessions.len());
+    for (i, result) in results.into_iter().enumerate() {
+        let want = match i {
+            7 => Refresh::Restored,
+            250 => Refresh::Replaced,
+            _ => Refresh::Refreshed,
+        };
+        assert_eq!(result.unwrap(), want, "session {i}");
+    }
+    assert_eq!(a.sessions("s7").await.unwrap()[0].session, "a7");
+    assert_eq!(a.sessions("s250").await.unwrap()[0].session, "b250");
+    assert_eq!(b.release_node("node-a").await.unwrap(), 299);
 }
 
 async fn release_node_frees_only_that_nodes_sessions(target: RedisTarget) {

@@ -3,7 +3,8 @@
 //! What it adds to a single node (the store itself is the Redis store, chosen at start-up):
 //! - **sessions across nodes**: every login is recorded in the session directory, where the login policy
 //!   is applied cluster-wide; sessions it replaces on other nodes are told to close over the bus
-//!   ([`ClusterNode::on_login`], [`ClusterNode::on_logout`], [`ClusterNode::on_heartbeat`]);
+//!   ([`ClusterNode::on_login`], [`ClusterNode::on_logout`]), and this node's entries are kept alive by
+//!   one batched sweep per heartbeat interval ([`run_refresh`]);
 //! - **messages across nodes**: after a message is durable, the storing node delivers to its own sessions
 //!   and publishes it on each member's user channel; the nodes with sessions of that user deliver it
 //!   ([`ClusterNode::publish_deliver`], [`run_bus`]). Typing/presence datagrams travel the same way. A lost
@@ -61,8 +62,10 @@ pub(crate) fn ticket_key(secret_file: &std::path::Path) -> anyhow::Result<Ticket
     Ok(TicketKey::derive(text.trim_end().as_bytes()))
 }
 
-/// Locks that order the logins of one user on this node (striped: bounded, no map to clean up).
-const LOGIN_STRIPES: usize = 64;
+/// Locks that order the logins of one user on this node (striped: bounded, no map to clean up). Each
+/// is held across a Redis round trip, so two users sharing a stripe log in one after the other: with
+/// a reconnect storm of a hundred users, 64 stripes put several pairs in a row; 1024 hardly any.
+const LOGIN_STRIPES: usize = 1024;
 
 /// This node's connection to the rest of the cluster.
 pub(crate) struct ClusterNode {
@@ -164,16 +167,20 @@ impl ClusterNode {
     /// the local registry. If the device logged in again elsewhere after this node accepted the login
     /// (`SessionHandle::login_ms`; this node was too slow and the device moved on), this session is the
     /// stale one and is closed instead of the newer one.
+    ///
+    /// The subscription and the directory write are independent (different connections, different
+    /// keys) and both must be done before the session is served, so they run together: a login in a
+    /// reconnect storm waits for one Redis round trip, not two or three in a row.
     pub(crate) async fn on_login(&self, session: &SessionHandle) {
-        if let Err(e) = self.bus.subscribe(&session.user).await {
+        let key = self.session_key(session);
+        let (subscribed, registered) = tokio::join!(
+            self.bus.subscribe(&session.user),
+            self.directory.register(self.session_ref(session, &key))
+        );
+        if let Err(e) = subscribed {
             warn!(user = %session.user, error = %e, "bus subscribe failed; the user relies on heads + Pull");
         }
-        let key = self.session_key(session);
-        let replaced = match self
-            .directory
-            .register(self.session_ref(session, &key))
-            .await
-        {
+        let replaced = match registered {
             Ok(replaced) => replaced,
             Err(ClusterError::Superseded) => {
                 info!(user = %session.user, device = %session.device, "a later login of this device holds the directory; closing this one");
@@ -185,15 +192,17 @@ impl ClusterNode {
                 return;
             }
         };
+        // Queued, not awaited: after a node died every device moving off it replaces its entry there,
+        // and a login must not wait for a kick that nobody may be left to hear. Pub/sub is
+        // at-most-once either way; a lost kick is made good by the next directory sweep
+        // ([`run_refresh`]), which finds the old session replaced.
         for old in replaced.into_iter().filter(|e| e.node != self.node_id()) {
             info!(user = %session.user, device = %old.device, node = %old.node, "replacing a session on another node");
             let kick = BusEvent::Kick(Kick {
                 device: old.device,
                 session: old.session,
             });
-            if let Err(e) = self.bus.publish(&[&session.user], kick).await {
-                warn!(error = %e, "kick not published; the old session closes at its next heartbeat");
-            }
+            self.bus.enqueue(&[&session.user], kick);
         }
     }
 
@@ -221,21 +230,34 @@ impl ClusterNode {
         }
     }
 
-    /// On each heartbeat: keeps the session's directory entry alive. A session another login replaced
-    /// meanwhile (its kick may have been lost) is closed with SESSION_REPLACED.
-    pub(crate) async fn on_heartbeat(&self, session: &SessionHandle) {
-        let key = self.session_key(session);
-        match self
-            .directory
-            .refresh(self.session_ref(session, &key))
-            .await
-        {
-            Ok(Refresh::Replaced) => {
-                info!(user = %session.user, device = %session.device, "session replaced in the directory");
-                session.close_replaced()
+    /// Keeps the directory entries of `sessions` alive, all in one batch (see [`run_refresh`]); writes
+    /// back the entries Redis lost. A session another login replaced meanwhile (its kick may have been
+    /// lost) is closed with SESSION_REPLACED.
+    pub(crate) async fn refresh_sessions(&self, sessions: &[SessionHandle]) {
+        let keys: Vec<String> = sessions.iter().map(|s| self.session_key(s)).collect();
+        let refs: Vec<SessionRef<'_>> = sessions
+            .iter()
+            .zip(&keys)
+            .map(|(session, key)| self.session_ref(session, key))
+            .collect();
+        let results = self.directory.refresh_many(&refs).await;
+        let mut failed = 0usize;
+        for (session, result) in sessions.iter().zip(results) {
+            match result {
+                Ok(Refresh::Replaced) => {
+                    info!(user = %session.user, device = %session.device, "session replaced in the directory");
+                    session.close_replaced()
+                }
+                Ok(Refresh::Refreshed | Refresh::Restored) => {}
+                Err(_) => failed += 1,
             }
-            Ok(Refresh::Refreshed | Refresh::Restored) => {}
-            Err(e) => warn!(user = %session.user, error = %e, "session refresh failed"),
+        }
+        if failed > 0 {
+            warn!(
+                failed,
+                sessions = sessions.len(),
+                "session refreshes failed; retried at the next sweep"
+            );
         }
     }
 
@@ -356,11 +378,14 @@ pub(crate) async fn run_bus(
     }
 }
 
-/// Renews this node's lease and watches the peers until `shutdown`.
+/// Renews this node's lease and watches the peers until `shutdown`; the directory sweep
+/// ([`run_refresh`]) runs beside it.
 pub(crate) async fn run_liveness(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let Some(cluster) = shared.cluster.clone() else {
         return;
     };
+    // A task of its own: a sweep of many sessions must not delay the verdict on a peer.
+    tokio::spawn(run_refresh(shared.clone(), shutdown.clone()));
     let mut health = PeerHealth::new(HealthConfig::default());
     let renew_every = cluster.options.lease_ttl / 3;
     let mut next_renewal = Instant::now() + renew_every;
@@ -379,6 +404,33 @@ pub(crate) async fn run_liveness(shared: Arc<Shared>, mut shutdown: watch::Recei
     }
 }
 
+/// Keeps the directory entries of this node's sessions alive until `shutdown`: every session in one
+/// batched sweep per interval — the heartbeat interval this node announces, and at most a third of the
+/// entries' TTL so that two sweeps may fail before an entry expires.
+///
+/// One sweep per node, not one refresh per Heartbeat: a client of a cluster heartbeats every few
+/// hundred ms to detect a dead node fast, and refreshing on each of them cost the survivors of a
+/// failover thousands of Redis scripts a second while they logged in the moved clients. A sweep per
+/// announced interval keeps what the per-heartbeat refresh promised to clients that heartbeat at that
+/// interval: a replaced session whose kick was lost closes within an interval, and entries Redis lost
+/// come back within one (the lease renewal restores them sooner, see [`renew`]).
+pub(crate) async fn run_refresh(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let Some(cluster) = shared.cluster.clone() else {
+        return;
+    };
+    let announced = Duration::from_millis(u64::from(shared.settings.heartbeat_interval_ms));
+    let every = announced.min(cluster.options.session_ttl / 3);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        cluster.refresh_sessions(&shared.sessions.all()).await;
+    }
+}
+
 async fn renew(shared: &Shared, cluster: &ClusterNode) {
     match cluster.registry.renew().await {
         Ok(Renewal::Renewed) => {}
@@ -390,9 +442,7 @@ async fn renew(shared: &Shared, cluster: &ClusterNode) {
                 sessions = sessions.len(),
                 "lease was gone from Redis; registering again"
             );
-            for session in &sessions {
-                cluster.on_heartbeat(session).await;
-            }
+            cluster.refresh_sessions(&sessions).await;
         }
         Err(e) => warn!(error = %e, "lease renewal failed"),
     }

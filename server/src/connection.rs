@@ -42,8 +42,6 @@ pub(crate) struct Conn {
     pub(crate) streams: Mutex<HashMap<Arc<str>, Vec<FrameWriter>>>,
     /// Client-opened conversation streams currently open (FERRY-STREAM-7 counts only those).
     pub(crate) open_streams: AtomicUsize,
-    /// A cluster directory refresh of this session is in flight (at most one at a time).
-    pub(crate) refreshing: Arc<std::sync::atomic::AtomicBool>,
     /// Permits for Sends received but not yet answered (max_inflight_sends).
     pub(crate) inflight: Arc<Semaphore>,
 }
@@ -63,8 +61,6 @@ enum HandshakeError {
     Connection(#[from] quinn::ConnectionError),
     #[error("{0}")]
     Refused(ErrorCode, String),
-    #[error("a later login of this device replaced it")]
-    Superseded,
 }
 
 /// Serves one incoming connection until it ends.
@@ -72,6 +68,10 @@ enum HandshakeError {
 /// in flight once the session is established or refused.
 pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ticket: Ticket) {
     let remote = incoming.remote_address();
+    let order = Accepted {
+        id: shared.sessions.next_id(),
+        login_ms: unix_millis(SystemTime::now()),
+    };
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(e) => {
@@ -93,7 +93,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ti
         },
     };
     shared.metrics.connection_opened();
-    let handshake = handshake(&connection, handshake_done, &shared);
+    let handshake = handshake(&connection, handshake_done, &shared, order);
     let outcome = handshake.await;
     ticket.handshake_over();
     let (conn, control_reader, outbound) = match outcome {
@@ -105,7 +105,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ti
             shared.metrics.connection_closed();
             return;
         }
-        Err(e @ (HandshakeError::Connection(_) | HandshakeError::Superseded)) => {
+        Err(HandshakeError::Connection(e)) => {
             debug!(%remote, error = %e, "connection lost during handshake");
             shared.metrics.connection_closed();
             return;
@@ -124,11 +124,25 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ti
     info!(%remote, user = %conn.session.user, device = %conn.session.device, "session ended");
 }
 
+/// When this node accepted a connection: the order of its logins against other logins of the device
+/// (the session id on this node, the time across nodes).
+///
+/// Taken when the connection arrives, not when its Hello has been read and checked: under load the
+/// TLS handshake and the checks can take longer than the client's connect timeout, and a client that
+/// gave up on a slow attempt and dialled again must not find its new session replaced by the old
+/// attempt finishing late (SESSION_REPLACED stops a client for good).
+#[derive(Debug, Clone, Copy)]
+struct Accepted {
+    id: u64,
+    login_ms: u64,
+}
+
 /// Reads Hello on the control stream, authenticates, answers Welcome and registers the session.
 async fn handshake(
     connection: &quinn::Connection,
     handshake_done: Option<quinn::ZeroRttAccepted>,
     shared: &Arc<Shared>,
+    order: Accepted,
 ) -> Result<(Conn, FrameReader, mpsc::Receiver<Outbound>), HandshakeError> {
     let accepted = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await;
     let (send, recv) = match accepted {
@@ -151,7 +165,6 @@ async fn handshake(
         }
         Ok(Ok(Some(frame))) => frame,
     };
-    let login_ms = unix_millis(SystemTime::now());
     #[cfg(feature = "test-hooks")]
     shared.hooks.login_held().await;
     let hello = match first.kind {
@@ -187,14 +200,14 @@ async fn handshake(
         hello.device_class.clone()
     };
     let session = SessionHandle {
-        id: shared.sessions.next_id(),
+        id: order.id,
         user: user.as_str().into(),
         device: hello.device_id.as_str().into(),
         device_class: device_class.into(),
         outbound: outbound_tx,
         control: control.clone(),
         connection: connection.clone(),
-        login_ms,
+        login_ms: order.login_ms,
     };
     let welcome = Welcome {
         user_id: user,
@@ -218,26 +231,29 @@ async fn handshake(
         Some(cluster) => Some(cluster.login_lock(&session.user).await),
         None => None,
     };
-    // A client that gave up on this login (it waited too long for the Welcome) has moved on: its
-    // abandoned login must not replace anything.
+    // A client that gave up on this attempt closed it already: registering it now would only
+    // displace the session the client moved to.
     if let Some(reason) = connection.close_reason() {
         return Err(HandshakeError::Connection(reason));
     }
-    match shared
+    let replaced = match shared
         .sessions
         .register(session.clone(), shared.settings.login_policy)
     {
-        Ok(replaced) => {
-            for old in replaced {
-                info!(user = %old.user, device = %old.device, "session replaced");
-                old.close_replaced();
-            }
-        }
+        Ok(replaced) => replaced,
         Err(Superseded) => {
-            info!(user = %session.user, device = %session.device, "a later login of this device is here already; closing this one");
+            info!(user = %session.user, device = %session.device, "a later login of this device is registered here; closing this one");
             session.close_replaced();
-            return Err(HandshakeError::Superseded);
+            let reason = "a later login of this device holds its place";
+            return Err(HandshakeError::Refused(
+                ErrorCode::SESSION_REPLACED,
+                reason.into(),
+            ));
         }
+    };
+    for replaced in replaced {
+        info!(user = %replaced.user, device = %replaced.device, "session replaced");
+        replaced.close_replaced();
     }
     if let Some(cluster) = &shared.cluster {
         cluster.on_login(&session).await;
@@ -250,7 +266,6 @@ async fn handshake(
         connection: connection.clone(),
         streams: Mutex::new(HashMap::new()),
         open_streams: AtomicUsize::new(0),
-        refreshing: Arc::default(),
         inflight: Arc::new(Semaphore::new(
             shared.settings.limits.max_inflight_sends as usize,
         )),

@@ -143,8 +143,10 @@ fn sync_page_limit(conn: &Conn) -> u32 {
 /// client leave a live node, so past this the ack goes out without heads and the next one brings them.
 const HEADS_BUDGET: Duration = Duration::from_millis(250);
 
+/// Answers a Heartbeat with the heads that changed. In a cluster the session's directory entry is kept
+/// alive by the node's sweep (`cluster::run_refresh`), not here: clients of a cluster heartbeat every few
+/// hundred ms, and a Redis script per Heartbeat loaded the survivors of a failover most.
 async fn heartbeat(conn: &Conn, sync_token: u64) -> Frame {
-    refresh_directory_entry(conn);
     let limit = sync_page_limit(conn);
     let store = &conn.shared.store;
     let changes = store.changed_since(&conn.session.user, &conn.session.device, sync_token, limit);
@@ -178,24 +180,6 @@ fn heartbeat_ack(page: Option<ferry_store::SyncPage>, sync_token: u64, now_ms: u
         has_more,
         server_time_ms: now_ms,
     }))
-}
-
-/// In a cluster, keeps this session's directory entry alive — behind the HeartbeatAck, never in front of
-/// it, so a slow or absent Redis does not make the client think the connection is dead. At most one
-/// refresh per session is in flight.
-fn refresh_directory_entry(conn: &Conn) {
-    use std::sync::atomic::Ordering;
-    let Some(cluster) = conn.shared.cluster.clone() else {
-        return;
-    };
-    if conn.refreshing.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let (session, refreshing) = (conn.session.clone(), conn.refreshing.clone());
-    tokio::spawn(async move {
-        cluster.on_heartbeat(&session).await;
-        refreshing.store(false, Ordering::Release);
-    });
 }
 
 async fn sync_page(conn: &Conn, request_id: u64, since: u64, limit: u32) -> Result<Frame, Refusal> {

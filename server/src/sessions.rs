@@ -48,8 +48,7 @@ pub(crate) struct SessionHandle {
     pub(crate) control: FrameWriter,
     /// The QUIC connection, to close a replaced session.
     pub(crate) connection: quinn::Connection,
-    /// When this node read the login's Hello (Unix ms): orders logins of one device, here and across
-    /// nodes. Taken before any store or Redis work, so a login stalled there keeps its place in line.
+    /// When this node accepted the login (Unix ms): orders logins of one device across nodes.
     pub(crate) login_ms: u64,
 }
 
@@ -83,8 +82,8 @@ impl SessionHandle {
 
 pub(crate) use ferry_cluster::replaces;
 
-/// A login that a later login of the same device (or, by the policy, of the same user) already
-/// replaced: the caller closes it with SESSION_REPLACED.
+/// A login of the device that this node accepted later is registered already: the caller closes the
+/// session being registered (SESSION_REPLACED), as it would had the later login come second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Superseded;
 
@@ -102,10 +101,13 @@ impl Sessions {
     }
 
     /// Registers `session`; returns the sessions the policy says it replaces (already removed from the
-    /// registry; the caller closes them). A login never replaces one that reached this node later
-    /// (`login_ms`): an older login that was slow to get here (a stalled store, a slow revocation check)
-    /// while its client gave up and logged in again must not evict the newer session — it is
-    /// [`Superseded`] instead, as the session directory does across nodes.
+    /// registry; the caller closes them), or [`Superseded`] without registering it when a session that
+    /// this node accepted *later* holds the place already.
+    ///
+    /// Logins of one device can overlap on one node: a client whose handshake is slow (a loaded node,
+    /// a slow Redis) gives up, dials again, and the second login may be registered first. The older
+    /// login registering last must not replace the newer one — its client has moved on to it, and
+    /// SESSION_REPLACED would stop that client for good. Acceptance order is the session id's.
     pub(crate) fn register(
         &self,
         session: SessionHandle,
@@ -120,10 +122,7 @@ impl Sessions {
                 (&old.device, &old.device_class),
             )
         };
-        if list
-            .iter()
-            .any(|old| conflicts(old) && old.login_ms > session.login_ms)
-        {
+        if list.iter().any(|old| conflicts(old) && old.id > session.id) {
             return Err(Superseded);
         }
         let (replaced, kept): (Vec<_>, Vec<_>) = list.drain(..).partition(conflicts);
