@@ -191,6 +191,9 @@ struct ScriptStream {
     reset: bool,
     /// A write failed: the server stopped the stream or closed the connection.
     failed: bool,
+    /// Raw bytes were written: they may hold requests of their own (a Pull, a Send), so the answers
+    /// may outnumber the counted requests.
+    raw: bool,
 }
 
 /// How a conversation stream ended, as its reader saw it.
@@ -230,6 +233,7 @@ async fn step(
                 requests: 0,
                 reset: false,
                 failed: false,
+                raw: false,
             });
             if with_open {
                 let open = Kind::Open(wire::Open {
@@ -278,6 +282,7 @@ async fn step(
         OP_RAW => {
             let bytes = s.chunk();
             if let Some(stream) = stream(w, s) {
+                stream.raw = true;
                 write_raw(stream, bytes).await;
             }
         }
@@ -485,9 +490,13 @@ async fn check_answers(session: &mut Session, w: Written, groups: &mut Vec<Strin
         }
         let outcome = stream.reader.await.expect("stream reader task");
         match outcome.end {
+            Ok(()) if stream.raw => assert!(
+                outcome.answers >= stream.requests,
+                "a finished stream left requests unanswered"
+            ),
             Ok(()) => assert_eq!(
                 outcome.answers, stream.requests,
-                "a finished stream left requests unanswered"
+                "a finished stream answered other than once per request"
             ),
             Err(code) => {
                 documented(code, "a conversation stream");
