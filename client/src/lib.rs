@@ -92,6 +92,9 @@ mod driver;
 mod enqueue;
 pub mod error;
 pub mod event;
+/// The sans-IO core behind a small harness, for the `client_core` fuzz target (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod heartbeat;
 pub mod inbox;
 mod link;

@@ -228,7 +228,8 @@ impl Inbox {
                         after_seq: req.after_seq,
                         limit: page,
                     });
-                    next = req.after_seq + u64::from(page);
+                    // Saturating: seqs are the server's numbers, up to u64::MAX (found by fuzzing).
+                    next = req.after_seq.saturating_add(u64::from(page));
                     in_flight += 1;
                 } else {
                     continue; // nothing due (or the gap's grace period runs): no pipelining either
@@ -239,7 +240,7 @@ impl Inbox {
                     after_seq: next,
                     limit: page,
                 });
-                next += u64::from(page);
+                next = next.saturating_add(u64::from(page));
                 in_flight += 1;
             }
             budget -= requests.len().min(budget);

@@ -368,3 +368,28 @@ fn pull_pages_are_sized_to_the_frame_size() {
     let page = inbox.page();
     assert!((8..=9).contains(&page), "page {page}");
 }
+
+/// Found by the `client_core` fuzz target: catch-up Pulls near the top of the seq range overflowed
+/// (`after_seq + page`), a panic with overflow checks and wrapped-around Pulls without them.
+#[test]
+fn pulls_near_the_largest_seq_do_not_overflow() {
+    let now = Instant::now();
+    let mut ib = inbox(true);
+    ib.restore(&ConversationRow {
+        conversation: C.into(),
+        epoch: 1,
+        contiguous_seq: u64::MAX - 3,
+        app_acked_seq: u64::MAX - 3,
+        head_seq: u64::MAX,
+    });
+    assert!(
+        ib.on_deliver(C, 1, msg(u64::MAX, 1)).ready.is_empty(),
+        "gap"
+    );
+    let mut pulls = ib.poll_pulls(now);
+    pulls.extend(ib.poll_pulls(now + std::time::Duration::from_secs(60)));
+    assert!(!pulls.is_empty(), "the gap is pulled");
+    for (_, pull) in pulls {
+        assert!(pull.after_seq >= u64::MAX - 3, "no wrapped Pull: {pull:?}");
+    }
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Runs Ferry's cargo-fuzz targets (fuzz/, nightly) for N seconds each, one job each, at low priority,
+# after seeding their corpora from spec/vectors; prints each target's executions and coverage.
+#
+#   scripts/fuzz.sh --seconds N [TARGET...]     # default: every target (decoder client_core server_script)
+#   scripts/fuzz.sh --seed-only                 # only (re)write the seed corpora
+#
+# Builds with `-s none` (no sanitizer: the targets are safe Rust, and ASan would halve the execution
+# rate the 10-million-execution goal needs) and `-a` (debug assertions and overflow checks: an
+# arithmetic overflow on a peer's numbers is a bug to find). Crashes land in fuzz/artifacts/TARGET/;
+# reproduce one with `cd fuzz && cargo +nightly fuzz run -s none -a TARGET artifacts/TARGET/FILE`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { echo "usage: $0 --seconds N [TARGET...] | --seed-only" >&2; exit 2; }
+
+seconds=""
+seed_only=false
+targets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) [ $# -ge 2 ] || usage; seconds="$2"; shift 2 ;;
+    --seed-only) seed_only=true; shift ;;
+    -h|--help) usage ;;
+    -*) usage ;;
+    *) targets+=("$1"); shift ;;
+  esac
+done
+if ! $seed_only; then
+  [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || usage
+fi
+[ ${#targets[@]} -gt 0 ] || targets=(decoder client_core server_script)
+
+# --- seed corpora ------------------------------------------------------------------------------------
+# Each spec/vectors frame (valid and invalid) becomes one input per target, in that target's script
+# format (see fuzz/src/lib.rs and the opcode tables at the top of each target).
+python3 - <<'EOF'
+import json, os, struct
+
+vectors = []
+for name in ("frames", "invalid"):
+    for v in json.load(open(f"spec/vectors/{name}.json")):
+        vectors.append((f"{name}-{v['name']}", bytes.fromhex(v["hex"])))
+
+def chunk(b):
+    return struct.pack("<H", len(b)) + b
+
+def write(target, name, data):
+    os.makedirs(f"fuzz/corpus/{target}", exist_ok=True)
+    with open(f"fuzz/corpus/{target}/seed-{name}", "wb") as f:
+        f.write(data)
+
+# client_core opcodes: WIRE_CONTROL 0, WIRE_CONV 1, WELCOME 2, ADVANCE 10.
+welcome = bytes([2, 2, 4, 8, 8, 0x10, 0x27, 1, 1])  # limits on, heartbeat 10 s, store epoch 1
+to_deadline = bytes([10, 0, 0])
+# server_script opcodes: OPEN 0 (its "with Open" byte 0), RAW 6, CONTROL_RAW 16.
+open_dm = bytes([0, 0, 0])
+for name, b in vectors:
+    write("decoder", name, b"\0" + b)
+    write("client_core", name,
+          b"\0" + welcome + bytes([0]) + chunk(b) + bytes([1, 0]) + chunk(b) + to_deadline)
+    write("server_script", name + "-conversation", open_dm + bytes([6]) + chunk(b) + bytes([0]))
+    write("server_script", name + "-control", bytes([16]) + chunk(b))
+EOF
+echo "seed corpora written under fuzz/corpus/"
+$seed_only && exit 0
+
+# --- run ---------------------------------------------------------------------------------------------
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz
+fi
+cd fuzz
+mkdir -p logs
+for target in "${targets[@]}"; do
+  log="logs/$target.log"
+  echo "== $target: ${seconds}s"
+  # libFuzzer's exit status is non-zero on a crash; report it after the figures.
+  status=0
+  nice -n 10 cargo +nightly fuzz run -s none -a "$target" "corpus/$target" -- \
+    -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1 || status=$?
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
+  cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
+  ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
+  rate=$(sed -n 's/.* exec\/s: \([0-9]*\).*/\1/p' <<<"$last")
+  echo "$target: execs ${execs:-?} cov ${cov:-?} ft ${ft:-?} exec/s ${rate:-?} (log fuzz/$log)"
+  if [ "$status" -ne 0 ]; then
+    echo "$target: libFuzzer exited with $status; see fuzz/$log and fuzz/artifacts/$target/" >&2
+    exit "$status"
+  fi
+done
