@@ -6,6 +6,10 @@
 //! (the replay) and the first read of the newest message, and lets the indexer catch up.
 //!
 //! `cargo run --release -p ferry-store --example recovery_bench [MESSAGES]` (default 1,000,000)
+//!
+//! Writing the tail takes minutes on a loaded machine; with `FERRY_RECOVERY_KEEP=<dir>` the killed
+//! child's data directory is kept there, and a later run finding it recovers a copy of it instead of
+//! writing again (so the same log can be replayed before and after a change).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -17,6 +21,7 @@ use bytes::Bytes;
 use ferry_store::{EmbeddedStore, EmbeddedStoreOptions, NewMessage, Store};
 
 const CHILD_ENV: &str = "FERRY_RECOVERY_CHILD_DIR";
+const KEEP_ENV: &str = "FERRY_RECOVERY_KEEP";
 const CONVERSATIONS: usize = 50;
 const TASKS: usize = 50;
 
@@ -40,10 +45,26 @@ fn main() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
+    let keep = std::env::var_os(KEEP_ENV).map(std::path::PathBuf::from);
+    match &keep {
+        Some(kept) if kept.join("log").is_dir() => {
+            println!("recovering a copy of {}", kept.display());
+        }
+        _ => write_killed(keep.as_deref().unwrap_or(dir.path()), messages),
+    }
+    if let Some(kept) = &keep {
+        copy_dir(kept, dir.path());
+    }
+    runtime.block_on(recover(dir.path(), messages));
+}
+
+/// Runs the writing child in `dir` and kills it once it reports that everything is acked.
+fn write_killed(dir: &Path, messages: usize) {
+    std::fs::create_dir_all(dir).expect("data dir");
     let started = Instant::now();
     let mut child = Command::new(std::env::current_exe().expect("exe"))
         .arg(messages.to_string())
-        .env(CHILD_ENV, dir.path())
+        .env(CHILD_ENV, dir)
         .stdout(Stdio::piped())
         .spawn()
         .expect("child");
@@ -55,7 +76,7 @@ fn main() {
     child.kill().expect("kill");
     child.wait().expect("wait");
     assert!(done, "the child died before writing everything");
-    let log_bytes: u64 = std::fs::read_dir(dir.path().join("log"))
+    let log_bytes: u64 = std::fs::read_dir(dir.join("log"))
         .expect("log dir")
         .map(|e| e.expect("entry").metadata().expect("metadata").len())
         .sum();
@@ -64,7 +85,28 @@ fn main() {
         started.elapsed().as_secs_f64(),
         log_bytes >> 20
     );
-    runtime.block_on(recover(dir.path(), messages));
+}
+
+/// Copies the data directory `from` (the database and the log, one level deep) into `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in walk(from) {
+        let target = to.join(entry.strip_prefix(from).expect("inside"));
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("dir");
+        std::fs::copy(&entry, &target).expect("copy");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 fn options() -> EmbeddedStoreOptions {

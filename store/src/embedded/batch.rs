@@ -391,7 +391,7 @@ impl<'c> Batch<'c> {
                 .messages
                 .into_iter()
                 .map(|((conv, seq), bytes)| MessageRow {
-                    conv,
+                    conv: conv.into(),
                     seq,
                     message: bytes.into(),
                 })
@@ -401,9 +401,9 @@ impl<'c> Batch<'c> {
                 .into_iter()
                 .map(
                     |((conv, sender, client_msg_id), (seq, time_ms))| DedupeRow {
-                        conv,
-                        sender,
-                        client_msg_id,
+                        conv: conv.into(),
+                        sender: sender.into(),
+                        client_msg_id: client_msg_id.into(),
                         seq,
                         time_ms,
                     },
@@ -413,7 +413,7 @@ impl<'c> Batch<'c> {
                 .convs
                 .into_iter()
                 .map(|(conv, record)| ConvRow {
-                    conv,
+                    conv: conv.into(),
                     record: Some(record),
                 })
                 .collect(),
@@ -429,9 +429,9 @@ impl<'c> Batch<'c> {
                 .cursors
                 .into_iter()
                 .map(|((conv, user, device), seq)| CursorRow {
-                    conv,
-                    user,
-                    device,
+                    conv: conv.into(),
+                    user: user.into(),
+                    device: device.into(),
                     seq,
                 })
                 .collect(),

@@ -51,15 +51,15 @@ impl Cache {
     pub fn apply(&mut self, record: &GroupRecord) {
         for row in &record.convs {
             let conv_record = row.record.clone().unwrap_or_default();
-            match self.convs.get_mut(&row.conv) {
+            match self.convs.get_mut(row.conv()) {
                 Some(existing) => *existing = conv_record,
                 None => {
-                    self.convs.insert(row.conv.clone(), conv_record);
+                    self.convs.insert(row.conv().to_owned(), conv_record);
                 }
             }
         }
         for row in &record.members {
-            self.insert_member(&row.conv, &row.user, row.rec());
+            self.insert_member(row.conv(), row.user(), row.rec());
         }
         self.change = self.change.max(record.change);
     }

@@ -26,7 +26,7 @@ use std::hash::BuildHasher;
 
 use redb::{ReadableTable, TableDefinition};
 
-use super::record::DedupeRow;
+use super::record::{text_bytes, DedupeRow};
 
 /// `last group of an index transaction` → `max time_ms (u64 LE) | prost DedupeRows` of the dedupe
 /// entries that transaction indexed. Keys only grow, so every insert is an append.
@@ -66,9 +66,13 @@ pub(crate) fn log_value_max_time(value: &[u8]) -> Option<u64> {
 }
 
 fn decode_log_value(value: &[u8]) -> Result<DedupeRows, redb::Error> {
-    let corrupt = || redb::Error::Corrupted("dedupe log row too short".into());
-    let rows = value.get(8..).ok_or_else(corrupt)?;
-    prost::Message::decode(rows).map_err(|e| redb::Error::Corrupted(format!("dedupe log row: {e}")))
+    let corrupt = |what: String| redb::Error::Corrupted(format!("dedupe log row: {what}"));
+    let rows = value.get(8..).ok_or_else(|| corrupt("too short".into()))?;
+    // One copy of the whole value, which the rows' text fields then slice (no allocation per field).
+    let rows: DedupeRows = prost::Message::decode(bytes::Bytes::copy_from_slice(rows))
+        .map_err(|e| corrupt(e.to_string()))?;
+    super::record::checked_text(rows.rows.iter().flat_map(DedupeRow::texts)).map_err(corrupt)?;
+    Ok(rows)
 }
 
 /// `(seq, time_ms)` of a stored message.
@@ -111,7 +115,7 @@ impl DedupeIndex {
         let mut hashes = Vec::new();
         let mut newest = 0;
         for row in rows {
-            let hash = self.hash(&row.conv, &row.sender, &row.client_msg_id);
+            let hash = self.hash(row.conv(), row.sender(), row.client_msg_id());
             let entry = (row.seq, row.time_ms);
             match self.slots.insert(hash, entry) {
                 // The same row again (a group indexed twice across a crash): nothing new.
@@ -224,9 +228,9 @@ pub(crate) fn migrate_v1(txn: &redb::WriteTransaction, applied: u64) -> Result<(
             let (conv, sender, client_msg_id) = key.value();
             let (seq, time_ms) = value.value();
             rows.push(DedupeRow {
-                conv: conv.to_owned(),
-                sender: sender.to_owned(),
-                client_msg_id: client_msg_id.to_owned(),
+                conv: text_bytes(conv),
+                sender: text_bytes(sender),
+                client_msg_id: text_bytes(client_msg_id),
                 seq,
                 time_ms,
             });
@@ -247,9 +251,9 @@ mod tests {
 
     fn row(conv: &str, cmid: &str, seq: u64, time_ms: u64) -> DedupeRow {
         DedupeRow {
-            conv: conv.into(),
-            sender: "alice".into(),
-            client_msg_id: cmid.into(),
+            conv: text_bytes(conv),
+            sender: text_bytes("alice"),
+            client_msg_id: text_bytes(cmid),
             seq,
             time_ms,
         }

@@ -225,10 +225,10 @@ impl<'txn> Tables<'txn> {
         records: impl Iterator<Item = &'r GroupRecord> + Clone,
     ) -> Result<(), redb::Error> {
         let mut messages: Vec<&MessageRow> = records.clone().flat_map(|r| &r.messages).collect();
-        messages.sort_unstable_by(|a, b| (a.conv.as_str(), a.seq).cmp(&(b.conv.as_str(), b.seq)));
+        messages.sort_unstable_by(|a, b| (&a.conv, a.seq).cmp(&(&b.conv, b.seq)));
         for row in messages {
             self.messages
-                .insert((row.conv.as_str(), row.seq), row.message.as_ref())?;
+                .insert((row.conv(), row.seq), row.message.as_ref())?;
         }
         let mut convs = BTreeMap::new();
         let mut members = BTreeMap::new();
@@ -236,16 +236,16 @@ impl<'txn> Tables<'txn> {
         let mut cursors = BTreeMap::new();
         for record in records {
             for row in &record.convs {
-                convs.insert(row.conv.as_str(), row);
+                convs.insert(row.conv(), row);
             }
             for row in &record.members {
-                members.insert((row.conv.as_str(), row.user.as_str()), row);
+                members.insert((row.conv(), row.user()), row);
                 if row.new {
-                    new_members.insert((row.user.as_str(), row.conv.as_str()));
+                    new_members.insert((row.user(), row.conv()));
                 }
             }
             for row in &record.cursors {
-                let key = (row.conv.as_str(), row.user.as_str(), row.device.as_str());
+                let key = (row.conv(), row.user(), row.device());
                 let seq = cursors.entry(key).or_insert(row.seq);
                 *seq = (*seq).max(row.seq);
             }

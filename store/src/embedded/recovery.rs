@@ -15,8 +15,6 @@ use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::Arc;
 
-use prost::Message as _;
-
 use super::cache::Cache;
 use super::dedupe::DedupeIndex;
 use super::record::GroupRecord;
@@ -39,9 +37,10 @@ const DECODED_QUEUE: usize = 256;
 /// Replays `log_dir` into `cache`, `tail` (whose `indexed` is the index's high-water mark) and the
 /// dedupe index.
 ///
-/// Two threads share the work: one reads, checks and decodes frames (the allocation-heavy part), the
-/// calling one takes them into the cache and the tail in order. A million messages replay in well
-/// under the two seconds the start-up goal allows only if these overlap.
+/// Two threads share the work, about evenly: one reads, checks and decodes frames (decoding slices
+/// the frame's buffer, see `record`) and takes their ids into the dedupe index, which nothing else
+/// touches during the replay; the calling one takes the records into the cache and the tail, in order.
+/// A million messages replay within the two seconds the start-up goal allows only if these overlap.
 pub(crate) fn replay(
     log_dir: &Path,
     cache: &mut Cache,
@@ -53,15 +52,14 @@ pub(crate) fn replay(
     std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
             .name("ferry-store-replay".into())
-            .spawn_scoped(scope, move || read_frames(log_dir, indexed, &tx))
+            .spawn_scoped(scope, move || read_frames(log_dir, indexed, dedupe, &tx))
             .map_err(|e| StoreError::Backend(format!("log: {e}")))?;
         let mut last_group = indexed;
         let mut groups = 0;
         // Ends when the reader is done or failed (it drops the sender either way).
         for (group, record, size) in rx {
             cache.apply(&record);
-            dedupe.insert(&record.dedupe);
-            tail.push(group, Arc::new(record), size);
+            tail.push(group, record, size);
             last_group = group;
             groups += 1;
         }
@@ -100,8 +98,8 @@ pub(crate) fn read_groups(
                 )));
             }
             let size = payload.len();
-            let record =
-                GroupRecord::decode(payload).map_err(|e| corrupt(format!("group {group}: {e}")))?;
+            let record = GroupRecord::decode_checked(payload)
+                .map_err(|e| corrupt(format!("group {group}: {e}")))?;
             groups.push((group, Arc::new(record), size));
             expected += 1;
         }
@@ -114,13 +112,14 @@ pub(crate) fn read_groups(
     Ok(groups)
 }
 
-/// Reads every segment, cuts off a torn end, checks that groups follow each other from `indexed + 1`
-/// and sends the decoded records past `indexed` to `out`, in order. Stops at the first error, after
-/// the frames before it were sent.
+/// Reads every segment, cuts off a torn end, checks that groups follow each other from `indexed + 1`,
+/// takes the dedupe rows of the records past `indexed` into `dedupe` and sends the records to `out`,
+/// in order. Stops at the first error, after the frames before it were sent.
 fn read_frames(
     log_dir: &Path,
     indexed: u64,
-    out: &std::sync::mpsc::SyncSender<(u64, GroupRecord, usize)>,
+    dedupe: &mut DedupeIndex,
+    out: &std::sync::mpsc::SyncSender<(u64, Arc<GroupRecord>, usize)>,
 ) -> Result<(), StoreError> {
     let corrupt = |what: String| StoreError::Backend(format!("log: {what}"));
     let io = |err: std::io::Error| StoreError::Backend(format!("log: {err}"));
@@ -153,9 +152,10 @@ fn read_frames(
                 )));
             }
             let size = payload.len();
-            let record =
-                GroupRecord::decode(payload).map_err(|e| corrupt(format!("group {group}: {e}")))?;
-            if out.send((group, record, size)).is_err() {
+            let record = GroupRecord::decode_checked(payload)
+                .map_err(|e| corrupt(format!("group {group}: {e}")))?;
+            dedupe.insert(&record.dedupe);
+            if out.send((group, Arc::new(record), size)).is_err() {
                 // The applying side is gone; it reports its own failure.
                 return Ok(());
             }

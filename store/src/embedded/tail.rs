@@ -45,8 +45,8 @@ type Map3<V> = HashMap<Box<[u8]>, V, RandomState>;
 pub(crate) struct Tail {
     /// `(group, record, payload size, when it was pushed)`, oldest first.
     groups: VecDeque<(u64, Arc<GroupRecord>, usize, Instant)>,
-    /// conversation → seq → encoded message.
-    messages: HashMap<String, BTreeMap<u64, Bytes>>,
+    /// conversation → seq → encoded message (foldhash: one lookup per message, see [`Map3`]).
+    messages: HashMap<String, BTreeMap<u64, Bytes>, RandomState>,
     /// cursor key → `(seq, group)`.
     cursors: Map3<(u64, u64)>,
     /// Sum of the payload sizes of the groups held.
@@ -80,14 +80,14 @@ impl Tail {
     pub(crate) fn push(&mut self, group: u64, record: Arc<GroupRecord>, size: usize) {
         for row in &record.messages {
             // Look up before inserting: the conversation name is cloned once, not per message.
-            let seqs = match self.messages.get_mut(&row.conv) {
+            let seqs = match self.messages.get_mut(row.conv()) {
                 Some(seqs) => seqs,
-                None => self.messages.entry(row.conv.clone()).or_default(),
+                None => self.messages.entry(row.conv().to_owned()).or_default(),
             };
             seqs.insert(row.seq, row.message.clone());
         }
         for row in &record.cursors {
-            let key = key3(&row.conv, &row.user, &row.device);
+            let key = key3(row.conv(), row.user(), row.device());
             self.cursors.insert(key, (row.seq, group));
         }
         self.bytes += size;
@@ -101,12 +101,12 @@ impl Tail {
         for (group, record, size) in groups.into_iter().rev() {
             for row in &record.messages {
                 self.messages
-                    .entry(row.conv.clone())
+                    .entry(row.conv().to_owned())
                     .or_default()
                     .insert(row.seq, row.message.clone());
             }
             for row in &record.cursors {
-                let key = key3(&row.conv, &row.user, &row.device);
+                let key = key3(row.conv(), row.user(), row.device());
                 self.cursors.entry(key).or_insert((row.seq, group));
             }
             self.bytes += size;
@@ -152,15 +152,15 @@ impl Tail {
             };
             self.bytes -= size;
             for row in &record.messages {
-                if let Some(seqs) = self.messages.get_mut(&row.conv) {
+                if let Some(seqs) = self.messages.get_mut(row.conv()) {
                     seqs.remove(&row.seq);
                     if seqs.is_empty() {
-                        self.messages.remove(&row.conv);
+                        self.messages.remove(row.conv());
                     }
                 }
             }
             for row in &record.cursors {
-                let key = key3(&row.conv, &row.user, &row.device);
+                let key = key3(row.conv(), row.user(), row.device());
                 if self.cursors.get(&key).is_some_and(|e| e.1 == group) {
                     self.cursors.remove(&key);
                 }
@@ -200,19 +200,19 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embedded::record::{DedupeRow, MessageRow};
+    use crate::embedded::record::{text_bytes, DedupeRow, MessageRow};
 
     fn group(conv: &str, seq: u64, cmid: &str) -> Arc<GroupRecord> {
         Arc::new(GroupRecord {
             messages: vec![MessageRow {
-                conv: conv.into(),
+                conv: text_bytes(conv),
                 seq,
                 message: Bytes::from_static(b"m"),
             }],
             dedupe: vec![DedupeRow {
-                conv: conv.into(),
-                sender: "alice".into(),
-                client_msg_id: cmid.into(),
+                conv: text_bytes(conv),
+                sender: text_bytes("alice"),
+                client_msg_id: text_bytes(cmid),
                 seq,
                 time_ms: 7,
             }],
