@@ -187,7 +187,7 @@ impl SessionDirectory {
     }
 
     /// Extends the expiry of many sessions of this node at once (the node's periodic sweep): every
-    /// refresh is in flight together, [`BATCH`] at a time, so the connection pipelines them — one
+    /// refresh is in flight together, `BATCH` (256) at a time, so the connection pipelines them — one
     /// round trip per batch instead of one per session. Results come in the order of `sessions`.
     pub async fn refresh_many(
         &self,
