@@ -12,7 +12,8 @@ use bytes::Bytes;
 use ferry_protocol::codec::{self, frame};
 use ferry_protocol::frame::{
     frame::Kind, Ack, AddMember, CreateGroup, Heartbeat, HeartbeatAck, Hello, Message, Open, Pull,
-    PullResult, PushResult, RemoveMember, Send, SendAck, Sync, SyncResult, Welcome,
+    PullResult, PushPolicy, PushRegister, PushResult, RemoveMember, Send, SendAck, Sync,
+    SyncResult, Welcome,
 };
 use ferry_protocol::{ErrorCode, Frame, ALPN, VERSION};
 use ferry_quic::{codes, ClientConfigBuilder, FrameReader, ReadError, TrustRoots};
@@ -321,6 +322,26 @@ impl Session {
                 Frame { kind },
             )),
         }
+    }
+
+    /// PushRegister of `endpoint` with `app_token` and `policy`: the PushResult, or the code of the Error
+    /// that refused it.
+    pub async fn push_register(
+        &mut self,
+        endpoint: &str,
+        app_token: &str,
+        policy: PushPolicy,
+    ) -> Result<Result<PushResult, ErrorCode>, DriverError> {
+        let (endpoint, app_token) = (endpoint.to_owned(), app_token.to_owned());
+        self.push_request(|request_id| {
+            Kind::PushRegister(PushRegister {
+                request_id,
+                endpoint,
+                app_token,
+                policy: policy as i32,
+            })
+        })
+        .await
     }
 
     /// CreateGroup.

@@ -9,7 +9,7 @@ mod receiver;
 use std::time::Duration;
 
 use ferry_interop::driver::Session;
-use ferry_protocol::frame::{frame::Kind, PushPolicy, PushRegister};
+use ferry_protocol::frame::PushPolicy;
 use ferry_protocol::ids;
 use ferry_tests::cluster::{Backend, TestCluster};
 use ferry_tests::wait_until;
@@ -48,16 +48,8 @@ async fn a_device_offline_on_every_node_gets_one_post_and_an_online_one_none() {
 
     // Registered through node 1, then offline everywhere.
     let mut phone = session(&cluster, 0, "bob", "phone").await;
-    let endpoint = receiver.url("/phone");
     phone
-        .push_request(|request_id| {
-            Kind::PushRegister(PushRegister {
-                request_id,
-                endpoint,
-                app_token: String::new(),
-                policy: PushPolicy::None as i32,
-            })
-        })
+        .push_register(&receiver.url("/phone"), "", PushPolicy::None)
         .await
         .unwrap()
         .expect("registered");

@@ -42,16 +42,8 @@ async fn register_with(
     endpoint: &str,
     policy: PushPolicy,
 ) -> Result<(), ErrorCode> {
-    let endpoint = endpoint.to_owned();
     session
-        .push_request(|request_id| {
-            Kind::PushRegister(PushRegister {
-                request_id,
-                endpoint,
-                app_token: "app-token-1".into(),
-                policy: policy as i32,
-            })
-        })
+        .push_register(endpoint, "app-token-1", policy)
         .await
         .expect("push request answered")
         .map(|_| ())

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_interop::driver::{hello, Session};
-use ferry_protocol::frame::{frame::Kind, Hello, PushPolicy, PushRegister};
+use ferry_protocol::frame::{Hello, PushPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -125,14 +125,7 @@ pub async fn start_server(
     let mut session = Session::start(connection, asking).await?;
     let endpoint = format!("http://{}/{user}", receiver.addr);
     session
-        .push_request(|request_id| {
-            Kind::PushRegister(PushRegister {
-                request_id,
-                endpoint,
-                app_token: String::new(),
-                policy: PushPolicy::None as i32,
-            })
-        })
+        .push_register(&endpoint, "", PushPolicy::None)
         .await?
         .map_err(|code| anyhow::anyhow!("push registration refused: {code:?}"))?;
     session.close();
