@@ -37,7 +37,8 @@ log "build binaries"
 cargo build --workspace --bins
 
 log "tests"
-cargo nextest run --workspace --no-fail-fast --failure-output final
+# No backtraces: CI shows only the tail of a failure's output, and that must be the panic message.
+RUST_BACKTRACE=0 cargo nextest run --workspace --no-fail-fast --failure-output final
 target/debug/ferry-chaos run --profile short --report target/chaos-short.json  # issue 18, ~3 min; a fresh seed each run (printed, replay with --seed)
 scripts/bindings.sh --test  # issue 19: bindings drift check, Kotlin JVM tests and pytest against a real server
 log "doc tests"

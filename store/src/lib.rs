@@ -151,7 +151,7 @@ pub struct SyncPage {
 
 /// Storage failures. The server maps them onto wire codes (FORBIDDEN, NOT_FOUND, INVALID_ARGUMENT,
 /// INTERNAL).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The conversation does not exist.
     #[error("conversation not found")]

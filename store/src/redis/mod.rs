@@ -108,6 +108,41 @@ fn backend(context: &str, err: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("{context}: {err}"))
 }
 
+/// A failed Redis call as a store error. What Redis says will pass by itself — still loading its
+/// dataset after a restart (`LOADING`), a cluster failing over (`TRYAGAIN`, `CLUSTERDOWN`,
+/// `MASTERDOWN`, `READONLY`), a dropped or refused connection, a timeout — is
+/// [`StoreError::Unavailable`], which the server answers with a retry hint; the rest (a bad reply, a
+/// script error) is [`StoreError::Backend`].
+fn redis_failure(context: &str, err: redis::RedisError) -> StoreError {
+    use redis::RetryMethod;
+    let passes = err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || matches!(
+            err.kind(),
+            redis::ErrorKind::Server(kind) if server_error_passes(kind)
+        )
+        || matches!(
+            err.retry_method(),
+            RetryMethod::ReconnectFromInitialConnections | RetryMethod::RefreshSlotsAndRetry
+        );
+    if passes {
+        StoreError::Unavailable(format!("{context}: {err}"))
+    } else {
+        backend(context, err)
+    }
+}
+
+/// Redis server errors that pass by themselves (see [`redis_failure`]).
+fn server_error_passes(kind: redis::ServerErrorKind) -> bool {
+    use redis::ServerErrorKind::*;
+    matches!(
+        kind,
+        BusyLoading | TryAgain | ClusterDown | MasterDown | ReadOnly
+    )
+}
+
 /// A fresh random epoch (non-zero, FERRY-MSG-6).
 fn random_epoch() -> u64 {
     loop {
@@ -182,11 +217,61 @@ impl RedisStore {
             .arg(random_epoch())
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(|e| backend("store epoch", e))?;
+            .map_err(|e| redis_failure("store epoch", e))?;
         let epoch: u64 = raw
             .parse()
             .map_err(|_| StoreError::Backend(format!("bad store epoch {raw:?} in redis")))?;
         let before = self.store_epoch.swap(epoch, Ordering::Relaxed);
         Ok(before != 0 && before != epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error Redis answers with `reply` (one RESP error line).
+    fn answered(reply: &str) -> redis::RedisError {
+        redis::parse_redis_value(format!("-{reply}\r\n").as_bytes())
+            .and_then(|value| value.extract_error())
+            .expect_err("an error reply")
+    }
+
+    #[test]
+    fn errors_that_pass_by_themselves_are_unavailable() {
+        for reply in [
+            "LOADING Redis is loading the dataset in memory",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "MASTERDOWN Link with MASTER is down",
+            "READONLY You can't write against a read only replica.",
+        ] {
+            let error = redis_failure("members", answered(reply));
+            assert!(
+                matches!(error, StoreError::Unavailable(_)),
+                "{reply}: {error:?}"
+            );
+        }
+        let dropped =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(matches!(
+            redis_failure("members", dropped),
+            StoreError::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn other_errors_are_backend_failures() {
+        for reply in [
+            "ERR Error running script: bad argument",
+            "NOSCRIPT No matching script",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        ] {
+            let error = redis_failure("members", answered(reply));
+            assert!(
+                matches!(error, StoreError::Backend(_)),
+                "{reply}: {error:?}"
+            );
+        }
     }
 }

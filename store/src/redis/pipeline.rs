@@ -32,7 +32,7 @@ use redis::{Cmd, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::conn::Conn;
-use super::scripts;
+use super::{redis_failure, scripts, server_error_passes};
 use crate::{StoreError, WriteStats};
 
 /// Lanes per store: enough that unrelated conversations rarely share a lane (and wait for each other's
@@ -169,9 +169,9 @@ async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
             Ok(values) if values.len() == jobs.len() => values,
             Ok(values) => {
                 let error = format!("redis answered {} of {} commands", values.len(), jobs.len());
-                return fail_all(jobs, &error);
+                return fail_all(jobs, StoreError::Backend(error));
             }
-            Err(err) => return fail_all(jobs, &format!("redis append pipeline: {err}")),
+            Err(err) => return fail_all(jobs, redis_failure("redis append pipeline", err)),
         };
         let mut refused = Vec::new();
         for ((mut job, value), cmd) in jobs.into_iter().zip(values).zip(pipe.cmd_iter()) {
@@ -183,9 +183,12 @@ async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
                     refused.push(job);
                 }
                 Value::ServerError(err) => {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::Backend(format!("redis append: {err:?}"))));
+                    let context = format!("redis append: {err:?}");
+                    let error = match err.kind() {
+                        Some(kind) if server_error_passes(kind) => StoreError::Unavailable(context),
+                        _ => StoreError::Backend(context),
+                    };
+                    let _ = job.reply.send(Err(error));
                 }
                 value => {
                     let _ = job.reply.send(Ok(value));
@@ -199,15 +202,15 @@ async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
             .on_every_master(scripts::load(scripts::APPEND_SOURCE))
             .await
         {
-            return fail_all(refused, &format!("SCRIPT LOAD on redis: {err}"));
+            return fail_all(refused, redis_failure("SCRIPT LOAD on redis", err));
         }
         jobs = refused;
     }
     // Unreachable with jobs left: round 1 answers every job it is given.
 }
 
-fn fail_all(jobs: Vec<Job>, error: &str) {
+fn fail_all(jobs: Vec<Job>, error: StoreError) {
     for job in jobs {
-        let _ = job.reply.send(Err(StoreError::Backend(error.to_owned())));
+        let _ = job.reply.send(Err(error.clone()));
     }
 }

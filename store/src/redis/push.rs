@@ -4,7 +4,7 @@
 use prost::Message as _;
 use redis::AsyncCommands;
 
-use super::{backend, RedisStore};
+use super::{backend, redis_failure, RedisStore};
 use crate::{PushRecord, StoreError, MAX_PUSH_DEVICES_PER_USER};
 
 /// Sets the field only if the hash has room for a new device (or the device is already there), in one
@@ -35,7 +35,7 @@ impl RedisStore {
             .arg(MAX_PUSH_DEVICES_PER_USER)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(|e| backend("push register", e))?;
+            .map_err(|e| redis_failure("push register", e))?;
         if stored == 0 {
             return Err(crate::push::too_many_devices());
         }
@@ -52,7 +52,7 @@ impl RedisStore {
             .clone()
             .hdel(key(&self.prefix, user), device)
             .await
-            .map_err(|e| backend("push unregister", e))?;
+            .map_err(|e| redis_failure("push unregister", e))?;
         Ok(removed > 0)
     }
 
@@ -65,7 +65,7 @@ impl RedisStore {
             .clone()
             .hgetall(key(&self.prefix, user))
             .await
-            .map_err(|e| backend("push list", e))?;
+            .map_err(|e| redis_failure("push list", e))?;
         let mut out = Vec::with_capacity(raw.len());
         for (device, bytes) in raw {
             let record =

@@ -2,7 +2,7 @@
 //! device → Unix seconds, the empty field for every device of the user. Every node reads the same hash, so a
 //! revocation holds cluster-wide; with `appendfsync always` it is durable when the script returns.
 
-use super::{backend, RedisStore};
+use super::{redis_failure, RedisStore};
 use crate::revoke::{device_key, ALL_DEVICES};
 use crate::StoreError;
 
@@ -35,7 +35,7 @@ impl RedisStore {
             .arg(at_s)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(|e| backend("revoke", e))?;
+            .map_err(|e| redis_failure("revoke", e))?;
         Ok(stored)
     }
 
@@ -50,7 +50,7 @@ impl RedisStore {
             .arg(device)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(|e| backend("revocation stamp", e))?;
+            .map_err(|e| redis_failure("revocation stamp", e))?;
         Ok(stamps.into_iter().flatten().max().unwrap_or(0))
     }
 }

@@ -12,7 +12,7 @@ use prost::Message as _;
 use redis::{AsyncCommands, FromRedisValue, Script, Value};
 
 use super::keys::{self, ConvKeys};
-use super::{backend, random_epoch, scripts, RedisStore};
+use super::{backend, random_epoch, redis_failure, scripts, RedisStore};
 use crate::{
     Appended, ConversationInfo, Membership, MembershipOp, NewMessage, PendingAppend, PushRecord,
     Store, StoreError, SyncPage, WriteStats,
@@ -163,7 +163,7 @@ impl RedisStore {
         invocation
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(|e| backend(what, e))
+            .map_err(|e| redis_failure(what, e))
     }
 
     /// The `EVALSHA` of the append script for `new` exactly as [`Store::queue_append`] sends it, and
@@ -219,7 +219,7 @@ impl RedisStore {
         }))
         .await;
         for result in results {
-            result.map_err(|e| backend("indexing a user's conversations", e))?;
+            result.map_err(|e| redis_failure("indexing a user's conversations", e))?;
         }
         Ok(())
     }
@@ -417,7 +417,7 @@ impl Store for RedisStore {
             .arg(&["kind", "name", "owner", "head", "epoch"])
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(|e| backend("conversation", e))?;
+            .map_err(|e| redis_failure("conversation", e))?;
         let [Some(kind), Some(name), Some(owner), Some(head), Some(epoch)] =
             <[Option<String>; 5]>::try_from(fields).unwrap_or_default()
         else {
@@ -453,7 +453,7 @@ impl Store for RedisStore {
             .clone()
             .hgetall(conv.members())
             .await
-            .map_err(|e| backend("members", e))?;
+            .map_err(|e| redis_failure("members", e))?;
         let mut members = Vec::with_capacity(all.len());
         for (user, raw) in all {
             if MemberRecord::parse(&raw)?.left == 0 {
@@ -485,7 +485,7 @@ impl Store for RedisStore {
             .arg(limit)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(|e| backend("reading messages", e))?;
+            .map_err(|e| redis_failure("reading messages", e))?;
         let mut messages = Vec::with_capacity(entries.len());
         for entry in entries {
             let (id, fields): (String, Vec<Vec<u8>>) = parse("stream entry", entry)?;

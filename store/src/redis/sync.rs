@@ -6,7 +6,7 @@ use futures_util::future::join_all;
 use redis::AsyncCommands;
 
 use super::store::{ConvState, MemberRecord};
-use super::{backend, keys, RedisStore};
+use super::{keys, redis_failure, RedisStore};
 use crate::{StoreError, SyncPage};
 
 /// Conversations read at once by one Sync (each is one script call; they pipeline on the connection).
@@ -28,7 +28,7 @@ impl RedisStore {
             self.refresh_store_epoch(),
             conn.smembers::<_, Vec<String>>(set)
         );
-        let conversations = conversations.map_err(|e| backend("user conversations", e))?;
+        let conversations = conversations.map_err(|e| redis_failure("user conversations", e))?;
         // Tokens from before a store epoch change mean nothing any more (FERRY-SYNC-4).
         let mut since_token = if epoch_changed? { 0 } else { since_token };
 
