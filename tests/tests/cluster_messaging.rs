@@ -287,3 +287,26 @@ async fn a_lost_cross_node_publication_is_healed_by_heads_and_pull() {
     let seqs: Vec<u64> = bob_seen.lock().unwrap().iter().map(|m| m.seq).collect();
     assert_eq!(seqs, vec![first.seq, last.seq]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_of_a_direct_conversation_redis_lost_restores_it_in_a_new_epoch() {
+    // After a FLUSHALL, a Pull may reach the server before any Send re-creates the conversation.
+    // NOT_FOUND there would make the client refuse its pending Sends for good (an Error without
+    // client_msg_id and a non-retryable code refuses the conversation), so the Pull re-creates it.
+    let cluster = TestCluster::start(Backend::single(), 1, |_| {}).await;
+    let alice = session(&cluster, 0, "alice", "phone").await;
+    let conv = direct("alice", "bob");
+    let mut a = alice.open(&conv).await.unwrap();
+    a.send_and_ack("before", b"hi").await.unwrap();
+    let before = a.pull(0, 100).await.unwrap();
+    assert_eq!(before.messages.len(), 1);
+    let Backend::Single(redis) = &cluster.backend else {
+        unreachable!("one Redis")
+    };
+    tokio::task::block_in_place(|| redis.flushall());
+    let after = a.pull(0, 100).await.expect("a page, not a refusal");
+    assert!(after.messages.is_empty(), "{after:?}");
+    assert_ne!(after.epoch, before.epoch, "the lost history is a new epoch");
+    // And the stream goes on: the next Send is stored in that epoch.
+    assert_eq!(a.send_and_ack("after", b"hi").await.unwrap().seq, 1);
+}

@@ -1,7 +1,9 @@
 //! Pull → PullResult (FERRY-PULL-*): one page of a conversation's history, as the reader may see it.
 
 use ferry_protocol::frame::{Message, PullResult};
+use ferry_protocol::ids::{self, ConversationRef};
 use ferry_protocol::ErrorCode;
+use ferry_store::StoreError;
 
 use crate::connection::Conn;
 use crate::errors::{from_store, Refusal};
@@ -15,11 +17,24 @@ pub(super) async fn page(
     limit: u32,
 ) -> Result<PullResult, Refusal> {
     let store = &conn.shared.store;
-    let info = store
-        .conversation(conversation)
-        .await
-        .map_err(from_store)?
-        .ok_or_else(|| Refusal::new(ErrorCode::NOT_FOUND, "no such conversation"))?;
+    let info = match store.conversation(conversation).await.map_err(from_store)? {
+        Some(info) => info,
+        // A direct conversation the store lost (Redis FLUSHALL) is created again, in a new epoch, as
+        // a Send would do: NOT_FOUND would make its party's client refuse its pending Sends for good.
+        None if is_direct(conversation) => {
+            super::stream::authorize_open(conn, conversation).await?;
+            store
+                .conversation(conversation)
+                .await
+                .map_err(from_store)?
+                .ok_or_else(|| {
+                    from_store(StoreError::Unavailable(
+                        "the conversation is being restored".into(),
+                    ))
+                })?
+        }
+        None => return Err(Refusal::new(ErrorCode::NOT_FOUND, "no such conversation")),
+    };
     let membership = store
         .membership(conversation, &conn.session.user)
         .await
@@ -44,6 +59,13 @@ pub(super) async fn page(
         has_more: last < head,
         epoch: info.epoch,
     })
+}
+
+fn is_direct(conversation: &str) -> bool {
+    matches!(
+        ids::parse_conversation_id(conversation),
+        Some(ConversationRef::Direct(..))
+    )
 }
 
 /// Keeps a PullResult within the maximum frame size: drops trailing messages, but always keeps the first
