@@ -134,6 +134,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         ferry_protocol::ALPN,
         QUIC_IDLE_TIMEOUT,
         settings.limits.max_open_streams + 8,
+        settings.initial_window_packets,
         sessions,
     )
     .context("building QUIC config")?;

@@ -176,13 +176,15 @@ pub fn local_sessions() -> Arc<dyn StoresServerSessions> {
 /// kept in `sessions` (see [`local_sessions`]).
 /// `max_bidi_streams` is the QUIC stream limit per connection; set it a little above the ferry/1
 /// `max_open_streams` so that the server, not QUIC flow control, answers the excess with
-/// TOO_MANY_STREAMS.
+/// TOO_MANY_STREAMS. `initial_window_packets` is the congestion window a connection starts with, in
+/// packets of QUIC's 1,200-byte minimum size (see `Settings::initial_window_packets`).
 pub fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     alpn: &[u8],
     idle_timeout: Duration,
     max_bidi_streams: u32,
+    initial_window_packets: u32,
     sessions: Arc<dyn StoresServerSessions>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -204,11 +206,17 @@ pub fn server_config(
         // ferry/1 uses no unidirectional streams; refusing them keeps a misbehaving peer from queuing any.
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+    let mut cubic = quinn::congestion::CubicConfig::default();
+    cubic.initial_window(u64::from(initial_window_packets) * MIN_PACKET_SIZE);
+    transport.congestion_controller_factory(Arc::new(cubic));
 
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     config.transport_config(Arc::new(transport)).migration(true);
     Ok(config)
 }
+
+/// QUIC's smallest maximum datagram size (RFC 9000 §14), the packet size of the initial window.
+const MIN_PACKET_SIZE: u64 = 1200;
 
 /// QUIC caps idle timeouts at 2^62 ms; anything that large means "practically never".
 fn idle_timeout_of(duration: Duration) -> IdleTimeout {
@@ -270,6 +278,7 @@ mod tests {
             b"ferry/1",
             Duration::from_secs(10),
             16,
+            10,
             local_sessions(),
         )
         .unwrap();
@@ -301,6 +310,38 @@ mod tests {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(config);
         endpoint
+    }
+
+    #[tokio::test]
+    async fn connections_start_with_the_configured_congestion_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ensure_self_signed(dir.path()).unwrap();
+        let (certs, key) = load_certs_and_key(&files.cert, &files.key).unwrap();
+        let config = server_config(
+            certs,
+            key,
+            b"ferry/1",
+            Duration::from_secs(10),
+            16,
+            32,
+            local_sessions(),
+        )
+        .unwrap();
+        let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let client = client(&files.cert, b"ferry/1");
+        let connecting = client
+            .connect(server.local_addr().unwrap(), "localhost")
+            .unwrap();
+        let (accepted, _client_side) = tokio::join!(
+            async { server.accept().await.unwrap().await.unwrap() },
+            connecting
+        );
+        // quinn's default is 10 packets (12,000 bytes); the handshake alone cannot grow it this far.
+        assert!(
+            accepted.congestion_state().window() >= 32 * MIN_PACKET_SIZE,
+            "window {}",
+            accepted.congestion_state().window()
+        );
     }
 
     #[tokio::test]

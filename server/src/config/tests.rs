@@ -35,6 +35,9 @@ fn defaults_match_the_decisions() {
         (l.idle_timeout_ms, s.heartbeat_interval_ms),
         (75_000, 25_000)
     );
+    assert_eq!(s.initial_window_packets, 32);
+    let rfc = load(None, &[("FERRY_INITIAL_WINDOW_PACKETS", "10")]).unwrap();
+    assert_eq!(rfc.initial_window_packets, 10);
 }
 
 #[test]
@@ -113,6 +116,8 @@ fn inconsistent_settings_are_rejected() {
         ("FERRY_LIMITS_MAX_BODY_SIZE", "2000000"),
         ("FERRY_HEARTBEAT_INTERVAL_MS", "80000"),
         ("FERRY_LIMITS_MAX_PULL_PAGE", "0"),
+        ("FERRY_INITIAL_WINDOW_PACKETS", "1"),
+        ("FERRY_INITIAL_WINDOW_PACKETS", "1001"),
     ];
     for var in cases {
         let err = load(None, &[var]).unwrap_err();
