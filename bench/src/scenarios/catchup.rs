@@ -44,6 +44,10 @@ pub struct CatchupArgs {
     /// One-way delay in ms added each way between bob and the server (0 = bare loopback, no proxy).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// The server's QUIC initial congestion window in packets (its `initial_window_packets`; RFC 9002
+    /// suggests 10), to compare catch-up with and without a larger one.
+    #[arg(long, default_value_t = ferry_server::Settings::default().initial_window_packets)]
+    initial_window_packets: u32,
 }
 
 /// Bound for every wait (setup or measurement).
@@ -128,6 +132,7 @@ impl CatchupArgs {
             body: 64,
             rounds,
             delay_ms,
+            initial_window_packets: ferry_server::Settings::default().initial_window_packets,
         }
     }
 }
@@ -151,6 +156,7 @@ pub async fn measure(args: &CatchupArgs) -> anyhow::Result<Vec<CatchupRow>> {
         http: "127.0.0.1:0".parse()?,
         ..ferry_server::Settings::default()
     };
+    settings.initial_window_packets = args.initial_window_packets;
     settings.limits.send_rate_per_sec = u32::MAX / 2;
     settings.limits.send_burst = u32::MAX / 2;
     let server = ferry_server::start(settings).await?;
