@@ -270,19 +270,7 @@ mod tests {
 
     /// A server on 127.0.0.1 that echoes one bidi stream per connection.
     fn echo_server(dir: &Path) -> (quinn::Endpoint, PathBuf) {
-        let files = ensure_self_signed(dir).unwrap();
-        let (certs, key) = load_certs_and_key(&files.cert, &files.key).unwrap();
-        let config = server_config(
-            certs,
-            key,
-            b"ferry/1",
-            Duration::from_secs(10),
-            16,
-            10,
-            local_sessions(),
-        )
-        .unwrap();
-        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let (endpoint, ca) = server(dir, 10);
         let accepting = endpoint.clone();
         tokio::spawn(async move {
             while let Some(incoming) = accepting.accept().await {
@@ -299,6 +287,24 @@ mod tests {
                 });
             }
         });
+        (endpoint, ca)
+    }
+
+    /// A ferry/1 server endpoint on 127.0.0.1 starting connections with `initial_window_packets`; its CA.
+    fn server(dir: &Path, initial_window_packets: u32) -> (quinn::Endpoint, PathBuf) {
+        let files = ensure_self_signed(dir).unwrap();
+        let (certs, key) = load_certs_and_key(&files.cert, &files.key).unwrap();
+        let config = server_config(
+            certs,
+            key,
+            b"ferry/1",
+            Duration::from_secs(10),
+            16,
+            initial_window_packets,
+            local_sessions(),
+        )
+        .unwrap();
+        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
         (endpoint, files.cert)
     }
 
@@ -315,20 +321,8 @@ mod tests {
     #[tokio::test]
     async fn connections_start_with_the_configured_congestion_window() {
         let dir = tempfile::tempdir().unwrap();
-        let files = ensure_self_signed(dir.path()).unwrap();
-        let (certs, key) = load_certs_and_key(&files.cert, &files.key).unwrap();
-        let config = server_config(
-            certs,
-            key,
-            b"ferry/1",
-            Duration::from_secs(10),
-            16,
-            32,
-            local_sessions(),
-        )
-        .unwrap();
-        let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let client = client(&files.cert, b"ferry/1");
+        let (server, ca) = server(dir.path(), 32);
+        let client = client(&ca, b"ferry/1");
         let connecting = client
             .connect(server.local_addr().unwrap(), "localhost")
             .unwrap();
