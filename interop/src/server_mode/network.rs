@@ -112,6 +112,26 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// Waits until the client's first flight has passed the relay — at least one datagram, then
+    /// `settle` more for the rest of the flight — and stops recording. On a loaded machine the relay
+    /// task may not have run at all within a fixed delay. Bounded: after 5 s it stops with what it has.
+    async fn stop_after_flight(&self, settle: Duration) -> Vec<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.recorded() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(settle).await;
+        self.stop()
+    }
+
+    fn recorded(&self) -> usize {
+        self.datagrams
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map_or(0, Vec::len)
+    }
+
     /// Stops recording (the relay keeps relaying) and returns what was recorded.
     fn stop(&self) -> Vec<Vec<u8>> {
         self.datagrams
@@ -148,8 +168,7 @@ async fn zero_rtt_replayed_hello(ctx: Arc<ServerCtx>) -> CaseResult {
         unsupported!("the server issued no resumption ticket usable for 0-RTT (0-RTT is a MAY)");
     };
     let pending = Session::begin(connection, hello(&token, "phone")).await?;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let flight = recorder.stop();
+    let flight = recorder.stop_after_flight(Duration::from_millis(50)).await;
     if !tokio::time::timeout(Duration::from_secs(10), accepted)
         .await
         .unwrap_or(false)
