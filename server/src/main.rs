@@ -9,6 +9,13 @@ use ferry_server::auth::{parse_duration, TokenSecret};
 use ferry_server::config::{CliOverrides, LogFormat, Settings};
 use ferry_server::server::SECRET_FILE;
 
+/// mimalloc instead of glibc malloc: the send path allocates per message on the tokio workers and frees
+/// much of it on the store's writer thread (and the other way round); glibc then takes its arenas'
+/// locks and consolidates chunks, which was a fifth of the server's CPU under `ferry-bench
+/// throughput` (issue 16's profile). mimalloc's thread-local free lists make both sides cheap.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ferry-server",

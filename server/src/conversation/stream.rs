@@ -4,6 +4,7 @@
 //! answer joins an ordered set, an Ack advances the delivery cursor, a Pull is answered at once. Answers
 //! to Sends leave in the order the Sends arrived, whatever order their commits finish in.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,6 @@ use ferry_protocol::ids::{self, ConversationRef};
 use ferry_protocol::{codec::frame, frames, ErrorCode, Frame};
 use ferry_quic::{codes, FrameReader, FrameWriter};
 use ferry_store::Membership;
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -169,7 +169,7 @@ pub(super) async fn serve(
     // refusals queued behind those are bounded by as many again: past that, reading pauses (QUIC flow
     // control then holds the client back) until the oldest answer is written.
     let max_pending = 2 * (conn.shared.settings.limits.max_inflight_sends as usize).max(1);
-    let mut pending: FuturesOrdered<PendingSend> = FuturesOrdered::new();
+    let mut pending: VecDeque<PendingSend> = VecDeque::new();
     let checked = MemberChecked::default();
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let ack_task = tokio::spawn(delivery::record_acks(
@@ -185,7 +185,7 @@ pub(super) async fn serve(
         }
         tokio::select! {
             biased;
-            Some(answer) = pending.next(), if !pending.is_empty() => {
+            Some(answer) = next_answer(&mut pending), if !pending.is_empty() => {
                 // The in-flight slot is released only once the answer is queued for writing; the
                 // fan-out comes after the SendAck, so the sender's latency does not include it.
                 let SendAnswer { frame, permit: _permit, fan_out } = answer;
@@ -237,12 +237,24 @@ pub(super) async fn serve(
     let _ = ack_task.await;
 }
 
+/// The answer of the oldest pending Send, once it is ready (removed from `pending` then); `None` when
+/// nothing is pending. Cancel-safe: dropped before the answer is ready, it leaves `pending` as it was.
+///
+/// Only the oldest is polled. Answers leave in arrival order anyway, and a younger Send's commit
+/// completes without being polled (its result waits in its channel), so one group commit wakes the
+/// stream's task once, not once per Send — and no per-Send task of a `FuturesOrdered` is allocated.
+async fn next_answer(pending: &mut VecDeque<PendingSend>) -> Option<SendAnswer> {
+    let answer = pending.front_mut()?.await;
+    pending.pop_front();
+    Some(answer)
+}
+
 /// Completes the Sends still pending on an ended stream and fans their messages out, discarding their
 /// answers.
-async fn finish(conn: Arc<Conn>, conversation: Arc<str>, mut pending: FuturesOrdered<PendingSend>) {
+async fn finish(conn: Arc<Conn>, conversation: Arc<str>, mut pending: VecDeque<PendingSend>) {
     let left = pending.len();
     let all = async {
-        while let Some(answer) = pending.next().await {
+        while let Some(answer) = next_answer(&mut pending).await {
             SendAnswer::fan_out(answer.fan_out, &conn, &conversation).await;
         }
     };

@@ -31,7 +31,9 @@ pub(crate) struct Batch<'c> {
     epoch: u64,
     dedupe_window_ms: u64,
     pub(crate) convs: Map<String, ConvRecord>,
-    pub(crate) members: Map<(String, String), MemberRec>,
+    /// conversation → user → membership as the batch leaves it. Nested, so that the lookups every
+    /// append makes (the sender's membership, twice) borrow the names instead of allocating a key.
+    pub(crate) members: Map<String, Map<String, MemberRec>>,
     /// Memberships created in this batch (for the user_convs index).
     new_members: Vec<(String, String)>,
     messages: Vec<((String, u64), Vec<u8>)>,
@@ -80,7 +82,8 @@ impl<'c> Batch<'c> {
 
     fn member(&self, conv: &str, user: &str) -> Option<MemberRec> {
         self.members
-            .get(&(conv.to_owned(), user.to_owned()))
+            .get(conv)
+            .and_then(|users| users.get(user))
             .copied()
             .or_else(|| self.cache.member(conv, user))
     }
@@ -89,7 +92,16 @@ impl<'c> Batch<'c> {
         if self.member(conv, user).is_none() {
             self.new_members.push((conv.to_owned(), user.to_owned()));
         }
-        self.members.insert((conv.to_owned(), user.to_owned()), rec);
+        let users = match self.members.get_mut(conv) {
+            Some(users) => users,
+            None => self.members.entry(conv.to_owned()).or_default(),
+        };
+        match users.get_mut(user) {
+            Some(held) => *held = rec,
+            None => {
+                users.insert(user.to_owned(), rec);
+            }
+        }
     }
 
     fn next_change(&mut self) -> u64 {
@@ -420,6 +432,11 @@ impl<'c> Batch<'c> {
             members: self
                 .members
                 .into_iter()
+                .flat_map(|(conv, users)| {
+                    users
+                        .into_iter()
+                        .map(move |(user, rec)| ((conv.clone(), user), rec))
+                })
                 .map(|(key, rec)| {
                     let new = new_members.contains(&key);
                     MemberRow::new(key.0, key.1, rec, new)

@@ -133,6 +133,13 @@ impl DedupeIndex {
         }
     }
 
+    /// Makes room for `additional` more entries at once. The replay calls it with an estimate from
+    /// the log's size: growing a million-slot map step by step rehashed every entry about twice and
+    /// was the largest single cost of the replay's reading thread.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.slots.reserve(additional);
+    }
+
     /// Drops the entries stored at or before `cutoff` (outside the window), a batch at a time and at
     /// most `max_batches` batches per call, so one call never stalls the writer for long.
     pub(crate) fn purge(&mut self, cutoff: u64, max_batches: usize) {

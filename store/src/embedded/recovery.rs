@@ -12,8 +12,8 @@
 //! with a hole.
 
 use std::fs::OpenOptions;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::cache::Cache;
 use super::dedupe::DedupeIndex;
@@ -30,47 +30,240 @@ pub(crate) struct Replayed {
     pub groups: u64,
 }
 
-/// Decoded frames handed from the reading thread to the applying one; bounds the memory the replay
-/// holds beyond the tail itself.
-const DECODED_QUEUE: usize = 256;
+/// Most segments decoded ahead of the one being applied: bounds what the decoders hold beyond the
+/// tail (a segment is at most `segment_bytes` of log, and its records end up in the tail anyway).
+const LOOKAHEAD: usize = 4;
+/// Most decoding threads. Beyond the machine's cores they only compete with the applying thread.
+const MAX_DECODERS: usize = 4;
+/// Log bytes per message assumed when sizing the dedupe index up front (a 256-byte message with its
+/// dedupe row and its share of the group's rows takes about 420 bytes). Too low reserves slots no
+/// message fills (memory only); too high leaves one more growth of the map.
+const LOG_BYTES_PER_MESSAGE: u64 = 400;
 
 /// Replays `log_dir` into `cache`, `tail` (whose `indexed` is the index's high-water mark) and the
 /// dedupe index.
 ///
-/// Two threads share the work, about evenly: one reads, checks and decodes frames (decoding slices
-/// the frame's buffer, see `record`) and takes their ids into the dedupe index, which nothing else
-/// touches during the replay; the calling one takes the records into the cache and the tail, in order.
-/// A million messages replay within the two seconds the start-up goal allows only if these overlap.
+/// Segments are read, checked and decoded in parallel (decoding slices the frame's buffer, see
+/// `record`), each by one of up to [`MAX_DECODERS`] threads, at most [`LOOKAHEAD`] segments ahead;
+/// the calling thread takes the decoded records in log order into the dedupe index, the cache and the
+/// tail. Decoding was most of the replay's cost and is independent per segment; what must follow the
+/// log's order (seqs, heads, the dedupe index's newest entry per id) stays on one thread.
 pub(crate) fn replay(
     log_dir: &Path,
     cache: &mut Cache,
     tail: &mut Tail,
     dedupe: &mut DedupeIndex,
 ) -> Result<Replayed, StoreError> {
+    let io = |err: std::io::Error| StoreError::Backend(format!("log: {err}"));
     let indexed = tail.indexed;
-    let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_QUEUE);
+    let segments = segment::list(log_dir).map_err(io)?;
+    let log_bytes: u64 = segments
+        .iter()
+        .filter_map(|(_, path)| std::fs::metadata(path).ok())
+        .map(|meta| meta.len())
+        .sum();
+    dedupe.reserve(usize::try_from(log_bytes / LOG_BYTES_PER_MESSAGE).unwrap_or(0));
+    let decoders = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_DECODERS)
+        .min(segments.len())
+        .max(1);
+    let slots = Slots::new(segments.len());
     std::thread::scope(|scope| {
-        let reader = std::thread::Builder::new()
-            .name("ferry-store-replay".into())
-            .spawn_scoped(scope, move || read_frames(log_dir, indexed, dedupe, &tx))
-            .map_err(|e| StoreError::Backend(format!("log: {e}")))?;
-        let mut last_group = indexed;
-        let mut groups = 0;
-        // Ends when the reader is done or failed (it drops the sender either way).
-        for (group, record, size) in rx {
+        for _ in 0..decoders {
+            let (slots, segments) = (&slots, &segments);
+            let spawned = std::thread::Builder::new()
+                .name("ferry-store-replay".into())
+                .spawn_scoped(scope, move || decode_segments(segments, indexed, slots));
+            if let Err(e) = spawned {
+                // The decoders already running must not wait for a consumer that never comes.
+                slots.stop();
+                return Err(StoreError::Backend(format!("log: {e}")));
+            }
+        }
+        let applied = apply_in_order(&segments, indexed, &slots, cache, tail, dedupe);
+        // Whatever happened, the decoders must not wait for a consumer that is gone.
+        slots.stop();
+        applied
+    })
+}
+
+/// One segment, decoded: its records past the index, in file order.
+struct DecodedSegment {
+    /// `(group, record, payload size)` of the frames past `indexed`.
+    records: Vec<(u64, Arc<GroupRecord>, usize)>,
+    valid_len: u64,
+    torn_bytes: u64,
+    /// What stopped the decoding part way (after `records`), if anything.
+    error: Option<StoreError>,
+}
+
+/// Decoded segments by index, handed from the decoders to the applying thread in log order.
+struct Slots {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+struct SlotState {
+    /// Next segment a decoder takes.
+    next_to_decode: usize,
+    /// Next segment the applying thread takes.
+    next_to_apply: usize,
+    decoded: Vec<Option<Result<DecodedSegment, StoreError>>>,
+    /// The applying thread stopped (done or failed): decoders stop too.
+    stopped: bool,
+}
+
+impl Slots {
+    fn new(segments: usize) -> Slots {
+        Slots {
+            state: Mutex::new(SlotState {
+                next_to_decode: 0,
+                next_to_apply: 0,
+                decoded: (0..segments).map(|_| None).collect(),
+                stopped: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next segment to decode, once it is within [`LOOKAHEAD`] of the one being applied; `None`
+    /// when every segment is taken or the replay stopped.
+    fn claim(&self) -> Option<usize> {
+        let mut state = self.lock();
+        loop {
+            if state.stopped || state.next_to_decode >= state.decoded.len() {
+                return None;
+            }
+            if state.next_to_decode < state.next_to_apply + LOOKAHEAD {
+                state.next_to_decode += 1;
+                return Some(state.next_to_decode - 1);
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn put(&self, index: usize, segment: Result<DecodedSegment, StoreError>) {
+        self.lock().decoded[index] = Some(segment);
+        self.changed.notify_all();
+    }
+
+    /// Waits for segment `index` (the next in log order) and takes it. The wait ends: every claimed
+    /// segment is put by its decoder, also when decoding it panicked (see [`decode_segments`]).
+    fn take(&self, index: usize) -> Result<DecodedSegment, StoreError> {
+        let mut state = self.lock();
+        loop {
+            if let Some(segment) = state.decoded[index].take() {
+                state.next_to_apply = index + 1;
+                self.changed.notify_all();
+                return segment;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.changed.notify_all();
+    }
+}
+
+/// A decoder thread: claims segments until none is left and decodes each. A panic while decoding
+/// one is put in its place as an error, so the applying thread never waits for a segment that will
+/// not come.
+fn decode_segments(segments: &[(u64, PathBuf)], indexed: u64, slots: &Slots) {
+    while let Some(index) = slots.claim() {
+        let (first, path) = &segments[index];
+        let decoded = std::panic::catch_unwind(|| decode_segment(*first, path, indexed))
+            .unwrap_or_else(|_| Err(StoreError::Backend("log: replay decoder panicked".into())));
+        slots.put(index, decoded);
+    }
+}
+
+/// Reads, checks and decodes one segment; frames of groups at or below `indexed` are skipped
+/// undecoded.
+fn decode_segment(first: u64, path: &Path, indexed: u64) -> Result<DecodedSegment, StoreError> {
+    let corrupt = |what: String| StoreError::Backend(format!("log: {what}"));
+    let scanned = segment::scan(path).map_err(|e| StoreError::Backend(format!("log: {e}")))?;
+    let mut records = Vec::with_capacity(scanned.frames.len());
+    let mut error = None;
+    for (group, payload) in scanned.frames {
+        if group < first {
+            error = Some(corrupt(format!("group {group} in segment {first}")));
+            break;
+        }
+        if group <= indexed {
+            continue;
+        }
+        let size = payload.len();
+        match GroupRecord::decode_checked(payload) {
+            Ok(record) => records.push((group, Arc::new(record), size)),
+            Err(e) => {
+                error = Some(corrupt(format!("group {group}: {e}")));
+                break;
+            }
+        }
+    }
+    Ok(DecodedSegment {
+        records,
+        valid_len: scanned.valid_len,
+        torn_bytes: scanned.torn_bytes,
+        error,
+    })
+}
+
+/// Takes the decoded segments in log order: cuts off a torn end, checks that groups follow each other
+/// from `indexed + 1`, and takes each record into the dedupe index, the cache and the tail. Stops at
+/// the first error, after the records before it were taken.
+fn apply_in_order(
+    segments: &[(u64, PathBuf)],
+    indexed: u64,
+    slots: &Slots,
+    cache: &mut Cache,
+    tail: &mut Tail,
+    dedupe: &mut DedupeIndex,
+) -> Result<Replayed, StoreError> {
+    let corrupt = |what: String| StoreError::Backend(format!("log: {what}"));
+    let io = |err: std::io::Error| StoreError::Backend(format!("log: {err}"));
+    let mut last_group = indexed;
+    let mut groups = 0;
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let decoded = slots.take(i)?;
+        if decoded.torn_bytes > 0 {
+            tracing::warn!(
+                segment = %path.display(),
+                bytes = decoded.torn_bytes,
+                "cutting off a torn log frame"
+            );
+            if i + 1 == segments.len() {
+                let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+                file.set_len(decoded.valid_len).map_err(io)?;
+                file.sync_all().map_err(io)?;
+            }
+        }
+        for (group, record, size) in decoded.records {
+            if group != last_group + 1 {
+                return Err(corrupt(format!(
+                    "group {group} follows {last_group}: acked groups are missing"
+                )));
+            }
+            dedupe.insert(&record.dedupe);
             cache.apply(&record);
             tail.push(group, record, size);
             last_group = group;
             groups += 1;
         }
-        match reader.join() {
-            Ok(result) => result?,
-            Err(_) => return Err(StoreError::Backend("log: replay reader panicked".into())),
+        if let Some(error) = decoded.error {
+            return Err(error);
         }
-        Ok(Replayed {
-            next_group: last_group + 1,
-            groups,
-        })
+    }
+    Ok(Replayed {
+        next_group: last_group + 1,
+        groups,
     })
 }
 
@@ -110,57 +303,4 @@ pub(crate) fn read_groups(
         )));
     }
     Ok(groups)
-}
-
-/// Reads every segment, cuts off a torn end, checks that groups follow each other from `indexed + 1`,
-/// takes the dedupe rows of the records past `indexed` into `dedupe` and sends the records to `out`,
-/// in order. Stops at the first error, after the frames before it were sent.
-fn read_frames(
-    log_dir: &Path,
-    indexed: u64,
-    dedupe: &mut DedupeIndex,
-    out: &std::sync::mpsc::SyncSender<(u64, Arc<GroupRecord>, usize)>,
-) -> Result<(), StoreError> {
-    let corrupt = |what: String| StoreError::Backend(format!("log: {what}"));
-    let io = |err: std::io::Error| StoreError::Backend(format!("log: {err}"));
-    let segments = segment::list(log_dir).map_err(io)?;
-    let mut last_group = indexed;
-    for (i, (first, path)) in segments.iter().enumerate() {
-        let scanned = segment::scan(path).map_err(io)?;
-        if scanned.torn_bytes > 0 {
-            tracing::warn!(
-                segment = %path.display(),
-                bytes = scanned.torn_bytes,
-                "cutting off a torn log frame"
-            );
-            if i + 1 == segments.len() {
-                let file = OpenOptions::new().write(true).open(path).map_err(io)?;
-                file.set_len(scanned.valid_len).map_err(io)?;
-                file.sync_all().map_err(io)?;
-            }
-        }
-        for (group, payload) in scanned.frames {
-            if group < *first {
-                return Err(corrupt(format!("group {group} in segment {first}")));
-            }
-            if group <= indexed {
-                continue;
-            }
-            if group != last_group + 1 {
-                return Err(corrupt(format!(
-                    "group {group} follows {last_group}: acked groups are missing"
-                )));
-            }
-            let size = payload.len();
-            let record = GroupRecord::decode_checked(payload)
-                .map_err(|e| corrupt(format!("group {group}: {e}")))?;
-            dedupe.insert(&record.dedupe);
-            if out.send((group, Arc::new(record), size)).is_err() {
-                // The applying side is gone; it reports its own failure.
-                return Ok(());
-            }
-            last_group = group;
-        }
-    }
-    Ok(())
 }

@@ -45,8 +45,10 @@ type Map3<V> = HashMap<Box<[u8]>, V, RandomState>;
 pub(crate) struct Tail {
     /// `(group, record, payload size, when it was pushed)`, oldest first.
     groups: VecDeque<(u64, Arc<GroupRecord>, usize, Instant)>,
-    /// conversation → seq → encoded message (foldhash: one lookup per message, see [`Map3`]).
-    messages: HashMap<String, BTreeMap<u64, Bytes>, RandomState>,
+    /// conversation → seq → encoded message (foldhash: one lookup per message, see [`Map3`]). Keyed
+    /// by the conversation's bytes, as the log record holds it: the lookup per message needs no UTF-8
+    /// check of the record's field (the replay's profile showed it).
+    messages: HashMap<Bytes, BTreeMap<u64, Bytes>, RandomState>,
     /// cursor key → `(seq, group)`.
     cursors: Map3<(u64, u64)>,
     /// Sum of the payload sizes of the groups held.
@@ -79,12 +81,8 @@ impl Tail {
     /// Adds a durable group.
     pub(crate) fn push(&mut self, group: u64, record: Arc<GroupRecord>, size: usize) {
         for row in &record.messages {
-            // Look up before inserting: the conversation name is cloned once, not per message.
-            let seqs = match self.messages.get_mut(row.conv()) {
-                Some(seqs) => seqs,
-                None => self.messages.entry(row.conv().to_owned()).or_default(),
-            };
-            seqs.insert(row.seq, row.message.clone());
+            self.conv_messages(&row.conv)
+                .insert(row.seq, row.message.clone());
         }
         for row in &record.cursors {
             let key = key3(row.conv(), row.user(), row.device());
@@ -94,15 +92,26 @@ impl Tail {
         self.groups.push_back((group, record, size, Instant::now()));
     }
 
+    /// The held messages of `conv`, created empty when there are none. Looked up before inserting, so
+    /// the key is copied once per conversation, not per message; copied rather than sliced, so a key
+    /// never keeps a whole replayed segment's buffer alive after its own group left the tail.
+    fn conv_messages(&mut self, conv: &Bytes) -> &mut BTreeMap<u64, Bytes> {
+        if !self.messages.contains_key(conv.as_ref()) {
+            self.messages
+                .insert(Bytes::copy_from_slice(conv), BTreeMap::new());
+        }
+        self.messages
+            .get_mut(conv.as_ref())
+            .expect("inserted above")
+    }
+
     /// Puts back, in front of the held groups, groups that a reopened index no longer has (they were
     /// in its commits that did not survive the I/O error), oldest first; the index now holds
     /// everything up to `indexed`. A held cursor is newer than a restored one, so it stays.
     pub(crate) fn restore(&mut self, groups: Vec<(u64, Arc<GroupRecord>, usize)>, indexed: u64) {
         for (group, record, size) in groups.into_iter().rev() {
             for row in &record.messages {
-                self.messages
-                    .entry(row.conv().to_owned())
-                    .or_default()
+                self.conv_messages(&row.conv)
                     .insert(row.seq, row.message.clone());
             }
             for row in &record.cursors {
@@ -152,10 +161,10 @@ impl Tail {
             };
             self.bytes -= size;
             for row in &record.messages {
-                if let Some(seqs) = self.messages.get_mut(row.conv()) {
+                if let Some(seqs) = self.messages.get_mut(row.conv.as_ref()) {
                     seqs.remove(&row.seq);
                     if seqs.is_empty() {
-                        self.messages.remove(row.conv());
+                        self.messages.remove(row.conv.as_ref());
                     }
                 }
             }
@@ -184,7 +193,7 @@ impl Tail {
         last: u64,
         limit: usize,
     ) -> Vec<(u64, Bytes)> {
-        let Some(seqs) = self.messages.get(conv) else {
+        let Some(seqs) = self.messages.get(conv.as_bytes()) else {
             return Vec::new();
         };
         if after >= last {
