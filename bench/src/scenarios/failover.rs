@@ -5,8 +5,9 @@
 //! `--clients` real `ferry-client` libraries: pairs of users in direct conversations, each user with a
 //! phone and a laptop, homed round-robin on the nodes and knowing every node (home first), tuned to
 //! notice a silent node within ~650 ms (Heartbeat every 250 ms, dead after 400 ms unanswered: after a
-//! kill -9 no CONNECTION_CLOSE ever arrives). 100 ms into the silence the client probes the node's
-//! port, and the ICMP port unreachable of the killed process's host ends the session at once. The
+//! kill -9 no CONNECTION_CLOSE ever arrives). 100 ms into the silence (and every 100 ms after) the
+//! client probes the node's port, and the ICMP port unreachable of the killed process's host ends the
+//! session at once; each run reports how many moved clients the probe told. The
 //! nodes share TLS session tickets, so a moved client resumes on its new node with 0-RTT.
 //!
 //! One run: every phone sends one message and the run waits for all of them to be acked and delivered
@@ -118,7 +119,9 @@ impl Node {
 #[derive(Default)]
 struct Log {
     messages: Vec<(String, u64, Instant)>,
-    lost: Vec<Instant>,
+    /// When each session ended, and whether the port probe ended it (ICMP port unreachable) rather
+    /// than the heartbeat timeout or a failed dial.
+    lost: Vec<(Instant, bool)>,
     connected: Vec<Instant>,
     /// Why the client stopped for good (replaced, credentials refused), if it did.
     stopped: Option<String>,
@@ -212,7 +215,9 @@ pub async fn measure(binary: &Path, args: &FailoverArgs) -> anyhow::Result<Failo
                 let mut log = sink.lock().expect("seen lock");
                 match event {
                     Event::Message(m) => log.messages.push((m.conversation, m.seq, now)),
-                    Event::Connection(ConnectionState::Disconnected { .. }) => log.lost.push(now),
+                    Event::Connection(ConnectionState::Disconnected { reason }) => {
+                        log.lost.push((now, reason.contains("port closed")))
+                    }
                     Event::Connection(ConnectionState::Connected { .. }) => log.connected.push(now),
                     Event::Connection(
                         state @ (ConnectionState::Replaced | ConnectionState::AuthFailed { .. }),
@@ -252,13 +257,13 @@ pub async fn measure(binary: &Path, args: &FailoverArgs) -> anyhow::Result<Failo
         collect_acks(receipts, &mut acked).await?;
         let last = caught_up(&devices, &acked, Some(killed)).await?;
         let took = last.saturating_duration_since(killed);
-        let spurious = phases.record(&devices, &on_victim, killed);
+        let (spurious, probed) = phases.record(&devices, &on_victim, killed);
         let zero_rtt = on_victim
             .iter()
             .filter(|&&i| devices[i].client.stats().zero_rtt)
             .count();
         println!(
-            "failover run {}: killed {} ({} clients on it, {zero_rtt} of them resumed with 0-RTT, {spurious} others lost their session), last client caught up after {:.0} ms",
+            "failover run {}: killed {} ({} clients on it, {probed} of them detected by the port probe, {zero_rtt} resumed with 0-RTT, {spurious} others lost their session), last client caught up after {:.0} ms",
             run + 1,
             nodes[victim].id,
             on_victim.len(),
@@ -423,9 +428,15 @@ struct Phases {
 
 impl Phases {
     /// Records one run; returns how many clients *not* on the killed node lost their session too (a
-    /// heartbeat timeout too tight for the machine's load shows up here, not as a slower failover).
-    fn record(&mut self, devices: &[Device], on_victim: &[usize], killed: Instant) -> usize {
-        let mut spurious = 0;
+    /// heartbeat timeout too tight for the machine's load shows up here, not as a slower failover),
+    /// and how many on it were told by the port probe (the others waited for the heartbeat timeout).
+    fn record(
+        &mut self,
+        devices: &[Device],
+        on_victim: &[usize],
+        killed: Instant,
+    ) -> (usize, usize) {
+        let (mut spurious, mut probed) = (0, 0);
         for (i, d) in devices.iter().enumerate() {
             let log = d.seen.lock().expect("seen lock");
             let last = log
@@ -434,14 +445,17 @@ impl Phases {
                 .map(|m| m.2)
                 .filter(|t| *t >= killed)
                 .max();
-            let lost = log.lost.iter().copied().find(|t| *t >= killed);
+            let lost = log.lost.iter().copied().find(|(t, _)| *t >= killed);
             if !on_victim.contains(&i) {
                 spurious += usize::from(lost.is_some());
                 self.total_stayed.extend(last.map(|t| t - killed));
                 continue;
             }
             self.total_moved.extend(last.map(|t| t - killed));
-            let Some(lost) = lost else { continue };
+            let Some((lost, by_probe)) = lost else {
+                continue;
+            };
+            probed += usize::from(by_probe);
             self.detect.push(lost - killed);
             let Some(connected) = log.connected.iter().copied().find(|t| *t >= lost) else {
                 continue;
@@ -450,7 +464,7 @@ impl Phases {
             self.catch_up
                 .extend(last.map(|t| t.saturating_duration_since(connected)));
         }
-        spurious
+        (spurious, probed)
     }
 
     fn rows(&self) -> Vec<PhaseRow> {
