@@ -83,13 +83,19 @@ pub(crate) enum Probed {
 const PROBE_DATAGRAM: [u8; 1] = [0];
 /// The longest wait for an ICMP answer, whatever the path's RTT.
 const PROBE_WAIT_MAX: Duration = Duration::from_millis(500);
+/// The wait for an ICMP answer beyond two RTTs. The answer of a closed port is read as soon as it
+/// comes, so this margin never delays a verdict; it only decides how late an answer still counts. On a
+/// loaded host the kernel may hand loopback and ICMP processing to ksoftirqd and the client's runtime
+/// may poll the socket late, tens of ms after the RTT (with a 20 ms margin, `ferry-bench failover` at
+/// load average 10 left about a quarter of the moved clients to the heartbeat timeout).
+const PROBE_WAIT_MARGIN: Duration = Duration::from_millis(200);
 
-/// Sends one datagram to `remote` from a connected UDP socket and waits up to about two RTTs for the
-/// ICMP port unreachable that a live host sends for a closed port (Linux reports it on the next `recv`
-/// of a connected socket as ECONNREFUSED). quinn's socket is not connected and ignores ICMP errors,
-/// hence a socket of its own, opened only for the probe.
+/// Sends one datagram to `remote` from a connected UDP socket and waits up to two RTTs plus
+/// [`PROBE_WAIT_MARGIN`] for the ICMP port unreachable that a live host sends for a closed port (Linux
+/// reports it on the next `recv` of a connected socket as ECONNREFUSED). quinn's socket is not
+/// connected and ignores ICMP errors, hence a socket of its own, opened only for the probe.
 pub(crate) async fn probe(remote: SocketAddr, rtt: Duration) -> Probed {
-    let wait = (2 * rtt + Duration::from_millis(20)).min(PROBE_WAIT_MAX);
+    let wait = (2 * rtt + PROBE_WAIT_MARGIN).min(PROBE_WAIT_MAX);
     let attempt = async {
         let socket = tokio::net::UdpSocket::bind(bind_addr(&remote)).await?;
         socket.connect(remote).await?;

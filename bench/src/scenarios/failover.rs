@@ -5,8 +5,9 @@
 //! `--clients` real `ferry-client` libraries: pairs of users in direct conversations, each user with a
 //! phone and a laptop, homed round-robin on the nodes and knowing every node (home first), tuned to
 //! notice a silent node within ~650 ms (Heartbeat every 250 ms, dead after 400 ms unanswered: after a
-//! kill -9 no CONNECTION_CLOSE ever arrives). 100 ms into the silence the client probes the node's
-//! port, and the ICMP port unreachable of the killed process's host ends the session at once. The
+//! kill -9 no CONNECTION_CLOSE ever arrives). 100 ms into the silence (and every 100 ms after) the
+//! client probes the node's port, and the ICMP port unreachable of the killed process's host ends the
+//! session at once; each run reports how many moved clients the probe told. The
 //! nodes share TLS session tickets, so a moved client resumes on its new node with 0-RTT.
 //!
 //! One run: every phone sends one message and the run waits for all of them to be acked and delivered
@@ -47,6 +48,10 @@ pub struct FailoverArgs {
     /// Kills in a row (one measured run each; at least 5 for a p99 worth the name).
     #[arg(long, default_value_t = 5)]
     kills: usize,
+    /// Where the clients' SQLite stores go (default: a temporary directory in /dev/shm where it exists,
+    /// see [`client_store_dir`]).
+    #[arg(long)]
+    client_store_dir: Option<PathBuf>,
 }
 
 impl FailoverArgs {
@@ -56,6 +61,7 @@ impl FailoverArgs {
             nodes: 3,
             clients: if quick { 40 } else { 200 },
             kills: 5,
+            client_store_dir: None,
         }
     }
 }
@@ -63,6 +69,26 @@ impl FailoverArgs {
 /// Per-source admission limits lifted for a bench whose clients all share one source address.
 const BENCH_CONFIG: &str =
     "[hardening]\nmax_connections_per_source = 100000\nhandshakes_per_sec_per_source = 100000\n";
+
+/// Where the clients' stores go unless `--client-store-dir` says: a temporary directory on tmpfs
+/// (/dev/shm) where there is one, else in `fallback`.
+///
+/// Each device of a real deployment commits to its own flash; here 200 of them share one disk (with
+/// the nodes' Redis AOF and whatever else the machine runs), and their `synchronous=FULL` commits
+/// queue behind each other: in a profile of the bench during the failover storm, SQLite commits and
+/// their fsyncs were a quarter of the clients' process time, and every client's driver waits for its
+/// commit before it dials, acks or reports. On tmpfs the store is the same SQLite, same WAL, same
+/// commits and fsync calls; only the one shared disk of the harness is gone from what is measured.
+fn client_store_dir(chosen: Option<&Path>, fallback: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let parent = match chosen {
+        Some(dir) => dir,
+        None if shm.is_dir() => shm,
+        None => fallback,
+    };
+    tempfile::tempdir_in(parent)
+        .with_context(|| format!("a directory for the client stores in {}", parent.display()))
+}
 
 /// Bound for every wait (start-up, acks, catch-up).
 const WAIT: Duration = Duration::from_secs(60);
@@ -118,7 +144,9 @@ impl Node {
 #[derive(Default)]
 struct Log {
     messages: Vec<(String, u64, Instant)>,
-    lost: Vec<Instant>,
+    /// When each session ended, and whether the port probe ended it (ICMP port unreachable) rather
+    /// than the heartbeat timeout or a failed dial.
+    lost: Vec<(Instant, bool)>,
     connected: Vec<Instant>,
     /// Why the client stopped for good (replaced, credentials refused), if it did.
     stopped: Option<String>,
@@ -176,6 +204,8 @@ pub async fn measure(binary: &Path, args: &FailoverArgs) -> anyhow::Result<Failo
         nodes.push(node);
     }
     let secret = TokenSecret::load(&nodes[0].dir.join(ferry_server::server::SECRET_FILE))?;
+    let stores = client_store_dir(args.client_store_dir.as_deref(), dir.path())?;
+    println!("failover: client stores in {}", stores.path().display());
     let ca = nodes[0].dir.join("cert.pem");
     let mut devices = Vec::new();
     for i in 0..args.clients {
@@ -201,7 +231,7 @@ pub async fn measure(binary: &Path, args: &FailoverArgs) -> anyhow::Result<Failo
                 initial: Duration::from_millis(50),
                 max: Duration::from_millis(500),
             })
-            .store_path(dir.path().join(format!("client-{i}.sqlite3")))
+            .store_path(stores.path().join(format!("client-{i}.sqlite3")))
             .build()
             .await?;
         let seen: Seen = Arc::default();
@@ -212,7 +242,9 @@ pub async fn measure(binary: &Path, args: &FailoverArgs) -> anyhow::Result<Failo
                 let mut log = sink.lock().expect("seen lock");
                 match event {
                     Event::Message(m) => log.messages.push((m.conversation, m.seq, now)),
-                    Event::Connection(ConnectionState::Disconnected { .. }) => log.lost.push(now),
+                    Event::Connection(ConnectionState::Disconnected { reason }) => {
+                        log.lost.push((now, reason.contains("port closed")))
+                    }
                     Event::Connection(ConnectionState::Connected { .. }) => log.connected.push(now),
                     Event::Connection(
                         state @ (ConnectionState::Replaced | ConnectionState::AuthFailed { .. }),
@@ -252,13 +284,17 @@ pub async fn measure(binary: &Path, args: &FailoverArgs) -> anyhow::Result<Failo
         collect_acks(receipts, &mut acked).await?;
         let last = caught_up(&devices, &acked, Some(killed)).await?;
         let took = last.saturating_duration_since(killed);
-        let spurious = phases.record(&devices, &on_victim, killed);
+        let RunCounts {
+            spurious,
+            probed,
+            retried,
+        } = phases.record(&devices, &on_victim, killed);
         let zero_rtt = on_victim
             .iter()
             .filter(|&&i| devices[i].client.stats().zero_rtt)
             .count();
         println!(
-            "failover run {}: killed {} ({} clients on it, {zero_rtt} of them resumed with 0-RTT, {spurious} others lost their session), last client caught up after {:.0} ms",
+            "failover run {}: killed {} ({} clients on it, {probed} of them detected by the port probe, {retried} needing more than one dial, {zero_rtt} resumed with 0-RTT, {spurious} others lost their session), last client caught up after {:.0} ms",
             run + 1,
             nodes[victim].id,
             on_victim.len(),
@@ -393,6 +429,19 @@ async fn caught_up(
     Ok(last)
 }
 
+/// What one run saw beside its durations.
+#[derive(Default)]
+struct RunCounts {
+    /// Clients *not* on the killed node that lost their session too (a heartbeat timeout too tight for
+    /// the machine's load shows up here, not as a slower failover).
+    spurious: usize,
+    /// Clients on it told by the port probe (the others waited for the heartbeat timeout).
+    probed: usize,
+    /// Clients on it whose first dial after the kill failed (timed out or refused) and needed
+    /// another; a refused 0-RTT flight ends no session and does not count.
+    retried: usize,
+}
+
 /// One phase of a failover over every run: per-client durations, pooled.
 #[derive(Serialize, Clone)]
 pub struct PhaseRow {
@@ -422,10 +471,9 @@ struct Phases {
 }
 
 impl Phases {
-    /// Records one run; returns how many clients *not* on the killed node lost their session too (a
-    /// heartbeat timeout too tight for the machine's load shows up here, not as a slower failover).
-    fn record(&mut self, devices: &[Device], on_victim: &[usize], killed: Instant) -> usize {
-        let mut spurious = 0;
+    /// Records one run and counts what it saw (see [`RunCounts`]).
+    fn record(&mut self, devices: &[Device], on_victim: &[usize], killed: Instant) -> RunCounts {
+        let mut counts = RunCounts::default();
         for (i, d) in devices.iter().enumerate() {
             let log = d.seen.lock().expect("seen lock");
             let last = log
@@ -434,14 +482,20 @@ impl Phases {
                 .map(|m| m.2)
                 .filter(|t| *t >= killed)
                 .max();
-            let lost = log.lost.iter().copied().find(|t| *t >= killed);
+            let lost = log.lost.iter().copied().find(|(t, _)| *t >= killed);
             if !on_victim.contains(&i) {
-                spurious += usize::from(lost.is_some());
+                counts.spurious += usize::from(lost.is_some());
                 self.total_stayed.extend(last.map(|t| t - killed));
                 continue;
             }
             self.total_moved.extend(last.map(|t| t - killed));
-            let Some(lost) = lost else { continue };
+            let Some((lost, by_probe)) = lost else {
+                continue;
+            };
+            counts.probed += usize::from(by_probe);
+            // Every failed dial ends in a Disconnected event too.
+            let losses = log.lost.iter().filter(|(t, _)| *t >= killed).count();
+            counts.retried += usize::from(losses > 1);
             self.detect.push(lost - killed);
             let Some(connected) = log.connected.iter().copied().find(|t| *t >= lost) else {
                 continue;
@@ -450,7 +504,7 @@ impl Phases {
             self.catch_up
                 .extend(last.map(|t| t.saturating_duration_since(connected)));
         }
-        spurious
+        counts
     }
 
     fn rows(&self) -> Vec<PhaseRow> {

@@ -225,9 +225,9 @@ pub(crate) struct Core {
     next_endpoint: usize,
     /// Endpoints from the last GoAway, tried before the rotation.
     preferred: VecDeque<String>,
-    /// The address of the session that just ended: the next dial skips it once if the rotation points
-    /// at it (a killed node would cost a whole connect timeout).
-    avoid: Option<SocketAddr>,
+    /// The address of the session that just ended, skipped by the next dials until every other
+    /// endpoint was tried once (a killed node would cost a whole connect timeout; see `rotate`).
+    avoid: Option<session::Avoid>,
     refreshed_token: bool,
     /// Own messages already in a commit (at their SendAck) but not yet ready in the receive window: they
     /// are not inserted again when they become ready.

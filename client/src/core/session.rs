@@ -16,6 +16,13 @@ use crate::heartbeat::{HeartbeatAction, HeartbeatTimer};
 /// Most endpoints the rotation holds (configured plus learnt from GoAway and Welcome).
 pub(super) const MAX_ENDPOINTS: usize = 64;
 
+/// The endpoint of a session that just ended, and how many dials skipped it since (see `rotate`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Avoid {
+    addr: SocketAddr,
+    dials: usize,
+}
+
 /// Why a connection ended, as the driver saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LostReason {
@@ -276,11 +283,14 @@ impl Core {
     }
 
     /// The next endpoint of the configured rotation. Right after a session ended, its address is
-    /// skipped once (when another endpoint exists): after a `kill -9` the rotation may point right back
-    /// at the dead node (e.g. after a GoAway moved the client), and a dial to it only fails after the
-    /// connect timeout. Skipping only once keeps a restarted node reachable on the next round.
+    /// skipped until every other endpoint was dialled once: after a `kill -9` the rotation may point
+    /// right back at the dead node (e.g. after a GoAway moved the client, or after the first other
+    /// node did not answer in time and the rotation wrapped), and a dial to it only fails after the
+    /// connect timeout. Skipping it once only sent about half the clients whose first dial timed out
+    /// in a failover storm to the dead node next, a second connect timeout in a row. After one round
+    /// of the others it is dialled again: a restarted node stays reachable.
     ///
-    /// That first dial goes to a *random* other endpoint, and the rotation continues from there: every
+    /// The first dial goes to a *random* other endpoint, and the rotation continues from there: every
     /// client of a killed node would otherwise move to the same next node in its list, one node taking
     /// the whole handshake and resync storm (and, starved, failing its own clients' heartbeats) while
     /// the others idle.
@@ -288,13 +298,24 @@ impl Core {
         use rand::Rng;
         let endpoints = &self.settings.endpoints;
         let n = endpoints.len();
-        if let (Some(dead), true) = (self.avoid.take(), n > 1) {
+        if let (Some(avoid), true) = (self.avoid.take(), n > 1) {
             let others: Vec<usize> = (0..n)
-                .filter(|&i| endpoints[i].parse::<SocketAddr>().ok() != Some(dead))
+                .filter(|&i| endpoints[i].parse::<SocketAddr>().ok() != Some(avoid.addr))
                 .collect();
-            if !others.is_empty() {
-                let i = others[self.rng.random_range(0..others.len())];
+            if avoid.dials < others.len() {
+                let i = if avoid.dials == 0 {
+                    others[self.rng.random_range(0..others.len())]
+                } else {
+                    // The rotation's next endpoint that is not the dead one (bounded: n positions).
+                    let start = self.next_endpoint % n;
+                    let mut next = (0..n).map(|k| (start + k) % n);
+                    next.find(|i| others.contains(i)).unwrap_or(others[0])
+                };
                 self.next_endpoint = i + 1;
+                self.avoid = Some(Avoid {
+                    dials: avoid.dials + 1,
+                    ..avoid
+                });
                 return endpoints[i].clone();
             }
         }
@@ -316,7 +337,10 @@ impl Core {
     /// next attempt (at once, or with backoff).
     pub(super) fn disconnected(&mut self, reason: String, immediate: bool, now: Instant) {
         if let Phase::Live(s) = &self.phase {
-            self.avoid = Some(s.remote);
+            self.avoid = Some(Avoid {
+                addr: s.remote,
+                dials: 0,
+            });
             self.transmits.push_back(Transmit::Close {
                 reason: "reconnecting",
             });

@@ -217,6 +217,16 @@ fn gaps_and_heads_from_heartbeat_ack_and_sync_pull() {
     h.core.handle_frame(gen, control(), ack, h.now);
     assert_eq!(pulls(&h.step()), [4]);
     assert_eq!(h.commits.last().and_then(|c| c.sync_token), Some(10));
+    // The next ack brings the same token: nothing to commit for it (no store write per Heartbeat).
+    let tokens = |h: &Harness| h.commits.iter().filter(|c| c.sync_token.is_some()).count();
+    let before = tokens(&h);
+    let ack = f(Kind::HeartbeatAck(frame::HeartbeatAck {
+        sync_token: 10,
+        ..Default::default()
+    }));
+    h.core.handle_frame(gen, control(), ack, h.now);
+    h.step();
+    assert_eq!(tokens(&h), before);
     let reported: Vec<u64> = h
         .events
         .iter()
