@@ -206,9 +206,34 @@ struct ScriptStream {
 struct Outcome {
     /// SendAck, PullResult and Error frames read.
     answers: usize,
-    /// `Ok` if the server finished the stream; else the code it reset it or closed the connection with
-    /// (`None`: it ended without a ferry code).
-    end: Result<(), Option<ErrorCode>>,
+    /// `Ok` if the server finished the stream; else how it ended.
+    end: Result<(), Ended>,
+}
+
+/// How a conversation stream failed.
+enum Ended {
+    /// Reset with this code (`None`: without a ferry code).
+    Code(Option<ErrorCode>),
+    /// Its connection closed. An in-memory stream fails with the server's view of the close, which
+    /// carries no code when the server closed it; the code is the one the client's QUIC connection
+    /// receives (see [`client_close`]).
+    Lost,
+}
+
+/// The stream failed because its connection closed.
+fn lost(e: &ferry_quic::ReadError) -> bool {
+    matches!(
+        e,
+        ferry_quic::ReadError::Stream(quinn::ReadError::ConnectionLost(_))
+    )
+}
+
+/// The code the client's connection was closed with, once it learns of the close (within [`WAIT`]).
+async fn client_close(session: &Session) -> Option<ErrorCode> {
+    let reason = tokio::time::timeout(WAIT, session.connection.closed())
+        .await
+        .expect("the server's side of the connection closed, the client's did not");
+    codes::connection_code(&reason)
 }
 
 async fn step(
@@ -475,7 +500,11 @@ async fn read_stream(mut reader: FrameReader) -> Outcome {
             Err(e) => {
                 return Outcome {
                     answers,
-                    end: Err(e.peer_code()),
+                    end: if lost(&e) {
+                        Err(Ended::Lost)
+                    } else {
+                        Err(Ended::Code(e.peer_code()))
+                    },
                 }
             }
         }
@@ -501,9 +530,13 @@ async fn check_answers(session: &mut Session, w: Written, groups: &mut Vec<Strin
                 outcome.answers, stream.requests,
                 "a finished stream answered other than once per request"
             ),
-            Err(code) => {
+            Err(Ended::Code(code)) => {
                 documented(code, "a conversation stream");
                 closed |= session.connection.close_reason().is_some();
+            }
+            Err(Ended::Lost) => {
+                documented(client_close(session).await, "the connection");
+                closed = true;
             }
         }
     }
@@ -599,6 +632,7 @@ async fn keeps_serving(session: &mut Session, id: &str) -> Result<(), Option<Err
             Ok(Some(Frame {
                 kind: Some(Kind::Deliver(_)),
             })) => {}
+            Err(e) if lost(&e) => return Err(client_close(session).await),
             Err(_) if closed(session).is_some() => return Err(closed(session).flatten()),
             other => panic!("the keep-serving Send was not acked: {other:?}"),
         }
