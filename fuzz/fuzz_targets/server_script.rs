@@ -570,6 +570,8 @@ async fn check_answers(session: &mut Session, w: Written, groups: &mut Vec<Strin
                 _ => {}
             },
             Some(Err(ControlEnd::Failed(e))) => {
+                // The error itself, for the report: the code alone says nothing when there is none.
+                assert!(e.peer_code().is_some(), "the control stream failed: {e:?}");
                 documented(e.peer_code(), "the control stream");
                 return true;
             }
