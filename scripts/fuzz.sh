@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs Ferry's cargo-fuzz targets (fuzz/, nightly) for N seconds each, one job each, at low priority,
-# after seeding their corpora from spec/vectors; prints each target's executions and coverage.
+# Runs Ferry's cargo-fuzz targets (fuzz/, nightly) for N seconds or N executions each, one job each,
+# one target after the other, at the lowest priority (nice 19: the machine is shared), after seeding
+# their corpora from spec/vectors; prints each target's executions, wall time, rate and coverage.
 #
 #   scripts/fuzz.sh --seconds N [TARGET...]     # default: every target (decoder client_core server_script)
+#   scripts/fuzz.sh --runs N [TARGET...]        # stop after N executions (e.g. 10000000)
 #   scripts/fuzz.sh --seed-only                 # only (re)write the seed corpora
 #
 # Builds with `-s none` (no sanitizer: the targets are safe Rust, and ASan would halve the execution
@@ -12,14 +14,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: $0 --seconds N [TARGET...] | --seed-only" >&2; exit 2; }
+usage() { echo "usage: $0 --seconds N|--runs N [TARGET...] | --seed-only" >&2; exit 2; }
 
 seconds=""
+runs=""
 seed_only=false
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) [ $# -ge 2 ] || usage; seconds="$2"; shift 2 ;;
+    --runs) [ $# -ge 2 ] || usage; runs="$2"; shift 2 ;;
     --seed-only) seed_only=true; shift ;;
     -h|--help) usage ;;
     -*) usage ;;
@@ -27,7 +31,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 if ! $seed_only; then
-  [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || usage
+  if [ -n "$runs" ]; then
+    [[ "$runs" =~ ^[1-9][0-9]*$ ]] && [ -z "$seconds" ] || usage
+    limit=(-runs="$runs")
+  else
+    [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || usage
+    limit=(-max_total_time="$seconds")
+  fi
 fi
 [ ${#targets[@]} -gt 0 ] || targets=(decoder client_core server_script)
 
@@ -73,17 +83,24 @@ cd fuzz
 mkdir -p logs
 for target in "${targets[@]}"; do
   log="logs/$target.log"
-  echo "== $target: ${seconds}s"
+  echo "== $target: ${limit[*]}"
+  # Built first, so the wall time below is the fuzzing's alone.
+  nice -n 19 cargo +nightly fuzz build -s none -a "$target" >"$log" 2>&1
   # libFuzzer's exit status is non-zero on a crash; report it after the figures.
   status=0
-  nice -n 10 cargo +nightly fuzz run -s none -a "$target" "corpus/$target" -- \
-    -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1 || status=$?
+  start=$(date +%s)
+  # regressions/TARGET holds inputs that once failed: read-only extra corpus, run first.
+  corpora=("corpus/$target")
+  [ -d "regressions/$target" ] && corpora+=("regressions/$target")
+  nice -n 19 cargo +nightly fuzz run -s none -a "$target" "${corpora[@]}" -- \
+    "${limit[@]}" -print_final_stats=1 >>"$log" 2>&1 || status=$?
+  wall=$(( $(date +%s) - start ))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
-  rate=$(sed -n 's/.* exec\/s: \([0-9]*\).*/\1/p' <<<"$last")
-  echo "$target: execs ${execs:-?} cov ${cov:-?} ft ${ft:-?} exec/s ${rate:-?} (log fuzz/$log)"
+  average=$(( ${execs:-0} / (wall > 0 ? wall : 1) ))
+  echo "$target: execs ${execs:-?} in ${wall}s (${average}/s) cov ${cov:-?} ft ${ft:-?} (log fuzz/$log)"
   if [ "$status" -ne 0 ]; then
     echo "$target: libFuzzer exited with $status; see fuzz/$log and fuzz/artifacts/$target/" >&2
     exit "$status"

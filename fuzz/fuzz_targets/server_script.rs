@@ -9,6 +9,11 @@
 //! - the server keeps serving: afterwards a fresh well-formed Send on a new stream is acked (on a new
 //!   connection if the script got the old one closed with a documented code).
 //!
+//! Conversation streams are in-memory streams the server serves with its QUIC stream code
+//! (`ferry_server::fuzzing`, feature `fuzzing`): no packets, TLS or round trips per stream, which is
+//! what lets the target run thousands of inputs a second. The session (handshake, control stream,
+//! datagrams, connection closes) is real QUIC on loopback.
+//!
 //! Script: opcodes below (`OP_*`, modulo their count) with their fields (see `ferry_fuzz::Script`).
 //! Seeds: `scripts/fuzz.sh` writes each `spec/vectors` frame as raw bytes on a conversation stream
 //! after Open, and on the control stream.
@@ -18,11 +23,12 @@ use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
-use ferry_fuzz::server::{ControlEnd, Node, Session, WAIT};
+use ferry_fuzz::server::{ControlEnd, Node, Session, DEVICE, USER, WAIT};
 use ferry_fuzz::{frame, Script};
 use ferry_protocol::codec::{self, DEFAULT_MAX_FRAME_SIZE};
 use ferry_protocol::frame::{self as wire, frame::Kind};
 use ferry_protocol::{ErrorCode, Frame};
+use ferry_quic::memory::MemorySend;
 use ferry_quic::{codes, FrameReader};
 use libfuzzer_sys::fuzz_target;
 use tokio::task::JoinHandle;
@@ -182,7 +188,7 @@ struct Written {
 
 /// A conversation stream of the script.
 struct ScriptStream {
-    send: quinn::SendStream,
+    send: MemorySend,
     /// Counts the answers until the stream ends.
     reader: JoinHandle<Outcome>,
     /// Sends and Pulls written (each owed one answer).
@@ -200,14 +206,39 @@ struct ScriptStream {
 struct Outcome {
     /// SendAck, PullResult and Error frames read.
     answers: usize,
-    /// `Ok` if the server finished the stream; else the code it reset it or closed the connection with
-    /// (`None`: it ended without a ferry code).
-    end: Result<(), Option<ErrorCode>>,
+    /// `Ok` if the server finished the stream; else how it ended.
+    end: Result<(), Ended>,
+}
+
+/// How a conversation stream failed.
+enum Ended {
+    /// Reset with this code (`None`: without a ferry code).
+    Code(Option<ErrorCode>),
+    /// Its connection closed. An in-memory stream fails with the server's view of the close, which
+    /// carries no code when the server closed it; the code is the one the client's QUIC connection
+    /// receives (see [`client_close`]).
+    Lost,
+}
+
+/// The stream failed because its connection closed.
+fn lost(e: &ferry_quic::ReadError) -> bool {
+    matches!(
+        e,
+        ferry_quic::ReadError::Stream(quinn::ReadError::ConnectionLost(_))
+    )
+}
+
+/// The code the client's connection was closed with, once it learns of the close (within [`WAIT`]).
+async fn client_close(session: &Session) -> Option<ErrorCode> {
+    let reason = tokio::time::timeout(WAIT, session.connection.closed())
+        .await
+        .expect("the server's side of the connection closed, the client's did not");
+    codes::connection_code(&reason)
 }
 
 async fn step(
     session: &mut Session,
-    groups: &mut Vec<String>,
+    groups: &[String],
     next_request: &mut u64,
     w: &mut Written,
     s: &mut Script<'_>,
@@ -223,10 +254,13 @@ async fn step(
             if w.streams.len() >= MAX_STREAMS {
                 return;
             }
-            let Ok((send, recv)) = open_bi(session).await else {
+            // None: the script got the connection closed; later opens find none either.
+            let Some(opened) = ferry_server::fuzzing::open_stream(USER, DEVICE) else {
                 return;
             };
-            let reader = tokio::spawn(read_stream(FrameReader::new(recv, DEFAULT_MAX_FRAME_SIZE)));
+            let (send, recv) = (opened.send, opened.recv);
+            let recv = FrameReader::from_memory(recv, DEFAULT_MAX_FRAME_SIZE);
+            let reader = tokio::spawn(read_stream(recv));
             w.streams.push(ScriptStream {
                 send,
                 reader,
@@ -396,15 +430,6 @@ fn body(s: &mut Script<'_>) -> Bytes {
     Bytes::from(vec![b'x'; n])
 }
 
-/// Opens a stream within [`WAIT`]: the streams of earlier inputs must have given their credit back.
-async fn open_bi(
-    session: &Session,
-) -> Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError> {
-    tokio::time::timeout(WAIT, session.connection.open_bi())
-        .await
-        .expect("no stream credit: the server keeps streams of earlier inputs open")
-}
-
 /// One of the script's streams.
 fn stream<'w>(w: &'w mut Written, s: &mut Script<'_>) -> Option<&'w mut ScriptStream> {
     let i = usize::from(s.u8());
@@ -424,12 +449,15 @@ async fn write_raw(stream: &mut ScriptStream, bytes: &[u8]) -> bool {
     if stream.failed || stream.reset {
         return false;
     }
-    stream.failed = timed_write(&mut stream.send, bytes).await.is_err();
+    let written = tokio::time::timeout(WAIT, stream.send.write_all(bytes))
+        .await
+        .expect("the server stopped reading a conversation stream it did not close");
+    stream.failed = written.is_err();
     !stream.failed
 }
 
-/// `write_all` within [`WAIT`]; a write that cannot finish in that time is a server that stopped
-/// reading without closing anything.
+/// `write_all` on the control stream within [`WAIT`]; a write that cannot finish in that time is a
+/// server that stopped reading without closing anything.
 async fn timed_write(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), quinn::WriteError> {
     tokio::time::timeout(WAIT, send.write_all(bytes))
         .await
@@ -472,7 +500,11 @@ async fn read_stream(mut reader: FrameReader) -> Outcome {
             Err(e) => {
                 return Outcome {
                     answers,
-                    end: Err(e.peer_code()),
+                    end: if lost(&e) {
+                        Err(Ended::Lost)
+                    } else {
+                        Err(Ended::Code(e.peer_code()))
+                    },
                 }
             }
         }
@@ -498,9 +530,13 @@ async fn check_answers(session: &mut Session, w: Written, groups: &mut Vec<Strin
                 outcome.answers, stream.requests,
                 "a finished stream answered other than once per request"
             ),
-            Err(code) => {
+            Err(Ended::Code(code)) => {
                 documented(code, "a conversation stream");
                 closed |= session.connection.close_reason().is_some();
+            }
+            Err(Ended::Lost) => {
+                documented(client_close(session).await, "the connection");
+                closed = true;
             }
         }
     }
@@ -534,6 +570,8 @@ async fn check_answers(session: &mut Session, w: Written, groups: &mut Vec<Strin
                 _ => {}
             },
             Some(Err(ControlEnd::Failed(e))) => {
+                // The error itself, for the report: the code alone says nothing when there is none.
+                assert!(e.peer_code().is_some(), "the control stream failed: {e:?}");
                 documented(e.peer_code(), "the control stream");
                 return true;
             }
@@ -564,9 +602,10 @@ async fn keeps_serving(session: &mut Session, id: &str) -> Result<(), Option<Err
         let reason = session.connection.close_reason();
         reason.map(|e| codes::connection_code(&e))
     };
-    let Ok((mut send, recv)) = open_bi(session).await else {
+    let Some(opened) = ferry_server::fuzzing::open_stream(USER, DEVICE) else {
         return Err(closed(session).flatten());
     };
+    let (mut send, recv) = (opened.send, opened.recv);
     let open = frame(Kind::Open(wire::Open {
         conversation_id: "d:alice:bob".into(),
     }));
@@ -576,11 +615,14 @@ async fn keeps_serving(session: &mut Session, id: &str) -> Result<(), Option<Err
     }));
     let mut bytes = codec::encode(&open).to_vec();
     bytes.extend_from_slice(&codec::encode(&message));
-    if timed_write(&mut send, &bytes).await.is_err() {
+    let written = tokio::time::timeout(WAIT, send.write_all(&bytes))
+        .await
+        .expect("the server stopped reading the keep-serving stream");
+    if written.is_err() {
         return Err(closed(session).flatten());
     }
     let _ = send.finish();
-    let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME_SIZE);
+    let mut reader = FrameReader::from_memory(recv, DEFAULT_MAX_FRAME_SIZE);
     loop {
         let next = tokio::time::timeout(WAIT, reader.next())
             .await
@@ -592,6 +634,7 @@ async fn keeps_serving(session: &mut Session, id: &str) -> Result<(), Option<Err
             Ok(Some(Frame {
                 kind: Some(Kind::Deliver(_)),
             })) => {}
+            Err(e) if lost(&e) => return Err(client_close(session).await),
             Err(_) if closed(session).is_some() => return Err(closed(session).flatten()),
             other => panic!("the keep-serving Send was not acked: {other:?}"),
         }

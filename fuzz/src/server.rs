@@ -2,8 +2,8 @@
 //! loopback port, its embedded store in a directory under `/dev/shm` (fsync on tmpfs costs nothing, so
 //! an execution is not an fsync), and one authenticated session reused across inputs.
 //!
-//! The server's connection and stream handling is written against `quinn::Connection`, so the target
-//! talks QUIC to it on loopback rather than calling it without sockets. Everything runs on one
+//! The session is QUIC on loopback (handshake, control stream, datagrams); conversation streams are
+//! opened in memory on it through `ferry_server::fuzzing` (see the target). Everything runs on one
 //! current-thread tokio runtime (the target's), driven only while an input runs (`Runtime::block_on`:
 //! a `Handle::block_on` would not drive its I/O); between inputs the server is idle.
 //! Every `RESTART_EVERY` inputs the server is shut down and started on a fresh directory, which bounds
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_protocol::codec::{self, DEFAULT_MAX_FRAME_SIZE};
-use ferry_protocol::frame::{frame::Kind, Hello};
+use ferry_protocol::frame::{frame::Kind, Heartbeat, Hello};
 use ferry_protocol::{Frame, ALPN, VERSION};
 use ferry_quic::{ClientConfigBuilder, FrameReader, TrustRoots};
 use ferry_server::{ServerHandle, Settings};
@@ -28,6 +28,8 @@ pub const DEVICE: &str = "fuzz";
 pub const WAIT: Duration = Duration::from_secs(30);
 /// Inputs served by one server before it is restarted on a fresh directory.
 const RESTART_EVERY: u64 = 20_000;
+/// Most control frames read while waiting for the first HeartbeatAck of a session.
+const MAX_FRAMES_BEFORE_ACK: usize = 64;
 /// Control frames buffered between the control reader task and the input that waits for them.
 const CONTROL_QUEUE: usize = 1024;
 
@@ -80,7 +82,7 @@ impl Node {
     /// Counts an input; every `RESTART_EVERY` inputs the server restarts on a fresh directory.
     pub async fn next_input(&mut self) {
         self.served += 1;
-        if self.served % RESTART_EVERY == 0 {
+        if self.served.is_multiple_of(RESTART_EVERY) {
             self.stop().await;
         }
     }
@@ -204,6 +206,28 @@ async fn connect(server: &Running) -> Session {
         })) => {}
         other => panic!("a valid Hello was not welcomed: {other:?}"),
     }
+    // The server registers the session after it sent Welcome, and starts the control loop after that:
+    // the first HeartbeatAck means in-memory streams find the session.
+    let heartbeat = codec::encode(&codec::frame(Kind::Heartbeat(Heartbeat { sync_token: 0 })));
+    control_send
+        .write_all(&heartbeat)
+        .await
+        .expect("write Heartbeat");
+    let acked = async {
+        for _ in 0..MAX_FRAMES_BEFORE_ACK {
+            match reader.next().await {
+                Ok(Some(Frame {
+                    kind: Some(Kind::HeartbeatAck(_)),
+                })) => return,
+                Ok(Some(_)) => {}
+                other => panic!("a new session's control stream failed: {other:?}"),
+            }
+        }
+        panic!("no HeartbeatAck among a new session's first {MAX_FRAMES_BEFORE_ACK} frames");
+    };
+    tokio::time::timeout(WAIT, acked)
+        .await
+        .expect("HeartbeatAck in time");
     let (tx, control) = mpsc::channel(CONTROL_QUEUE);
     tokio::spawn(read_control(reader, tx));
     Session {

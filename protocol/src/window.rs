@@ -194,7 +194,9 @@ impl<M> ReceiveWindow<M> {
         let mut ready = Vec::new();
         let mut first = true;
         for (seq, message) in messages {
-            if first && after_seq == self.contiguous && seq > self.contiguous + 1 {
+            // Saturating: at contiguous = u64::MAX no seq can lie above the next one (a server's
+            // numbers, found by the client_core fuzz target).
+            if first && after_seq == self.contiguous && seq > self.contiguous.saturating_add(1) {
                 self.contiguous = seq - 1;
                 self.buffer.retain(|&buffered, _| buffered > seq);
             }
@@ -376,5 +378,16 @@ mod tests {
         let pull = w.poll_pull(now).unwrap();
         let got = w.on_pull_result(pull.after_seq, 1, 7, [(5, 5), (6, 6)]);
         assert_eq!(got, Arrival::Ready(vec![5, 6, 7]));
+    }
+
+    #[test]
+    fn pull_result_at_the_last_seq_does_not_overflow() {
+        let mut w = window();
+        assert_eq!(w.on_message(1, 1, 1), Arrival::Ready(vec![1]));
+        let got = w.on_pull_result(1, 1, u64::MAX, [(u64::MAX, 9)]);
+        assert_eq!(got, Arrival::Ready(vec![9]), "seqs 2.. are not visible");
+        assert_eq!(w.contiguous(), u64::MAX);
+        let again = w.on_pull_result(u64::MAX, 1, u64::MAX, [(u64::MAX, 9)]);
+        assert_eq!(again, Arrival::Duplicate);
     }
 }

@@ -15,7 +15,9 @@
 //! - [`config`]: [`ClientConfigBuilder`], the one client `quinn::ClientConfig` (ALPN `ferry/1`, trust
 //!   roots or a pinned certificate, 0-RTT, a shareable [`SessionCache`], the spec's keep-alive and idle
 //!   timeout);
-//! - [`codes`]: ferry [`ErrorCode`]s as QUIC reset/stop/close codes and back (FERRY-TRANSPORT-10).
+//! - [`codes`]: ferry [`ErrorCode`]s as QUIC reset/stop/close codes and back (FERRY-TRANSPORT-10);
+//! - `memory` (feature `fuzzing` only): in-memory streams the reader and writer can run over, so a fuzz
+//!   target drives a server's stream handling without packets or TLS.
 //!
 //! The server's certificates and `quinn::ServerConfig` stay in `ferry-server`: only the server makes one.
 //!
@@ -25,6 +27,8 @@
 
 pub mod codes;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod memory;
 pub mod reader;
 pub mod writer;
 

@@ -1,4 +1,4 @@
-//! The one frame reader: chunks of a [`quinn::RecvStream`] fed into the protocol crate's [`Decoder`].
+//! The one frame reader: chunks of a [`quinn::RecvStream`] (or, feature `fuzzing`, an in-memory stream) fed into the protocol crate's [`Decoder`].
 //! Incomplete input is "read more", never an error; a bad frame is a typed [`ReadError`] whose
 //! [`ReadError::code`] is what the reader resets or closes with (FERRY-FRAME-5).
 
@@ -48,15 +48,32 @@ impl ReadError {
 /// Reads frames from a QUIC receive stream.
 #[derive(Debug)]
 pub struct FrameReader {
-    recv: quinn::RecvStream,
+    recv: Source,
     decoder: Decoder,
+}
+
+/// Where the bytes come from: a QUIC stream, or (feature `fuzzing`) an in-memory one.
+#[derive(Debug)]
+enum Source {
+    Quic(quinn::RecvStream),
+    #[cfg(feature = "fuzzing")]
+    Memory(crate::memory::MemoryRecv),
 }
 
 impl FrameReader {
     /// A reader rejecting frames above `max_frame_size` bytes.
     pub fn new(recv: quinn::RecvStream, max_frame_size: usize) -> Self {
         FrameReader {
-            recv,
+            recv: Source::Quic(recv),
+            decoder: Decoder::new(max_frame_size),
+        }
+    }
+
+    /// A reader over an in-memory stream (see [`crate::memory`]).
+    #[cfg(feature = "fuzzing")]
+    pub fn from_memory(recv: crate::memory::MemoryRecv, max_frame_size: usize) -> Self {
+        FrameReader {
+            recv: Source::Memory(recv),
             decoder: Decoder::new(max_frame_size),
         }
     }
@@ -74,8 +91,16 @@ impl FrameReader {
             if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(Some(frame));
             }
-            match self.recv.read_chunk(MAX_READ_CHUNK, true).await? {
-                Some(chunk) => self.decoder.extend(&chunk.bytes),
+            let chunk = match &mut self.recv {
+                Source::Quic(recv) => recv
+                    .read_chunk(MAX_READ_CHUNK, true)
+                    .await?
+                    .map(|chunk| chunk.bytes),
+                #[cfg(feature = "fuzzing")]
+                Source::Memory(recv) => recv.read_chunk(MAX_READ_CHUNK).await?,
+            };
+            match chunk {
+                Some(bytes) => self.decoder.extend(&bytes),
                 None => {
                     self.decoder.finish()?;
                     return Ok(None);
@@ -87,6 +112,14 @@ impl FrameReader {
     /// Tells the peer to stop sending on this stream (STOP_SENDING with `code`).
     pub fn stop(&mut self, code: ErrorCode) {
         // Err only if the stream is already stopped or finished: nothing left to tell the peer.
-        let _ = self.recv.stop(codes::to_varint(code));
+        match &mut self.recv {
+            Source::Quic(recv) => {
+                let _ = recv.stop(codes::to_varint(code));
+            }
+            #[cfg(feature = "fuzzing")]
+            Source::Memory(recv) => {
+                let _ = recv.stop(codes::to_varint(code));
+            }
+        }
     }
 }

@@ -98,7 +98,73 @@ pub struct PendingStream {
 impl PendingStream {
     /// The stream is open: spawns the writer task, which first writes what was queued meanwhile.
     pub fn attach(self, send: quinn::SendStream) {
+        self.attach_sink(Sink::Quic(send));
+    }
+
+    /// Like [`PendingStream::attach`], for an in-memory stream (see [`crate::memory`]).
+    #[cfg(feature = "fuzzing")]
+    pub fn attach_memory(self, send: crate::memory::MemorySend) {
+        self.attach_sink(Sink::Memory(send));
+    }
+
+    fn attach_sink(self, send: Sink) {
         tokio::spawn(write_loop(send, self.rx, self.abandoned, self.overflow));
+    }
+}
+
+/// The stream a writer task writes to: QUIC, or (feature `fuzzing`) in memory. Errors of `reset` and
+/// `finish` are ignored by every caller (the stream already ended), so they return nothing.
+#[derive(Debug)]
+enum Sink {
+    Quic(quinn::SendStream),
+    #[cfg(feature = "fuzzing")]
+    Memory(crate::memory::MemorySend),
+}
+
+impl Sink {
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), quinn::WriteError> {
+        match self {
+            Sink::Quic(send) => send.write_all(bytes).await,
+            #[cfg(feature = "fuzzing")]
+            Sink::Memory(send) => send.write_all(bytes).await,
+        }
+    }
+
+    fn reset(&mut self, code: quinn::VarInt) {
+        match self {
+            Sink::Quic(send) => {
+                let _ = send.reset(code);
+            }
+            #[cfg(feature = "fuzzing")]
+            Sink::Memory(send) => {
+                let _ = send.reset(code);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        match self {
+            Sink::Quic(send) => {
+                let _ = send.finish();
+            }
+            #[cfg(feature = "fuzzing")]
+            Sink::Memory(send) => {
+                let _ = send.finish();
+            }
+        }
+    }
+
+    /// Resolves once the peer stopped the stream or has everything it was sent.
+    async fn stopped(&self) {
+        match self {
+            Sink::Quic(send) => {
+                let _ = send.stopped().await;
+            }
+            #[cfg(feature = "fuzzing")]
+            Sink::Memory(send) => {
+                send.stopped().await;
+            }
+        }
     }
 }
 
@@ -123,6 +189,14 @@ impl FrameWriter {
     pub fn spawn(send: quinn::SendStream, capacity: usize) -> FrameWriter {
         let (writer, pending) = FrameWriter::pending(capacity);
         pending.attach(send);
+        writer
+    }
+
+    /// Spawns the writer task for an in-memory stream (see [`crate::memory`]).
+    #[cfg(feature = "fuzzing")]
+    pub fn spawn_memory(send: crate::memory::MemorySend, capacity: usize) -> FrameWriter {
+        let (writer, pending) = FrameWriter::pending(capacity);
+        pending.attach_memory(send);
         writer
     }
 
@@ -281,7 +355,7 @@ fn gather(first: Command, rx: &mut mpsc::Receiver<Command>, buf: &mut BytesMut) 
 }
 
 async fn write_loop(
-    mut send: quinn::SendStream,
+    mut send: Sink,
     mut rx: mpsc::Receiver<Command>,
     abandoned: Arc<AtomicBool>,
     overflow: Arc<Notify>,
@@ -318,7 +392,7 @@ async fn write_loop(
         match then {
             Then::Write => {}
             Then::Reset(code) => {
-                let _ = send.reset(codes::to_varint(code));
+                send.reset(codes::to_varint(code));
                 return;
             }
             Then::Close {
@@ -326,7 +400,7 @@ async fn write_loop(
                 reason,
                 connection,
             } => {
-                let _ = send.finish();
+                send.finish();
                 // `stopped` resolves once the peer's QUIC stack acknowledged the data, but a close
                 // discards what its application has not read yet: linger a little more, or until the
                 // peer leaves on its own.
@@ -340,14 +414,14 @@ async fn write_loop(
 }
 
 /// The queue overflowed: reset at once; returning drops the queue and the frames in it.
-fn reset_slow_reader(send: &mut quinn::SendStream) {
-    let _ = send.reset(codes::to_varint(ErrorCode::STREAM_CLOSED));
+fn reset_slow_reader(send: &mut Sink) {
+    send.reset(codes::to_varint(ErrorCode::STREAM_CLOSED));
 }
 
 /// Every handle is gone: finish the stream (unless a rejected 0-RTT lost it, see `abandon`).
-fn finish_unless_abandoned(send: &mut quinn::SendStream, abandoned: &AtomicBool) {
+fn finish_unless_abandoned(send: &mut Sink, abandoned: &AtomicBool) {
     if !abandoned.load(Ordering::Relaxed) {
-        let _ = send.finish();
+        send.finish();
     }
 }
 

@@ -112,6 +112,8 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ti
         }
     };
     let conn = Arc::new(conn);
+    #[cfg(feature = "fuzzing")]
+    crate::fuzzing::register(&conn);
     info!(%remote, user = %conn.session.user, device = %conn.session.device, "session started");
     run(conn.clone(), control_reader, outbound).await;
     shared

@@ -16,6 +16,8 @@
 //!   `send` (pipelined Send → SendAck), `pull` (Pull paging), `delivery` (fan-out to every online
 //!   device, Deliver → Ack);
 //! - `datagrams`: typing and presence relay;
+//! - `fuzzing` (feature `fuzzing` only): conversation streams over memory for `fuzz/`'s
+//!   `server_script` target;
 //! - `push/`: offline push — registrations on the control stream, the notifier that POSTs to device
 //!   endpoints or a push gateway for devices with no session;
 //! - `sessions`: the online-session registry and login policies;
@@ -45,6 +47,8 @@ mod control;
 mod conversation;
 mod datagrams;
 mod errors;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 #[cfg(feature = "test-hooks")]
 mod hooks;
 mod http;

@@ -22,3 +22,5 @@ mod stream;
 
 pub(crate) use delivery::{deliver, deliver_local, outbound_loop};
 pub(crate) use stream::accept_loop;
+#[cfg(feature = "fuzzing")]
+pub(crate) use stream::serve_client_stream;

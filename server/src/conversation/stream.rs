@@ -44,9 +44,18 @@ pub(crate) async fn accept_loop(conn: Arc<Conn>) {
 
 /// A stream the client opened: expects Open first.
 async fn client_stream(conn: Arc<Conn>, send: quinn::SendStream, recv: quinn::RecvStream) {
-    let _guard = StreamCount::new(&conn);
     let writer = FrameWriter::spawn(send, STREAM_QUEUE);
-    let mut reader = FrameReader::new(recv, conn.shared.settings.limits.max_frame_size as usize);
+    let reader = FrameReader::new(recv, conn.shared.settings.limits.max_frame_size as usize);
+    serve_client_stream(conn, writer, reader).await;
+}
+
+/// Serves a client-opened stream, whatever carries it (QUIC, or memory for `crate::fuzzing`).
+pub(crate) async fn serve_client_stream(
+    conn: Arc<Conn>,
+    writer: FrameWriter,
+    mut reader: FrameReader,
+) {
+    let _guard = StreamCount::new(&conn);
     let first = tokio::time::timeout(OPEN_TIMEOUT, reader.next()).await;
     let refusal = match first {
         Ok(Ok(Some(Frame {
