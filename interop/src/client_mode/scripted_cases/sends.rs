@@ -160,6 +160,10 @@ pub async fn limits(ctx: Arc<ClientCtx>) -> CaseResult {
                 continue;
             }
             if distinct.len() == 4 {
+                // Timed before the refusal leaves: the client cannot hold it earlier, while a time
+                // taken after the write may already be late on a loaded machine (it once measured
+                // 698 ms for a client that waited its 700).
+                let refused_at = Instant::now();
                 conn.refuse_send(
                     *stream,
                     &id,
@@ -167,7 +171,7 @@ pub async fn limits(ctx: Arc<ClientCtx>) -> CaseResult {
                     RETRY_AFTER.as_millis() as u64,
                 )
                 .await?;
-                refused_rate = Some((id, Instant::now()));
+                refused_rate = Some((id, refused_at));
                 continue;
             }
         }
