@@ -211,13 +211,7 @@ impl Client {
                 message,
             });
         }
-        let mut record = OutboxRecord {
-            id: 0,
-            conversation: message.conversation.clone(),
-            client_msg_id: message.client_msg_id.clone(),
-            body: message.body.clone(),
-            created_at_ms: now_ms(),
-        };
+        let mut record = OutboxRecord::of(&message, 0, now_ms());
         match self.enqueuer.enqueue(record.clone()).await {
             Ok(id) => record.id = id,
             Err(source) => {

@@ -191,20 +191,13 @@ impl Harness {
     /// The application sends `body` to `conversation` with `client_msg_id` (the outbox write already
     /// durable, as `Client::send` makes it before the core hears of it).
     pub fn send(&mut self, conversation: &str, client_msg_id: &str, body: &[u8]) -> Wake {
-        let body = Bytes::copy_from_slice(body);
-        let record = OutboxRecord {
-            id: self.next_outbox_id,
-            conversation: conversation.into(),
-            client_msg_id: client_msg_id.into(),
-            body: body.clone(),
-            created_at_ms: 0,
-        };
-        self.next_outbox_id += 1;
         let message = OutgoingMessage {
             conversation: conversation.into(),
             client_msg_id: client_msg_id.into(),
-            body,
+            body: Bytes::copy_from_slice(body),
         };
+        let record = OutboxRecord::of(&message, self.next_outbox_id, 0);
+        self.next_outbox_id += 1;
         // Receipts are not followed: the answer is dropped, as by an application that does not await it.
         let (reply, _) = oneshot::channel();
         let send = Request::Send {

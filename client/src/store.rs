@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use crate::error::StoreError;
-use crate::message::ReceivedMessage;
+use crate::message::{OutgoingMessage, ReceivedMessage};
 
 /// A message waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,19 @@ pub struct OutboxRecord {
     pub body: Bytes,
     /// When the application queued it, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+}
+
+impl OutboxRecord {
+    /// The outbox row of `message`, queued at `created_at_ms`; `id` is the store's insertion order.
+    pub fn of(message: &OutgoingMessage, id: i64, created_at_ms: u64) -> OutboxRecord {
+        OutboxRecord {
+            id,
+            conversation: message.conversation.clone(),
+            client_msg_id: message.client_msg_id.clone(),
+            body: message.body.clone(),
+            created_at_ms,
+        }
+    }
 }
 
 /// The client's position in one conversation.

@@ -67,6 +67,12 @@ pub fn parse_conversation_id(id: &str) -> Option<ConversationRef<'_>> {
     }
 }
 
+/// Whether `id` is a well-formed direct conversation id (the server re-creates those when its store
+/// lost them; a group cannot be re-created).
+pub fn is_direct_conversation(id: &str) -> bool {
+    matches!(parse_conversation_id(id), Some(ConversationRef::Direct(..)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +88,11 @@ mod tests {
         );
         assert_eq!(direct_conversation_id("alice", "alice"), None);
         assert_eq!(direct_conversation_id("a:b", "c"), None);
+        assert!(is_direct_conversation(&id));
+        assert!(!is_direct_conversation(
+            "g:0123456789abcdef0123456789abcdef"
+        ));
+        assert!(!is_direct_conversation("d:bob:alice"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Pull → PullResult (FERRY-PULL-*): one page of a conversation's history, as the reader may see it.
 
 use ferry_protocol::frame::{Message, PullResult};
-use ferry_protocol::ids::{self, ConversationRef};
+use ferry_protocol::ids;
 use ferry_protocol::ErrorCode;
 use ferry_store::StoreError;
 
@@ -21,7 +21,7 @@ pub(super) async fn page(
         Some(info) => info,
         // A direct conversation the store lost (Redis FLUSHALL) is created again, in a new epoch, as
         // a Send would do: NOT_FOUND would make its party's client refuse its pending Sends for good.
-        None if is_direct(conversation) => {
+        None if ids::is_direct_conversation(conversation) => {
             super::stream::authorize_open(conn, conversation).await?;
             store
                 .conversation(conversation)
@@ -59,13 +59,6 @@ pub(super) async fn page(
         has_more: last < head,
         epoch: info.epoch,
     })
-}
-
-fn is_direct(conversation: &str) -> bool {
-    matches!(
-        ids::parse_conversation_id(conversation),
-        Some(ConversationRef::Direct(..))
-    )
 }
 
 /// Keeps a PullResult within the maximum frame size: drops trailing messages, but always keeps the first

@@ -280,12 +280,7 @@ async fn check_membership(conn: &Conn, conversation: &str) -> Result<(), Refusal
         .await
     {
         Ok(Some(m)) if m.is_member() => {}
-        Ok(None)
-            if matches!(
-                ids::parse_conversation_id(conversation),
-                Some(ids::ConversationRef::Direct(..))
-            ) =>
-        {
+        Ok(None) if ids::is_direct_conversation(conversation) => {
             if !super::stream::authorize_open(conn, conversation)
                 .await?
                 .is_member()

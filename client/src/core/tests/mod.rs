@@ -250,20 +250,13 @@ impl Harness {
 
     fn send(&mut self, client_msg_id: &str) -> ReceiptRx {
         let (reply, rx) = oneshot::channel();
-        let body = Bytes::from_static(b"hello");
-        let record = OutboxRecord {
-            id: self.next_id,
-            conversation: CONV.into(),
-            client_msg_id: client_msg_id.into(),
-            body: body.clone(),
-            created_at_ms: 0,
-        };
-        self.next_id += 1;
         let message = OutgoingMessage {
             conversation: CONV.into(),
             client_msg_id: client_msg_id.into(),
-            body,
+            body: Bytes::from_static(b"hello"),
         };
+        let record = OutboxRecord::of(&message, self.next_id, 0);
+        self.next_id += 1;
         self.core.handle_request(
             Request::Send {
                 record,

@@ -153,18 +153,12 @@ fn sends_beyond_the_limit_wait_in_the_outbox_for_a_free_stream() {
     let _a = h.send("a-1");
     let other = |h: &mut Harness, id: &str| {
         let (reply, _rx) = oneshot::channel();
-        let record = OutboxRecord {
-            id: 100,
-            conversation: CONVS[1].into(),
-            client_msg_id: id.into(),
-            body: Bytes::from_static(b"hi"),
-            created_at_ms: 0,
-        };
         let message = OutgoingMessage {
             conversation: CONVS[1].into(),
             client_msg_id: id.into(),
             body: Bytes::from_static(b"hi"),
         };
+        let record = OutboxRecord::of(&message, 100, 0);
         h.core.handle_request(
             Request::Send {
                 record,
