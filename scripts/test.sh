@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\n== %s\n' "$*"; }
+# Each step prints the seconds since the start, so a slow CI run shows where its time went.
+log() { printf '\n== [%ss] %s\n' "$SECONDS" "$*"; }
 
 # --- tools -------------------------------------------------------------------------------------------
 if ! command -v cargo >/dev/null 2>&1; then
@@ -39,7 +40,9 @@ cargo build --workspace --bins
 log "tests"
 # No backtraces: CI shows only the tail of a failure's output, and that must be the panic message.
 RUST_BACKTRACE=0 cargo nextest run --workspace --no-fail-fast --failure-output final
+log "chaos short profile"
 target/debug/ferry-chaos run --profile short --report target/chaos-short.json  # issue 18, ~3 min; a fresh seed each run (printed, replay with --seed)
+log "bindings"
 scripts/bindings.sh --test  # issue 19: bindings drift check, Kotlin JVM tests and pytest against a real server
 log "doc tests"
 cargo test --workspace --doc
