@@ -14,6 +14,10 @@
 //! what lets the target run thousands of inputs a second. The session (handshake, control stream,
 //! datagrams, connection closes) is real QUIC on loopback.
 //!
+//! A crash may need the state earlier inputs left (groups, stored messages, a closed session): the last
+//! inputs are written to `artifacts/server_script/history-PID/` on a panic (`ferry_fuzz::history`), and
+//! running the binary on those files replays the sequence.
+//!
 //! Script: opcodes below (`OP_*`, modulo their count) with their fields (see `ferry_fuzz::Script`).
 //! Seeds: `scripts/fuzz.sh` writes each `spec/vectors` frame as raw bytes on a conversation stream
 //! after Open, and on the control stream.
@@ -23,6 +27,7 @@ use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
+use ferry_fuzz::history::History;
 use ferry_fuzz::server::{ControlEnd, Node, Session, DEVICE, USER, WAIT};
 use ferry_fuzz::{frame, Script};
 use ferry_protocol::codec::{self, DEFAULT_MAX_FRAME_SIZE};
@@ -80,15 +85,21 @@ const MAX_GROUPS: usize = 8;
 struct State {
     runtime: tokio::runtime::Runtime,
     node: Node,
-    /// Groups the script created (newest last).
+    /// Groups the script created on the current server (newest last).
     groups: Vec<String>,
+    /// `node.starts()` when `groups` was last cleared.
+    starts: u64,
     /// Numbers the keep-serving Sends, unique in the process.
     checks: u64,
     /// Request ids, unique per session.
     next_request: u64,
 }
 
+/// The inputs run on this process's server, for replaying a crash.
+static HISTORY: History = History::new("server_script");
+
 fuzz_target!(|data: &[u8]| {
+    HISTORY.record(data);
     static STATE: OnceLock<Mutex<State>> = OnceLock::new();
     let state = STATE.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -99,6 +110,7 @@ fuzz_target!(|data: &[u8]| {
             runtime,
             node: Node::new(),
             groups: Vec::new(),
+            starts: 0,
             checks: 0,
             next_request: 0,
         })
@@ -108,10 +120,23 @@ fuzz_target!(|data: &[u8]| {
         runtime,
         node,
         groups,
+        starts,
         checks,
         next_request,
     } = &mut *state;
-    runtime.block_on(run(node, groups, checks, next_request, data));
+    runtime.block_on(async {
+        node.next_input().await;
+        node.session().await;
+        if node.starts() != *starts {
+            // A fresh server on a fresh directory: the groups of the last one are gone, and so is
+            // whatever earlier inputs did.
+            *starts = node.starts();
+            groups.clear();
+            HISTORY.clear();
+            HISTORY.record(data);
+        }
+        run(node, groups, checks, next_request, data).await
+    });
 });
 
 /// One script, then the checks.
@@ -122,7 +147,6 @@ async fn run(
     next_request: &mut u64,
     data: &[u8],
 ) {
-    node.next_input().await;
     let mut s = Script::new(data);
     let mut script = Written::default();
     let session = node.session().await;

@@ -106,6 +106,12 @@ impl Node {
         self.session.as_mut().expect("connected above")
     }
 
+    /// How many times a server was started: when this changes, the store is fresh (nothing earlier
+    /// inputs did is left in it).
+    pub fn starts(&self) -> u64 {
+        self.restarts
+    }
+
     /// Forgets the session (the next input reconnects).
     pub fn drop_session(&mut self) {
         self.session = None;
