@@ -26,6 +26,8 @@ pub const DEVICE: &str = "fuzz";
 /// How long any one wait for the server may take before the target calls it a hang. Generous: the
 /// machine is shared and loaded, and a false alarm costs a long investigation.
 pub const WAIT: Duration = Duration::from_secs(30);
+/// The client's QUIC keep-alive interval (see [`Node::start`]).
+const KEEP_ALIVE: Duration = Duration::from_millis(50);
 /// Inputs served by one server before it is restarted on a fresh directory.
 const RESTART_EVERY: u64 = 20_000;
 /// Most control frames read while waiting for the first HeartbeatAck of a session.
@@ -147,8 +149,13 @@ impl Node {
             .await
             .expect("in-process server starts");
         let pem = std::fs::read(handle.ca_path()).expect("server CA file");
+        // A short keep-alive: when the server's CONNECTION_CLOSE is lost (the client's UDP receive
+        // buffer overflows while the one thread runs the server's burst), an idle client learns of the
+        // close only from its next packet's answer, which the spec's 10 s interval made a 10 s stall
+        // per such input. The server idles out after an hour, far above it (FERRY-TRANSPORT-9).
         let config = ClientConfigBuilder::new(TrustRoots::Pem(pem))
             .alpn(&[ALPN])
+            .keep_alive(KEEP_ALIVE)
             .build()
             .expect("client config");
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal address"))
