@@ -262,15 +262,17 @@ async fn client_close(session: &Session) -> quinn::ConnectionError {
 /// The server's close reached the client as a stateless reset, which carries no code.
 ///
 /// Not a server fault, and the cause of the "control stream ended without a ferry error code" crashes
-/// (triaged 2026-11-30): QUIC sends CONNECTION_CLOSE once, repeats it only in answer to packets that
-/// arrive during the closing period (3 PTO, tens of ms on loopback), then forgets the connection and
-/// answers anything later with a stateless reset (RFC 9000 §10.2, §10.3). The close is lost when the
-/// client's UDP receive buffer overflows: both ends run on one thread, and a script of many Syncs
-/// (each a page of every group earlier inputs created: the state the crash needed) has the server
-/// send hundreds of KiB while the client is not reading; when the loaded machine then descheduled the
-/// process past the closing period, the client learned of the close only from the reset. The server
-/// did close the connection (an endpoint sends stateless resets only for connections it forgot), and
-/// the next input's check that a new connection is served still runs.
+/// (triaged 2026-11-30 by replaying a run's history): QUIC sends CONNECTION_CLOSE once, repeats it only
+/// in answer to packets that arrive during the closing period (3 PTO, tens of ms on loopback), then
+/// forgets the connection and answers anything later with a stateless reset, which has no code
+/// (RFC 9000 §10.2, §10.3). Here the close does get lost on loopback: every such crash input ran many
+/// Syncs (each a page of every group earlier inputs created: the state the crash needed), the same
+/// inputs stalled for exactly the client's keep-alive interval before the keep-alive was shortened
+/// (the client learned of the close only from its next packet), and the kernel counts UDP receive-
+/// buffer drops on this machine (`RcvbufErrors` in /proc/net/snmp); both ends share one thread, so
+/// the server's burst can fill the client's buffer before the client reads. The server did close the
+/// connection (an endpoint sends stateless resets only for connections it forgot), and the next
+/// input's check that a new connection is served still runs.
 fn close_lost(reason: &quinn::ConnectionError) -> bool {
     matches!(reason, quinn::ConnectionError::Reset)
 }
