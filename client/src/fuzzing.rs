@@ -121,6 +121,7 @@ impl Harness {
 
     /// A frame of the live session arrives on `stream`.
     pub fn frame(&mut self, stream: Stream<'_>, frame: Frame) -> Wake {
+        trace(format_args!("in {stream:?}: {frame:?}"));
         let stream = match stream {
             Stream::Control => StreamRef::Control,
             Stream::Conversation(c) => StreamRef::Conv {
@@ -140,6 +141,7 @@ impl Harness {
 
     /// The conversation's current stream ended (reset with `code`, or finished when `None`).
     pub fn stream_ended(&mut self, conversation: &str, code: Option<u32>) -> Wake {
+        trace(format_args!("stream_ended {conversation} {code:?}"));
         let stream = StreamRef::Conv {
             serial: self.stream_serial(conversation),
             conversation: conversation.to_owned(),
@@ -154,6 +156,7 @@ impl Harness {
 
     /// The live connection ended: closed by the server with `code`, or lost when `None`.
     pub fn connection_lost(&mut self, code: Option<u32>) -> Wake {
+        trace(format_args!("connection_lost {code:?}"));
         let lost = LostReason {
             app_close: code.map(|c| (ErrorCode(c), "fuzzed close".to_owned())),
             description: "fuzzed connection loss".into(),
@@ -164,6 +167,7 @@ impl Harness {
 
     /// The server's verdict on the live session's early data.
     pub fn zero_rtt(&mut self, accepted: bool) -> Wake {
+        trace(format_args!("zero_rtt {accepted}"));
         self.core.handle_zero_rtt(self.gen, accepted);
         self.wake()
     }
@@ -176,6 +180,7 @@ impl Harness {
 
     /// The clock moves on by `by`; the wake-up runs the timers that are due.
     pub fn advance(&mut self, by: Duration) -> Wake {
+        trace(format_args!("advance {by:?}"));
         self.now += by;
         self.wake()
     }
@@ -191,6 +196,7 @@ impl Harness {
     /// The application sends `body` to `conversation` with `client_msg_id` (the outbox write already
     /// durable, as `Client::send` makes it before the core hears of it).
     pub fn send(&mut self, conversation: &str, client_msg_id: &str, body: &[u8]) -> Wake {
+        trace(format_args!("send {conversation} {client_msg_id}"));
         let message = OutgoingMessage {
             conversation: conversation.into(),
             client_msg_id: client_msg_id.into(),
@@ -211,6 +217,9 @@ impl Harness {
 
     /// The application asks for history of `conversation` (store first, then Pulls).
     pub fn history(&mut self, conversation: &str, after_seq: u64, limit: usize) -> Wake {
+        trace(format_args!(
+            "history {conversation} after {after_seq} limit {limit}"
+        ));
         let (reply, _) = oneshot::channel();
         let request = Request::History {
             conversation: conversation.into(),
@@ -224,6 +233,7 @@ impl Harness {
 
     /// The application marks `conversation` read up to `seq`.
     pub fn mark_read(&mut self, conversation: &str, seq: u64) -> Wake {
+        trace(format_args!("mark_read {conversation} {seq}"));
         let request = Request::MarkRead {
             conversation: conversation.into(),
             seq,
@@ -262,6 +272,7 @@ impl Harness {
             self.core.handle_timeout(self.now);
             self.store_pass();
             while let Some(event) = self.core.poll_event() {
+                trace(format_args!("  event {event:?}"));
                 wake.events.push(event);
             }
             if self.core.is_stopped() {
@@ -370,4 +381,13 @@ enum Answer {
     Dial(u64),
     /// The token refresher returned a new token.
     Refresh,
+}
+
+/// With `FERRY_FUZZ_TRACE` set, prints what the harness feeds the core and what it reports (to replay a
+/// crash input by hand).
+fn trace(what: std::fmt::Arguments<'_>) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("FERRY_FUZZ_TRACE").is_some()) {
+        eprintln!("{what}");
+    }
 }
