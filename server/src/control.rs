@@ -78,6 +78,10 @@ pub(crate) async fn run(conn: Arc<Conn>, mut reader: FrameReader) {
 /// Handles one frame. `Err` is a connection-level error; request-level errors are answered with an
 /// Error frame and return `Ok`.
 async fn handle(conn: &Conn, frame: Frame) -> Result<(), Refusal> {
+    let early_allowed = matches!(frame.kind, Some(Kind::Heartbeat(_) | Kind::Sync(_)));
+    if !early_allowed && !conn.handshake_complete().await {
+        return Ok(());
+    }
     let reply = match frame.kind {
         Some(Kind::Heartbeat(hb)) => heartbeat(conn, hb.sync_token).await,
         Some(Kind::Sync(sync)) => sync_page(conn, sync.request_id, sync.since_token, sync.limit)

@@ -20,6 +20,11 @@ pub(crate) async fn receive_loop(conn: Arc<Conn>) {
     let rate = limits.typing_rate_per_sec;
     let mut bucket = TokenBucket::new(rate, rate, Instant::now());
     let max_frame = limits.max_frame_size as usize;
+    // Datagrams are not allowed in early data (FERRY-ZERORTT-1): none is relayed before the handshake
+    // is complete.
+    if !conn.handshake_complete().await {
+        return;
+    }
     while let Ok(payload) = conn.connection.read_datagram().await {
         if bucket.try_take(Instant::now()).is_err() {
             conn.shared.metrics.datagram_dropped();
