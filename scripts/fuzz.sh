@@ -6,11 +6,14 @@
 #   scripts/fuzz.sh --seconds N [TARGET...]     # default: every target (decoder client_core server_script)
 #   scripts/fuzz.sh --runs N [TARGET...]        # stop after N executions (e.g. 10000000)
 #   scripts/fuzz.sh --seed-only                 # only (re)write the seed corpora
+#   scripts/fuzz.sh --runs N TARGET -- -entropic=0   # anything after `--` goes to libFuzzer
 #
 # Builds with `-s none` (no sanitizer: the targets are safe Rust, and ASan would halve the execution
 # rate the 10-million-execution goal needs) and `-a` (debug assertions and overflow checks: an
 # arithmetic overflow on a peer's numbers is a bug to find). Crashes land in fuzz/artifacts/TARGET/;
 # reproduce one with `cd fuzz && cargo +nightly fuzz run -s none -a TARGET artifacts/TARGET/FILE`.
+# Coverage instrumentation covers Ferry's crates only (fuzz/tools/rustc-wrapper.sh says why); reproduce
+# with the same RUSTC_WRAPPER, or cargo rebuilds everything instrumented.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,12 +23,14 @@ seconds=""
 runs=""
 seed_only=false
 targets=()
+libfuzzer_options=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) [ $# -ge 2 ] || usage; seconds="$2"; shift 2 ;;
     --runs) [ $# -ge 2 ] || usage; runs="$2"; shift 2 ;;
     --seed-only) seed_only=true; shift ;;
     -h|--help) usage ;;
+    --) shift; libfuzzer_options=("$@"); break ;;
     -*) usage ;;
     *) targets+=("$1"); shift ;;
   esac
@@ -81,9 +86,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 cd fuzz
 mkdir -p logs
+export RUSTC_WRAPPER="$PWD/tools/rustc-wrapper.sh"
+
 for target in "${targets[@]}"; do
   log="logs/$target.log"
-  echo "== $target: ${limit[*]}"
+  echo "== $target: ${limit[*]} ${libfuzzer_options[*]}"
   # Built first, so the wall time below is the fuzzing's alone.
   nice -n 19 cargo +nightly fuzz build -s none -a "$target" >"$log" 2>&1
   # libFuzzer's exit status is non-zero on a crash; report it after the figures.
@@ -93,7 +100,7 @@ for target in "${targets[@]}"; do
   corpora=("corpus/$target")
   [ -d "regressions/$target" ] && corpora+=("regressions/$target")
   nice -n 19 cargo +nightly fuzz run -s none -a "$target" "${corpora[@]}" -- \
-    "${limit[@]}" -print_final_stats=1 >>"$log" 2>&1 || status=$?
+    "${limit[@]}" -print_final_stats=1 "${libfuzzer_options[@]}" >>"$log" 2>&1 || status=$?
   wall=$(( $(date +%s) - start ))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)

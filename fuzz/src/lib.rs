@@ -105,4 +105,5 @@ pub fn frame(kind: ferry_protocol::frame::frame::Kind) -> Frame {
     codec::frame(kind)
 }
 
+pub mod history;
 pub mod server;

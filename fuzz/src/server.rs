@@ -26,8 +26,16 @@ pub const DEVICE: &str = "fuzz";
 /// How long any one wait for the server may take before the target calls it a hang. Generous: the
 /// machine is shared and loaded, and a false alarm costs a long investigation.
 pub const WAIT: Duration = Duration::from_secs(30);
-/// Inputs served by one server before it is restarted on a fresh directory.
-const RESTART_EVERY: u64 = 20_000;
+/// The client's QUIC keep-alive interval (see [`Node::start`]).
+const KEEP_ALIVE: Duration = Duration::from_millis(50);
+/// Inputs served by one server before it is restarted on a fresh directory. Small, for two reasons:
+/// the state inputs leave grows the cost of later inputs (every CreateGroup adds a conversation that
+/// each Heartbeat and Sync of the session then lists: the store's `changed_since` sorts all of the
+/// user's conversations per call, and was 38 % of the target's time 2,000 inputs into a server), and
+/// a crash's history ([`crate::history::KEEP`] inputs, more than this) then reaches back to the
+/// server's start, so replaying it rebuilds all of the state the crash saw. A restart (new directory,
+/// certificate, store, connection) costs tens of ms.
+const RESTART_EVERY: u64 = 500;
 /// Most control frames read while waiting for the first HeartbeatAck of a session.
 const MAX_FRAMES_BEFORE_ACK: usize = 64;
 /// Control frames buffered between the control reader task and the input that waits for them.
@@ -106,6 +114,12 @@ impl Node {
         self.session.as_mut().expect("connected above")
     }
 
+    /// How many times a server was started: when this changes, the store is fresh (nothing earlier
+    /// inputs did is left in it).
+    pub fn starts(&self) -> u64 {
+        self.restarts
+    }
+
     /// Forgets the session (the next input reconnects).
     pub fn drop_session(&mut self) {
         self.session = None;
@@ -141,8 +155,13 @@ impl Node {
             .await
             .expect("in-process server starts");
         let pem = std::fs::read(handle.ca_path()).expect("server CA file");
+        // A short keep-alive: when the server's CONNECTION_CLOSE is lost (the client's UDP receive
+        // buffer overflows while the one thread runs the server's burst), an idle client learns of the
+        // close only from its next packet's answer, which the spec's 10 s interval made a 10 s stall
+        // per such input. The server idles out after an hour, far above it (FERRY-TRANSPORT-9).
         let config = ClientConfigBuilder::new(TrustRoots::Pem(pem))
             .alpn(&[ALPN])
+            .keep_alive(KEEP_ALIVE)
             .build()
             .expect("client config");
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal address"))

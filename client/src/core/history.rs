@@ -89,11 +89,17 @@ impl Core {
         // it reaches what the server has (known only for tracked conversations).
         let head = self.inbox.known_head(&request.conversation);
         let after_seq = request.after_seq;
-        let starts_right = local.first().is_some_and(|m| m.seq == after_seq + 1);
+        // `checked_add`: the application may ask for what follows u64::MAX (nothing does).
+        let starts_right = local
+            .first()
+            .is_some_and(|m| Some(m.seq) == after_seq.checked_add(1));
         let reaches = head.is_some_and(|h| local.last().map_or(after_seq, |m| m.seq) >= h);
         let complete = starts_right && (local.len() >= request.limit || reaches);
         let live = matches!(&self.phase, Phase::Live(s) if s.welcomed);
-        if complete || !live || head.is_some_and(|h| after_seq >= h) || request.limit == 0 {
+        // Nothing follows u64::MAX: no Pull could ask for more, so the local page is the answer (a
+        // request waiting for Pulls it never sends would never be answered).
+        let nothing_after = after_seq == u64::MAX || request.limit == 0;
+        if complete || !live || head.is_some_and(|h| after_seq >= h) || nothing_after {
             let _ = request.reply.send(Ok(local));
             return;
         }

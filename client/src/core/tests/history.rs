@@ -44,11 +44,20 @@ fn request(
     conversation: &str,
     limit: usize,
 ) -> oneshot::Receiver<Result<Vec<ReceivedMessage>, ClientError>> {
+    request_after(h, conversation, 0, limit)
+}
+
+fn request_after(
+    h: &mut Harness,
+    conversation: &str,
+    after_seq: u64,
+    limit: usize,
+) -> oneshot::Receiver<Result<Vec<ReceivedMessage>, ClientError>> {
     let (reply, rx) = oneshot::channel();
     h.core.handle_request(
         Request::History {
             conversation: conversation.into(),
-            after_seq: 0,
+            after_seq,
             limit,
             reply,
         },
@@ -99,5 +108,30 @@ fn history_stops_at_the_limit_and_returns_consecutive_messages() {
     assert_eq!(
         page.iter().map(|m| m.seq).collect::<Vec<_>>(),
         (1..=250).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn history_after_the_last_possible_seq_is_answered_from_the_store_without_overflow() {
+    // Found by `client_core` (fuzz/regressions/client_core/history-after-u64-max): `after_seq + 1`
+    // overflowed on an application's u64::MAX; and no Pull can ask for what follows it, so the
+    // request must not wait for one.
+    let mut h = Harness::new(settings(&[SERVER]));
+    h.synced(Vec::new());
+    let mut rx = request_after(&mut h, OTHER, u64::MAX, 5);
+    let stored = ReceivedMessage::from_wire(OTHER, 1, message(7, "bob"));
+    let out = h.wake(&mut vec![vec![stored]]);
+    rx.try_recv().expect("answered at once").expect("ok");
+    assert!(
+        !out.iter().any(|t| matches!(
+            t,
+            Transmit::Frame {
+                frame: Frame {
+                    kind: Some(Kind::Pull(_))
+                },
+                ..
+            }
+        )),
+        "nothing to pull after u64::MAX"
     );
 }
