@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ferry_interop::driver::{Session, Target};
 use ferry_quic::{ClientConfigBuilder, TrustRoots};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use super::Config;
 use crate::harness;
@@ -121,7 +121,15 @@ async fn measure(config: &Config) -> anyhow::Result<ConnectionsRow> {
         Duration::from_secs((target / EXPECTED_HANDSHAKES_PER_SEC).max(10) as u64),
     );
     let slots = Arc::new(Semaphore::new(OPENING_CONCURRENCY));
-    let mut sessions = vec![first];
+    // Each session heartbeats from the moment it is open: opening 20k takes longer than the server's
+    // 75 s idle timeout, which would otherwise close the first ones before the idle phase.
+    let interval = Duration::from_millis(u64::from(heartbeat_interval_ms.max(1000)));
+    let (stop, stopped) = watch::channel(false);
+    let beat = |i: usize, session: Session| {
+        let offset = interval.mul_f64(i as f64 / target as f64);
+        tokio::spawn(keep_beating(session, interval, offset, stopped.clone()))
+    };
+    let mut sessions = vec![beat(0, first)];
     let mut samples = Vec::new();
     let mut stopped_by = None;
     let (mut failed_logins, mut first_failure) = (0, None);
@@ -136,14 +144,14 @@ async fn measure(config: &Config) -> anyhow::Result<ConnectionsRow> {
             tasks.push(tokio::spawn(async move {
                 let _slot = slots.acquire_owned().await?;
                 let token = server.token(&format!("c{i}"));
-                anyhow::Ok(endpoint.session(&token, "bench").await?)
+                anyhow::Ok((i, endpoint.session(&token, "bench").await?))
             }));
         }
         // As many as fit: failures are counted, and once they pass MAX_FAILED_SHARE of the attempts
         // (after their batch completes) opening stops and the connections opened so far are measured.
         for task in tasks {
             match task.await? {
-                Ok(session) => sessions.push(session),
+                Ok((i, session)) => sessions.push(beat(i, session)),
                 Err(e) => {
                     failed_logins += 1;
                     first_failure.get_or_insert_with(|| format!("{e:#}"));
@@ -165,11 +173,23 @@ async fn measure(config: &Config) -> anyhow::Result<ConnectionsRow> {
     }
     bar.finish_and_clear();
     let opened = sessions.len();
-    let (idle_secs, ticks, alive) =
-        sit_idle(pid, sessions, heartbeat_interval_ms, config.idle).await?;
+    // Idle: only heartbeats and QUIC keep-alives; the server's CPU is measured over this window.
+    let idle_started = Instant::now();
+    let ticks_before = cpu_ticks(pid)?;
+    tokio::time::sleep(config.idle).await;
+    let idle_secs = idle_started.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(pid)?.saturating_sub(ticks_before);
     let rss_after = rss_kib(pid)?;
     let client_after = rss_kib(std::process::id())?;
     let idle_cpu_pct = 100.0 * ticks as f64 / ticks_per_sec() as f64 / idle_secs;
+    let _ = stop.send(true);
+    let mut alive = Vec::new();
+    for task in sessions {
+        // A session whose heartbeat failed is counted as lost, not fatal to the measurement.
+        if let Ok(session) = task.await? {
+            alive.push(session);
+        }
+    }
     let lost_while_idle = opened - alive.len();
     for s in &alive {
         s.close();
@@ -194,41 +214,22 @@ async fn measure(config: &Config) -> anyhow::Result<ConnectionsRow> {
     })
 }
 
-/// Every session sends a Heartbeat at the announced interval, their schedules spread evenly, for
-/// `idle`; returns the seconds it took, the server's CPU ticks meanwhile and the sessions still alive.
-async fn sit_idle(
-    pid: u32,
-    sessions: Vec<Session>,
-    heartbeat_interval_ms: u32,
-    idle: Duration,
-) -> anyhow::Result<(f64, u64, Vec<Session>)> {
-    let opened = sessions.len();
-    let interval = Duration::from_millis(u64::from(heartbeat_interval_ms.max(1000)));
-    let idle_started = Instant::now();
-    let ticks_before = cpu_ticks(pid)?;
-    let until = idle_started + idle;
-    let mut beats = Vec::new();
-    for (i, mut session) in sessions.into_iter().enumerate() {
-        let offset = interval.mul_f64(i as f64 / opened as f64);
-        beats.push(tokio::spawn(async move {
-            let mut next = Instant::now() + offset;
-            while next < until {
-                tokio::time::sleep_until(next.into()).await;
-                session.heartbeat(0).await?;
-                next += interval;
-            }
-            tokio::time::sleep_until(until.into()).await;
-            anyhow::Ok(session)
-        }));
-    }
-    let mut alive = Vec::new();
-    for b in beats {
-        // A session whose heartbeat failed is counted as lost, not fatal to the measurement.
-        if let Ok(session) = b.await? {
-            alive.push(session);
+/// Sends a Heartbeat at `interval` (the first after `offset`) until told to stop; returns the session,
+/// or the error of the heartbeat that failed.
+async fn keep_beating(
+    mut session: Session,
+    interval: Duration,
+    offset: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Session> {
+    let mut next = tokio::time::Instant::now() + offset;
+    loop {
+        tokio::select! {
+            // Resolves once stop is sent, or at once if the sender is gone: the loop always ends.
+            _ = stop.wait_for(|stop| *stop) => return Ok(session),
+            _ = tokio::time::sleep_until(next) => {}
         }
+        session.heartbeat(0).await?;
+        next += interval;
     }
-    let idle_secs = idle_started.elapsed().as_secs_f64();
-    let ticks = cpu_ticks(pid)?.saturating_sub(ticks_before);
-    Ok((idle_secs, ticks, alive))
 }
