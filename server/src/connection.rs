@@ -1,6 +1,6 @@
 //! One client connection: the handshake on the control stream (Hello → Welcome), then four concurrent
-//! duties until the connection ends — the control stream, accepting conversation streams, relaying
-//! datagrams, and writing deliveries.
+//! duties in one task until the connection ends — the control stream, accepting conversation streams,
+//! relaying datagrams, and writing deliveries.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -110,7 +110,9 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ti
         },
     };
     shared.metrics.connection_opened();
-    let handshake = handshake(&connection, handshake_done, &shared, order);
+    // Boxed: the handshake's future is large and done once; inline, its size would stay in this
+    // task's future for the connection's whole life.
+    let handshake = Box::pin(handshake(&connection, handshake_done, &shared, order));
     let outcome = handshake.await;
     ticket.handshake_over();
     let (conn, control_reader, outbound, confirmation) = match outcome {
@@ -137,7 +139,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ti
         .sessions
         .unregister(&conn.session.user, conn.session.id);
     if let Some(cluster) = &shared.cluster {
-        cluster.on_logout(&conn.session).await;
+        Box::pin(cluster.on_logout(&conn.session)).await; // boxed like the handshake
     }
     shared.metrics.connection_closed();
     info!(%remote, user = %conn.session.user, device = %conn.session.device, "session ended");
@@ -373,24 +375,42 @@ fn close_replaced(
     Ok(())
 }
 
-/// Runs the connection's duties until the connection closes; closing aborts them all.
+/// Runs the connection's duties until the connection closes; closing drops them all.
+///
+/// The four duties share this one task instead of a task each: an idle connection is mostly its
+/// futures (issue 17), and each duty parks on a quinn or channel wake-up, so polling them together
+/// costs little. What a duty does only now and then (a control request, opening a delivery stream, a
+/// datagram's membership check) is boxed inside it, so the parked futures stay small. A duty that ends
+/// first (the control stream ended, accepting failed) has closed the connection or found it closed,
+/// so `closed()` ends the rest.
+///
+/// A session that started in 0-RTT also waits here for its handshake ([`confirm`]).
 async fn run(
     conn: Arc<Conn>,
     control_reader: FrameReader,
     outbound: mpsc::Receiver<Outbound>,
     confirmation: Option<Confirmation>,
 ) {
-    let mut tasks = tokio::task::JoinSet::new();
-    if let Some(confirmation) = confirmation {
-        tasks.spawn(confirm(conn.clone(), confirmation));
+    let confirming = async {
+        if let Some(confirmation) = confirmation {
+            Box::pin(confirm(conn.clone(), confirmation)).await;
+        }
+    };
+    let duties = async {
+        tokio::join!(
+            confirming,
+            control::run(conn.clone(), control_reader),
+            conversation::accept_loop(conn.clone()),
+            datagrams::receive_loop(conn.clone()),
+            conversation::outbound_loop(conn.clone(), outbound),
+        )
+    };
+    tokio::select! {
+        _ = duties => {}
+        reason = conn.connection.closed() => {
+            debug!(user = %conn.session.user, %reason, "connection closed");
+        }
     }
-    tasks.spawn(control::run(conn.clone(), control_reader));
-    tasks.spawn(conversation::accept_loop(conn.clone()));
-    tasks.spawn(datagrams::receive_loop(conn.clone()));
-    tasks.spawn(conversation::outbound_loop(conn.clone(), outbound));
-    let reason = conn.connection.closed().await;
-    debug!(user = %conn.session.user, %reason, "connection closed");
-    tasks.shutdown().await;
 }
 
 /// Checks version, ids and token; returns the token's claims.

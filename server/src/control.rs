@@ -66,7 +66,9 @@ pub(crate) async fn run(conn: Arc<Conn>, mut reader: FrameReader) {
                 return;
             }
         };
-        if let Err(Refusal { code, reason, .. }) = handle(&conn, frame).await {
+        // Boxed: handling a request (store calls, group changes, push) needs a far larger future than
+        // waiting for the next frame, and an idle connection waits for frames nearly all its life.
+        if let Err(Refusal { code, reason, .. }) = Box::pin(handle(&conn, frame)).await {
             debug!(user = %conn.session.user, code = code.name(), %reason, "control stream error");
             conn.shared.metrics.error(code);
             conn.close(code, &reason);

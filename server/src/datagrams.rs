@@ -45,7 +45,8 @@ pub(crate) async fn receive_loop(conn: Arc<Conn>) {
             _ => None,
         };
         match relayed {
-            Some((conversation, kind)) => relay(&conn, &conversation, kind).await,
+            // Boxed so that the waiting loop stays small (issue 17: an idle connection's memory).
+            Some((conversation, kind)) => Box::pin(relay(&conn, &conversation, kind)).await,
             None => conn.shared.metrics.datagram_dropped(),
         }
     }
