@@ -133,6 +133,14 @@ pub struct ConnectionsRow {
     pub idle_cpu_pct: f64,
     /// The same scaled to 10k connections.
     pub idle_cpu_pct_per_10k: f64,
+    /// The bench client's own RSS growth per connection, KiB (it shares the machine).
+    pub client_kib_per_conn: f64,
+    /// Sessions whose heartbeat failed while idle.
+    pub lost_while_idle: usize,
+    /// Logins (QUIC handshake + Hello/Welcome) that failed while opening.
+    pub failed_logins: usize,
+    /// Why opening stopped short of the target, if it did.
+    pub stopped_by: Option<String>,
 }
 
 /// One catch-up measurement.
@@ -342,6 +350,9 @@ impl Results {
                     "KiB per connection",
                     "idle CPU %",
                     "CPU % per 10k",
+                    "failed logins",
+                    "lost while idle",
+                    "bench client KiB per connection",
                 ],
                 rows: vec![vec![
                     format!("{}/{}", c.opened, c.target),
@@ -350,6 +361,9 @@ impl Results {
                     format!("{:.1}", c.per_conn_kib),
                     format!("{:.2}", c.idle_cpu_pct),
                     format!("{:.2}", c.idle_cpu_pct_per_10k),
+                    c.failed_logins.to_string(),
+                    c.lost_while_idle.to_string(),
+                    format!("{:.1}", c.client_kib_per_conn),
                 ]],
             });
         }

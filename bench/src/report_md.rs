@@ -195,6 +195,10 @@ mod tests {
             heartbeat_interval_ms: 25_000,
             idle_cpu_pct: 1.0,
             idle_cpu_pct_per_10k: 10.0,
+            client_kib_per_conn: 40.0,
+            failed_logins: 0,
+            lost_while_idle: 0,
+            stopped_by: None,
         });
         let lines = goals(&r);
         assert!(

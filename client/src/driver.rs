@@ -209,6 +209,12 @@ impl Driver {
                 Wake::Timer => {}
             }
             self.core.handle_timeout(now());
+            // What the inputs asked for (Pulls, Syncs, Sends already in the outbox) leaves before the
+            // commit's fsync, not after it: a catch-up's next Pulls travel while its last page is made
+            // durable. Acks, receipts and events wait for the commit, as before.
+            if !self.core.is_stopped() {
+                self.transmit();
+            }
             self.store_pass().await;
             self.send_events().await;
             if self.core.is_stopped() {

@@ -175,7 +175,13 @@ impl Outbox {
         out
     }
 
-    /// SendAck arrived: the entry is done and handed back (for the receipt and the store).
+    /// The conversation of the pending Send with this client_msg_id, if there is one.
+    pub fn conversation_of(&self, client_msg_id: &str) -> Option<&str> {
+        let id = self.ids.get(client_msg_id)?;
+        Some(self.entries.get(id)?.record.conversation.as_str())
+    }
+
+    /// A SendAck answered the Send with this client_msg_id: the entry is settled and returned.
     pub fn on_ack(&mut self, client_msg_id: &str) -> Option<OutboxRecord> {
         let id = self.ids.remove(client_msg_id)?;
         self.awaiting_answer = false;

@@ -1,6 +1,6 @@
 //! One client connection: the handshake on the control stream (Hello → Welcome), then four concurrent
-//! duties until the connection ends — the control stream, accepting conversation streams, relaying
-//! datagrams, and writing deliveries.
+//! duties in one task until the connection ends — the control stream, accepting conversation streams,
+//! relaying datagrams, and writing deliveries.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -11,7 +11,7 @@ use ferry_protocol::codec::frame;
 use ferry_protocol::frame::{frame::Kind, Hello, Welcome};
 use ferry_protocol::{frames, ids, unix_millis, ErrorCode, VERSION};
 use ferry_quic::{codes, FrameReader, FrameWriter};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info};
 
 use crate::admission::Ticket;
@@ -44,9 +44,26 @@ pub(crate) struct Conn {
     pub(crate) open_streams: AtomicUsize,
     /// Permits for Sends received but not yet answered (max_inflight_sends).
     pub(crate) inflight: Arc<Semaphore>,
+    /// Opens when the TLS handshake is complete; see [`Conn::handshake_complete`].
+    handshake: watch::Receiver<bool>,
 }
 
 impl Conn {
+    /// Waits until the TLS handshake is complete (at once unless the session started in 0-RTT); false
+    /// if it never will be (the connection is closing).
+    ///
+    /// A 0-RTT session is served before its handshake completes, so a reconnecting client's Welcome,
+    /// SyncResult and PullResults leave in the server's first flight (0.5-RTT data) instead of a round
+    /// trip later. Only the frames allowed in early data are served meanwhile (Hello, Heartbeat, Sync,
+    /// Open, Pull, Send — FERRY-ZERORTT-1); a stream or the control stream that carries any other frame
+    /// waits here before handling it, since the server cannot tell early data from later data on a
+    /// stream (FERRY-ZERORTT-3).
+    pub(crate) async fn handshake_complete(&self) -> bool {
+        let mut done = self.handshake.clone();
+        let complete = done.wait_for(|complete| *complete).await.is_ok();
+        complete
+    }
+
     /// Closes the connection with a wire code.
     pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
         self.connection
@@ -93,10 +110,12 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ti
         },
     };
     shared.metrics.connection_opened();
-    let handshake = handshake(&connection, handshake_done, &shared, order);
+    // Boxed: the handshake's future is large and done once; inline, its size would stay in this
+    // task's future for the connection's whole life.
+    let handshake = Box::pin(handshake(&connection, handshake_done, &shared, order));
     let outcome = handshake.await;
     ticket.handshake_over();
-    let (conn, control_reader, outbound) = match outcome {
+    let (conn, control_reader, outbound, confirmation) = match outcome {
         Ok(parts) => parts,
         Err(HandshakeError::Refused(code, reason)) => {
             info!(%remote, code = %code.name(), %reason, "connection refused");
@@ -115,12 +134,12 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut ti
     #[cfg(feature = "fuzzing")]
     crate::fuzzing::register(&conn);
     info!(%remote, user = %conn.session.user, device = %conn.session.device, "session started");
-    run(conn.clone(), control_reader, outbound).await;
+    run(conn.clone(), control_reader, outbound, confirmation).await;
     shared
         .sessions
         .unregister(&conn.session.user, conn.session.id);
     if let Some(cluster) = &shared.cluster {
-        cluster.on_logout(&conn.session).await;
+        Box::pin(cluster.on_logout(&conn.session)).await; // boxed like the handshake
     }
     shared.metrics.connection_closed();
     info!(%remote, user = %conn.session.user, device = %conn.session.device, "session ended");
@@ -139,13 +158,34 @@ struct Accepted {
     login_ms: u64,
 }
 
+/// What a session that started in 0-RTT still has to do once its handshake completes.
+struct Confirmation {
+    /// Resolves when the client's Finished has been verified.
+    done: quinn::ZeroRttAccepted,
+    /// Opens the session's [`Conn::handshake_complete`].
+    complete: watch::Sender<bool>,
+}
+
+/// What a successful handshake hands to [`run`].
+type Established = (
+    Conn,
+    FrameReader,
+    mpsc::Receiver<Outbound>,
+    Option<Confirmation>,
+);
+
 /// Reads Hello on the control stream, authenticates, answers Welcome and registers the session.
+///
+/// A session in 0-RTT on a single node is answered and admitted before the TLS handshake completes and
+/// confirmed by [`confirm`] afterwards (see [`Conn::handshake_complete`]). In a cluster the directory
+/// write that makes other nodes route to this one applies the login policy across nodes, so there the
+/// Welcome waits for the handshake as before.
 async fn handshake(
     connection: &quinn::Connection,
     handshake_done: Option<quinn::ZeroRttAccepted>,
     shared: &Arc<Shared>,
     order: Accepted,
-) -> Result<(Conn, FrameReader, mpsc::Receiver<Outbound>), HandshakeError> {
+) -> Result<Established, HandshakeError> {
     let accepted = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await;
     let (send, recv) = match accepted {
         Ok(streams) => streams?,
@@ -186,13 +226,19 @@ async fn handshake(
         return Err(refuse(connection, Some(send), code, &reason).await);
     }
     let user = claims.user.clone();
-    // A Hello in 0-RTT data may be a replay: nothing that affects other sessions (the login policy) and
-    // no other frame is processed before the handshake completes (FERRY-ZERORTT-3).
-    if let Some(done) = handshake_done {
-        if tokio::time::timeout(HELLO_TIMEOUT, done).await.is_err() {
-            return Err(refuse(connection, Some(send), ErrorCode::IDLE_TIMEOUT, "handshake").await);
+    // A Hello in 0-RTT data may be a replay: nothing that affects other sessions (the login policy)
+    // happens before the handshake completes (FERRY-ZERORTT-3).
+    let early = match handshake_done {
+        Some(done) if shared.cluster.is_none() => Some(done),
+        Some(done) => {
+            if tokio::time::timeout(HELLO_TIMEOUT, done).await.is_err() {
+                let code = ErrorCode::IDLE_TIMEOUT;
+                return Err(refuse(connection, Some(send), code, "handshake").await);
+            }
+            None
         }
-    }
+        None => None,
+    };
 
     let control = FrameWriter::spawn(send, STREAM_QUEUE);
     let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
@@ -227,21 +273,90 @@ async fn handshake(
             .unwrap_or_default(),
     };
     let _ = control.send(frame(Kind::Welcome(welcome))).await;
+    let (complete, handshake) = watch::channel(early.is_none());
+    let confirmation = match early {
+        Some(done) => {
+            gave_up(connection)?;
+            shared.sessions.admit(session.clone());
+            Some(Confirmation { done, complete })
+        }
+        None => {
+            register(shared, &session).await?;
+            None
+        }
+    };
+    crate::revoke::recheck_after_register(shared, revocations, &claims, &session).await;
+    let conn = Conn {
+        shared: shared.clone(),
+        session,
+        connection: connection.clone(),
+        streams: Mutex::new(HashMap::new()),
+        open_streams: AtomicUsize::new(0),
+        inflight: Arc::new(Semaphore::new(
+            shared.settings.limits.max_inflight_sends as usize,
+        )),
+        handshake,
+    };
+    Ok((conn, reader, outbound_rx, confirmation))
+}
+
+/// Registers a session whose handshake is complete under the login policy, here and (in a cluster)
+/// across nodes, and closes the sessions it replaces.
+async fn register(shared: &Shared, session: &SessionHandle) -> Result<(), HandshakeError> {
     // In a cluster, the local registry and the session directory must see this user's logins in the
     // same order, or a slower directory write of an older login would replace the newer one.
     let login_order = match &shared.cluster {
         Some(cluster) => Some(cluster.login_lock(&session.user).await),
         None => None,
     };
-    // A client that gave up on this attempt closed it already: registering it now would only
-    // displace the session the client moved to.
-    if let Some(reason) = connection.close_reason() {
-        return Err(HandshakeError::Connection(reason));
-    }
-    let replaced = match shared
+    gave_up(&session.connection)?;
+    let replaced = shared
         .sessions
-        .register(session.clone(), shared.settings.login_policy)
+        .register(session.clone(), shared.settings.login_policy);
+    close_replaced(session, replaced)?;
+    if let Some(cluster) = &shared.cluster {
+        cluster.on_login(session).await;
+    }
+    drop(login_order);
+    Ok(())
+}
+
+/// A client that gave up on this attempt closed it already: registering it now would only displace the
+/// session the client moved to.
+fn gave_up(connection: &quinn::Connection) -> Result<(), HandshakeError> {
+    match connection.close_reason() {
+        Some(reason) => Err(HandshakeError::Connection(reason)),
+        None => Ok(()),
+    }
+}
+
+/// Waits for a 0-RTT session's handshake, then applies the login policy to it (FERRY-ZERORTT-3) and lets
+/// its deferred frames through; closes the connection if the handshake does not complete in time.
+async fn confirm(conn: Arc<Conn>, confirmation: Confirmation) {
+    if tokio::time::timeout(HELLO_TIMEOUT, confirmation.done)
+        .await
+        .is_err()
     {
+        conn.close(ErrorCode::IDLE_TIMEOUT, "handshake did not complete");
+        return;
+    }
+    let shared = &conn.shared;
+    let replaced = shared
+        .sessions
+        .confirm(&conn.session, shared.settings.login_policy);
+    if close_replaced(&conn.session, replaced).is_err() {
+        shared.metrics.error(ErrorCode::SESSION_REPLACED);
+        return;
+    }
+    let _ = confirmation.complete.send(true);
+}
+
+/// Closes the sessions a login replaced; on [`Superseded`], closes the new session itself instead.
+fn close_replaced(
+    session: &SessionHandle,
+    replaced: Result<Vec<SessionHandle>, Superseded>,
+) -> Result<(), HandshakeError> {
+    let replaced = match replaced {
         Ok(replaced) => replaced,
         Err(Superseded) => {
             info!(user = %session.user, device = %session.device, "a later login of this device is registered here; closing this one");
@@ -257,34 +372,45 @@ async fn handshake(
         info!(user = %replaced.user, device = %replaced.device, "session replaced");
         replaced.close_replaced();
     }
-    if let Some(cluster) = &shared.cluster {
-        cluster.on_login(&session).await;
-    }
-    drop(login_order);
-    crate::revoke::recheck_after_register(shared, revocations, &claims, &session).await;
-    let conn = Conn {
-        shared: shared.clone(),
-        session,
-        connection: connection.clone(),
-        streams: Mutex::new(HashMap::new()),
-        open_streams: AtomicUsize::new(0),
-        inflight: Arc::new(Semaphore::new(
-            shared.settings.limits.max_inflight_sends as usize,
-        )),
-    };
-    Ok((conn, reader, outbound_rx))
+    Ok(())
 }
 
-/// Runs the connection's duties until the connection closes; closing aborts them all.
-async fn run(conn: Arc<Conn>, control_reader: FrameReader, outbound: mpsc::Receiver<Outbound>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(control::run(conn.clone(), control_reader));
-    tasks.spawn(conversation::accept_loop(conn.clone()));
-    tasks.spawn(datagrams::receive_loop(conn.clone()));
-    tasks.spawn(conversation::outbound_loop(conn.clone(), outbound));
-    let reason = conn.connection.closed().await;
-    debug!(user = %conn.session.user, %reason, "connection closed");
-    tasks.shutdown().await;
+/// Runs the connection's duties until the connection closes; closing drops them all.
+///
+/// The four duties share this one task instead of a task each: an idle connection is mostly its
+/// futures (issue 17), and each duty parks on a quinn or channel wake-up, so polling them together
+/// costs little. What a duty does only now and then (a control request, opening a delivery stream, a
+/// datagram's membership check) is boxed inside it, so the parked futures stay small. A duty that ends
+/// first (the control stream ended, accepting failed) has closed the connection or found it closed,
+/// so `closed()` ends the rest.
+///
+/// A session that started in 0-RTT also waits here for its handshake ([`confirm`]).
+async fn run(
+    conn: Arc<Conn>,
+    control_reader: FrameReader,
+    outbound: mpsc::Receiver<Outbound>,
+    confirmation: Option<Confirmation>,
+) {
+    let confirming = async {
+        if let Some(confirmation) = confirmation {
+            Box::pin(confirm(conn.clone(), confirmation)).await;
+        }
+    };
+    let duties = async {
+        tokio::join!(
+            confirming,
+            control::run(conn.clone(), control_reader),
+            conversation::accept_loop(conn.clone()),
+            datagrams::receive_loop(conn.clone()),
+            conversation::outbound_loop(conn.clone(), outbound),
+        )
+    };
+    tokio::select! {
+        _ = duties => {}
+        reason = conn.connection.closed() => {
+            debug!(user = %conn.session.user, %reason, "connection closed");
+        }
+    }
 }
 
 /// Checks version, ids and token; returns the token's claims.

@@ -66,7 +66,9 @@ pub(crate) async fn run(conn: Arc<Conn>, mut reader: FrameReader) {
                 return;
             }
         };
-        if let Err(Refusal { code, reason, .. }) = handle(&conn, frame).await {
+        // Boxed: handling a request (store calls, group changes, push) needs a far larger future than
+        // waiting for the next frame, and an idle connection waits for frames nearly all its life.
+        if let Err(Refusal { code, reason, .. }) = Box::pin(handle(&conn, frame)).await {
             debug!(user = %conn.session.user, code = code.name(), %reason, "control stream error");
             conn.shared.metrics.error(code);
             conn.close(code, &reason);
@@ -78,6 +80,10 @@ pub(crate) async fn run(conn: Arc<Conn>, mut reader: FrameReader) {
 /// Handles one frame. `Err` is a connection-level error; request-level errors are answered with an
 /// Error frame and return `Ok`.
 async fn handle(conn: &Conn, frame: Frame) -> Result<(), Refusal> {
+    let early_allowed = matches!(frame.kind, Some(Kind::Heartbeat(_) | Kind::Sync(_)));
+    if !early_allowed && !conn.handshake_complete().await {
+        return Ok(());
+    }
     let reply = match frame.kind {
         Some(Kind::Heartbeat(hb)) => heartbeat(conn, hb.sync_token).await,
         Some(Kind::Sync(sync)) => sync_page(conn, sync.request_id, sync.since_token, sync.limit)

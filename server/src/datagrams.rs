@@ -20,6 +20,11 @@ pub(crate) async fn receive_loop(conn: Arc<Conn>) {
     let rate = limits.typing_rate_per_sec;
     let mut bucket = TokenBucket::new(rate, rate, Instant::now());
     let max_frame = limits.max_frame_size as usize;
+    // Datagrams are not allowed in early data (FERRY-ZERORTT-1): none is relayed before the handshake
+    // is complete.
+    if !conn.handshake_complete().await {
+        return;
+    }
     while let Ok(payload) = conn.connection.read_datagram().await {
         if bucket.try_take(Instant::now()).is_err() {
             conn.shared.metrics.datagram_dropped();
@@ -40,7 +45,8 @@ pub(crate) async fn receive_loop(conn: Arc<Conn>) {
             _ => None,
         };
         match relayed {
-            Some((conversation, kind)) => relay(&conn, &conversation, kind).await,
+            // Boxed so that the waiting loop stays small (issue 17: an idle connection's memory).
+            Some((conversation, kind)) => Box::pin(relay(&conn, &conversation, kind)).await,
             None => conn.shared.metrics.datagram_dropped(),
         }
     }

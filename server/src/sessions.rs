@@ -91,7 +91,17 @@ pub(crate) struct Superseded;
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     next_id: AtomicU64,
-    by_user: Mutex<HashMap<Arc<str>, Vec<SessionHandle>>>,
+    by_user: Mutex<HashMap<Arc<str>, Vec<Entry>>>,
+}
+
+/// A session in the registry.
+#[derive(Debug)]
+struct Entry {
+    session: SessionHandle,
+    /// False while the session's 0-RTT handshake is not complete: it gets deliveries already, but the
+    /// login policy neither applies to it nor counts it yet (FERRY-ZERORTT-3) — its Hello may be a
+    /// replay that never completes.
+    confirmed: bool,
 }
 
 impl Sessions {
@@ -113,29 +123,72 @@ impl Sessions {
         session: SessionHandle,
         policy: LoginPolicy,
     ) -> Result<Vec<SessionHandle>, Superseded> {
+        self.admit(session.clone());
+        self.confirm(&session, policy)
+    }
+
+    /// Adds a session whose handshake is not complete yet (0-RTT): it receives deliveries from now on,
+    /// so nothing committed after its first Sync or Pull is missed, but it replaces nobody until
+    /// [`Sessions::confirm`].
+    pub(crate) fn admit(&self, session: SessionHandle) {
         let mut by_user = self.by_user.lock().expect("sessions lock");
-        let list = by_user.entry(session.user.clone()).or_default();
-        let conflicts = |old: &SessionHandle| {
-            replaces(
-                policy,
-                (&session.device, &session.device_class),
-                (&old.device, &old.device_class),
-            )
+        let entry = Entry {
+            session,
+            confirmed: false,
         };
-        if list.iter().any(|old| conflicts(old) && old.id > session.id) {
+        by_user
+            .entry(entry.session.user.clone())
+            .or_default()
+            .push(entry);
+    }
+
+    /// Applies the login policy to an admitted session once its handshake is complete: like
+    /// [`Sessions::register`], against the confirmed sessions only. On [`Superseded`] the session is
+    /// removed; if it is gone already (replaced, or unregistered), nothing is replaced either.
+    pub(crate) fn confirm(
+        &self,
+        session: &SessionHandle,
+        policy: LoginPolicy,
+    ) -> Result<Vec<SessionHandle>, Superseded> {
+        let mut by_user = self.by_user.lock().expect("sessions lock");
+        let Some(list) = by_user.get_mut(&session.user) else {
+            return Ok(Vec::new());
+        };
+        let Some(me) = list.iter().position(|e| e.session.id == session.id) else {
+            return Ok(Vec::new());
+        };
+        let conflicts = |old: &Entry| {
+            old.confirmed
+                && old.session.id != session.id
+                && replaces(
+                    policy,
+                    (&session.device, &session.device_class),
+                    (&old.session.device, &old.session.device_class),
+                )
+        };
+        if list
+            .iter()
+            .any(|old| conflicts(old) && old.session.id > session.id)
+        {
+            list.remove(me);
+            if list.is_empty() {
+                by_user.remove(&session.user);
+            }
             return Err(Superseded);
         }
         let (replaced, kept): (Vec<_>, Vec<_>) = list.drain(..).partition(conflicts);
         *list = kept;
-        list.push(session);
-        Ok(replaced)
+        for entry in list.iter_mut().filter(|e| e.session.id == session.id) {
+            entry.confirmed = true;
+        }
+        Ok(replaced.into_iter().map(|e| e.session).collect())
     }
 
     /// Removes a session when its connection ends (no-op if it was replaced already).
     pub(crate) fn unregister(&self, user: &str, id: u64) {
         let mut by_user = self.by_user.lock().expect("sessions lock");
         if let Some(list) = by_user.get_mut(user) {
-            list.retain(|s| s.id != id);
+            list.retain(|e| e.session.id != id);
             if list.is_empty() {
                 by_user.remove(user);
             }
@@ -146,14 +199,18 @@ impl Sessions {
     pub(crate) fn for_each_of(&self, user: &str, mut f: impl FnMut(&SessionHandle)) {
         let by_user = self.by_user.lock().expect("sessions lock");
         if let Some(list) = by_user.get(user) {
-            list.iter().for_each(&mut f);
+            list.iter().for_each(|e| f(&e.session));
         }
     }
 
     /// Every online session (for GoAway on shutdown).
     pub(crate) fn all(&self) -> Vec<SessionHandle> {
         let by_user = self.by_user.lock().expect("sessions lock");
-        by_user.values().flatten().cloned().collect()
+        by_user
+            .values()
+            .flatten()
+            .map(|e| e.session.clone())
+            .collect()
     }
 
     /// Number of online sessions.

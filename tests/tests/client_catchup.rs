@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_client::{Client, ClientBuilder, Event, Events};
+use ferry_client::{Client, ClientBuilder, ConnectionState, Event, Events, SessionCache};
 use ferry_protocol::ids;
 use ferry_proxy::{DirectionFaults, Faults, Proxy, ProxyConfig};
 use ferry_tests::TestServer;
@@ -111,4 +111,69 @@ async fn a_thousand_missed_messages_arrive_in_a_few_round_trips() {
     assert!(round_trips < 8.0, "{round_trips:.1} round trips");
     bob.shutdown().await;
     alice.shutdown().await;
+}
+
+/// Waits for the client's session to go live; whether it used 0-RTT.
+async fn connected(events: &mut Events) -> bool {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Some(Event::Connection(ConnectionState::Connected { zero_rtt, .. })) => {
+                    return zero_rtt
+                }
+                Some(_) => {}
+                None => panic!("client stopped"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .expect("connected in time")
+}
+
+/// A client resuming in 0-RTT sends Hello and Sync in its first flight; the server answers them before
+/// the handshake completes (0.5-RTT data, FERRY-ZERORTT-3 defers only the login policy and frames not
+/// allowed in early data), so Welcome arrives one round trip after dialling — not two, as when the
+/// server waited for the client's Finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_rtt_reconnect_is_welcomed_within_one_round_trip() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), server.handle.local_addr());
+    config.faults = Faults::symmetric(DirectionFaults {
+        delay: DELAY,
+        ..DirectionFaults::default()
+    });
+    let proxy = Proxy::start(config).await.unwrap();
+    let via_proxy = proxy.local_addr().to_string();
+    let store = dir.path().join("bob");
+    let cache = SessionCache::new();
+    let build = || {
+        builder(&server, via_proxy.clone(), "bob", "laptop", &store)
+            .zero_rtt(true)
+            .session_cache(cache.clone())
+            .build()
+    };
+
+    // The first connection gets a session ticket.
+    let (bob, mut events) = build().await.unwrap();
+    assert!(
+        !connected(&mut events).await,
+        "no ticket yet: a full handshake"
+    );
+    bob.shutdown().await;
+
+    let started = Instant::now();
+    let (bob, mut events) = build().await.unwrap();
+    assert!(connected(&mut events).await, "the server accepted 0-RTT");
+    let elapsed = started.elapsed();
+    let rtt = DELAY * 2;
+    eprintln!("0-RTT reconnect welcomed after {elapsed:?} (round trip {rtt:?})");
+    // One round trip plus the client's and server's own work; waiting for the client's Finished would
+    // add a whole second one.
+    assert!(
+        elapsed < rtt * 3 / 2,
+        "Welcome after {elapsed:?}: more than one round trip of {rtt:?}"
+    );
+    bob.shutdown().await;
 }

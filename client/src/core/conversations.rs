@@ -217,6 +217,9 @@ impl Core {
     }
 
     fn on_send_ack(&mut self, conversation: &str, ack: frame::SendAck) {
+        if !self.answers_here(&ack.client_msg_id, conversation) {
+            return;
+        }
         let Some(record) = self.outbox.on_ack(&ack.client_msg_id) else {
             return; // a duplicate answer (resent after a timeout): already settled
         };
@@ -267,6 +270,25 @@ impl Core {
         }
     }
 
+    /// Whether an answer naming `client_msg_id` on `conversation`'s stream may settle that Send: a Send
+    /// is answered on its own conversation's stream, so an answer on another one is the server's error
+    /// and settles nothing (the Send is resent after its timeout). Taking it would file the message
+    /// under the wrong conversation's receive window and epoch, and could report a seq twice.
+    fn answers_here(&self, client_msg_id: &str, conversation: &str) -> bool {
+        match self.outbox.conversation_of(client_msg_id) {
+            Some(of) if of != conversation => {
+                tracing::warn!(
+                    client_msg_id,
+                    stream = conversation,
+                    of,
+                    "ignoring an answer to a Send of another conversation"
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
     fn on_conversation_error(
         &mut self,
         gen: u64,
@@ -277,6 +299,9 @@ impl Core {
         let code = ErrorCode(e.code);
         let retry_after = (e.retry_after_ms > 0).then(|| Duration::from_millis(e.retry_after_ms));
         let rejected = if !e.client_msg_id.is_empty() {
+            if !self.answers_here(&e.client_msg_id, conversation) {
+                return;
+            }
             match self
                 .outbox
                 .on_error(&e.client_msg_id, code, retry_after, now)

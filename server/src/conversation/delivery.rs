@@ -158,7 +158,13 @@ pub(crate) async fn outbound_loop(conn: Arc<Conn>, mut outbound: mpsc::Receiver<
                 conversation,
                 frame,
             } => {
-                let Some(writer) = delivery_stream(&conn, &conversation).await else {
+                // Opening a stream is boxed: it is rare next to waiting, and an idle connection's
+                // future should not carry its size (issue 17).
+                let writer = match open_stream_of(&conn, &conversation) {
+                    Some(writer) => Some(writer),
+                    None => Box::pin(open_delivery_stream(&conn, &conversation)).await,
+                };
+                let Some(writer) = writer else {
                     conn.shared.metrics.delivery_dropped();
                     continue;
                 };
@@ -172,16 +178,15 @@ pub(crate) async fn outbound_loop(conn: Arc<Conn>, mut outbound: mpsc::Receiver<
     }
 }
 
-/// The stream to deliver `conversation` on: the registered one, or a new server-opened one.
-async fn delivery_stream(conn: &Arc<Conn>, conversation: &Arc<str>) -> Option<FrameWriter> {
-    {
-        let streams = conn.streams.lock().expect("streams lock");
-        // The newest stream still open (FERRY-STREAM-6); a new one only if none is (FERRY-STREAM-3).
-        let open = streams.get(conversation).into_iter().flatten();
-        if let Some(writer) = open.rev().find(|w| !w.is_closed()) {
-            return Some(writer.clone());
-        }
-    }
+/// The stream to deliver `conversation` on, if one is open: the newest still open (FERRY-STREAM-6).
+fn open_stream_of(conn: &Conn, conversation: &str) -> Option<FrameWriter> {
+    let streams = conn.streams.lock().expect("streams lock");
+    let open = streams.get(conversation).into_iter().flatten();
+    open.rev().find(|w| !w.is_closed()).cloned()
+}
+
+/// Opens a stream to deliver `conversation` on, when none is open (FERRY-STREAM-3).
+async fn open_delivery_stream(conn: &Arc<Conn>, conversation: &Arc<str>) -> Option<FrameWriter> {
     let opened = tokio::time::timeout(OPEN_STREAM_TIMEOUT, conn.connection.open_bi()).await;
     let (send, recv) = match opened {
         Ok(Ok(streams)) => streams,

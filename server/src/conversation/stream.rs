@@ -290,6 +290,10 @@ async fn handle(
             send::start(conn, conversation, message, checked).await,
         )),
         Some(Kind::Ack(ack)) => {
+            // Not allowed in early data (FERRY-ZERORTT-1): deferred until the handshake is complete.
+            if !conn.handshake_complete().await {
+                return Ok(None);
+            }
             conn.shared.metrics.ack();
             acks.send_if_modified(|current| {
                 let advanced = ack.seq > *current;

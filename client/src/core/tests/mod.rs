@@ -249,9 +249,13 @@ impl Harness {
     }
 
     fn send(&mut self, client_msg_id: &str) -> ReceiptRx {
+        self.send_to(CONV, client_msg_id)
+    }
+
+    fn send_to(&mut self, conversation: &str, client_msg_id: &str) -> ReceiptRx {
         let (reply, rx) = oneshot::channel();
         let message = OutgoingMessage {
-            conversation: CONV.into(),
+            conversation: conversation.into(),
             client_msg_id: client_msg_id.into(),
             body: Bytes::from_static(b"hello"),
         };

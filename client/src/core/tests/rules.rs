@@ -498,3 +498,45 @@ fn unauthenticated_refreshes_the_token_once_then_fails() {
     let (state, _) = h.core.close();
     assert!(matches!(state, Some(ConnectionState::AuthFailed { .. })));
 }
+
+/// Found by the client_core fuzz target: a SendAck on another conversation's stream settled the Send
+/// and filed the own message under that stream's receive window and epoch, so a later answer could
+/// report the same seq twice. A Send is answered on its own conversation's stream only.
+#[test]
+fn an_answer_on_another_conversations_stream_settles_nothing() {
+    let mut h = Harness::new(settings(&[SERVER]));
+    let gen = h.connect();
+    let mut on_bob = h.send("m1");
+    let mut on_carol = h.send_to("d:alice:carol", "m2");
+    h.step();
+    h.commits.clear();
+    let carol_stream = |serial| StreamRef::Conv {
+        serial,
+        conversation: "d:alice:carol".into(),
+    };
+    for serial in 1..=2 {
+        let ack = f(Kind::SendAck(frame::SendAck {
+            client_msg_id: "m1".into(),
+            seq: 7,
+            ..Default::default()
+        }));
+        h.core.handle_frame(gen, carol_stream(serial), ack, h.now);
+        let error = f(Kind::Error(frame::Error {
+            code: ErrorCode::FORBIDDEN.0,
+            client_msg_id: "m1".into(),
+            ..Default::default()
+        }));
+        h.core.handle_frame(gen, carol_stream(serial), error, h.now);
+    }
+    h.step();
+    assert!(h
+        .commits
+        .iter()
+        .all(|c| c.messages.is_empty() && c.outbox_done.is_empty()));
+    assert!(on_bob.try_recv().is_err(), "m1 is still pending");
+    // On its own stream it settles.
+    h.send_ack(gen, "m1", 7);
+    h.step();
+    assert_eq!(on_bob.try_recv().expect("resolved").expect("ok").seq, 7);
+    assert!(on_carol.try_recv().is_err(), "m2 is still pending");
+}
