@@ -30,6 +30,16 @@ fn builder(
         .zero_rtt(false)
 }
 
+/// ferry-proxy in front of `server`, adding [`DELAY`] each way.
+async fn delayed_proxy(server: &TestServer) -> Proxy {
+    let mut config = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), server.handle.local_addr());
+    config.faults = Faults::symmetric(DirectionFaults {
+        delay: DELAY,
+        ..DirectionFaults::default()
+    });
+    Proxy::start(config).await.unwrap()
+}
+
 async fn receive_through(events: &mut Events, conv: &str, seq: u64) {
     let wait = async {
         loop {
@@ -76,12 +86,7 @@ async fn a_thousand_missed_messages_arrive_in_a_few_round_trips() {
     .build()
     .await
     .unwrap();
-    let mut config = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), server.handle.local_addr());
-    config.faults = Faults::symmetric(DirectionFaults {
-        delay: DELAY,
-        ..DirectionFaults::default()
-    });
-    let proxy = Proxy::start(config).await.unwrap();
+    let proxy = delayed_proxy(&server).await;
     let via_proxy = proxy.local_addr().to_string();
     let conv = ids::direct_conversation_id("alice", "bob").unwrap();
     let store = dir.path().join("bob");
@@ -139,12 +144,7 @@ async fn connected(events: &mut Events) -> bool {
 async fn a_zero_rtt_reconnect_is_welcomed_within_one_round_trip() {
     let server = TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), server.handle.local_addr());
-    config.faults = Faults::symmetric(DirectionFaults {
-        delay: DELAY,
-        ..DirectionFaults::default()
-    });
-    let proxy = Proxy::start(config).await.unwrap();
+    let proxy = delayed_proxy(&server).await;
     let via_proxy = proxy.local_addr().to_string();
     let store = dir.path().join("bob");
     let cache = SessionCache::new();
