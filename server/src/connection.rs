@@ -231,6 +231,7 @@ async fn handshake(
     let early = match handshake_done {
         Some(done) if shared.cluster.is_none() => Some(done),
         Some(done) => {
+            // It also resolves when the connection ends first: `register` checks for that.
             if tokio::time::timeout(HELLO_TIMEOUT, done).await.is_err() {
                 let code = ErrorCode::IDLE_TIMEOUT;
                 return Err(refuse(connection, Some(send), code, "handshake").await);
@@ -333,10 +334,12 @@ fn gave_up(connection: &quinn::Connection) -> Result<(), HandshakeError> {
 /// Waits for a 0-RTT session's handshake, then applies the login policy to it (FERRY-ZERORTT-3) and lets
 /// its deferred frames through; closes the connection if the handshake does not complete in time.
 async fn confirm(conn: Arc<Conn>, confirmation: Confirmation) {
-    if tokio::time::timeout(HELLO_TIMEOUT, confirmation.done)
+    // quinn also resolves `done` when the connection ends before the handshake completes (a replayed
+    // Hello's does), having recorded why: then the login policy must not act on it.
+    let timed_out = tokio::time::timeout(HELLO_TIMEOUT, confirmation.done)
         .await
-        .is_err()
-    {
+        .is_err();
+    if timed_out || conn.connection.close_reason().is_some() {
         conn.close(ErrorCode::IDLE_TIMEOUT, "handshake did not complete");
         return;
     }
