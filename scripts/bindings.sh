@@ -31,7 +31,10 @@ PYTHON_OUT=bindings/python
 
 # --- build + generate --------------------------------------------------------------------------------
 log "building ferry-ffi (cdylib + uniffi-bindgen)"
-cargo build -p ferry-ffi --features cli --lib --bin uniffi-bindgen
+# With the workspace's feature set (plus `cli`), not `-p ferry-ffi`'s own: after `cargo build --workspace`
+# (scripts/test.sh) that reuses tokio, rustls, quinn and the rest instead of building them a second time
+# with fewer features (~60 crates, minutes of CI).
+cargo build --workspace --features ferry-ffi/cli --lib --bin uniffi-bindgen
 
 # --no-format: the output must not depend on whether ktlint/swiftformat/yapf happen to be installed.
 bindgen() { target/debug/uniffi-bindgen generate --no-format --library "$LIB" "$@"; }
@@ -90,7 +93,9 @@ VENV="$TOOLS/venv"
 [ -x "$VENV/bin/pytest" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet pytest; }
 
 log "building ferry-server"
-cargo build -p ferry-server --bin ferry-server
+# The workspace's binaries (a no-op after scripts/test.sh built them; `-p ferry-server` alone would
+# rebuild ~50 crates with its own, smaller feature set).
+cargo build --workspace --bins
 SERVER="$PWD/target/debug/ferry-server"
 
 # --- Kotlin on the JVM -------------------------------------------------------------------------------
