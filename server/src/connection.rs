@@ -59,6 +59,10 @@ impl Conn {
     /// waits here before handling it, since the server cannot tell early data from later data on a
     /// stream (FERRY-ZERORTT-3).
     pub(crate) async fn handshake_complete(&self) -> bool {
+        // Every Ack asks: once complete, answer without cloning the receiver.
+        if *self.handshake.borrow() {
+            return true;
+        }
         let mut done = self.handshake.clone();
         let complete = done.wait_for(|complete| *complete).await.is_ok();
         complete
