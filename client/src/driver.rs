@@ -83,6 +83,7 @@ pub(crate) async fn start(
         ))
     })
     .await?;
+    tracing::trace!(rows = rows.len(), "store state read");
     let auto = settings.ack_mode == AckMode::Auto;
     let mut outbox = Outbox::new(settings.outbox, DEFAULT_MAX_INFLIGHT);
     for record in outbox_records {
@@ -216,11 +217,15 @@ impl Driver {
                 self.transmit();
             }
             self.store_pass().await;
+            // What the commit released goes out before the events are handed over: Acks and the
+            // catch-up's next Pulls do not wait for the application's channel.
+            if !self.core.is_stopped() {
+                self.transmit();
+            }
             self.send_events().await;
             if self.core.is_stopped() {
                 break;
             }
-            self.transmit();
             self.publish_stats();
         }
         self.finish().await;
@@ -246,6 +251,11 @@ impl Driver {
             },
             Inbound::ZeroRtt { gen, accepted } => self.core.handle_zero_rtt(gen, accepted),
             Inbound::Frame { gen, stream, frame } => {
+                tracing::trace!(
+                    ?stream,
+                    kind = ferry_protocol::frames::kind_name(&frame),
+                    "frame in"
+                );
                 self.core.handle_frame(gen, stream, frame, now)
             }
             Inbound::StreamEnded {
@@ -316,9 +326,11 @@ impl Driver {
                     self.core.handle_history_page(id, page);
                 }
                 StoreWork::Commit(commit) => {
+                    let (messages, started) = (commit.messages.len(), std::time::Instant::now());
                     if let Err(e) = blocking(move || s.commit(&commit)).await {
                         return self.core.store_failed(&e);
                     }
+                    tracing::trace!(messages, took = ?started.elapsed(), "committed");
                 }
             }
         }
@@ -327,8 +339,12 @@ impl Driver {
 
     async fn send_events(&mut self) {
         while let Some(event) = self.core.poll_event() {
+            // `try_send` first: awaiting a send with room left still spends tokio's cooperative budget,
+            // and a catch-up's hundreds of events made the driver yield to other tasks mid-batch.
             // Backpressure: a full event channel pauses the driver (and so network reads).
-            let _ = self.events.send(event).await;
+            if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+                let _ = self.events.send(event).await;
+            }
         }
     }
 

@@ -347,6 +347,9 @@ impl Core {
         if let Some(work) = self.store_work.pop_front() {
             return Some(work);
         }
+        if self.commit_can_wait() {
+            return None;
+        }
         self.effects.commit.conversations = self.inbox.take_dirty_rows();
         if self.effects.commit.is_empty() {
             return None;
@@ -357,7 +360,9 @@ impl Core {
     /// The wake-up's writes are durable (or there were none): release receipts, history pages and
     /// events, and let the inbox acknowledge what was stored.
     pub(crate) fn committed(&mut self) {
-        let effects = std::mem::take(&mut self.effects);
+        let mut effects = std::mem::take(&mut self.effects);
+        // A commit that may wait (see `commit_can_wait`) stays for a later pass.
+        self.effects.commit = std::mem::take(&mut effects.commit);
         for conversation in &effects.stored {
             self.inbox.stored(conversation);
         }
@@ -369,6 +374,23 @@ impl Core {
         }
         self.events.extend(effects.events);
         self.pass_due = true;
+    }
+
+    /// Whether this wake-up's commit may wait for a later one: it holds only bookkeeping (conversation
+    /// heads and positions, the sync token) that nothing released with it depends on — no message,
+    /// outbox removal, receipt, history page or event but a connection change — and Pulls are in flight, whose pages bring a commit that carries it. A
+    /// reconnect's Sync answer then costs no fsync of its own between the Pulls and their first page.
+    /// Losing it in a crash is harmless: the old token and rows make the next Sync report it again.
+    fn commit_can_wait(&self) -> bool {
+        let e = &self.effects;
+        self.stop.is_none()
+            && self.inbox.pulls_in_flight() > 0
+            && e.commit.messages.is_empty()
+            && e.commit.outbox_done.is_empty()
+            && e.receipts.is_empty()
+            && e.events.iter().all(|e| matches!(e, Event::Connection(_)))
+            && e.stored.is_empty()
+            && e.history.is_empty()
     }
 
     /// The store failed: stop, reporting why.

@@ -35,3 +35,70 @@ fn catch_up_pulls_go_with_hello_and_the_rest_is_pipelined() {
     let rest: Vec<u64> = (1..10).map(|i| 10 + i * 100).collect();
     assert_eq!(pulls(&out), rest);
 }
+
+/// A reconnect's Sync answer (token and heads) costs no commit of its own while the catch-up's Pulls
+/// are in flight: it waits for the first page's commit and goes with it, so the page is not stored
+/// behind an extra fsync. Without Pulls in flight it is committed at once, as before.
+#[test]
+fn the_sync_answer_is_committed_with_the_first_page_not_before_it() {
+    let mut inbox = Inbox::new(WindowConfig::default(), 50, true);
+    inbox.restore(&crate::store::ConversationRow {
+        conversation: CONV.into(),
+        epoch: 1,
+        contiguous_seq: 10,
+        app_acked_seq: 10,
+        head_seq: 10,
+    });
+    let mut h = Harness::with_inbox(settings(&[SERVER]), inbox);
+    let (gen, out) = h.establish(false);
+    assert_eq!(pulls(&out), [10], "the probe Pull is in flight");
+    h.welcome(gen);
+    let sync = h.last_sync.expect("Sync");
+    h.sync_result(gen, sync, vec![state(12)], false);
+    h.step();
+    assert!(
+        h.commits.iter().all(|c| c.sync_token.is_none()),
+        "the token waits for the page: {:?}",
+        h.commits
+    );
+    h.on_conv(
+        gen,
+        Kind::PullResult(frame::PullResult {
+            messages: vec![message(11, "bob"), message(12, "bob")],
+            head_seq: 12,
+            has_more: false,
+            epoch: 1,
+        }),
+    );
+    h.step();
+    let commit = h.commits.last().expect("the page's commit");
+    assert_eq!(commit.messages.len(), 2);
+    assert_eq!(commit.sync_token, Some(9), "the waiting token goes with it");
+    let row = commit
+        .conversations
+        .iter()
+        .find(|r| r.conversation == CONV)
+        .expect("the conversation's row");
+    assert_eq!((row.contiguous_seq, row.head_seq), (12, 12));
+    let reported = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Message(_)))
+        .count();
+    assert_eq!(reported, 2, "both messages reported with the commit");
+
+    // Nothing in flight now: the next Sync answer is committed by its own wake-up.
+    let commits = h.commits.len();
+    h.core.handle_frame(
+        gen,
+        control(),
+        f(Kind::HeartbeatAck(frame::HeartbeatAck {
+            sync_token: 11,
+            ..Default::default()
+        })),
+        h.now,
+    );
+    h.step();
+    assert_eq!(h.commits.len(), commits + 1);
+    assert_eq!(h.commits.last().and_then(|c| c.sync_token), Some(11));
+}
