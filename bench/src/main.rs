@@ -145,6 +145,14 @@ impl Common {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Off unless asked for: `RUST_LOG=ferry_client=trace ferry-bench catchup` shows the client's timeline.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let config = cli.common.config()?;
     let started = report::utc_now();
     let out = cli

@@ -273,6 +273,7 @@ impl ClientBuilder {
                 "invalid device id {device_id:?}"
             )));
         }
+        tracing::trace!("building a client");
         let cache = self.session_cache.unwrap_or_default();
         let quic = crate::tls::client_config(&roots, &cache, self.zero_rtt)?;
         let store: Arc<dyn ClientStore> = match (self.store, self.store_path) {
@@ -284,6 +285,7 @@ impl ClientBuilder {
             ),
             (None, None) => Arc::new(SqliteStore::in_memory()?),
         };
+        tracing::trace!("store opened");
         let settings = Settings {
             endpoints: self.endpoints,
             server_name: self.server_name,

@@ -249,6 +249,10 @@ impl Wire {
                     Target::Conv(conversation) => link.streams.get_mut(&conversation),
                 };
                 if let Some(writer) = writer {
+                    tracing::trace!(
+                        kind = ferry_protocol::frames::kind_name(&frame),
+                        "frame out"
+                    );
                     writer.push(&frame);
                 }
             }
