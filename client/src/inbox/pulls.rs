@@ -18,6 +18,10 @@ use crate::message::ReceivedMessage;
 
 /// The size assumed per message before any page was seen (the design's typical message, 256 bytes).
 pub(super) const INITIAL_TYPICAL_SIZE: usize = 256;
+/// Pages a session's first flight asks over all probed conversations (see [`Inbox::probe_pulls`]).
+const PROBE_PAGES: usize = 16;
+/// Most pages the first flight asks of one conversation.
+const PROBE_DEPTH: usize = 4;
 
 /// A message's size in a PullResult: its strings and body plus the fixed fields and their tags.
 fn wire_size(m: &ReceivedMessage) -> usize {
@@ -252,12 +256,15 @@ impl Inbox {
         out
     }
 
-    /// The first flight of a session: before Sync says which conversations changed, the next page of
-    /// every tracked conversation is asked at once (after its contiguous position), so a client back
+    /// The first flight of a session: before Sync says which conversations changed, the next pages of
+    /// every tracked conversation are asked at once (after its contiguous position), so a client back
     /// after a while has its first pages one round trip earlier and the following ones pipelined as
     /// soon as the heads are known. Only a client with at most `max` conversations probes (each probe
     /// costs a stream and mostly answers "nothing new"; with more, Sync picks the changed ones).
-    /// Recorded as window pulls sent at `now`.
+    /// [`PROBE_PAGES`] pages are shared out over the probed conversations, at least one each and at
+    /// most [`PROBE_DEPTH`]: a client with a few busy conversations gets several pages in the first
+    /// flight, whose answers also start the connection's congestion window growing a round trip
+    /// earlier; a probe past the head costs an empty PullResult. Recorded as window pulls sent at `now`.
     pub fn probe_pulls(&mut self, max: usize, now: Instant) -> Vec<(String, PullRequest)> {
         if self.convs.len() > max {
             return Vec::new();
@@ -269,19 +276,30 @@ impl Inbox {
             .cloned()
             .collect();
         ids.sort();
-        ids.truncate(self.max_pulls.saturating_sub(self.pulls_in_flight()));
+        let budget = self.max_pulls.saturating_sub(self.pulls_in_flight());
+        ids.truncate(budget);
+        if ids.is_empty() {
+            return Vec::new();
+        }
         let page = self.page();
-        let mut out = Vec::with_capacity(ids.len());
+        let depth = (PROBE_PAGES / ids.len())
+            .clamp(1, PROBE_DEPTH.min(self.depth()))
+            .min(budget / ids.len());
+        let mut out = Vec::with_capacity(ids.len() * depth);
         for id in ids {
-            let after_seq = self.convs[&id].window.contiguous();
-            self.pull_sent(&id, after_seq, page, PullTag::Window, now);
-            out.push((
-                id,
-                PullRequest {
-                    after_seq,
-                    limit: page,
-                },
-            ));
+            let mut after_seq = self.convs[&id].window.contiguous();
+            for _ in 0..depth {
+                self.pull_sent(&id, after_seq, page, PullTag::Window, now);
+                out.push((
+                    id.clone(),
+                    PullRequest {
+                        after_seq,
+                        limit: page,
+                    },
+                ));
+                // Saturating: seqs are the server's numbers, up to u64::MAX.
+                after_seq = after_seq.saturating_add(u64::from(page));
+            }
         }
         out
     }

@@ -21,8 +21,8 @@ fn catch_up_pulls_go_with_hello_and_the_rest_is_pipelined() {
     assert!(sync_id(&out).is_some(), "Sync with Hello");
     assert_eq!(
         pulls(&out),
-        [10],
-        "the first page with Hello, before Welcome: it saves the round trip of waiting for it"
+        [10, 110, 210, 310],
+        "the first pages with Hello, before Welcome: it saves the round trip of waiting for it"
     );
     let out = h.welcome(gen);
     assert!(pulls(&out).is_empty(), "Welcome asks for nothing twice");
@@ -31,9 +31,38 @@ fn catch_up_pulls_go_with_hello_and_the_rest_is_pipelined() {
     head.conversation_id = CONV.into();
     h.sync_result(gen, sync, vec![head], false);
     let out = h.step();
-    // The probe covers 11..=110; the other nine pages are asked at once.
-    let rest: Vec<u64> = (1..10).map(|i| 10 + i * 100).collect();
+    // The probes cover 11..=410; the other six pages are asked at once.
+    let rest: Vec<u64> = (4..10).map(|i| 10 + i * 100).collect();
     assert_eq!(pulls(&out), rest);
+}
+
+/// The first flight's pages are shared out: one conversation gets `PROBE_DEPTH` of them, ten get one
+/// each (a probe past the head costs an empty answer, so the speculation stays small).
+#[test]
+fn the_first_flight_shares_its_pages_over_the_tracked_conversations() {
+    let mut inbox = Inbox::new(WindowConfig::default(), 50, true);
+    let conversations: Vec<String> = (0..10).map(|i| format!("d:alice:user{i}")).collect();
+    for c in &conversations {
+        inbox.restore(&crate::store::ConversationRow {
+            conversation: c.clone(),
+            epoch: 1,
+            contiguous_seq: 5,
+            app_acked_seq: 5,
+            head_seq: 5,
+        });
+    }
+    let mut h = Harness::with_inbox(settings(&[SERVER]), inbox);
+    let (_, out) = h.establish(false);
+    let mut asked: Vec<(String, u64)> = frames(&out)
+        .into_iter()
+        .filter_map(|(target, kind)| match (target, kind) {
+            (Target::Conv(c), Kind::Pull(p)) => Some((c.clone(), p.after_seq)),
+            _ => None,
+        })
+        .collect();
+    asked.sort();
+    let expected: Vec<(String, u64)> = conversations.iter().map(|c| (c.clone(), 5)).collect();
+    assert_eq!(asked, expected, "one page each");
 }
 
 /// A reconnect's Sync answer (token and heads) costs no commit of its own while the catch-up's Pulls
@@ -51,7 +80,7 @@ fn the_sync_answer_is_committed_with_the_first_page_not_before_it() {
     });
     let mut h = Harness::with_inbox(settings(&[SERVER]), inbox);
     let (gen, out) = h.establish(false);
-    assert_eq!(pulls(&out), [10], "the probe Pull is in flight");
+    assert_eq!(pulls(&out)[0], 10, "the probe Pulls are in flight");
     h.welcome(gen);
     let sync = h.last_sync.expect("Sync");
     h.sync_result(gen, sync, vec![state(12)], false);
@@ -87,7 +116,19 @@ fn the_sync_answer_is_committed_with_the_first_page_not_before_it() {
         .count();
     assert_eq!(reported, 2, "both messages reported with the commit");
 
-    // Nothing in flight now: the next Sync answer is committed by its own wake-up.
+    // The other probes answer empty pages (past the head): nothing in flight any more, and the next
+    // token is committed by its own wake-up.
+    for _ in 1..4 {
+        h.on_conv(
+            gen,
+            Kind::PullResult(frame::PullResult {
+                head_seq: 12,
+                epoch: 1,
+                ..Default::default()
+            }),
+        );
+    }
+    h.step();
     let commits = h.commits.len();
     h.core.handle_frame(
         gen,
