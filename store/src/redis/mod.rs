@@ -174,7 +174,15 @@ impl RedisStore {
                  with `appendonly yes` and `appendfsync always`"
             );
         }
-        let pipeline = Pipeliner::start(&conn, options.max_pipeline);
+        let mut append_conns = Vec::with_capacity(options.append_connections.max(1));
+        for _ in 0..options.append_connections.max(1) {
+            append_conns.push(
+                Conn::connect(&topology).await.map_err(|e| {
+                    StoreError::Unavailable(format!("cannot connect to redis: {e}"))
+                })?,
+            );
+        }
+        let pipeline = Pipeliner::start(&append_conns, options.max_pipeline);
         let store = RedisStore {
             conn,
             pipeline,

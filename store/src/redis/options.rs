@@ -29,6 +29,11 @@ pub struct RedisStoreOptions {
     pub retention_max_age: Option<Duration>,
     /// Most appends sent to Redis in one pipeline. Default 256.
     pub max_pipeline: usize,
+    /// Connections (per Redis node) the append lanes are spread over; a conversation's lane always
+    /// uses the same one, so its appends stay in order. Redis reads at most 16 KiB from a connection
+    /// per event-loop turn, and with `appendfsync always` each turn is one fsync: a single connection
+    /// capped the appends per fsync at ~30 (of ~500 bytes each). Default 8.
+    pub append_connections: usize,
 }
 
 impl Default for RedisStoreOptions {
@@ -41,6 +46,7 @@ impl Default for RedisStoreOptions {
             retention_max_messages: None,
             retention_max_age: None,
             max_pipeline: 256,
+            append_connections: 8,
         }
     }
 }

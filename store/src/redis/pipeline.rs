@@ -8,9 +8,12 @@
 //! - one conversation's appends are in one lane, one batch at a time, in queue order within a batch:
 //!   Redis runs them in that order (a pipeline is written as one block on one connection to the slot's
 //!   node), which is what `Store::queue_append` promises, on a single Redis and on a Cluster alike;
-//! - many lanes are in flight at once on the multiplexed connection(s), so throughput is not one
+//! - many lanes are in flight at once on the multiplexed connections, so throughput is not one
 //!   round trip at a time; and while a lane waits, its next batch builds up (group commit: Redis with
-//!   `appendfsync always` fsyncs once per event-loop turn for everything it read).
+//!   `appendfsync always` fsyncs once per event-loop turn for everything it read);
+//! - the lanes are spread over several connections (`RedisStoreOptions::append_connections`), a lane
+//!   always on the same one: Redis reads at most 16 KiB per connection per event-loop turn, so on one
+//!   connection a turn (one fsync) took ~30 appends however many were queued.
 //!
 //! The price: each batch takes one extra task hop (caller → lane) compared with calling `EVALSHA`
 //! straight from the caller. `examples/redis_bench.rs` measures what that costs against a raw loop.
@@ -75,14 +78,16 @@ pub(crate) struct Pipeliner {
 }
 
 impl Pipeliner {
-    /// Starts the lane tasks on the current tokio runtime.
-    pub(crate) fn start(conn: &Conn, max_pipeline: usize) -> Pipeliner {
+    /// Starts the lane tasks on the current tokio runtime, spread over `conns` (lane `i` always uses
+    /// `conns[i % len]`, so one conversation's appends share one connection and stay in order).
+    pub(crate) fn start(conns: &[Conn], max_pipeline: usize) -> Pipeliner {
+        assert!(!conns.is_empty(), "the append lanes need a connection");
         let stats = Arc::new(Stats::default());
         let lanes = (0..LANES)
-            .map(|_| {
+            .map(|i| {
                 let (tx, rx) = mpsc::channel(LANE_CAPACITY);
                 tokio::spawn(run_lane(
-                    conn.clone(),
+                    conns[i % conns.len()].clone(),
                     rx,
                     max_pipeline.max(1),
                     stats.clone(),
