@@ -2,26 +2,28 @@
 //! in exactly the order they were queued.
 //!
 //! Appends are spread over a fixed number of *lanes* by conversation id; each lane is one task with a
-//! bounded queue. A lane takes everything queued (up to `max_pipeline`), sends it as one pipeline of
-//! `EVALSHA`s per Cluster slot — all slots at once — and waits for the replies before taking the next
-//! batch. So:
-//! - one conversation's appends are in one lane, one batch at a time, in queue order within a batch:
-//!   Redis runs them in that order (a pipeline is written as one block on one connection to the slot's
-//!   node), which is what `Store::queue_append` promises, on a single Redis and on a Cluster alike;
+//! bounded queue. A lane takes everything queued (up to `max_pipeline`) and sends it as one pipeline per
+//! Cluster slot — all slots at once —, the first command an `EVAL` carrying the script's source and the
+//! rest `EVALSHA`s; it keeps up to two such batches in flight, the second written behind the first on
+//! the same connection. So:
+//! - one conversation's appends are in one lane, whose batches are written in queue order on the
+//!   lane's one connection (to the slot's node): Redis runs them in that order, which is what
+//!   `Store::queue_append` promises, on a single Redis and on a Cluster alike;
 //! - many lanes are in flight at once on the multiplexed connections, so throughput is not one
 //!   round trip at a time; and while a lane waits, its next batch builds up (group commit: Redis with
-//!   `appendfsync always` fsyncs once per event-loop turn for everything it read);
+//!   `appendfsync always` fsyncs once per event-loop turn for everything it read), written as soon as
+//!   it exists so that it makes the next turn;
 //! - the lanes are spread over several connections (`RedisStoreOptions::append_connections`), a lane
 //!   always on the same one: Redis reads at most 16 KiB per connection per event-loop turn, so on one
 //!   connection a turn (one fsync) took ~30 appends however many were queued.
 //!
 //! The price: each batch takes one extra task hop (caller → lane) compared with calling `EVALSHA`
-//! straight from the caller. `examples/redis_bench.rs` measures what that costs against a raw loop.
+//! straight from the caller, and carries the script's source once. `examples/redis_bench.rs` and
+//! `ferry-bench throughput --peers ferry-redis,redis` measure it against a raw loop.
 //!
-//! NOSCRIPT (Redis restarted or its script cache was flushed): the lane loads the script on every
-//! master and resends the refused commands once, in order. A pipeline is written as one block, so
-//! either all of a batch's commands meet the cache or none of them do; only a `SCRIPT FLUSH` landing
-//! between two commands of one batch could let a later one run first.
+//! NOSCRIPT cannot happen behind a batch's `EVAL` unless a `SCRIPT FLUSH` lands between two of its
+//! commands; should it, the lane loads the script on every master and resends the refused commands
+//! once, in order (a later batch already in flight may then have run first).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -30,6 +32,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::join_all;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use redis::cluster_routing::Slot;
 use redis::{Cmd, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +46,10 @@ use crate::{StoreError, WriteStats};
 const LANES: usize = 512;
 /// Queued appends per lane before callers wait (backpressure, never an unbounded queue).
 const LANE_CAPACITY: usize = 1024;
+/// Batches of one lane written and not yet answered. Two: while a batch waits for its reply (a Redis
+/// event-loop turn and, with `appendfsync always`, its fsync), the next one is already queued behind
+/// it on the connection, so an append waits for about one turn, not up to two.
+const IN_FLIGHT_BATCHES: usize = 2;
 
 /// The outcome of one queued command.
 pub(crate) type Reply = Result<Value, StoreError>;
@@ -118,35 +125,55 @@ impl Pipeliner {
 }
 
 async fn run_lane(conn: Conn, mut rx: mpsc::Receiver<Job>, max_pipeline: usize, stats: Arc<Stats>) {
-    let mut batch = Vec::with_capacity(max_pipeline);
-    // Ends when the store (every sender) is dropped and the queue is drained.
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < max_pipeline {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    // Batches written and not yet answered, oldest first. A batch is written when first polled, which
+    // `FuturesOrdered` does in push order before the next one is pushed (see the loop), so a lane's
+    // batches reach its one connection in queue order.
+    let mut in_flight = FuturesOrdered::new();
+    let mut queue_open = true;
+    // Ends when the store (every sender) is dropped, the queue is drained and every batch answered.
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            first = rx.recv(), if queue_open && in_flight.len() < IN_FLIGHT_BATCHES => {
+                let Some(first) = first else {
+                    queue_open = false;
+                    continue;
+                };
+                let mut batch = vec![first];
+                while batch.len() < max_pipeline {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                in_flight.push_back(send_batch(conn.clone(), batch, &stats));
             }
+            else => break,
         }
-        // Per slot, in queue order (a Cluster pipeline must stay in one slot).
-        let mut groups: Vec<(Slot, Vec<Job>)> = Vec::new();
-        for job in batch.drain(..) {
-            match groups.iter_mut().find(|(slot, _)| *slot == job.slot) {
-                Some((_, jobs)) => jobs.push(job),
-                None => groups.push((job.slot, vec![job])),
-            }
+    }
+}
+
+/// Sends a lane's batch: one pipeline per Cluster slot (a Cluster pipeline must stay in one slot), in
+/// queue order within each, all slots at once.
+async fn send_batch(conn: Conn, batch: Vec<Job>, stats: &Stats) {
+    let mut groups: Vec<(Slot, Vec<Job>)> = Vec::new();
+    for job in batch {
+        match groups.iter_mut().find(|(slot, _)| *slot == job.slot) {
+            Some((_, jobs)) => jobs.push(job),
+            None => groups.push((job.slot, vec![job])),
         }
-        if groups.len() == 1 {
-            let (_, jobs) = groups.pop().expect("one group");
-            send_group(conn.clone(), jobs, &stats).await;
-        } else {
-            join_all(
-                groups
-                    .into_iter()
-                    .map(|(_, jobs)| send_group(conn.clone(), jobs, &stats)),
-            )
-            .await;
-        }
+    }
+    if groups.len() == 1 {
+        let (_, jobs) = groups.pop().expect("one group");
+        send_group(conn, jobs, stats).await;
+    } else {
+        join_all(
+            groups
+                .into_iter()
+                .map(|(_, jobs)| send_group(conn.clone(), jobs, stats)),
+        )
+        .await;
     }
 }
 
@@ -158,8 +185,15 @@ async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         // The commands move into the pipeline (no copy of the bodies); a NOSCRIPT retry takes them back.
-        for job in &mut jobs {
-            pipe.add_command(std::mem::replace(&mut job.cmd, Cmd::new()));
+        // The first carries the script's source (EVAL: Redis finds it cached by its hash and does not
+        // compile it again), so the EVALSHAs behind it on this connection cannot meet an empty script
+        // cache; after a Redis restart the first batch simply loads it. That is what lets a lane keep
+        // two batches in flight: a NOSCRIPT answered to an older batch while a newer one succeeded
+        // (another connection having loaded the script in between) would put the newer appends before
+        // the older ones. Only a SCRIPT FLUSH between two commands of a batch could still do that.
+        for (i, job) in jobs.iter_mut().enumerate() {
+            let cmd = std::mem::replace(&mut job.cmd, Cmd::new());
+            pipe.add_command(if i == 0 { eval_of(&cmd) } else { cmd });
         }
         let result: redis::RedisResult<Vec<Value>> = pipe.query_async(&mut conn).await;
         stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -212,6 +246,19 @@ async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
         jobs = refused;
     }
     // Unreachable with jobs left: round 1 answers every job it is given.
+}
+
+/// The `EVAL` form of an append `EVALSHA`: the same keys and arguments, the source for the hash.
+fn eval_of(evalsha: &Cmd) -> Cmd {
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(scripts::APPEND_SOURCE);
+    // Skip "EVALSHA" and the hash; keep the key count, keys and arguments.
+    for arg in evalsha.args_iter().skip(2) {
+        if let redis::Arg::Simple(bytes) = arg {
+            eval.arg(bytes);
+        }
+    }
+    eval
 }
 
 fn fail_all(jobs: Vec<Job>, error: StoreError) {
