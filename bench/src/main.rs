@@ -70,6 +70,11 @@ struct Common {
     /// Seconds each measured run sends.
     #[arg(long, global = true)]
     duration_secs: Option<u64>,
+    /// Throughput: measure every system this many times, interleaved in rotating order, and report
+    /// each one's median run (a shared machine's disk and CPU drift within a minute; interleaving
+    /// gives every system the same conditions). Default 1.
+    #[arg(long, global = true)]
+    repeat: Option<usize>,
     /// Loads of the latency runs, percent of each system's own peak (comma-separated).
     #[arg(long, global = true, value_delimiter = ',')]
     loads: Option<Vec<u32>>,
@@ -130,6 +135,9 @@ impl Common {
         }
         if let Some(v) = self.duration_secs {
             c.duration = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = self.repeat {
+            c.repeat = v.max(1);
         }
         if let Some(v) = &self.loads {
             c.loads = v.clone();

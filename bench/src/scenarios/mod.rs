@@ -39,6 +39,8 @@ pub struct Config {
     pub bodies: Vec<usize>,
     /// How long each measured run sends.
     pub duration: Duration,
+    /// Throughput runs per system, interleaved; the median is reported.
+    pub repeat: usize,
     /// Senders of the open-loop latency runs.
     pub latency_clients: usize,
     /// Loads of the latency runs, percent of each system's own peak.
@@ -68,6 +70,7 @@ impl Config {
             window: 16,
             bodies: vec![256, 1024],
             duration: Duration::from_secs(if quick { 3 } else { 10 }),
+            repeat: 1,
             latency_clients: 10,
             loads: vec![25, 50, 75],
             members: 100,

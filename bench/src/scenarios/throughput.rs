@@ -8,31 +8,56 @@ use crate::harness::{self, Params};
 use crate::peers::{Running, System};
 use crate::report::{Results, ThroughputRow};
 
-/// Runs every configured system at every body size.
+/// Runs every configured system at every body size, `config.repeat` times interleaved: round `r`
+/// starts with the `r`-th system, so each system runs first, second, … equally often. The median run
+/// of each system and body size is reported.
 pub async fn run(config: &Config, results: &mut Results) {
-    for &system in &config.systems {
-        for &body in &config.bodies {
-            let p = Params {
-                clients: config.clients,
-                body,
-                window: config.window,
-                duration: config.duration,
-            };
-            match measure(config, system, &p).await {
-                Ok(row) => {
-                    println!(
-                        "throughput {:>14} {:>5} B: {:>8.0} acked/s",
-                        system.name(),
-                        body,
-                        row.per_sec
-                    );
-                    results.throughput.push(row);
+    let systems = &config.systems;
+    let mut runs: Vec<Vec<ThroughputRow>> = vec![Vec::new(); systems.len() * config.bodies.len()];
+    for round in 0..config.repeat {
+        for k in 0..systems.len() {
+            let s = (round + k) % systems.len();
+            let system = systems[s];
+            for (b, &body) in config.bodies.iter().enumerate() {
+                let p = Params {
+                    clients: config.clients,
+                    body,
+                    window: config.window,
+                    duration: config.duration,
+                };
+                match measure(config, system, &p).await {
+                    Ok(row) => {
+                        println!(
+                            "throughput {:>14} {:>5} B: {:>8.0} acked/s",
+                            system.name(),
+                            body,
+                            row.per_sec
+                        );
+                        runs[s * config.bodies.len() + b].push(row);
+                    }
+                    Err(e) => results
+                        .errors
+                        .push(format!("throughput {} {body} B: {e:#}", system.name())),
                 }
-                Err(e) => results
-                    .errors
-                    .push(format!("throughput {} {body} B: {e:#}", system.name())),
             }
         }
+    }
+    for mut rows in runs {
+        if rows.is_empty() {
+            continue;
+        }
+        rows.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
+        if rows.len() > 1 {
+            let rates: Vec<String> = rows.iter().map(|r| format!("{:.0}", r.per_sec)).collect();
+            println!(
+                "throughput {:>14} {:>5} B: runs {} -> median {:.0} acked/s",
+                rows[0].system.name(),
+                rows[0].body,
+                rates.join(", "),
+                rows[rows.len() / 2].per_sec
+            );
+        }
+        results.throughput.push(rows.swap_remove(rows.len() / 2));
     }
 }
 
