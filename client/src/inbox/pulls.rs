@@ -261,8 +261,8 @@ impl Inbox {
     /// after a while has its first pages one round trip earlier and the following ones pipelined as
     /// soon as the heads are known. Only a client with at most `max` conversations probes (each probe
     /// costs a stream and mostly answers "nothing new"; with more, Sync picks the changed ones).
-    /// [`PROBE_PAGES`] pages are shared out over the probed conversations, at least one each and at
-    /// most [`PROBE_DEPTH`]: a client with a few busy conversations gets several pages in the first
+    /// `PROBE_PAGES` pages are shared out over the probed conversations, at least one each and at
+    /// most `PROBE_DEPTH`: a client with a few busy conversations gets several pages in the first
     /// flight, whose answers also start the connection's congestion window growing a round trip
     /// earlier; a probe past the head costs an empty PullResult. Recorded as window pulls sent at `now`.
     pub fn probe_pulls(&mut self, max: usize, now: Instant) -> Vec<(String, PullRequest)> {

@@ -2,20 +2,27 @@
 
 use super::*;
 
+/// An inbox that tracks `conversations` (epoch 1), each stored and acknowledged up to `seq`.
+fn tracking(conversations: &[&str], seq: u64) -> Inbox {
+    let mut inbox = Inbox::new(WindowConfig::default(), 50, true);
+    for conversation in conversations {
+        inbox.restore(&crate::store::ConversationRow {
+            conversation: (*conversation).into(),
+            epoch: 1,
+            contiguous_seq: seq,
+            app_acked_seq: seq,
+            head_seq: seq,
+        });
+    }
+    inbox
+}
+
 /// Catch-up after a reconnect: the first flight carries Hello, Sync and a Pull of the next page of every
 /// tracked conversation (Pull may precede Welcome, FERRY-HELLO-5); once Sync reports the head, the
 /// remaining pages go out together (one more round trip), not page after page.
 #[test]
 fn catch_up_pulls_go_with_hello_and_the_rest_is_pipelined() {
-    let mut inbox = Inbox::new(WindowConfig::default(), 50, true);
-    inbox.restore(&crate::store::ConversationRow {
-        conversation: CONV.into(),
-        epoch: 1,
-        contiguous_seq: 10,
-        app_acked_seq: 10,
-        head_seq: 10,
-    });
-    let mut h = Harness::with_inbox(settings(&[SERVER]), inbox);
+    let mut h = Harness::with_inbox(settings(&[SERVER]), tracking(&[CONV], 10));
     let (gen, out) = h.establish(false);
     assert!(has_hello(&out));
     assert!(sync_id(&out).is_some(), "Sync with Hello");
@@ -40,18 +47,9 @@ fn catch_up_pulls_go_with_hello_and_the_rest_is_pipelined() {
 /// each (a probe past the head costs an empty answer, so the speculation stays small).
 #[test]
 fn the_first_flight_shares_its_pages_over_the_tracked_conversations() {
-    let mut inbox = Inbox::new(WindowConfig::default(), 50, true);
     let conversations: Vec<String> = (0..10).map(|i| format!("d:alice:user{i}")).collect();
-    for c in &conversations {
-        inbox.restore(&crate::store::ConversationRow {
-            conversation: c.clone(),
-            epoch: 1,
-            contiguous_seq: 5,
-            app_acked_seq: 5,
-            head_seq: 5,
-        });
-    }
-    let mut h = Harness::with_inbox(settings(&[SERVER]), inbox);
+    let ids: Vec<&str> = conversations.iter().map(String::as_str).collect();
+    let mut h = Harness::with_inbox(settings(&[SERVER]), tracking(&ids, 5));
     let (_, out) = h.establish(false);
     let mut asked: Vec<(String, u64)> = frames(&out)
         .into_iter()
@@ -70,15 +68,7 @@ fn the_first_flight_shares_its_pages_over_the_tracked_conversations() {
 /// behind an extra fsync. Without Pulls in flight it is committed at once, as before.
 #[test]
 fn the_sync_answer_is_committed_with_the_first_page_not_before_it() {
-    let mut inbox = Inbox::new(WindowConfig::default(), 50, true);
-    inbox.restore(&crate::store::ConversationRow {
-        conversation: CONV.into(),
-        epoch: 1,
-        contiguous_seq: 10,
-        app_acked_seq: 10,
-        head_seq: 10,
-    });
-    let mut h = Harness::with_inbox(settings(&[SERVER]), inbox);
+    let mut h = Harness::with_inbox(settings(&[SERVER]), tracking(&[CONV], 10));
     let (gen, out) = h.establish(false);
     assert_eq!(pulls(&out)[0], 10, "the probe Pulls are in flight");
     h.welcome(gen);
