@@ -378,9 +378,10 @@ impl Core {
 
     /// Whether this wake-up's commit may wait for a later one: it holds only bookkeeping (conversation
     /// heads and positions, the sync token) that nothing released with it depends on — no message,
-    /// outbox removal, receipt, history page or event but a connection change — and Pulls are in flight, whose pages bring a commit that carries it. A
-    /// reconnect's Sync answer then costs no fsync of its own between the Pulls and their first page.
-    /// Losing it in a crash is harmless: the old token and rows make the next Sync report it again.
+    /// outbox removal, receipt, history page or event but a connection change — and Pulls are in
+    /// flight, whose pages bring a commit that carries it. A reconnect's Sync answer then costs no
+    /// fsync of its own between the Pulls and their first page. Losing it in a crash is harmless: the
+    /// old token and rows make the next Sync report it again.
     fn commit_can_wait(&self) -> bool {
         let e = &self.effects;
         self.stop.is_none()
