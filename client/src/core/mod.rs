@@ -383,15 +383,17 @@ impl Core {
     /// fsync of its own between the Pulls and their first page. Losing it in a crash is harmless: the
     /// old token and rows make the next Sync report it again.
     fn commit_can_wait(&self) -> bool {
+        // Every wake-up asks: the checks that fail on the receive path (messages to store) come
+        // first, the walk over the Pulls in flight last.
         let e = &self.effects;
         self.stop.is_none()
-            && self.inbox.pulls_in_flight() > 0
             && e.commit.messages.is_empty()
             && e.commit.outbox_done.is_empty()
             && e.receipts.is_empty()
-            && e.events.iter().all(|e| matches!(e, Event::Connection(_)))
             && e.stored.is_empty()
             && e.history.is_empty()
+            && e.events.iter().all(|ev| matches!(ev, Event::Connection(_)))
+            && self.inbox.pulls_in_flight() > 0
     }
 
     /// The store failed: stop, reporting why.

@@ -193,7 +193,11 @@ async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
         // the older ones. Only a SCRIPT FLUSH between two commands of a batch could still do that.
         for (i, job) in jobs.iter_mut().enumerate() {
             let cmd = std::mem::replace(&mut job.cmd, Cmd::new());
-            pipe.add_command(if i == 0 { eval_of(&cmd) } else { cmd });
+            pipe.add_command(if i == 0 {
+                scripts::eval_with_source(&cmd, scripts::APPEND_SOURCE)
+            } else {
+                cmd
+            });
         }
         let result: redis::RedisResult<Vec<Value>> = pipe.query_async(&mut conn).await;
         stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -246,19 +250,6 @@ async fn send_group(mut conn: Conn, mut jobs: Vec<Job>, stats: &Stats) {
         jobs = refused;
     }
     // Unreachable with jobs left: round 1 answers every job it is given.
-}
-
-/// The `EVAL` form of an append `EVALSHA`: the same keys and arguments, the source for the hash.
-fn eval_of(evalsha: &Cmd) -> Cmd {
-    let mut eval = redis::cmd("EVAL");
-    eval.arg(scripts::APPEND_SOURCE);
-    // Skip "EVALSHA" and the hash; keep the key count, keys and arguments.
-    for arg in evalsha.args_iter().skip(2) {
-        if let redis::Arg::Simple(bytes) = arg {
-            eval.arg(bytes);
-        }
-    }
-    eval
 }
 
 fn fail_all(jobs: Vec<Job>, error: StoreError) {

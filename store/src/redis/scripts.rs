@@ -48,6 +48,20 @@ pub(crate) fn evalsha(script: &Script, keys: &[String], args: &[&[u8]]) -> Cmd {
     cmd
 }
 
+/// The `EVAL` form of a command [`evalsha`] built (or of an `EVAL`): the same key count, keys and
+/// arguments, with `source` in place of the hash, so Redis caches the script if it lacks it.
+pub(crate) fn eval_with_source(cmd: &Cmd, source: &str) -> Cmd {
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(source);
+    // Skip the command name and the hash (or source); `evalsha` writes plain arguments only.
+    for arg in cmd.args_iter().skip(2) {
+        if let redis::Arg::Simple(bytes) = arg {
+            eval.arg(bytes);
+        }
+    }
+    eval
+}
+
 /// `SCRIPT LOAD` of a script's source, for the node(s) that answered NOSCRIPT.
 pub(crate) fn load(code: &str) -> Cmd {
     let mut cmd = redis::cmd("SCRIPT");

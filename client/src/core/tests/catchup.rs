@@ -80,15 +80,7 @@ fn the_sync_answer_is_committed_with_the_first_page_not_before_it() {
         "the token waits for the page: {:?}",
         h.commits
     );
-    h.on_conv(
-        gen,
-        Kind::PullResult(frame::PullResult {
-            messages: vec![message(11, "bob"), message(12, "bob")],
-            head_seq: 12,
-            has_more: false,
-            epoch: 1,
-        }),
-    );
+    h.pull_result(gen, [11, 12], 12);
     h.step();
     let commit = h.commits.last().expect("the page's commit");
     assert_eq!(commit.messages.len(), 2);
@@ -109,14 +101,7 @@ fn the_sync_answer_is_committed_with_the_first_page_not_before_it() {
     // The other probes answer empty pages (past the head): nothing in flight any more, and the next
     // token is committed by its own wake-up.
     for _ in 1..4 {
-        h.on_conv(
-            gen,
-            Kind::PullResult(frame::PullResult {
-                head_seq: 12,
-                epoch: 1,
-                ..Default::default()
-            }),
-        );
+        h.pull_result(gen, [], 12);
     }
     h.step();
     let commits = h.commits.len();

@@ -288,6 +288,19 @@ impl Harness {
         );
     }
 
+    /// A PullResult of bob's messages `seqs` (epoch 1) on the conversation's stream.
+    fn pull_result(&mut self, gen: u64, seqs: impl IntoIterator<Item = u64>, head_seq: u64) {
+        self.on_conv(
+            gen,
+            Kind::PullResult(frame::PullResult {
+                messages: seqs.into_iter().map(|s| message(s, "bob")).collect(),
+                head_seq,
+                has_more: false,
+                epoch: 1,
+            }),
+        );
+    }
+
     fn deliver(&mut self, gen: u64, seq: u64) {
         self.on_conv(
             gen,

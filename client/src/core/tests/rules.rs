@@ -198,15 +198,7 @@ fn gaps_and_heads_from_heartbeat_ack_and_sync_pull() {
     // A gap: seq 4 without 3.
     h.deliver(gen, 4);
     assert_eq!(pulls(&h.step()), [2]);
-    h.on_conv(
-        gen,
-        Kind::PullResult(frame::PullResult {
-            messages: vec![message(3, "bob"), message(4, "bob")],
-            head_seq: 4,
-            has_more: false,
-            epoch: 1,
-        }),
-    );
+    h.pull_result(gen, [3, 4], 4);
     h.step();
     // A lost tail revealed by a HeartbeatAck's heads.
     let ack = f(Kind::HeartbeatAck(frame::HeartbeatAck {
@@ -266,15 +258,7 @@ fn history_waits_for_the_sync_then_pulls_what_the_store_lacks() {
     // The window's tail pull went first (recent window 50 ⇒ after 0) and the history pull second;
     // answers come back in order on the stream.
     for _ in pulls(&out) {
-        h.on_conv(
-            gen,
-            Kind::PullResult(frame::PullResult {
-                messages: (1..=5).map(|s| message(s, "bob")).collect(),
-                head_seq: 5,
-                has_more: false,
-                epoch: 1,
-            }),
-        );
+        h.pull_result(gen, 1..=5, 5);
     }
     h.step();
     let page = rx.try_recv().expect("answered").expect("ok");
