@@ -41,6 +41,7 @@ macro_rules! suite {
             case!(set_read_clamps_and_never_goes_back);
             case!(set_delivered_clamps_to_the_head_and_never_goes_back);
             case!(changed_since_pages_and_tokens);
+            case!(changed_since_pages_through_many_conversations_oldest_first);
             case!(removed_member_sees_the_removal_but_not_later_messages);
             case!(push_registrations_replace_list_delete_and_survive_reopen);
             case!(members_returned_with_an_append_are_the_current_members);

@@ -213,7 +213,7 @@ impl Store for EmbeddedStore {
         };
         // Collect the page from one consistent view of the cache: batches are published whole, and
         // change values are assigned in commit order, so no later commit can add a value ≤ next_token.
-        let mut changed = {
+        let (changed, has_more) = {
             let cache = self.cache();
             let Some(convs) = cache.user_convs.get(user) else {
                 return Ok(SyncPage {
@@ -234,14 +234,25 @@ impl Store for EmbeddedStore {
                     rec.change_token
                 };
                 if change > since_token {
-                    changed.push((change, conv.clone(), record.clone(), rec));
+                    changed.push((change, conv, record, rec));
                 }
             }
-            changed
+            // Only the page is sorted and copied out of the cache: a Heartbeat or Sync from token 0
+            // of a user in thousands of conversations would otherwise sort and clone them all.
+            let oldest_first =
+                |a: &(u64, &String, _, _), b: &(u64, &String, _, _)| (a.0, a.1).cmp(&(b.0, b.1));
+            let has_more = changed.len() > limit;
+            if has_more {
+                changed.select_nth_unstable_by(limit, oldest_first);
+                changed.truncate(limit);
+            }
+            changed.sort_unstable_by(oldest_first);
+            let page: Vec<Changed> = changed
+                .into_iter()
+                .map(|(change, conv, record, rec)| (change, conv.clone(), record.clone(), rec))
+                .collect();
+            (page, has_more)
         };
-        changed.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let has_more = changed.len() > limit;
-        changed.truncate(limit);
         let next_token = changed.last().map_or(since_token, |c| c.0);
 
         // Cursors not yet indexed first, then the index (see `read`); the higher one counts.

@@ -636,6 +636,46 @@ pub async fn changed_since_pages_and_tokens<F: Fixture>(f: F) {
         .is_empty());
 }
 
+/// Many changed conversations paged in small pages: every page is the next oldest changes, in order,
+/// and the pages together list each conversation once (the store picks a page out of all of a user's
+/// conversations without sorting them all).
+pub async fn changed_since_pages_through_many_conversations_oldest_first<F: Fixture>(f: F) {
+    let store = f.open().await;
+    let count = 40;
+    let convs: Vec<String> = (0..count).map(|i| format!("d:alice:p{i:02}")).collect();
+    for (i, conv) in convs.iter().enumerate() {
+        store
+            .ensure_direct(conv, "alice", &format!("p{i:02}"))
+            .await
+            .unwrap();
+    }
+    // Changed in an order unrelated to the names: 7 is coprime with 40.
+    let order: Vec<usize> = (0..count).map(|i| i * 7 % count).collect();
+    for &i in &order {
+        store
+            .append(msg(&convs[i], &format!("p{i:02}"), "m", 1))
+            .await
+            .unwrap();
+    }
+    let mut listed = Vec::new();
+    let mut token = 0;
+    // Bounded: 40 conversations in pages of 6 take 7 pages.
+    for _ in 0..8 {
+        let page = store
+            .changed_since("alice", "phone", token, 6)
+            .await
+            .unwrap();
+        assert!(page.conversations.len() <= 6);
+        listed.extend(page.conversations.iter().map(|c| c.conversation_id.clone()));
+        token = page.next_token;
+        if !page.has_more {
+            break;
+        }
+    }
+    let expected: Vec<String> = order.iter().map(|&i| convs[i].clone()).collect();
+    assert_eq!(listed, expected);
+}
+
 pub async fn removed_member_sees_the_removal_but_not_later_messages<F: Fixture>(f: F) {
     let store = f.open().await;
     create_group(&store, "alice", &["bob"]).await;
