@@ -188,9 +188,13 @@ async fn run(
     }
 }
 
+/// Writes the fence Heartbeat. It carries the newest token the session was handed: from token 0 its
+/// answer would list every conversation the server's earlier inputs created (up to a page), and
+/// encoding, sending and decoding that list on every input was most of an execution's time.
 async fn fence(session: &mut Session, w: &mut Written) {
     w.heartbeats += 1;
-    let fence = frame(Kind::Heartbeat(wire::Heartbeat { sync_token: 0 }));
+    let sync_token = session.sync_token;
+    let fence = frame(Kind::Heartbeat(wire::Heartbeat { sync_token }));
     control(session, w, fence).await;
 }
 
@@ -599,7 +603,10 @@ async fn check_answers(session: &mut Session, w: Written, groups: &mut Vec<Strin
             .expect("control requests unanswered and the connection still open");
         match next {
             Some(Ok(f)) => match f.kind {
-                Some(Kind::HeartbeatAck(_)) => heartbeats = heartbeats.saturating_sub(1),
+                Some(Kind::HeartbeatAck(ack)) => {
+                    heartbeats = heartbeats.saturating_sub(1);
+                    session.sync_token = session.sync_token.max(ack.sync_token);
+                }
                 Some(Kind::SyncResult(r)) => {
                     requests.remove(&r.request_id);
                 }

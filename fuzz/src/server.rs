@@ -65,6 +65,8 @@ pub struct Session {
     pub control_send: quinn::SendStream,
     /// Frames read on the control stream; its end (or the connection's) arrives as `Err`.
     pub control: mpsc::Receiver<Result<Frame, ControlEnd>>,
+    /// The newest sync token a HeartbeatAck handed back (the target's fence Heartbeats send it).
+    pub sync_token: u64,
 }
 
 /// How the control stream ended.
@@ -253,6 +255,7 @@ async fn connect(server: &Running) -> Session {
         connection,
         control_send,
         control,
+        sync_token: 0,
     }
 }
 
