@@ -153,7 +153,12 @@ impl EmbeddedStore {
     pub fn open(dir: &Path, options: EmbeddedStoreOptions) -> Result<EmbeddedStore, StoreError> {
         let log_dir = dir.join(segment::LOG_DIR);
         std::fs::create_dir_all(&log_dir).map_err(backend)?;
-        let db = IndexDb::open(&dir.join(DB_FILE), options.log_fault.clone()).map_err(backend)?;
+        let db = IndexDb::open(
+            &dir.join(DB_FILE),
+            options.log_fault.clone(),
+            options.index_cache_bytes,
+        )
+        .map_err(backend)?;
         let handle = db.get().map_err(backend)?;
         let (epoch, change, applied) = init_meta(&handle).map_err(backend)?;
         let mut cache = Cache::load(&handle, change).map_err(backend)?;

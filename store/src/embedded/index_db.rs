@@ -34,16 +34,22 @@ const REOPEN_POLL: Duration = Duration::from_millis(10);
 pub(crate) struct IndexDb {
     path: PathBuf,
     fault: Option<LogFault>,
+    cache_bytes: usize,
     current: RwLock<Option<Arc<Database>>>,
 }
 
 impl IndexDb {
-    /// Opens (creating if needed) the database at `path`.
-    pub(crate) fn open(path: &Path, fault: Option<LogFault>) -> Result<IndexDb, redb::Error> {
-        let db = open_database(path, fault.as_ref())?;
+    /// Opens (creating if needed) the database at `path`, with a page cache of `cache_bytes`.
+    pub(crate) fn open(
+        path: &Path,
+        fault: Option<LogFault>,
+        cache_bytes: usize,
+    ) -> Result<IndexDb, redb::Error> {
+        let db = open_database(path, fault.as_ref(), cache_bytes)?;
         Ok(IndexDb {
             path: path.to_owned(),
             fault,
+            cache_bytes,
             current: RwLock::new(Some(Arc::new(db))),
         })
     }
@@ -94,15 +100,21 @@ impl IndexDb {
                 }
             }
         }
-        let db = open_database(&self.path, self.fault.as_ref())?;
+        let db = open_database(&self.path, self.fault.as_ref(), self.cache_bytes)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
         Ok(())
     }
 }
 
-fn open_database(path: &Path, fault: Option<&LogFault>) -> Result<Database, redb::Error> {
+fn open_database(
+    path: &Path,
+    fault: Option<&LogFault>,
+    cache_bytes: usize,
+) -> Result<Database, redb::Error> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_bytes);
     let Some(fault) = fault else {
-        return Ok(Database::create(path)?);
+        return Ok(builder.create(path)?);
     };
     let file = OpenOptions::new()
         .read(true)
@@ -114,7 +126,7 @@ fn open_database(path: &Path, fault: Option<&LogFault>) -> Result<Database, redb
         inner: FileBackend::new(file)?,
         fault: fault.clone(),
     };
-    Ok(Database::builder().create_with_backend(backend)?)
+    Ok(builder.create_with_backend(backend)?)
 }
 
 /// A file backend whose writes and growth fail with `ENOSPC` while its [`LogFault`] is on.
