@@ -315,11 +315,21 @@ async fn send_open_loop(
         };
         permit.forget();
         sent_at.lock().expect("not poisoned").push_back(intended);
-        send.write_all(&send_frame(
-            format!("{user}-{k}"),
-            harness::payload(p.body, intended),
-        ))
-        .await?;
+        let written = send
+            .write_all(&send_frame(
+                format!("{user}-{k}"),
+                harness::payload(p.body, intended),
+            ))
+            .await;
+        if let Err(e) = written {
+            // The server stops the stream after its answers could not be written, i.e. after the ack
+            // reader gave up: its error is the cause, the write error only the echo.
+            acks.abort();
+            return match acks.await {
+                Ok(Err(cause)) => Err(cause.context(format!("send {k}: {e}"))),
+                _ => Err(e.into()),
+            };
+        }
     }
     let _ = done_tx.send(Some(count));
     acks.await??;

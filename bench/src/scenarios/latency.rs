@@ -90,8 +90,11 @@ async fn measure(
         clients: config.latency_clients,
         body: BODY,
         // A cap on unacknowledged sends per sender, far above what the rate needs, so that it bounds
-        // memory without throttling the open loop.
-        window: 1024,
+        // memory without throttling the open loop; no more than Ferry's announced max_inflight_sends
+        // (1,024 was above it: a stall of ~0.3 s at ~900 sends/s per sender got the 257th Send
+        // refused with TOO_MANY_INFLIGHT, as the spec says, and failed the run). The same cap for
+        // every system.
+        window: ferry_protocol::limits::DEFAULTS.max_inflight_sends as usize,
         duration: config.duration,
     };
     let bar = harness::progress(format!("latency {} {rate:.0}/s", system.name()), p.duration);
