@@ -24,6 +24,8 @@ use crate::harness::{self, Counted, Delivered, Params};
 
 /// Bound for any single wait on the wire (a frame, a handshake).
 pub const WAIT: Duration = Duration::from_secs(20);
+/// How long a failed open-loop sender waits for its ack reader to say why the stream failed.
+const CAUSE_WAIT: Duration = Duration::from_secs(2);
 
 /// A `ferry-server` config with the per-source admission limits lifted, for benches whose clients all
 /// share one source address (a real deployment's 100k connections come from 100k sources).
@@ -306,7 +308,7 @@ async fn send_open_loop(
     let window = Arc::new(Semaphore::new(p.window));
     let sent_at = Arc::new(std::sync::Mutex::new(VecDeque::new()));
     let (done_tx, done_rx) = tokio::sync::watch::channel(None);
-    let acks = tokio::spawn(read_acks(reader, window.clone(), sent_at.clone(), done_rx));
+    let mut acks = tokio::spawn(read_acks(reader, window.clone(), sent_at.clone(), done_rx));
     for k in 0..count {
         let intended = start + interval.mul_f64(k as f64);
         tokio::time::sleep_until(intended.into()).await;
@@ -323,10 +325,12 @@ async fn send_open_loop(
             .await;
         if let Err(e) = written {
             // The server stops the stream after its answers could not be written, i.e. after the ack
-            // reader gave up: its error is the cause, the write error only the echo.
+            // reader gave up: its error is the cause, the write error only the echo. The reader ends
+            // with the stream; bounded anyway.
+            let cause = tokio::time::timeout(CAUSE_WAIT, &mut acks).await;
             acks.abort();
-            return match acks.await {
-                Ok(Err(cause)) => Err(cause.context(format!("send {k}: {e}"))),
+            return match cause {
+                Ok(Ok(Err(cause))) => Err(cause.context(format!("send {k}: {e}"))),
                 _ => Err(e.into()),
             };
         }
