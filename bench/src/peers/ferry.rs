@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use ferry_interop::driver::{Session, Target};
 use ferry_protocol::codec::{self, frame};
@@ -273,25 +273,45 @@ pub async fn send_until(
     let window = Arc::new(Semaphore::new(p.window));
     let sent_at = Arc::new(std::sync::Mutex::new(VecDeque::new()));
     let (done_tx, done_rx) = tokio::sync::watch::channel(None);
-    let acks = tokio::spawn(read_acks(reader, window.clone(), sent_at.clone(), done_rx));
+    let mut acks = tokio::spawn(read_acks(reader, window.clone(), sent_at.clone(), done_rx));
     let mut sent = 0u64;
     while let Some(at) = next(sent) {
         let Ok(Ok(permit)) = tokio::time::timeout(WAIT, window.acquire()).await else {
-            bail!("no SendAck within {WAIT:?}");
+            return Err(cause_or(&mut acks, anyhow!("no SendAck within {WAIT:?}")).await);
         };
         permit.forget();
         sent_at.lock().expect("not poisoned").push_back(at);
-        send.write_all(&send_frame(
-            format!("{user}-{sent}"),
-            harness::payload(p.body, at),
-        ))
-        .await?;
+        let written = send
+            .write_all(&send_frame(
+                format!("{user}-{sent}"),
+                harness::payload(p.body, at),
+            ))
+            .await;
+        if let Err(e) = written {
+            return Err(cause_or(&mut acks, anyhow!("send {sent}: {e}")).await);
+        }
         sent += 1;
     }
     let _ = done_tx.send(Some(sent));
     let counted = acks.await??;
     let _ = send.finish();
     Ok(counted)
+}
+
+/// Why a sender's stream failed: the ack reader's error when it has one, else `echo` (the sender's own
+/// error). A refused Send ends the reader, the server then stops the stream once its answers cannot be
+/// written, and the sender sees only that echo: a failed write, or no SendAck ever freeing the window.
+async fn cause_or(
+    acks: &mut tokio::task::JoinHandle<anyhow::Result<Counted>>,
+    echo: anyhow::Error,
+) -> anyhow::Error {
+    // The reader ends with the stream; bounded anyway.
+    let cause = tokio::time::timeout(CAUSE_WAIT, &mut *acks).await;
+    acks.abort();
+    match cause {
+        Ok(Ok(Err(cause))) => cause.context(echo.to_string()),
+        _ => echo,
+    }
 }
 
 /// Sends `count` messages, the k-th at `start + k·interval` (or as soon as possible after, stamped
@@ -313,7 +333,7 @@ async fn send_open_loop(
         let intended = start + interval.mul_f64(k as f64);
         tokio::time::sleep_until(intended.into()).await;
         let Ok(Ok(permit)) = tokio::time::timeout(WAIT, window.acquire()).await else {
-            bail!("no SendAck within {WAIT:?}");
+            return Err(cause_or(&mut acks, anyhow!("no SendAck within {WAIT:?}")).await);
         };
         permit.forget();
         sent_at.lock().expect("not poisoned").push_back(intended);
@@ -324,15 +344,7 @@ async fn send_open_loop(
             ))
             .await;
         if let Err(e) = written {
-            // The server stops the stream after its answers could not be written, i.e. after the ack
-            // reader gave up: its error is the cause, the write error only the echo. The reader ends
-            // with the stream; bounded anyway.
-            let cause = tokio::time::timeout(CAUSE_WAIT, &mut acks).await;
-            acks.abort();
-            return match cause {
-                Ok(Ok(Err(cause))) => Err(cause.context(format!("send {k}: {e}"))),
-                _ => Err(e.into()),
-            };
+            return Err(cause_or(&mut acks, anyhow!("send {k}: {e}")).await);
         }
     }
     let _ = done_tx.send(Some(count));
